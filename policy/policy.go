@@ -1,0 +1,121 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+
+	"github.com/lookaside-lb/lookaside/discovery"
+)
+
+// Client is what a balancer stream knows about the client it serves.
+type Client struct {
+	// Addr is the client's IP as seen by the balancer (the stream's peer).
+	// Behind NAT many clients share one. Zero when unknown.
+	Addr netip.Addr
+	// Name is the name the client sent in its initial request.
+	Name string
+	// Seed is a random number fixed for the lifetime of the stream, for
+	// per-stream choices that must be reproducible in tests.
+	Seed uint64
+}
+
+// Input is everything a policy may look at.
+type Input struct {
+	// Endpoints are the service's usable endpoints, sorted by ID, never empty.
+	Endpoints []discovery.Endpoint
+	// Client is the client the list is for.
+	Client Client
+	// Previous are the endpoint IDs of the list last sent to this stream, in
+	// order, or nil for the first list. Policies use it to keep a stream's
+	// choice sticky across endpoint changes.
+	Previous []string
+}
+
+// Entry is one entry of a server list.
+type Entry struct {
+	// Index is the position in Input.Endpoints of the endpoint this entry
+	// sends calls to; ignored for drop entries.
+	Index int
+	// Drop makes clients fail the calls that pick this entry locally.
+	Drop bool
+	// DropToken names the reason for a drop; clients count drops per token.
+	DropToken string
+}
+
+// Policy computes server lists. Implementations must be safe for concurrent
+// use and must not retain or modify the Input.
+type Policy interface {
+	// List returns the ordered server list for in.Client. It is non-empty
+	// for non-empty in.Endpoints and does not block.
+	List(in Input) []Entry
+}
+
+// Builder makes a Policy from its name's registration.
+type Builder interface {
+	// Name is the policy's name in configuration (for example
+	// "round_robin").
+	Name() string
+	// Build returns a ready Policy.
+	Build() Policy
+}
+
+var (
+	mu       sync.RWMutex
+	builders = map[string]Builder{} // guarded by mu
+)
+
+// Register makes a policy available by name. It is meant to be called from
+// init functions and panics if the name is taken.
+func Register(b Builder) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := builders[b.Name()]; dup {
+		panic("policy: Register called twice for " + b.Name())
+	}
+	builders[b.Name()] = b
+}
+
+// Build returns the policy registered under name, or an error naming the
+// known policies. Safe for concurrent use.
+func Build(name string) (Policy, error) {
+	mu.RLock()
+	b, ok := builders[name]
+	mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("policy: unknown policy %q (known: %v)", name, Names())
+	}
+	return b.Build(), nil
+}
+
+// Names returns the registered policy names, sorted.
+func Names() []string {
+	mu.RLock()
+	defer mu.RUnlock()
+	names := make([]string, 0, len(builders))
+	for n := range builders {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// IndexOf returns the position of the endpoint with the given ID in eps
+// (sorted by ID, as in Input.Endpoints), or -1.
+func IndexOf(eps []discovery.Endpoint, id string) int {
+	i, ok := slices.BinarySearchFunc(eps, id, func(e discovery.Endpoint, id string) int {
+		switch {
+		case e.ID < id:
+			return -1
+		case e.ID > id:
+			return 1
+		}
+		return 0
+	})
+	if !ok {
+		return -1
+	}
+	return i
+}
