@@ -1,0 +1,98 @@
+package lbserver
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/policy"
+	"github.com/lookaside-lb/lookaside/policy/roundrobin"
+)
+
+// Config configures a Server. Start from DefaultConfig; New validates.
+type Config struct {
+	// Source finds the endpoints of services. Required.
+	Source discovery.Source
+	// Policy is the name of the balancing policy (see policy.Names).
+	// Default round_robin.
+	Policy string
+	// Aliases map client names to services; see NameMapper.
+	Aliases map[string]string
+	// MaxNameLength bounds the name in initial requests, 1 to 1024 bytes.
+	// Default 255.
+	MaxNameLength int
+	// ClientStatsInterval is how often clients are asked to send
+	// ClientStats; 0 asks them not to. Default 10 s; at least 1 s.
+	ClientStatsInterval time.Duration
+	// InitialRequestTimeout ends a stream that has not sent its initial
+	// request in time (with DeadlineExceeded). Default 10 s; at least 100 ms.
+	InitialRequestTimeout time.Duration
+	// FirstListTimeout bounds how long a stream for a service whose watcher
+	// has no answer yet waits before answering with a FallbackResponse (the
+	// list follows when the answer comes). Keep it under the clients'
+	// fallback timeout (10 s in grpc-go). Default 5 s; at most 1 min.
+	FirstListTimeout time.Duration
+	// WatchLinger keeps a service's watcher running this long after its
+	// last stream ended, so a reconnecting client finds it warm.
+	// Default 1 min; 0 stops at once.
+	WatchLinger time.Duration
+	// Logger receives the server's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a Config with every field but Source set to its
+// default.
+func DefaultConfig() Config {
+	return Config{
+		Policy:                roundrobin.Name,
+		Aliases:               map[string]string{},
+		MaxNameLength:         DefaultMaxNameLength,
+		ClientStatsInterval:   10 * time.Second,
+		InitialRequestTimeout: 10 * time.Second,
+		FirstListTimeout:      5 * time.Second,
+		WatchLinger:           time.Minute,
+		Logger:                slog.Default(),
+	}
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.Source == nil {
+		errs = append(errs, errors.New("no discovery source"))
+	}
+	if _, err := policy.Build(c.Policy); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxNameLength < 1 || c.MaxNameLength > 1024 {
+		errs = append(errs, fmt.Errorf("max name length %d is not in [1, 1024]", c.MaxNameLength))
+	}
+	for name, svc := range c.Aliases {
+		if err := ValidateName(name, c.MaxNameLength); err != nil {
+			errs = append(errs, fmt.Errorf("alias %q: %w", name, err))
+		}
+		if err := ValidateName(svc, c.MaxNameLength); err != nil {
+			errs = append(errs, fmt.Errorf("alias %q → %q: %w", name, svc, err))
+		}
+	}
+	if c.ClientStatsInterval != 0 && c.ClientStatsInterval < time.Second {
+		errs = append(errs, fmt.Errorf("client stats interval %v is under 1s", c.ClientStatsInterval))
+	}
+	if c.InitialRequestTimeout < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("initial request timeout %v is under 100ms", c.InitialRequestTimeout))
+	}
+	if c.FirstListTimeout <= 0 || c.FirstListTimeout > time.Minute {
+		errs = append(errs, fmt.Errorf("first list timeout %v is not in (0, 1m]", c.FirstListTimeout))
+	}
+	if c.WatchLinger < 0 {
+		errs = append(errs, fmt.Errorf("watch linger %v is negative", c.WatchLinger))
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("no logger"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("lbserver: invalid config: %w", err)
+	}
+	return nil
+}

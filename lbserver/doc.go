@@ -1,0 +1,25 @@
+// Package lbserver is the balancer: it implements
+// grpc.lb.v1.LoadBalancer/BalanceLoad for grpclb clients.
+//
+// It owns the client streams and the per-service watchers they share:
+//
+//   - A stream must open with an initial request naming the service; the
+//     name (the client's dial target host, with its port) is validated and
+//     mapped to a service (see NameMapper). A stream that sends nothing is
+//     ended after Config.InitialRequestTimeout.
+//   - The first stream for a service starts a discovery watcher; the last
+//     stream to leave stops it after Config.WatchLinger. Each discovery
+//     snapshot becomes an immutable plan, swapped atomically; a change wakes
+//     every stream of the service by closing the old plan's channel.
+//   - Each stream answers with the initial response (carrying the client
+//     stats report interval) and at once with a server list, or with a
+//     FallbackResponse when the service is unknown or has no usable instance.
+//     It then sends a new list whenever the policy's list for that stream
+//     changes, and never the same list twice in a row.
+//   - ClientStats the client sends are validated and counted in a
+//     clientstats.Registry.
+//
+// Streams never hold a lock while sending. Close ends every stream and
+// stops every watcher; Serve wires a Server into a grpc.Server with the
+// keepalive policy grpclb clients need and shuts both down in order.
+package lbserver

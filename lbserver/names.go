@@ -1,0 +1,96 @@
+package lbserver
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// DefaultMaxNameLength bounds the name in an initial request.
+const DefaultMaxNameLength = 255
+
+// NameMapper maps the name a grpclb client sends to the service to watch.
+//
+// Clients send their dial target's host with its port ("user-srv:50051"),
+// or the serviceName of their grpclb config. Map looks the name up in
+// Aliases as sent, then without its port, then uses the host itself: so an
+// alias may be specific to one port ("users:443" → "user-srv") or cover all
+// ("users" → "user-srv"). A trailing dot of a fully qualified name is removed
+// first. Read-only after construction; safe for concurrent use.
+type NameMapper struct {
+	// Aliases maps client names to service names.
+	Aliases map[string]string
+	// MaxLength is the longest name accepted, in bytes.
+	MaxLength int
+}
+
+// ValidateName checks that name is a plausible dial target or service name:
+// non-empty, at most max bytes of valid UTF-8, with no whitespace, control
+// characters or URL delimiters ('/', '?', '#', '%', '\\').
+func ValidateName(name string, max int) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("name is empty")
+	case len(name) > max:
+		return fmt.Errorf("name is %d bytes, longer than %d", len(name), max)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("name is not valid UTF-8")
+	}
+	for _, r := range name {
+		if unicode.IsSpace(r) || unicode.IsControl(r) || strings.ContainsRune("/?#%\\", r) {
+			return fmt.Errorf("name contains %q", r)
+		}
+	}
+	return nil
+}
+
+// Map returns the service for a client name, or an error if the name is
+// invalid. It does not say whether the service exists.
+func (m NameMapper) Map(name string) (string, error) {
+	if err := ValidateName(name, m.MaxLength); err != nil {
+		return "", err
+	}
+	name = strings.TrimSuffix(name, ".")
+	if svc, ok := m.Aliases[name]; ok {
+		return svc, nil
+	}
+	host := name
+	if h, _, err := net.SplitHostPort(name); err == nil {
+		host = strings.TrimSuffix(h, ".")
+	}
+	if svc, ok := m.Aliases[host]; ok {
+		return svc, nil
+	}
+	if host == "" {
+		return "", fmt.Errorf("name %q has no host", name)
+	}
+	return host, nil
+}
+
+// ParseAliases parses "name=service,name2=service2" into an alias map,
+// validating both sides.
+func ParseAliases(spec string, max int) (map[string]string, error) {
+	out := map[string]string{}
+	if strings.TrimSpace(spec) == "" {
+		return out, nil
+	}
+	for _, kv := range strings.Split(spec, ",") {
+		name, svc, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok {
+			return nil, fmt.Errorf("alias %q: want name=service", kv)
+		}
+		if err := ValidateName(name, max); err != nil {
+			return nil, fmt.Errorf("alias %q: %w", kv, err)
+		}
+		if err := ValidateName(svc, max); err != nil || strings.Contains(svc, ":") {
+			return nil, fmt.Errorf("alias %q: service %q is not a service name", kv, svc)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("alias %q: %q is mapped twice", kv, name)
+		}
+		out[strings.TrimSuffix(name, ".")] = svc
+	}
+	return out, nil
+}

@@ -1,0 +1,61 @@
+package lbserver
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestNameMapperMap(t *testing.T) {
+	m := NameMapper{MaxLength: 64, Aliases: map[string]string{
+		"users":            "user-srv",
+		"api.example:8443": "api-tls",
+	}}
+	tests := []struct {
+		name    string
+		want    string
+		wantErr string
+	}{
+		{name: "user-srv:50051", want: "user-srv"},
+		{name: "user-srv", want: "user-srv"},
+		{name: "user-srv.lb.internal.:443", want: "user-srv.lb.internal"},
+		{name: "user-srv.", want: "user-srv"},
+		{name: "users:50051", want: "user-srv"},
+		{name: "users", want: "user-srv"},
+		{name: "api.example:8443", want: "api-tls"},
+		{name: "api.example:443", want: "api.example"},
+		{name: "[::1]:50051", want: "::1"},
+		{name: "", wantErr: "empty"},
+		{name: strings.Repeat("a", 65), wantErr: "longer than 64"},
+		{name: "a b", wantErr: "contains"},
+		{name: "a/b", wantErr: "contains"},
+		{name: "a\x00b", wantErr: "contains"},
+		{name: "bad\xffutf8", wantErr: "UTF-8"},
+		{name: ":50051", wantErr: "no host"},
+	}
+	for _, tc := range tests {
+		got, err := m.Map(tc.name)
+		switch {
+		case tc.wantErr != "":
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("Map(%q) = %q, %v; want error containing %q", tc.name, got, err, tc.wantErr)
+			}
+		case err != nil || got != tc.want:
+			t.Errorf("Map(%q) = %q, %v; want %q", tc.name, got, err, tc.want)
+		}
+	}
+}
+
+func TestParseAliases(t *testing.T) {
+	got, err := ParseAliases("users=user-srv, api.example:8443=api-tls", 255)
+	if err != nil || got["users"] != "user-srv" || got["api.example:8443"] != "api-tls" || len(got) != 2 {
+		t.Fatalf("ParseAliases = %v, %v", got, err)
+	}
+	if got, err := ParseAliases("", 255); err != nil || len(got) != 0 {
+		t.Fatalf("ParseAliases(\"\") = %v, %v", got, err)
+	}
+	for _, bad := range []string{"users", "users=", "=svc", "a=b,a=c", "a=svc:80", "a b=c"} {
+		if _, err := ParseAliases(bad, 255); err == nil {
+			t.Errorf("ParseAliases(%q) succeeded", bad)
+		}
+	}
+}

@@ -1,0 +1,124 @@
+package lbserver
+
+import (
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+
+	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
+
+	"github.com/lookaside-lb/lookaside/clientstats"
+	"github.com/lookaside-lb/lookaside/policy"
+)
+
+// Server implements grpc.lb.v1.LoadBalancer. Create it with New, register
+// it on a grpc.Server with Register (or run it with Serve), and Close it.
+// Safe for concurrent use.
+type Server struct {
+	lbpb.UnimplementedLoadBalancerServer
+
+	// Read-only after construction.
+	cfg    Config
+	names  NameMapper
+	policy policy.Policy
+	log    *slog.Logger
+	seed   func() uint64
+
+	reg         *registry
+	clientStats *clientstats.Registry
+	counters    counters
+	streamSeq   atomic.Uint64
+
+	mu      sync.Mutex
+	closed  bool           // guarded by mu
+	closing chan struct{}  // closed by Close (under mu): every stream ends
+	streams sync.WaitGroup // counts running BalanceLoad handlers; Add under mu
+}
+
+// counters are the server's own event counts.
+type counters struct {
+	streamsStarted  atomic.Int64
+	streamsActive   atomic.Int64
+	invalidRequests atomic.Int64
+	initialTimeouts atomic.Int64
+	listsSent       atomic.Int64
+	fallbacksSent   atomic.Int64
+	badClientStats  atomic.Int64
+}
+
+// Stats is a copy of the server's counters.
+type Stats struct {
+	StreamsStarted  int64 // streams that reached the handler
+	StreamsActive   int64 // streams running now
+	InvalidRequests int64 // streams ended with InvalidArgument
+	InitialTimeouts int64 // streams ended for sending no initial request
+	ListsSent       int64 // ServerList messages sent
+	FallbacksSent   int64 // FallbackResponse messages sent
+	BadClientStats  int64 // ClientStats messages rejected as implausible
+}
+
+// New validates cfg and returns a Server. It starts no goroutine until a
+// stream arrives.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	p, err := policy.Build(cfg.Policy)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With("component", "lbserver")
+	return &Server{
+		cfg:         cfg,
+		names:       NameMapper{Aliases: cfg.Aliases, MaxLength: cfg.MaxNameLength},
+		policy:      p,
+		log:         log,
+		seed:        rand.Uint64,
+		reg:         newRegistry(cfg.Source, cfg.WatchLinger, log),
+		clientStats: clientstats.New(),
+		closing:     make(chan struct{}),
+	}, nil
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	c := &s.counters
+	return Stats{
+		StreamsStarted:  c.streamsStarted.Load(),
+		StreamsActive:   c.streamsActive.Load(),
+		InvalidRequests: c.invalidRequests.Load(),
+		InitialTimeouts: c.initialTimeouts.Load(),
+		ListsSent:       c.listsSent.Load(),
+		FallbacksSent:   c.fallbacksSent.Load(),
+		BadClientStats:  c.badClientStats.Load(),
+	}
+}
+
+// ClientStats returns the registry of ClientStats received from clients.
+func (s *Server) ClientStats() *clientstats.Registry { return s.clientStats }
+
+// Close ends every stream (clients see the stream end cleanly and
+// reconnect), waits for the handlers to return, and stops every watcher.
+// Safe to call twice.
+func (s *Server) Close() {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.closing)
+	}
+	s.mu.Unlock()
+	s.streams.Wait()
+	s.reg.close()
+}
+
+// enter counts a new stream, or reports false once the server is closed.
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.streams.Add(1)
+	return true
+}

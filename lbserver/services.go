@@ -1,0 +1,178 @@
+package lbserver
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
+
+	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/lbtoken"
+)
+
+// plan is what streams of one service balance with at one moment. It is
+// immutable; a change makes a new plan and closes the old one's changed.
+type plan struct {
+	// ready is false until the watcher has a first answer.
+	ready bool
+	snap  discovery.Snapshot
+	// servers[i] is the grpclb entry of snap.Endpoints[i], shared by all
+	// streams (proto messages are only read once built).
+	servers []*lbpb.Server
+	// changed is closed when a newer plan replaces this one.
+	changed chan struct{}
+}
+
+func newPlan(snap discovery.Snapshot) *plan {
+	p := &plan{ready: true, snap: snap, changed: make(chan struct{}),
+		servers: make([]*lbpb.Server, len(snap.Endpoints))}
+	for i, ep := range snap.Endpoints {
+		p.servers[i] = serverEntry(ep)
+	}
+	return p
+}
+
+// serverEntry converts an endpoint to a grpclb entry: 4 bytes for IPv4,
+// 16 for IPv6, and the endpoint's stable token.
+func serverEntry(ep discovery.Endpoint) *lbpb.Server {
+	ip := ep.Addr.Addr().Unmap()
+	var raw []byte
+	if ip.Is4() {
+		b := ip.As4()
+		raw = b[:]
+	} else {
+		b := ip.As16()
+		raw = b[:]
+	}
+	return &lbpb.Server{IpAddress: raw, Port: int32(ep.Addr.Port()), LoadBalanceToken: lbtoken.ForID(ep.ID)}
+}
+
+// service is one watched service, shared by all its streams.
+type service struct {
+	name string
+	// cur is the current plan; never nil.
+	cur    atomic.Pointer[plan]
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the watcher goroutine has returned
+
+	// Guarded by registry.mu.
+	refs   int
+	linger *time.Timer
+}
+
+// registry owns the watchers: one per service with streams, started on
+// first use and stopped WatchLinger after the last stream leaves.
+type registry struct {
+	src    discovery.Source
+	linger time.Duration
+	log    *slog.Logger
+	ctx    context.Context // parent of every watcher; cancelled by close
+
+	mu       sync.Mutex
+	services map[string]*service // guarded by mu
+	closed   bool                // guarded by mu
+	wg       sync.WaitGroup      // counts watcher goroutines
+	stop     context.CancelFunc
+}
+
+func newRegistry(src discovery.Source, linger time.Duration, log *slog.Logger) *registry {
+	ctx, stop := context.WithCancel(context.Background())
+	return &registry{src: src, linger: linger, log: log, ctx: ctx, stop: stop, services: map[string]*service{}}
+}
+
+// acquire returns the service for name, starting its watcher if needed, and
+// counts a reference that release gives back. It returns nil once the
+// registry is closed. Safe for concurrent use; does not block.
+func (r *registry) acquire(name string) *service {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	svc := r.services[name]
+	if svc == nil {
+		svc = r.startLocked(name)
+		r.services[name] = svc
+	}
+	if svc.linger != nil {
+		svc.linger.Stop()
+		svc.linger = nil
+	}
+	svc.refs++
+	return svc
+}
+
+// release gives back a reference taken by acquire.
+func (r *registry) release(svc *service) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	svc.refs--
+	if svc.refs > 0 || r.closed {
+		return
+	}
+	if r.linger == 0 {
+		r.stopLocked(svc)
+		return
+	}
+	svc.linger = time.AfterFunc(r.linger, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if svc.refs == 0 && r.services[svc.name] == svc {
+			r.stopLocked(svc)
+		}
+	})
+}
+
+func (r *registry) stopLocked(svc *service) {
+	delete(r.services, svc.name)
+	svc.cancel()
+	r.log.Debug("watch stopped", "service", svc.name)
+}
+
+func (r *registry) startLocked(name string) *service {
+	ctx, cancel := context.WithCancel(r.ctx)
+	svc := &service{name: name, cancel: cancel, done: make(chan struct{})}
+	svc.cur.Store(&plan{changed: make(chan struct{})})
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer close(svc.done)
+		r.log.Debug("watch started", "service", name)
+		err := r.src.Watch(ctx, name, func(snap discovery.Snapshot) {
+			svc.publish(newPlan(snap))
+		})
+		if err != nil && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
+			// The source can never watch this name: answer its streams
+			// with fallback rather than leave them waiting.
+			r.log.Warn("watch failed", "service", name, "err", err)
+			svc.publish(newPlan(discovery.Snapshot{Service: name}))
+		}
+	}()
+	return svc
+}
+
+// publish makes p the current plan and wakes the streams waiting on the
+// previous one. Only the watcher goroutine calls it.
+func (s *service) publish(p *plan) {
+	old := s.cur.Swap(p)
+	close(old.changed)
+}
+
+// close stops every watcher and waits for them. Safe to call twice.
+func (r *registry) close() {
+	r.mu.Lock()
+	r.closed = true
+	for _, svc := range r.services {
+		if svc.linger != nil {
+			svc.linger.Stop()
+		}
+	}
+	r.services = map[string]*service{}
+	r.mu.Unlock()
+	r.stop()
+	r.wg.Wait()
+}
