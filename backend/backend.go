@@ -1,0 +1,264 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/lookaside-lb/lookaside/lbtoken"
+	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// consulTimeout bounds each call to the Consul agent.
+const consulTimeout = 10 * time.Second
+
+// Backend is one instance of the example service. New binds its listener;
+// Serve runs it. Its methods are safe for concurrent use.
+type Backend struct {
+	// Read-only after New.
+	cfg    Config // defaults applied; ID and Advertise set
+	host   string // of cfg.Advertise
+	port   int    // of cfg.Advertise
+	lis    net.Listener
+	srv    *grpc.Server
+	health *health.Server
+	log    *slog.Logger
+	ready  chan struct{} // closed by Serve once serving and registered
+
+	started atomic.Bool // Serve has been called
+	serving atomic.Bool // the status SetServing asked for
+
+	// consulMu serializes registration changes; it is held across the
+	// (bounded) calls to Consul so that a Deregister cannot be overtaken
+	// by a registration still in flight.
+	consulMu   sync.Mutex
+	registered bool // guarded by consulMu
+	left       bool // guarded by consulMu: Deregister was called
+}
+
+// New checks cfg, binds the listener and prepares the gRPC server. It does
+// not block and does not talk to Consul. The caller must call Serve, which
+// alone releases the listener (with a done context it does so at once).
+func New(cfg Config) (*Backend, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("backend: %w", err)
+	}
+	if cfg.Advertise == "" {
+		cfg.Advertise = lis.Addr().String()
+	}
+	host, port, err := splitHostPort(cfg.Advertise)
+	if err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("backend: listening on %s, no address to advertise (set Advertise): %w", lis.Addr(), err)
+	}
+	if cfg.ID == "" {
+		cfg.ID = cfg.Service + "-" + host + "-" + strconv.Itoa(port)
+		if err := validID(cfg.ID); err != nil {
+			lis.Close()
+			return nil, err
+		}
+	}
+
+	b := &Backend{
+		cfg:    cfg,
+		host:   host,
+		port:   port,
+		lis:    lis,
+		health: health.NewServer(),
+		log:    cfg.Logger.With("component", "backend", "id", cfg.ID),
+		ready:  make(chan struct{}),
+	}
+	b.serving.Store(true)
+
+	v := lbtoken.Verifier{
+		Token:    lbtoken.ForID(cfg.ID),
+		Required: cfg.RequireLBToken,
+		Exempt: map[string]bool{
+			healthpb.Health_Check_FullMethodName: true,
+			healthpb.Health_List_FullMethodName:  true,
+			healthpb.Health_Watch_FullMethodName: true,
+		},
+	}
+	b.srv = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(v.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(v.StreamInterceptor()),
+	)
+	healthpb.RegisterHealthServer(b.srv, b.health)
+	userpb.RegisterUserServer(b.srv, &UserService{ID: cfg.ID, Addr: cfg.Advertise})
+	return b, nil
+}
+
+// ID returns the instance's Consul service ID.
+func (b *Backend) ID() string { return b.cfg.ID }
+
+// Addr returns the advertised host:port: the one registered in Consul and
+// reported in responses.
+func (b *Backend) Addr() string { return b.cfg.Advertise }
+
+// ListenAddr returns the address of the bound listener.
+func (b *Backend) ListenAddr() net.Addr { return b.lis.Addr() }
+
+// Ready returns a channel that Serve closes once the backend is serving and,
+// with a Consul client, registered. It stays open if Serve fails first.
+func (b *Backend) Ready() <-chan struct{} { return b.ready }
+
+// SetServing sets the status the health service reports, overall and for
+// the User service; Consul's check follows within CheckInterval. It does not
+// block. Once Serve has begun to drain, the status stays NOT_SERVING.
+func (b *Backend) SetServing(serving bool) {
+	b.serving.Store(serving)
+	b.applyServing()
+}
+
+func (b *Backend) applyServing() {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if b.serving.Load() {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	b.health.SetServingStatus("", st)
+	b.health.SetServingStatus(userpb.User_ServiceDesc.ServiceName, st)
+}
+
+// Serve registers the backend in Consul (if configured), serves until ctx is
+// done, then drains: health NOT_SERVING, deregister, wait DrainDelay, stop
+// gracefully within ShutdownTimeout. It blocks until the server has stopped
+// and may be called once. It returns nil when it stopped because ctx ended,
+// and an error when registration or the server failed.
+func (b *Backend) Serve(ctx context.Context) error {
+	if !b.started.CompareAndSwap(false, true) {
+		return errors.New("backend: Serve called more than once")
+	}
+	if ctx.Err() != nil {
+		b.lis.Close()
+		return nil
+	}
+	b.applyServing()
+	errc := make(chan error, 1)
+	go func() { errc <- b.srv.Serve(b.lis) }()
+
+	if err := b.register(ctx); err != nil {
+		b.srv.Stop()
+		<-errc
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	close(b.ready)
+	b.log.Info("serving", "addr", b.cfg.Advertise, "listen", b.lis.Addr().String(), "consul", b.cfg.Consul != nil)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		b.log.Error("server failed", "err", serveErr)
+	}
+
+	b.log.Info("draining", "drain_delay", b.cfg.DrainDelay)
+	b.health.Shutdown()
+	if err := b.Deregister(); err != nil {
+		b.log.Warn("deregistration failed; Consul will reap the instance once its check is critical",
+			"err", err, "after", b.cfg.DeregisterCriticalAfter)
+	}
+	if serveErr != nil {
+		b.srv.Stop()
+		return fmt.Errorf("backend: serving: %w", serveErr)
+	}
+	if b.cfg.DrainDelay > 0 {
+		t := time.NewTimer(b.cfg.DrainDelay)
+		<-t.C
+	}
+
+	stopped := make(chan struct{})
+	go func() {
+		b.srv.GracefulStop()
+		close(stopped)
+	}()
+	t := time.NewTimer(b.cfg.ShutdownTimeout)
+	select {
+	case <-stopped:
+	case <-t.C:
+		b.log.Warn("graceful stop timed out; cutting remaining calls", "timeout", b.cfg.ShutdownTimeout)
+		b.srv.Stop()
+		<-stopped
+	}
+	t.Stop()
+	<-errc // nil after GracefulStop or Stop
+	b.log.Info("stopped")
+	return nil
+}
+
+// register registers the instance and its gRPC health check with Consul,
+// unless there is no client or Deregister was called.
+func (b *Backend) register(ctx context.Context) error {
+	if b.cfg.Consul == nil {
+		return nil
+	}
+	b.consulMu.Lock()
+	defer b.consulMu.Unlock()
+	if b.left {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, consulTimeout)
+	defer cancel()
+	reg := &api.AgentServiceRegistration{
+		ID:      b.cfg.ID,
+		Name:    b.cfg.Service,
+		Tags:    b.cfg.Tags,
+		Address: b.host,
+		Port:    b.port,
+		Meta:    b.cfg.Meta,
+		Weights: &api.AgentWeights{Passing: b.cfg.Weight, Warning: 1},
+		Check: &api.AgentServiceCheck{
+			CheckID:                        b.cfg.ID + ":grpc-health",
+			Name:                           "gRPC health",
+			GRPC:                           b.cfg.Advertise,
+			GRPCUseTLS:                     false,
+			Interval:                       b.cfg.CheckInterval.String(),
+			Timeout:                        min(b.cfg.CheckInterval, consulTimeout).String(),
+			DeregisterCriticalServiceAfter: b.cfg.DeregisterCriticalAfter.String(),
+		},
+	}
+	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
+	if err := b.cfg.Consul.Agent().ServiceRegisterOpts(reg, opts); err != nil {
+		return fmt.Errorf("backend: registering %s in Consul: %w", b.cfg.ID, err)
+	}
+	b.registered = true
+	b.log.Info("registered in Consul", "service", b.cfg.Service, "weight", b.cfg.Weight)
+	return nil
+}
+
+// Deregister removes the instance from Consul and keeps Serve from
+// registering it again; the server keeps serving. It blocks for at most
+// 10 s and is safe to call more than once: later calls do nothing.
+func (b *Backend) Deregister() error {
+	b.consulMu.Lock()
+	defer b.consulMu.Unlock()
+	b.left = true
+	if !b.registered {
+		return nil
+	}
+	b.registered = false
+	ctx, cancel := context.WithTimeout(context.Background(), consulTimeout)
+	defer cancel()
+	if err := b.cfg.Consul.Agent().ServiceDeregisterOpts(b.cfg.ID, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("backend: deregistering %s from Consul: %w", b.cfg.ID, err)
+	}
+	b.log.Info("deregistered from Consul")
+	return nil
+}

@@ -1,0 +1,170 @@
+package backend
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Consul's own lower bounds: it runs checks at most once a second and reaps
+// critical services no sooner than a minute.
+const (
+	minCheckInterval           = time.Second
+	minDeregisterCriticalAfter = time.Minute
+)
+
+// Config configures a Backend. Start from DefaultConfig; New fills zero
+// fields with their defaults as well, except where a field says that zero
+// means off.
+type Config struct {
+	// Service is the Consul service name to register under. Default
+	// "user-srv".
+	Service string
+	// ID is the instance's Consul service ID, from which its lb-token is
+	// derived (lbtoken.ForID). Default: Service-host-port of the advertised
+	// address, computed once the listener is bound. It may not contain
+	// '/', '?', '#', '%' or white space.
+	ID string
+	// Listen is the address to listen on. Default "127.0.0.1:0": the system
+	// picks a free port, and the listener New binds is the one served.
+	Listen string
+	// Advertise is the host:port registered in Consul and reported in
+	// responses. Default: the listener's address. It must be set when Listen
+	// has an unspecified host (":8080", "0.0.0.0:8080"), which is not an
+	// address anyone can reach.
+	Advertise string
+	// Tags are the Consul service tags.
+	Tags []string
+	// Weight is the Consul weight while the instance is passing
+	// (Weights.Passing). Default 1; negative is rejected.
+	Weight int
+	// Meta is the Consul service metadata.
+	Meta map[string]string
+	// Consul is the agent to register with. Nil means no registration: the
+	// backend only serves.
+	Consul *api.Client
+	// CheckInterval is the interval of the Consul gRPC health check, which
+	// asks the overall ("") status of the health service. Default 2 s;
+	// values under 1 s are raised to 1 s, Consul's minimum.
+	CheckInterval time.Duration
+	// DeregisterCriticalAfter makes Consul remove the instance once its
+	// check has been critical this long, so a crashed backend does not stay
+	// listed forever. Default 1 min; shorter values are raised to 1 min,
+	// Consul's minimum.
+	DeregisterCriticalAfter time.Duration
+	// DrainDelay is how long Serve keeps serving after it has deregistered,
+	// so that balancers see the change and stop sending calls before the
+	// server stops. Zero means no wait; negative is rejected.
+	// DefaultConfig sets 2 s.
+	DrainDelay time.Duration
+	// ShutdownTimeout bounds the graceful stop that ends Serve; calls still
+	// running then are cut. Default 10 s; negative is rejected.
+	ShutdownTimeout time.Duration
+	// RequireLBToken rejects calls that carry no lb-token. Calls with a
+	// wrong token are always rejected, and health checks are never checked.
+	RequireLBToken bool
+	// Logger receives the backend's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a Config with every default set: service "user-srv"
+// on a free loopback port, weight 1, no Consul, 2 s check interval, 1 min
+// critical deregistration, 2 s drain delay, 10 s shutdown timeout.
+func DefaultConfig() Config {
+	return Config{
+		Service:                 "user-srv",
+		Listen:                  "127.0.0.1:0",
+		Weight:                  1,
+		CheckInterval:           2 * time.Second,
+		DeregisterCriticalAfter: time.Minute,
+		DrainDelay:              2 * time.Second,
+		ShutdownTimeout:         10 * time.Second,
+		Logger:                  slog.Default(),
+	}
+}
+
+// withDefaults returns c with zero fields defaulted and values clamped, or
+// an error naming the first invalid field. ID and Advertise are left for
+// New, which knows the listener's address.
+func (c Config) withDefaults() (Config, error) {
+	d := DefaultConfig()
+	if c.Service == "" {
+		c.Service = d.Service
+	}
+	if c.Listen == "" {
+		c.Listen = d.Listen
+	}
+	switch {
+	case c.Weight < 0:
+		return c, fmt.Errorf("backend: weight %d is negative", c.Weight)
+	case c.Weight == 0:
+		c.Weight = d.Weight
+	}
+	switch {
+	case c.CheckInterval == 0:
+		c.CheckInterval = d.CheckInterval
+	case c.CheckInterval < minCheckInterval:
+		c.CheckInterval = minCheckInterval
+	}
+	if c.DeregisterCriticalAfter < minDeregisterCriticalAfter {
+		c.DeregisterCriticalAfter = minDeregisterCriticalAfter
+	}
+	if c.DrainDelay < 0 {
+		return c, fmt.Errorf("backend: drain delay %v is negative", c.DrainDelay)
+	}
+	switch {
+	case c.ShutdownTimeout < 0:
+		return c, fmt.Errorf("backend: shutdown timeout %v is negative", c.ShutdownTimeout)
+	case c.ShutdownTimeout == 0:
+		c.ShutdownTimeout = d.ShutdownTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = d.Logger
+	}
+	if c.ID != "" {
+		if err := validID(c.ID); err != nil {
+			return c, err
+		}
+	}
+	if c.Advertise != "" {
+		if _, _, err := splitHostPort(c.Advertise); err != nil {
+			return c, fmt.Errorf("backend: advertise address: %w", err)
+		}
+	}
+	return c, nil
+}
+
+func validID(id string) error {
+	if i := strings.IndexAny(id, "/?#% \t\r\n"); i >= 0 {
+		return fmt.Errorf("backend: ID %q contains %q", id, id[i])
+	}
+	return nil
+}
+
+// splitHostPort splits a host:port whose host is a reachable address or name
+// and whose port is not zero.
+func splitHostPort(addr string) (host string, port int, err error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	if h == "" {
+		return "", 0, fmt.Errorf("%q has no host", addr)
+	}
+	if ip := net.ParseIP(h); ip != nil && ip.IsUnspecified() {
+		return "", 0, fmt.Errorf("%q has an unspecified host", addr)
+	}
+	pn, err := net.LookupPort("tcp", p)
+	if err != nil {
+		return "", 0, err
+	}
+	if pn == 0 {
+		return "", 0, errors.New("port 0")
+	}
+	return h, pn, nil
+}
