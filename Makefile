@@ -1,0 +1,38 @@
+# Lookaside build, test and demo targets. `make help` lists them.
+
+GO        ?= go
+POLICY    ?= round_robin
+CALLS     ?= 300
+# The e2e suite starts real Consul agents and waits for keepalive pings
+# over 90 s; the limit leaves room for a slow machine.
+TEST_TIMEOUT ?= 15m
+
+.PHONY: help consul build test vet unit demo proto bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+consul: ## build Consul v1.13.9 from source into the cache (once)
+	@scripts/consul.sh >/dev/null
+
+build: ## build the binaries into bin/
+	$(GO) build -o bin/ ./cmd/...
+
+vet: ## go vet and gofmt
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+test: vet ## vet, then every test (unit and e2e, real Consul) with -race
+	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+
+unit: ## the fast tests only (no Consul, no e2e)
+	$(GO) test -race -short ./...
+
+demo: ## Consul, three backends, the balancer and a client; prints the spread
+	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) run ./cmd/demo -policy $(POLICY) -calls $(CALLS)
+
+proto: ## regenerate the example service's Go code
+	scripts/gen-proto.sh
+
+clean: ## remove build output (not the Consul cache)
+	rm -rf bin/
