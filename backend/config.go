@@ -88,6 +88,13 @@ func DefaultConfig() Config {
 	}
 }
 
+// Validate reports the first invalid field of c, as New would, without
+// binding anything. Zero fields are valid: New gives them their defaults.
+func (c Config) Validate() error {
+	_, err := c.withDefaults()
+	return err
+}
+
 // withDefaults returns c with zero fields defaulted and values clamped, or
 // an error naming the first invalid field. ID and Advertise are left for
 // New, which knows the listener's address.

@@ -1,0 +1,175 @@
+// Command backend runs one instance of the example User service and registers
+// it in Consul, for the demo and the end-to-end tests.
+//
+// When it is ready it prints one line to stdout,
+//
+//	backend <id> listening on <host:port>
+//
+// and logs to stderr. SIGINT or SIGTERM make it drain (health NOT_SERVING,
+// deregister, wait -drain-delay, graceful stop) and exit 0; a second signal
+// kills it. Bad flags exit 2, other failures 1.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/lookaside-lb/lookaside/backend"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run runs the backend until a signal and returns the exit code. Errors,
+// all prefixed "backend:", go to stderr.
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil:
+		if !errors.As(err, new(reportedError)) {
+			fmt.Fprintln(stderr, err)
+		}
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		// After the first signal, restore the default action so that a
+		// second one ends a drain that takes too long.
+		<-ctx.Done()
+		stop()
+	}()
+
+	b, err := backend.New(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- b.Serve(ctx) }()
+	select {
+	case <-b.Ready():
+		fmt.Fprintf(stdout, "backend %s listening on %s\n", b.ID(), b.Addr())
+	case err := <-errc:
+		errc <- err
+	}
+	if err := <-errc; err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// parseFlags maps the command line onto a backend.Config. Usage and flag
+// errors go to stderr; -h gives flag.ErrHelp.
+func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
+	cfg := backend.DefaultConfig()
+	fs := flag.NewFlagSet("backend", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: backend [flags]\n\nRuns one instance of the example User service and registers it in Consul.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+
+	var (
+		tags, meta, logLevel string
+		noConsul             bool
+		consulAddr           = api.DefaultConfig().Address
+	)
+	fs.StringVar(&cfg.Service, "service", cfg.Service, "Consul service name")
+	fs.StringVar(&cfg.ID, "id", "", "instance ID (Consul service ID); default service-host-port")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "address to listen on; port 0 picks a free port")
+	fs.StringVar(&cfg.Advertise, "advertise", "", "host:port to register and report; default the listener's address")
+	fs.StringVar(&tags, "tags", "", "comma-separated Consul tags")
+	fs.IntVar(&cfg.Weight, "weight", cfg.Weight, "Consul weight while passing")
+	fs.StringVar(&meta, "meta", "", "Consul service metadata, as k=v,k=v")
+	fs.StringVar(&consulAddr, "consul", consulAddr, `Consul agent HTTP address (default from CONSUL_HTTP_ADDR); "" runs without registering`)
+	fs.BoolVar(&noConsul, "no-consul", false, "run without registering in Consul")
+	fs.DurationVar(&cfg.CheckInterval, "check-interval", cfg.CheckInterval, "interval of the Consul gRPC health check (at least 1s)")
+	fs.DurationVar(&cfg.DrainDelay, "drain-delay", cfg.DrainDelay, "how long to keep serving after deregistering on shutdown")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "bound on the graceful stop")
+	fs.BoolVar(&cfg.RequireLBToken, "require-lb-token", false, "reject calls without an lb-token")
+	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+
+	if err := fs.Parse(args); err != nil {
+		return cfg, reportedError{err}
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("backend: unexpected arguments: %q", fs.Args())
+	}
+
+	for t := range strings.SplitSeq(tags, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			cfg.Tags = append(cfg.Tags, t)
+		}
+	}
+	m, err := parseMeta(meta)
+	if err != nil {
+		return cfg, fmt.Errorf("backend: -meta: %w", err)
+	}
+	cfg.Meta = m
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return cfg, fmt.Errorf("backend: -log-level: %w", err)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	if !noConsul && consulAddr != "" {
+		// DefaultConfig takes the token and TLS settings from the
+		// environment (CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...).
+		ac := api.DefaultConfig()
+		ac.Address = consulAddr
+		c, err := api.NewClient(ac)
+		if err != nil {
+			return cfg, fmt.Errorf("backend: -consul: %w", err)
+		}
+		cfg.Consul = c
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// reportedError is an error that the flag package has already printed,
+// with the usage.
+type reportedError struct{ error }
+
+func (e reportedError) Unwrap() error { return e.error }
+
+// parseMeta parses "k=v,k=v"; an empty string gives nil.
+func parseMeta(s string) (map[string]string, error) {
+	var m map[string]string
+	for kv := range strings.SplitSeq(s, ",") {
+		if strings.TrimSpace(kv) == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%q is not key=value", kv)
+		}
+		if m == nil {
+			m = make(map[string]string)
+		}
+		if _, dup := m[k]; dup {
+			return nil, fmt.Errorf("key %q given twice", k)
+		}
+		m[k] = strings.TrimSpace(v)
+	}
+	return m, nil
+}
