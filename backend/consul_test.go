@@ -55,6 +55,7 @@ func instances(c *api.Client, service string, passing bool) (map[string]*api.Age
 }
 
 func TestConsulRegistrationLifecycle(t *testing.T) {
+	skipInShort(t)
 	agent := consultest.Start(t)
 	c := agent.Client()
 
@@ -124,6 +125,7 @@ func TestConsulRegistrationLifecycle(t *testing.T) {
 }
 
 func TestDeregisterKeepsServing(t *testing.T) {
+	skipInShort(t)
 	agent := consultest.Start(t)
 	c := agent.Client()
 	cfg := testConfig(t)
@@ -151,6 +153,7 @@ func TestDeregisterKeepsServing(t *testing.T) {
 }
 
 func TestServeFailsWhenConsulIsDown(t *testing.T) {
+	skipInShort(t)
 	agent := consultest.Start(t)
 	cfg := testConfig(t)
 	cfg.Consul = agent.Client()
@@ -165,5 +168,13 @@ func TestServeFailsWhenConsulIsDown(t *testing.T) {
 	defer cancel()
 	if err := b.Serve(ctx); err == nil {
 		t.Error("Serve with Consul down succeeded, want a registration error")
+	}
+}
+
+// skipInShort skips tests that start a real Consul agent in -short mode.
+func skipInShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a real Consul agent; skipped in -short mode")
 	}
 }

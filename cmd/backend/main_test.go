@@ -118,6 +118,7 @@ var readyLine = regexp.MustCompile(`^backend (\S+) listening on (\S+)$`)
 // TestCommandWithConsul builds the command, runs it against a real agent,
 // and stops it with SIGTERM.
 func TestCommandWithConsul(t *testing.T) {
+	skipInShort(t)
 	agent := consultest.Start(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
@@ -232,5 +233,13 @@ func TestCommandWithConsul(t *testing.T) {
 	}
 	if !strings.Contains(logs(), "deregistered") {
 		t.Errorf("log does not mention deregistration:\n%s", logs())
+	}
+}
+
+// skipInShort skips tests that start a real Consul agent in -short mode.
+func skipInShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a real Consul agent; skipped in -short mode")
 	}
 }

@@ -21,6 +21,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestAgentRegisterAndReadBack(t *testing.T) {
+	skipInShort(t)
 	a := Start(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -87,6 +88,7 @@ func TestAgentRegisterAndReadBack(t *testing.T) {
 }
 
 func TestStopIsIdempotentAndStopsTheAgent(t *testing.T) {
+	skipInShort(t)
 	a := Start(t)
 	addr := a.HTTPAddr()
 
@@ -111,6 +113,7 @@ func TestStopIsIdempotentAndStopsTheAgent(t *testing.T) {
 }
 
 func TestAgentsDoNotCollide(t *testing.T) {
+	skipInShort(t)
 	a, b := Start(t), Start(t)
 	if a.HTTPAddr() == b.HTTPAddr() || a.NodeName() == b.NodeName() {
 		t.Errorf("two agents share an address or name: %s/%s and %s/%s",
@@ -119,6 +122,7 @@ func TestAgentsDoNotCollide(t *testing.T) {
 }
 
 func TestRunFailsWithLogTail(t *testing.T) {
+	skipInShort(t)
 	bin, err := Binary()
 	if err != nil {
 		t.Fatal(err)
@@ -172,5 +176,13 @@ func TestStartFailsWithoutBinary(t *testing.T) {
 	_, err := Binary()
 	if err == nil || !strings.Contains(err.Error(), "run scripts/consul.sh") {
 		t.Errorf("Binary() with nothing installed = %v, want an error saying to run scripts/consul.sh", err)
+	}
+}
+
+// skipInShort skips tests that start a real Consul agent in -short mode.
+func skipInShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a real Consul agent; skipped in -short mode")
 	}
 }
