@@ -60,7 +60,7 @@ func (w *watcher) snapshot(ctx context.Context, entries []*api.ServiceEntry, ind
 			return discovery.Snapshot{}, err
 		}
 		if skip != nil {
-			w.log.Log(ctx, skip.level, "consul: skipping instance", "instance", skip.instance, "reason", skip.reason)
+			w.log.Log(ctx, skip.level, "skipping instance", "instance", skip.instance, "reason", skip.reason)
 			continue
 		}
 		eps = append(eps, ep)

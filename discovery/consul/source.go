@@ -111,7 +111,7 @@ func (w *watcher) run(ctx context.Context) error {
 			}
 			backoff = w.backoff(failures)
 			failures++
-			w.log.Warn("consul: query failed; keeping the last snapshot",
+			w.log.Warn("query failed; keeping the last snapshot",
 				"error", err, "failures", failures, "retry_in", backoff)
 			continue
 		}
@@ -122,7 +122,7 @@ func (w *watcher) run(ctx context.Context) error {
 			// Consul should never answer 0, but some versions did; waiting
 			// on 0 would not block and the loop would spin. Waiting on 1 is
 			// always safe.
-			w.log.Debug("consul: answer with index 0; using 1")
+			w.log.Debug("answer with index 0; using 1")
 			index = 1
 		}
 		switch {
@@ -134,7 +134,7 @@ func (w *watcher) run(ctx context.Context) error {
 			// a recreated service). Resetting the watch to 0 would fetch
 			// the current state without blocking, which is what this answer
 			// already is: take it as fresh data and wait on its index.
-			w.log.Info("consul: index went backwards; resetting the watch",
+			w.log.Info("index went backwards; resetting the watch",
 				"index", index, "previous_index", waitIndex)
 		}
 		waitIndex = index
@@ -144,11 +144,11 @@ func (w *watcher) run(ctx context.Context) error {
 			return err
 		}
 		if published && snap.Equal(last) {
-			w.log.Debug("consul: new index, same endpoints", "index", index)
+			w.log.Debug("new index, same endpoints", "index", index)
 			continue
 		}
 		last, published = snap, true
-		w.log.Debug("consul: publishing", "index", index, "endpoints", len(snap.Endpoints))
+		w.log.Debug("publishing", "index", index, "endpoints", len(snap.Endpoints))
 		w.publish(snap)
 	}
 }

@@ -1,10 +1,12 @@
 package consul
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -510,4 +512,46 @@ func TestWatchBadService(t *testing.T) {
 	if len(h.events) != 0 {
 		t.Errorf("invalid watches did %v", <-h.events)
 	}
+}
+
+func TestWatchLogs(t *testing.T) {
+	h := newHarness()
+	var buf syncBuffer
+	cfg := testConfig(h)
+	cfg.Logger = slog.New(slog.NewJSONHandler(&buf, nil))
+	runScript(t, h, newTestSource(t, h, cfg, 0.5), []step{
+		fetchStep(0, answer(100, 0, entryA)),
+		publishStep(snap(100, epA)),
+		sleepStep(112500 * time.Microsecond),
+		fetchStep(100, answer(50, time.Second, entryA)),
+		fetchStep(50, failure(time.Second)),
+		sleepStep(250 * time.Millisecond),
+	})
+	out := buf.String()
+	for _, want := range []string{
+		`"msg":"index went backwards; resetting the watch","component":"discovery.consul","service":"svc","index":50,"previous_index":100`,
+		`"msg":"query failed; keeping the last snapshot","component":"discovery.consul","service":"svc","error":"consul: health query for \"svc\": ` + errConsul.Error(),
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log does not contain %s; log:\n%s", want, out)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer // guarded by mu
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
