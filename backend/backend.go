@@ -36,7 +36,11 @@ type Backend struct {
 	ready  chan struct{} // closed by Serve once serving and registered
 
 	started atomic.Bool // Serve has been called
-	serving atomic.Bool // the status SetServing asked for
+
+	// healthMu orders health updates, so that the status SetServing asked
+	// for last is the one reported.
+	healthMu sync.Mutex
+	serving  bool // guarded by healthMu: the status SetServing asked for
 
 	// consulMu serializes registration changes; it is held across the
 	// (bounded) calls to Consul so that a Deregister cannot be overtaken
@@ -83,7 +87,7 @@ func New(cfg Config) (*Backend, error) {
 		log:    cfg.Logger.With("component", "backend", "id", cfg.ID),
 		ready:  make(chan struct{}),
 	}
-	b.serving.Store(true)
+	b.serving = true
 
 	v := lbtoken.Verifier{
 		Token:    lbtoken.ForID(cfg.ID),
@@ -121,13 +125,17 @@ func (b *Backend) Ready() <-chan struct{} { return b.ready }
 // the User service; Consul's check follows within CheckInterval. It does not
 // block. Once Serve has begun to drain, the status stays NOT_SERVING.
 func (b *Backend) SetServing(serving bool) {
-	b.serving.Store(serving)
-	b.applyServing()
+	b.healthMu.Lock()
+	defer b.healthMu.Unlock()
+	b.serving = serving
+	b.applyServingLocked()
 }
 
-func (b *Backend) applyServing() {
+// applyServingLocked reports b.serving through the health service. The
+// health server does not block.
+func (b *Backend) applyServingLocked() {
 	st := healthpb.HealthCheckResponse_NOT_SERVING
-	if b.serving.Load() {
+	if b.serving {
 		st = healthpb.HealthCheckResponse_SERVING
 	}
 	b.health.SetServingStatus("", st)
@@ -147,7 +155,9 @@ func (b *Backend) Serve(ctx context.Context) error {
 		b.lis.Close()
 		return nil
 	}
-	b.applyServing()
+	b.healthMu.Lock()
+	b.applyServingLocked()
+	b.healthMu.Unlock()
 	errc := make(chan error, 1)
 	go func() { errc <- b.srv.Serve(b.lis) }()
 
