@@ -1,0 +1,218 @@
+// Command lbserver is the Lookaside balancer: a grpclb server
+// (grpc.lb.v1.LoadBalancer) that finds backends in Consul, or in a static
+// list, and streams ordered server lists to grpclb clients.
+//
+// It only maps flags and environment to the packages that do the work;
+// run it with -h for the flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/discovery/consul"
+	"github.com/lookaside-lb/lookaside/discovery/static"
+	"github.com/lookaside-lb/lookaside/lbserver"
+	"github.com/lookaside-lb/lookaside/policy"
+	_ "github.com/lookaside-lb/lookaside/policy/roundrobin"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// options are the parsed flags.
+type options struct {
+	listen          string
+	shutdownTimeout time.Duration
+	logLevel        string
+	logFormat       string
+
+	staticSpec string
+	staticFile string
+
+	consulAddr      string
+	consulToken     string
+	consulTokenFile string
+	consulDC        string
+	consulTags      string
+	consulStale     bool
+	consulWarning   bool
+	consulWait      time.Duration
+
+	lb      lbserver.Config
+	aliases string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{lb: lbserver.DefaultConfig()}
+	fs := flag.NewFlagSet("lbserver", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, `Usage: lbserver [flags]
+
+Lookaside, a grpclb balancer. Serves grpc.lb.v1.LoadBalancer/BalanceLoad on
+-listen. Backends come from Consul (the default: CONSUL_HTTP_ADDR and the other
+standard CONSUL_* variables are honoured, flags win) or, when -static or
+-static-file is given, from a fixed list.
+
+A client's name ("user-srv:50051") maps to the service "user-srv": the port
+is stripped, then -alias may rename it.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.listen, "listen", ":7000", "address to serve the balancer on (`host:port`; port 0 picks one)")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "on SIGTERM, how long streams may take to end before connections are closed")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+
+	fs.StringVar(&o.staticSpec, "static", "", "fixed backends instead of Consul: `svc=ip:port[*weight],...;svc2=...`")
+	fs.StringVar(&o.staticFile, "static-file", "", "fixed backends instead of Consul, from a JSON `file` (see README)")
+
+	fs.StringVar(&o.consulAddr, "consul", "", "Consul agent `address` (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&o.consulToken, "consul-token", "", "Consul ACL token (prefer -consul-token-file or $CONSUL_HTTP_TOKEN: flags are visible to other users)")
+	fs.StringVar(&o.consulTokenFile, "consul-token-file", "", "`file` holding the Consul ACL token")
+	fs.StringVar(&o.consulDC, "consul-dc", "", "Consul datacenter (default: the agent's)")
+	fs.StringVar(&o.consulTags, "consul-tag", "", "only use instances with all these `tags` (comma-separated)")
+	fs.BoolVar(&o.consulStale, "consul-stale", false, "allow stale reads from any Consul server")
+	fs.BoolVar(&o.consulWarning, "consul-include-warning", false, "also use instances whose checks are warning (never critical)")
+	fs.DurationVar(&o.consulWait, "consul-wait", time.Minute, "how long one blocking query waits for a change")
+
+	fs.StringVar(&o.lb.Policy, "policy", o.lb.Policy, "balancing policy: "+strings.Join(policy.Names(), ", "))
+	fs.StringVar(&o.aliases, "alias", "", "map client names to services: `name=service,...` (name with or without port)")
+	fs.IntVar(&o.lb.MaxNameLength, "max-name-length", o.lb.MaxNameLength, "longest name accepted in an initial request, in bytes")
+	fs.DurationVar(&o.lb.ClientStatsInterval, "client-stats-interval", o.lb.ClientStatsInterval, "how often clients send ClientStats (0: never)")
+	fs.DurationVar(&o.lb.InitialRequestTimeout, "initial-request-timeout", o.lb.InitialRequestTimeout, "end streams that send no initial request within this time")
+	fs.DurationVar(&o.lb.FirstListTimeout, "first-list-timeout", o.lb.FirstListTimeout, "answer with fallback if discovery has no answer for a new service within this time")
+	fs.DurationVar(&o.lb.WatchLinger, "watch-linger", o.lb.WatchLinger, "keep watching a service this long after its last client left")
+
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if o.staticSpec != "" && o.staticFile != "" {
+		return nil, errors.New("-static and -static-file are exclusive")
+	}
+	if o.shutdownTimeout <= 0 {
+		return nil, fmt.Errorf("-shutdown-timeout %v must be positive", o.shutdownTimeout)
+	}
+	aliases, err := lbserver.ParseAliases(o.aliases, o.lb.MaxNameLength)
+	if err != nil {
+		return nil, fmt.Errorf("-alias: %w", err)
+	}
+	o.lb.Aliases = aliases
+	return o, nil
+}
+
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("-log-format %q: want text or json", format)
+}
+
+func (o *options) source(log *slog.Logger) (discovery.Source, string, error) {
+	switch {
+	case o.staticSpec != "":
+		services, err := static.ParseSpec(o.staticSpec)
+		if err != nil {
+			return nil, "", fmt.Errorf("-static: %w", err)
+		}
+		return static.New(services), "static", nil
+	case o.staticFile != "":
+		services, err := static.LoadFile(o.staticFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("-static-file: %w", err)
+		}
+		return static.New(services), "static file " + o.staticFile, nil
+	}
+	cc := consul.ClientConfig{Address: o.consulAddr, Token: o.consulToken, TokenFile: o.consulTokenFile, Datacenter: o.consulDC}
+	client, err := consul.NewClient(cc)
+	if err != nil {
+		return nil, "", err
+	}
+	cfg := consul.DefaultConfig()
+	cfg.Client = client.Health()
+	cfg.Datacenter = o.consulDC
+	cfg.AllowStale = o.consulStale
+	cfg.IncludeWarning = o.consulWarning
+	cfg.WaitTime = o.consulWait
+	cfg.Logger = log
+	for _, t := range strings.Split(o.consulTags, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			cfg.Tags = append(cfg.Tags, t)
+		}
+	}
+	src, err := consul.New(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	return src, "consul", nil
+}
+
+// run is main without the process: it returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "lbserver: %v\n", err)
+		return 2
+	}
+	log, err := newLogger(o.logLevel, o.logFormat, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "lbserver: %v\n", err)
+		return 2
+	}
+	src, kind, err := o.source(log)
+	if err != nil {
+		fmt.Fprintf(stderr, "lbserver: %v\n", err)
+		return 2
+	}
+	o.lb.Source = src
+	o.lb.Logger = log
+	srv, err := lbserver.New(o.lb)
+	if err != nil {
+		fmt.Fprintf(stderr, "lbserver: %v\n", err)
+		return 2
+	}
+	lis, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		fmt.Fprintf(stderr, "lbserver: %v\n", err)
+		return 1
+	}
+	log.Info("serving", "addr", lis.Addr().String(), "discovery", kind, "policy", o.lb.Policy)
+	fmt.Fprintf(stdout, "lbserver listening on %s\n", lis.Addr())
+	if err := lbserver.Serve(ctx, lis, srv, o.shutdownTimeout); err != nil {
+		log.Error("stopped", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
