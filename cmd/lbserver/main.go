@@ -81,7 +81,7 @@ Flags:
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 
-	fs.StringVar(&o.staticSpec, "static", "", "fixed backends instead of Consul: `svc=ip:port[*weight],...;svc2=...`")
+	fs.StringVar(&o.staticSpec, "static", "", "fixed backends instead of Consul, as a `spec`: svc=ip:port[*weight],...;svc2=...")
 	fs.StringVar(&o.staticFile, "static-file", "", "fixed backends instead of Consul, from a JSON `file` (see README)")
 
 	fs.StringVar(&o.consulAddr, "consul", "", "Consul agent `address` (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")

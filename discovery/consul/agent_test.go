@@ -59,6 +59,9 @@ func nextSnapshot(t *testing.T, ctx context.Context, snaps <-chan discovery.Snap
 }
 
 func TestWatchRealAgent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Consul agent")
+	}
 	agent := consultest.Start(t)
 	defer agent.Stop() // before goleak's check, which runs after the test
 	client := agent.Client()
