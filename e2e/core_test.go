@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/lookaside-lb/lookaside/internal/lbdial"
-	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/lbserver"
+	"github.com/lookaside-lb/lookaside/lbtoken"
 )
 
 // TestSpreadTokenAndClientStats: calls spread evenly over three backends,
