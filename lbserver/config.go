@@ -62,7 +62,7 @@ func (c Config) validate() error {
 	if c.Source == nil {
 		errs = append(errs, errors.New("no discovery source"))
 	}
-	if _, err := policy.Build(c.Policy); err != nil {
+	if _, err := policy.Build(c.Policy, policy.DefaultOptions()); err != nil {
 		errs = append(errs, err)
 	}
 	if c.MaxNameLength < 1 || c.MaxNameLength > 1024 {

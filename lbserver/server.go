@@ -64,7 +64,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	p, err := policy.Build(cfg.Policy)
+	p, err := policy.Build(cfg.Policy, policy.DefaultOptions())
 	if err != nil {
 		return nil, err
 	}

@@ -32,6 +32,12 @@ type Input struct {
 	// order, or nil for the first list. Policies use it to keep a stream's
 	// choice sticky across endpoint changes.
 	Previous []string
+	// Assigned is aligned with Endpoints: Assigned[i] is the number of this
+	// balancer's streams whose current first entry is Endpoints[i], not
+	// counting the stream the list is for (least_connections reads it).
+	// Nil when the balancer does not count; policies then treat every count
+	// as zero, as they do for indexes past its end.
+	Assigned []int
 }
 
 // Entry is one entry of a server list.
@@ -58,8 +64,9 @@ type Builder interface {
 	// Name is the policy's name in configuration (for example
 	// "round_robin").
 	Name() string
-	// Build returns a ready Policy.
-	Build() Policy
+	// Build returns a ready Policy. opts has passed Validate; a policy
+	// ignores the fields that do not concern it.
+	Build(opts Options) Policy
 }
 
 var (
@@ -78,16 +85,20 @@ func Register(b Builder) {
 	builders[b.Name()] = b
 }
 
-// Build returns the policy registered under name, or an error naming the
-// known policies. Safe for concurrent use.
-func Build(name string) (Policy, error) {
+// Build returns the policy registered under name, configured by opts. It
+// fails if the name is unknown (the error names the known policies) or opts
+// does not pass Validate. Safe for concurrent use.
+func Build(name string, opts Options) (Policy, error) {
 	mu.RLock()
 	b, ok := builders[name]
 	mu.RUnlock()
 	if !ok {
 		return nil, fmt.Errorf("policy: unknown policy %q (known: %v)", name, Names())
 	}
-	return b.Build(), nil
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	return b.Build(opts), nil
 }
 
 // Names returns the registered policy names, sorted.
@@ -118,4 +129,14 @@ func IndexOf(eps []discovery.Endpoint, id string) int {
 		return -1
 	}
 	return i
+}
+
+// PreviousFirst returns the position in in.Endpoints of the first entry of
+// the list last sent to the stream, or -1 if there was none or that endpoint
+// left. Policies that keep a stream's first entry start from it.
+func (in Input) PreviousFirst() int {
+	if len(in.Previous) == 0 {
+		return -1
+	}
+	return IndexOf(in.Endpoints, in.Previous[0])
 }

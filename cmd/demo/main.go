@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if _, err := policy.Build(o.policy); err != nil {
+	if _, err := policy.Build(o.policy, policy.DefaultOptions()); err != nil {
 		return err
 	}
 	if o.calls < 1 || o.calls > 100000 || o.backends < 1 || o.backends > 20 {

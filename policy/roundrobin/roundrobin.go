@@ -18,8 +18,8 @@ func init() { policy.Register(builder{}) }
 
 type builder struct{}
 
-func (builder) Name() string         { return Name }
-func (builder) Build() policy.Policy { return rr{} }
+func (builder) Name() string                       { return Name }
+func (builder) Build(policy.Options) policy.Policy { return rr{} }
 
 type rr struct{}
 

@@ -7,6 +7,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/policy"
+	"github.com/lookaside-lb/lookaside/policy/policytest"
 )
 
 func eps(ids ...string) []discovery.Endpoint {
@@ -67,14 +68,22 @@ func TestPickFirstSpread(t *testing.T) {
 }
 
 func TestRegistered(t *testing.T) {
-	p, err := policy.Build(Name)
+	p, err := policy.Build(Name, policy.DefaultOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := len(p.List(policy.Input{Endpoints: eps("a", "b")})); got != 2 {
 		t.Fatalf("built policy returned %d entries, want 2", got)
 	}
-	if _, err := policy.Build("no_such_policy"); err == nil {
+	if _, err := policy.Build("no_such_policy", policy.DefaultOptions()); err == nil {
 		t.Fatal("Build(no_such_policy) succeeded")
 	}
+}
+
+func TestSticky(t *testing.T) {
+	policytest.CheckSticky(t, rr{}, policytest.Endpoints("a", "b", "c", "d", "e"), 200)
+}
+
+func BenchmarkList(b *testing.B) {
+	policytest.Benchmark(b, rr{})
 }
