@@ -113,8 +113,11 @@ func TestBinariesDrainOnSIGTERM(t *testing.T) {
 			"-check-interval", "1s", "-drain-delay", "1s", "-log-level", "warn"))
 	}
 	waitPassing(t, svc, 3)
+	lbService := svc + "-lb"
 	lbp := startProcess(t, lbBin, "-listen", "127.0.0.1:0", "-consul", agent.HTTPAddr(),
-		"-client-stats-interval", "1s", "-shutdown-timeout", "5s", "-log-level", "warn")
+		"-client-stats-interval", "1s", "-shutdown-timeout", "5s", "-log-level", "warn",
+		"-register", "-register-service", lbService, "-check-interval", "1s", "-drain-delay", "200ms")
+	waitPassing(t, lbService, 1) // the replica registered itself and its health check passes
 	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{lbp.addr}})
 	seen := map[string]bool{}
 	waitFor(t, 20*time.Second, "calls to reach all three backend processes", func() bool {
@@ -129,6 +132,9 @@ func TestBinariesDrainOnSIGTERM(t *testing.T) {
 	t.Logf("backend drained and exited %v after SIGTERM", took)
 	took = lbp.terminate(t, 10*time.Second)
 	t.Logf("balancer exited %v after SIGTERM", took)
+	if entries, _, err := agent.Client().Health().Service(lbService, "", false, nil); err != nil || len(entries) != 0 {
+		t.Errorf("balancer still registered after SIGTERM: %d entries, %v", len(entries), err)
+	}
 	time.Sleep(500 * time.Millisecond) // the client runs on without a balancer
 	counts, err := ld.finish()
 	if err != nil {

@@ -184,7 +184,7 @@ func (l *lb) start() {
 	l.addr = lis.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- lbserver.Serve(ctx, lis, srv, 5*time.Second) }()
+	go func() { done <- lbserver.Serve(ctx, lis, srv, lbserver.ServeOptions{ShutdownTimeout: 5 * time.Second}) }()
 	l.mu.Lock()
 	l.srv, l.cancel, l.done = srv, cancel, done
 	l.mu.Unlock()

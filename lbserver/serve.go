@@ -8,6 +8,8 @@ import (
 
 	"google.golang.org/grpc"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -33,14 +35,39 @@ func ServerOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
 // Register registers s as the grpc.lb.v1.LoadBalancer service of gs.
 func (s *Server) Register(gs grpc.ServiceRegistrar) { lbpb.RegisterLoadBalancerServer(gs, s) }
 
-// Serve serves s on lis until ctx is done, then shuts down in order: stop
-// accepting connections (GOAWAY), end every stream cleanly so clients
-// reconnect elsewhere, stop the watchers, and, if that takes longer than
-// shutdownTimeout, close the remaining connections. It returns nil after a
-// shutdown caused by ctx, or the error that stopped serving. Blocks.
-func Serve(ctx context.Context, lis net.Listener, s *Server, shutdownTimeout time.Duration, opts ...grpc.ServerOption) error {
-	gs := grpc.NewServer(ServerOptions(opts...)...)
+// ServeOptions tune Serve.
+type ServeOptions struct {
+	// ShutdownTimeout bounds the shutdown after Drain: streams still open
+	// then have their connections closed. Default 15 s.
+	ShutdownTimeout time.Duration
+	// Drain, if set, runs first when ctx ends, after the health service
+	// turned NOT_SERVING and before any stream ends: deregister from
+	// Consul there and wait for that to reach clients. It should return in
+	// bounded time.
+	Drain func()
+	// GRPC are extra options for the grpc.Server, after ServerOptions'.
+	GRPC []grpc.ServerOption
+}
+
+// HealthService is the name under which the balancer reports its health
+// in grpc.health.v1, besides the overall "".
+const HealthService = "grpc.lb.v1.LoadBalancer"
+
+// Serve serves s on lis, with a grpc.health.v1 service that reports
+// SERVING, until ctx is done; then it shuts down in order: health
+// NOT_SERVING, o.Drain, stop accepting connections (GOAWAY), end every
+// stream cleanly so clients reconnect elsewhere, stop the watchers, and,
+// past o.ShutdownTimeout, close the remaining connections. It returns nil
+// after a shutdown caused by ctx, or the error that stopped serving. Blocks.
+func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) error {
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = 15 * time.Second
+	}
+	gs := grpc.NewServer(ServerOptions(o.GRPC...)...)
 	s.Register(gs)
+	hs := health.NewServer()
+	hs.SetServingStatus(HealthService, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(lis) }()
 
@@ -49,6 +76,10 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, shutdownTimeout tim
 		s.Close()
 		return fmt.Errorf("lbserver: serve: %w", err)
 	case <-ctx.Done():
+	}
+	hs.Shutdown()
+	if o.Drain != nil {
+		o.Drain()
 	}
 	closed := make(chan struct{})
 	go func() {
@@ -60,13 +91,13 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, shutdownTimeout tim
 		defer close(graceful)
 		gs.GracefulStop()
 	}()
-	timer := time.NewTimer(shutdownTimeout)
+	timer := time.NewTimer(o.ShutdownTimeout)
 	defer timer.Stop()
 	for _, done := range []chan struct{}{closed, graceful} {
 		select {
 		case <-done:
 		case <-timer.C:
-			s.log.Warn("shutdown timed out; closing connections", "timeout", shutdownTimeout)
+			s.log.Warn("shutdown timed out; closing connections", "timeout", o.ShutdownTimeout)
 			gs.Stop() // cancels the remaining streams
 			<-done
 		}

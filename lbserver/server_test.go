@@ -110,7 +110,7 @@ func startServer(t *testing.T, cfg Config) (*Server, lbpb.LoadBalancerClient) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, lis, s, 5*time.Second) }()
+	go func() { done <- Serve(ctx, lis, s, ServeOptions{ShutdownTimeout: 5 * time.Second}) }()
 	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -139,7 +139,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	lctx, lcancel := context.WithCancel(context.Background())
 	ldone := make(chan error, 1)
-	go func() { ldone <- lbserver.Serve(lctx, lis, srv, 5*time.Second) }()
+	go func() { ldone <- lbserver.Serve(lctx, lis, srv, lbserver.ServeOptions{ShutdownTimeout: 5 * time.Second}) }()
 	defer func() { lcancel(); <-ldone }()
 	fmt.Fprintf(stdout, "  balancer  %s (grpclb, watching Consul)\n", lis.Addr())
 

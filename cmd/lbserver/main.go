@@ -20,6 +20,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
+	"github.com/lookaside-lb/lookaside/consulreg"
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/discovery/consul"
 	"github.com/lookaside-lb/lookaside/discovery/static"
@@ -52,6 +55,13 @@ type options struct {
 	consulStale     bool
 	consulWarning   bool
 	consulWait      time.Duration
+
+	register        bool
+	registerService string
+	registerID      string
+	advertise       string
+	checkInterval   time.Duration
+	drainDelay      time.Duration
 
 	lb      lbserver.Config
 	aliases string
@@ -93,6 +103,13 @@ Flags:
 	fs.BoolVar(&o.consulWarning, "consul-include-warning", false, "also use instances whose checks are warning (never critical)")
 	fs.DurationVar(&o.consulWait, "consul-wait", time.Minute, "how long one blocking query waits for a change")
 
+	fs.BoolVar(&o.register, "register", false, "register this balancer in Consul (with a gRPC health check) so clients and other tools find the replicas")
+	fs.StringVar(&o.registerService, "register-service", "lookaside", "Consul `service` name the balancer replicas register under")
+	fs.StringVar(&o.registerID, "register-id", "", "Consul service `ID` of this replica (default <service>-<host>-<port>)")
+	fs.StringVar(&o.advertise, "advertise", "", "`host:port` registered in Consul (default: the listener's address, which must then have a concrete host)")
+	fs.DurationVar(&o.checkInterval, "check-interval", 2*time.Second, "interval of the Consul health check of this replica")
+	fs.DurationVar(&o.drainDelay, "drain-delay", 2*time.Second, "on SIGTERM with -register, how long to wait after deregistering before ending streams")
+
 	fs.StringVar(&o.lb.Policy, "policy", o.lb.Policy, "balancing policy: "+strings.Join(policy.Names(), ", "))
 	fs.StringVar(&o.aliases, "alias", "", "map client names to services: `name=service,...` (name with or without port)")
 	fs.IntVar(&o.lb.MaxNameLength, "max-name-length", o.lb.MaxNameLength, "longest name accepted in an initial request, in bytes")
@@ -109,6 +126,9 @@ Flags:
 	}
 	if o.staticSpec != "" && o.staticFile != "" {
 		return nil, errors.New("-static and -static-file are exclusive")
+	}
+	if o.drainDelay < 0 {
+		return nil, fmt.Errorf("-drain-delay %v is negative", o.drainDelay)
 	}
 	if o.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("-shutdown-timeout %v must be positive", o.shutdownTimeout)
@@ -151,8 +171,7 @@ func (o *options) source(log *slog.Logger) (discovery.Source, string, error) {
 		}
 		return static.New(services), "static file " + o.staticFile, nil
 	}
-	cc := consul.ClientConfig{Address: o.consulAddr, Token: o.consulToken, TokenFile: o.consulTokenFile, Datacenter: o.consulDC}
-	client, err := consul.NewClient(cc)
+	client, err := o.consulClient()
 	if err != nil {
 		return nil, "", err
 	}
@@ -173,6 +192,35 @@ func (o *options) source(log *slog.Logger) (discovery.Source, string, error) {
 		return nil, "", err
 	}
 	return src, "consul", nil
+}
+
+func (o *options) consulClient() (*api.Client, error) {
+	return consul.NewClient(consul.ClientConfig{Address: o.consulAddr, Token: o.consulToken, TokenFile: o.consulTokenFile, Datacenter: o.consulDC})
+}
+
+// registration returns the Consul registration of this replica listening
+// on addr, or nil without -register.
+func (o *options) registration(addr net.Addr) (*consulreg.Instance, error) {
+	if !o.register {
+		return nil, nil
+	}
+	adv := o.advertise
+	if adv == "" {
+		adv = addr.String()
+	}
+	host, port, err := consulreg.SplitAddr(adv)
+	if err != nil {
+		return nil, fmt.Errorf("-advertise: %w", err)
+	}
+	id := o.registerID
+	if id == "" {
+		id = fmt.Sprintf("%s-%s-%d", o.registerService, host, port)
+	}
+	in := &consulreg.Instance{ID: id, Service: o.registerService, Addr: adv, CheckInterval: o.checkInterval}
+	if err := in.Validate(); err != nil {
+		return nil, err
+	}
+	return in, nil
 }
 
 // run is main without the process: it returns the exit code.
@@ -207,9 +255,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "lbserver: %v\n", err)
 		return 1
 	}
+	defer lis.Close()
+	reg, err := o.registration(lis.Addr())
+	if err != nil {
+		fmt.Fprintf(stderr, "lbserver: %v\n", err)
+		return 2
+	}
+	serve := lbserver.ServeOptions{ShutdownTimeout: o.shutdownTimeout}
+	if reg != nil {
+		client, err := o.consulClient()
+		if err != nil {
+			fmt.Fprintf(stderr, "lbserver: %v\n", err)
+			return 2
+		}
+		// Registered before serving: the health check fails for a moment
+		// and then passes, which is what Consul expects of a new instance.
+		if err := consulreg.Register(ctx, client, *reg); err != nil {
+			fmt.Fprintf(stderr, "lbserver: %v\n", err)
+			return 1
+		}
+		log.Info("registered in Consul", "service", reg.Service, "id", reg.ID, "addr", reg.Addr)
+		serve.Drain = func() {
+			if err := consulreg.Deregister(context.Background(), client, reg.ID); err != nil {
+				log.Warn("deregistration failed; Consul drops this replica once its check is critical", "err", err)
+			}
+			time.Sleep(o.drainDelay)
+		}
+	}
 	log.Info("serving", "addr", lis.Addr().String(), "discovery", kind, "policy", o.lb.Policy)
 	fmt.Fprintf(stdout, "lbserver listening on %s\n", lis.Addr())
-	if err := lbserver.Serve(ctx, lis, srv, o.shutdownTimeout); err != nil {
+	if err := lbserver.Serve(ctx, lis, srv, serve); err != nil {
 		log.Error("stopped", "err", err)
 		return 1
 	}

@@ -23,6 +23,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-initial-request-timeout", "1ms", "-static", "a=127.0.0.1:1"}, "initial request timeout"},
 		{[]string{"-no-such-flag"}, "not defined"},
 		{[]string{"extra"}, "unexpected arguments"},
+		{[]string{"-register", "-listen", ":0", "-static", "a=127.0.0.1:1"}, "-advertise"},
+		{[]string{"-register", "-listen", "127.0.0.1:0", "-register-service", "a b", "-static", "a=127.0.0.1:1"}, "service"},
+		{[]string{"-drain-delay", "-1s"}, "-drain-delay"},
 		{[]string{"-listen", "256.0.0.1:99999", "-static", "a=127.0.0.1:1"}, "listen"},
 	}
 	for _, tc := range tests {
