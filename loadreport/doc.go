@@ -1,0 +1,40 @@
+// Package loadreport carries backends' load to the balancer with ORCA, the
+// standard gRPC load report (xds.service.orca.v3.OpenRcaService, messages
+// xds.data.orca.v3.OrcaLoadReport), so that any gRPC backend that serves
+// ORCA, in any language, can take part.
+//
+// # Backend side
+//
+// A Recorder measures one server: process CPU utilization, calls in
+// flight, calls and failed calls per second over a sliding window (its
+// interceptors count them; health and ORCA calls are not counted), plus the
+// application utilization and named utilizations the service sets. A
+// Reporter serves StreamCoreMetrics from a Recorder at the interval each
+// client asks for, within [MinInterval, MaxInterval] (default 1 s to
+// 1 min; 1 s when the client asks for none). grpc-go's own orca service
+// raises every interval below 30 s to 30 s, too slow to balance on.
+//
+// Each report carries cpu_utilization, application_utilization,
+// rps_fractional (QPS), eps (errors per second), the utilization map, and
+// the calls in flight as named_metrics["inflight"] (InFlightMetric).
+//
+// # Balancer side
+//
+// A Collector follows one service: Update, called with each discovery
+// snapshot, opens one out-of-band stream per endpoint ID (an insecure
+// connection to the endpoint's address asking for Config.Interval) and
+// closes the streams of endpoints that left. It keeps the freshest report
+// of each endpoint; a report expires Config.TTL after it arrived (default
+// 3×Interval, at least 3 s), and an expired, never-reported or
+// Unimplemented endpoint is absent from Loads, so the balancer falls back
+// to its discovery weight. Failed streams are retried with jittered
+// exponential backoff; an endpoint that answers Unimplemented serves no
+// ORCA and is asked again only after Config.UnimplementedRetry (5 min) or
+// when its address changes. Loads returns an immutable snapshot with the
+// reports and each stream's liveness; its Changed channel is closed at the
+// next meaningful change, so that the balancer can recompute its lists.
+//
+// The balancer keeps one Collector per watched service, fed from that
+// service's discovery watcher and closed with it; every client stream of
+// the service reads the same Collector.
+package loadreport
