@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/lookaside-lb/lookaside/discovery"
@@ -11,13 +12,27 @@ import (
 	"github.com/lookaside-lb/lookaside/policy/roundrobin"
 )
 
+// PolicyMetaKey is the Consul service meta key that selects a service's
+// policy ("lb-policy": "weighted_round_robin"). It is read from the first
+// instance (by ID) and wins over Config.ServicePolicies and Config.Policy;
+// an unknown name is logged and ignored.
+const PolicyMetaKey = "lb-policy"
+
 // Config configures a Server. Start from DefaultConfig; New validates.
 type Config struct {
 	// Source finds the endpoints of services. Required.
 	Source discovery.Source
-	// Policy is the name of the balancing policy (see policy.Names).
-	// Default round_robin.
+	// Policy is the name of the default balancing policy (see
+	// policy.Names). Default round_robin.
 	Policy string
+	// ServicePolicies overrides Policy per service (service → policy).
+	// Consul service meta PolicyMetaKey overrides both.
+	ServicePolicies map[string]string
+	// PolicyOptions configure every policy (list bound, source_hash
+	// subset). Default policy.DefaultOptions().
+	PolicyOptions policy.Options
+	// Zones are DNS zones whose names map to services; see NameMapper.
+	Zones []string
 	// Aliases map client names to services; see NameMapper.
 	Aliases map[string]string
 	// MaxNameLength bounds the name in initial requests, 1 to 1024 bytes.
@@ -47,6 +62,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Policy:                roundrobin.Name,
+		ServicePolicies:       map[string]string{},
+		PolicyOptions:         policy.DefaultOptions(),
 		Aliases:               map[string]string{},
 		MaxNameLength:         DefaultMaxNameLength,
 		ClientStatsInterval:   10 * time.Second,
@@ -62,8 +79,22 @@ func (c Config) validate() error {
 	if c.Source == nil {
 		errs = append(errs, errors.New("no discovery source"))
 	}
-	if _, err := policy.Build(c.Policy, policy.DefaultOptions()); err != nil {
+	if err := c.PolicyOptions.Validate(); err != nil {
 		errs = append(errs, err)
+	} else {
+		if _, err := policy.Build(c.Policy, c.PolicyOptions); err != nil {
+			errs = append(errs, err)
+		}
+		for svc, name := range c.ServicePolicies {
+			if _, err := policy.Build(name, c.PolicyOptions); err != nil {
+				errs = append(errs, fmt.Errorf("service %q: %w", svc, err))
+			}
+		}
+	}
+	for _, z := range c.Zones {
+		if err := ValidateName(z, c.MaxNameLength); err != nil || strings.HasPrefix(z, ".") || strings.HasSuffix(z, ".") || strings.Contains(z, ":") {
+			errs = append(errs, fmt.Errorf("zone %q is not a domain name without leading or trailing dot", z))
+		}
 	}
 	if c.MaxNameLength < 1 || c.MaxNameLength > 1024 {
 		errs = append(errs, fmt.Errorf("max name length %d is not in [1, 1024]", c.MaxNameLength))

@@ -18,10 +18,15 @@ const DefaultMaxNameLength = 255
 // Aliases as sent, then without its port, then uses the host itself: so an
 // alias may be specific to one port ("users:443" → "user-srv") or cover all
 // ("users" → "user-srv"). A trailing dot of a fully qualified name is removed
-// first. Read-only after construction; safe for concurrent use.
+// first, and so is a DNS zone the balancer serves ("user-srv.lb.internal"
+// → "user-srv"), before the host is looked up. Read-only after
+// construction; safe for concurrent use.
 type NameMapper struct {
 	// Aliases maps client names to service names.
 	Aliases map[string]string
+	// Zones are DNS zones (without trailing dot, such as "lb.internal")
+	// whose names map to the service named by their first labels.
+	Zones []string
 	// MaxLength is the longest name accepted, in bytes.
 	MaxLength int
 }
@@ -62,6 +67,15 @@ func (m NameMapper) Map(name string) (string, error) {
 	}
 	if svc, ok := m.Aliases[host]; ok {
 		return svc, nil
+	}
+	for _, z := range m.Zones {
+		if svc, ok := strings.CutSuffix(strings.ToLower(host), "."+strings.ToLower(z)); ok && svc != "" {
+			host = host[:len(svc)]
+			if svc, ok := m.Aliases[host]; ok {
+				return svc, nil
+			}
+			break
+		}
 	}
 	if host == "" {
 		return "", fmt.Errorf("name %q has no host", name)

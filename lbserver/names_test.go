@@ -6,7 +6,7 @@ import (
 )
 
 func TestNameMapperMap(t *testing.T) {
-	m := NameMapper{MaxLength: 64, Aliases: map[string]string{
+	m := NameMapper{MaxLength: 64, Zones: []string{"lb.internal"}, Aliases: map[string]string{
 		"users":            "user-srv",
 		"api.example:8443": "api-tls",
 	}}
@@ -17,7 +17,11 @@ func TestNameMapperMap(t *testing.T) {
 	}{
 		{name: "user-srv:50051", want: "user-srv"},
 		{name: "user-srv", want: "user-srv"},
-		{name: "user-srv.lb.internal.:443", want: "user-srv.lb.internal"},
+		{name: "user-srv.lb.internal.:443", want: "user-srv"},
+		{name: "user-srv.LB.Internal:443", want: "user-srv"},
+		{name: "users.lb.internal:443", want: "user-srv"},
+		{name: "lb.internal:443", want: "lb.internal"},
+		{name: "user-srv.other.zone:443", want: "user-srv.other.zone"},
 		{name: "user-srv.", want: "user-srv"},
 		{name: "users:50051", want: "user-srv"},
 		{name: "users", want: "user-srv"},

@@ -1,14 +1,17 @@
 package lbserver
 
 import (
+	"context"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 
 	"github.com/lookaside-lb/lookaside/clientstats"
+	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -19,11 +22,12 @@ type Server struct {
 	lbpb.UnimplementedLoadBalancerServer
 
 	// Read-only after construction.
-	cfg    Config
-	names  NameMapper
-	policy policy.Policy
-	log    *slog.Logger
-	seed   func() uint64
+	cfg   Config
+	names NameMapper
+	// policies holds every registered policy, built with cfg.PolicyOptions.
+	policies map[string]policy.Policy
+	log      *slog.Logger
+	seed     func() uint64
 
 	reg         *registry
 	clientStats *clientstats.Registry
@@ -64,21 +68,44 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	p, err := policy.Build(cfg.Policy, policy.DefaultOptions())
-	if err != nil {
-		return nil, err
+	policies := map[string]policy.Policy{}
+	for _, name := range policy.Names() {
+		p, err := policy.Build(name, cfg.PolicyOptions)
+		if err != nil {
+			return nil, err
+		}
+		policies[name] = p
 	}
 	log := cfg.Logger.With("component", "lbserver")
-	return &Server{
+	s := &Server{
 		cfg:         cfg,
-		names:       NameMapper{Aliases: cfg.Aliases, MaxLength: cfg.MaxNameLength},
-		policy:      p,
+		names:       NameMapper{Aliases: cfg.Aliases, Zones: cfg.Zones, MaxLength: cfg.MaxNameLength},
+		policies:    policies,
 		log:         log,
 		seed:        rand.Uint64,
-		reg:         newRegistry(cfg.Source, cfg.WatchLinger, log),
 		clientStats: clientstats.New(),
 		closing:     make(chan struct{}),
-	}, nil
+	}
+	s.reg = newRegistry(cfg.Source, cfg.WatchLinger, s.choosePolicy, log)
+	return s, nil
+}
+
+// choosePolicy picks the policy of a service's snapshot: Consul meta
+// PolicyMetaKey, else the configured per-service policy, else the default.
+// bad is the meta value that was rejected, if any.
+func (s *Server) choosePolicy(snap discovery.Snapshot) (name string, p policy.Policy, bad string) {
+	name = s.cfg.Policy
+	if n, ok := s.cfg.ServicePolicies[snap.Service]; ok {
+		name = n
+	}
+	if n, ok := snap.Meta[PolicyMetaKey]; ok {
+		if _, known := s.policies[n]; known {
+			name = n
+		} else {
+			bad = n
+		}
+	}
+	return name, s.policies[name], bad
 }
 
 // Stats returns the server's counters.
@@ -121,4 +148,30 @@ func (s *Server) enter() bool {
 	}
 	s.streams.Add(1)
 	return true
+}
+
+// Endpoints returns the current endpoints of a service, watching it (and
+// keeping the watch warm for WatchLinger) if no stream does yet. For a
+// service not watched before it waits for the first answer, up to
+// FirstListTimeout or ctx; ok is false if none came. For DNS answers and
+// status pages. Safe for concurrent use.
+func (s *Server) Endpoints(ctx context.Context, service string) (snap discovery.Snapshot, ok bool) {
+	svc := s.reg.acquire(service)
+	if svc == nil {
+		return discovery.Snapshot{}, false
+	}
+	defer s.reg.release(svc)
+	p := svc.cur.Load()
+	if !p.ready {
+		timer := time.NewTimer(s.cfg.FirstListTimeout)
+		defer timer.Stop()
+		select {
+		case <-p.changed:
+			p = svc.cur.Load()
+		case <-timer.C:
+		case <-ctx.Done():
+		case <-s.closing:
+		}
+	}
+	return p.snap, p.ready
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/lbtoken"
+	"github.com/lookaside-lb/lookaside/policy"
 )
 
 // plan is what streams of one service balance with at one moment. It is
@@ -23,13 +24,16 @@ type plan struct {
 	// servers[i] is the grpclb entry of snap.Endpoints[i], shared by all
 	// streams (proto messages are only read once built).
 	servers []*lbpb.Server
+	// policyName and policy are the service's policy for this snapshot.
+	policyName string
+	policy     policy.Policy
 	// changed is closed when a newer plan replaces this one.
 	changed chan struct{}
 }
 
-func newPlan(snap discovery.Snapshot) *plan {
+func newPlan(snap discovery.Snapshot, policyName string, pol policy.Policy) *plan {
 	p := &plan{ready: true, snap: snap, changed: make(chan struct{}),
-		servers: make([]*lbpb.Server, len(snap.Endpoints))}
+		servers: make([]*lbpb.Server, len(snap.Endpoints)), policyName: policyName, policy: pol}
 	for i, ep := range snap.Endpoints {
 		p.servers[i] = serverEntry(ep)
 	}
@@ -62,12 +66,52 @@ type service struct {
 	// Guarded by registry.mu.
 	refs   int
 	linger *time.Timer
+
+	assignMu sync.Mutex
+	assigned map[string]int // guarded by assignMu: endpoint ID → streams whose first entry it is
 }
+
+// assign moves one stream's first entry from endpoint ID from to to ("" for
+// none). Safe for concurrent use.
+func (s *service) assign(from, to string) {
+	if from == to {
+		return
+	}
+	s.assignMu.Lock()
+	defer s.assignMu.Unlock()
+	if from != "" {
+		if s.assigned[from]--; s.assigned[from] <= 0 {
+			delete(s.assigned, from)
+		}
+	}
+	if to != "" {
+		s.assigned[to]++
+	}
+}
+
+// assignedTo returns, aligned with eps, how many streams other than the one
+// whose first entry is self have each endpoint first.
+func (s *service) assignedTo(eps []discovery.Endpoint, self string) []int {
+	out := make([]int, len(eps))
+	s.assignMu.Lock()
+	defer s.assignMu.Unlock()
+	for i, ep := range eps {
+		out[i] = s.assigned[ep.ID]
+		if ep.ID == self {
+			out[i]--
+		}
+	}
+	return out
+}
+
+// chooser picks a snapshot's policy; bad is a rejected meta value.
+type chooser func(discovery.Snapshot) (name string, p policy.Policy, bad string)
 
 // registry owns the watchers: one per service with streams, started on
 // first use and stopped WatchLinger after the last stream leaves.
 type registry struct {
 	src    discovery.Source
+	choose chooser
 	linger time.Duration
 	log    *slog.Logger
 	ctx    context.Context // parent of every watcher; cancelled by close
@@ -79,9 +123,9 @@ type registry struct {
 	stop     context.CancelFunc
 }
 
-func newRegistry(src discovery.Source, linger time.Duration, log *slog.Logger) *registry {
+func newRegistry(src discovery.Source, linger time.Duration, choose chooser, log *slog.Logger) *registry {
 	ctx, stop := context.WithCancel(context.Background())
-	return &registry{src: src, linger: linger, log: log, ctx: ctx, stop: stop, services: map[string]*service{}}
+	return &registry{src: src, choose: choose, linger: linger, log: log, ctx: ctx, stop: stop, services: map[string]*service{}}
 }
 
 // acquire returns the service for name, starting its watcher if needed, and
@@ -135,21 +179,31 @@ func (r *registry) stopLocked(svc *service) {
 
 func (r *registry) startLocked(name string) *service {
 	ctx, cancel := context.WithCancel(r.ctx)
-	svc := &service{name: name, cancel: cancel, done: make(chan struct{})}
+	svc := &service{name: name, cancel: cancel, done: make(chan struct{}), assigned: map[string]int{}}
 	svc.cur.Store(&plan{changed: make(chan struct{})})
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
 		defer close(svc.done)
 		r.log.Debug("watch started", "service", name)
-		err := r.src.Watch(ctx, name, func(snap discovery.Snapshot) {
-			svc.publish(newPlan(snap))
-		})
+		lastBad, lastPolicy := "", ""
+		publish := func(snap discovery.Snapshot) {
+			polName, pol, bad := r.choose(snap)
+			if bad != "" && bad != lastBad {
+				r.log.Warn("ignoring unknown policy in Consul meta", "service", name, "key", PolicyMetaKey, "policy", bad, "using", polName)
+			}
+			if polName != lastPolicy {
+				r.log.Info("service policy", "service", name, "policy", polName)
+			}
+			lastBad, lastPolicy = bad, polName
+			svc.publish(newPlan(snap, polName, pol))
+		}
+		err := r.src.Watch(ctx, name, publish)
 		if err != nil && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
 			// The source can never watch this name: answer its streams
 			// with fallback rather than leave them waiting.
 			r.log.Warn("watch failed", "service", name, "err", err)
-			svc.publish(newPlan(discovery.Snapshot{Service: name}))
+			publish(discovery.Snapshot{Service: name})
 		}
 	}()
 	return svc

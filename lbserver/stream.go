@@ -128,10 +128,12 @@ type streamState struct {
 	sent         []*lbpb.Server // the last list sent, nil if none
 	sentIDs      []string       // endpoint IDs of sent, for policy stickiness
 	sentFallback bool           // the last message sent was a FallbackResponse
+	first        string         // endpoint ID of sent's first entry, counted in svc.assigned
 }
 
 func (st *streamState) run(ctx context.Context, reqs <-chan *lbpb.LoadBalanceRequest, recvErr <-chan error) error {
 	s := st.srv
+	defer func() { st.svc.assign(st.first, "") }()
 	p := st.svc.cur.Load()
 	if !p.ready {
 		timer := time.NewTimer(s.cfg.FirstListTimeout)
@@ -197,10 +199,17 @@ func (st *streamState) update(p *plan) error {
 		}
 		st.srv.counters.fallbacksSent.Add(1)
 		st.sentFallback, st.sent, st.sentIDs = true, nil, nil
+		st.svc.assign(st.first, "")
+		st.first = ""
 		st.log.Debug("sent fallback", "ready", p.ready)
 		return nil
 	}
-	entries := st.srv.policy.List(policy.Input{Endpoints: p.snap.Endpoints, Client: st.client, Previous: st.sentIDs})
+	entries := p.policy.List(policy.Input{
+		Endpoints: p.snap.Endpoints,
+		Client:    st.client,
+		Previous:  st.sentIDs,
+		Assigned:  st.svc.assignedTo(p.snap.Endpoints, st.first),
+	})
 	list := make([]*lbpb.Server, 0, len(entries))
 	ids := make([]string, 0, len(entries))
 	for _, e := range entries {
@@ -221,7 +230,13 @@ func (st *streamState) update(p *plan) error {
 	}
 	st.srv.counters.listsSent.Add(1)
 	st.sent, st.sentIDs, st.sentFallback = list, ids, false
-	st.log.Debug("sent list", "entries", len(list), "index", p.snap.Index)
+	first := ""
+	if len(ids) > 0 {
+		first = ids[0]
+	}
+	st.svc.assign(st.first, first)
+	st.first = first
+	st.log.Debug("sent list", "entries", len(list), "policy", p.policyName, "index", p.snap.Index)
 	return nil
 }
 
