@@ -3,6 +3,8 @@
 GO        ?= go
 POLICY    ?= round_robin
 CALLS     ?= 300
+# More demo flags, e.g. DEMO_FLAGS="-clients 100 -pick-first -weights 1,1,4"
+DEMO_FLAGS ?=
 # The e2e suite starts real Consul agents and waits for keepalive pings
 # over 90 s; the limit leaves room for a slow machine.
 TEST_TIMEOUT ?= 15m
@@ -29,7 +31,7 @@ unit: ## the fast tests only (no Consul, no e2e)
 	$(GO) test -race -short ./...
 
 demo: ## Consul, three backends, the balancer and a client; prints the spread
-	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) run ./cmd/demo -policy $(POLICY) -calls $(CALLS)
+	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) run ./cmd/demo -policy $(POLICY) -calls $(CALLS) $(DEMO_FLAGS)
 
 proto: ## regenerate the example service's Go code
 	scripts/gen-proto.sh

@@ -17,11 +17,14 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"google.golang.org/grpc"
 
 	"github.com/lookaside-lb/lookaside/backend"
 	"github.com/lookaside-lb/lookaside/discovery/consul"
@@ -29,7 +32,11 @@ import (
 	"github.com/lookaside-lb/lookaside/internal/lbdial"
 	"github.com/lookaside-lb/lookaside/lbserver"
 	"github.com/lookaside-lb/lookaside/policy"
-	_ "github.com/lookaside-lb/lookaside/policy/roundrobin"
+	_ "github.com/lookaside-lb/lookaside/policy/all"
+	"github.com/lookaside-lb/lookaside/policy/leastconn"
+	"github.com/lookaside-lb/lookaside/policy/sourcehash"
+	"github.com/lookaside-lb/lookaside/policy/weightedrandom"
+	"github.com/lookaside-lb/lookaside/policy/weightedroundrobin"
 	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
 )
 
@@ -48,18 +55,28 @@ type options struct {
 	policy    string
 	calls     int
 	backends  int
+	weights   string
+	clients   int
 	pickFirst bool
 	verbose   bool
+}
+
+// weighted reports whether a policy balances by Consul weight.
+func weighted(policyName string) bool {
+	return policyName == weightedroundrobin.Name || policyName == weightedrandom.Name ||
+		policyName == sourcehash.Name || policyName == leastconn.Name
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var o options
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.policy, "policy", "round_robin", "balancing policy")
-	fs.IntVar(&o.calls, "calls", 300, "calls the client makes (1 to 100000)")
+	fs.StringVar(&o.policy, "policy", "round_robin", "balancing policy: "+strings.Join(policy.Names(), ", "))
+	fs.IntVar(&o.calls, "calls", 300, "calls to make in all, spread over the clients (1 to 100000)")
 	fs.IntVar(&o.backends, "backends", 3, "backends to start (1 to 20)")
-	fs.BoolVar(&o.pickFirst, "pick-first", false, "use grpclb's pick_first child policy in the client")
+	fs.StringVar(&o.weights, "weights", "", "comma-separated Consul weights of the backends (default 1,2,3,… for weighted policies, else all 1)")
+	fs.IntVar(&o.clients, "clients", 1, "grpc-go clients, each with its own balancer stream (1 to 200)")
+	fs.BoolVar(&o.pickFirst, "pick-first", false, "use grpclb's pick_first child policy in the clients")
 	fs.BoolVar(&o.verbose, "v", false, "show the components' logs")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -67,8 +84,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if _, err := policy.Build(o.policy, policy.DefaultOptions()); err != nil {
 		return err
 	}
-	if o.calls < 1 || o.calls > 100000 || o.backends < 1 || o.backends > 20 {
-		return fmt.Errorf("-calls must be in [1, 100000] and -backends in [1, 20]")
+	if o.calls < 1 || o.calls > 100000 || o.backends < 1 || o.backends > 20 || o.clients < 1 || o.clients > 200 {
+		return fmt.Errorf("-calls must be in [1, 100000], -backends in [1, 20] and -clients in [1, 200]")
+	}
+	weights, err := parseWeights(o.weights, o.backends, o.policy)
+	if err != nil {
+		return err
 	}
 	level := slog.LevelWarn
 	if o.verbose {
@@ -78,7 +99,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	fmt.Fprintf(stdout, "Lookaside demo: policy %s, %d backends, %d calls\n\n", o.policy, o.backends, o.calls)
+	child := "round_robin"
+	if o.pickFirst {
+		child = "pick_first"
+	}
+	fmt.Fprintf(stdout, "Lookaside demo: policy %s, %d backends, %d client(s) with grpclb child %s, %d calls\n\n",
+		o.policy, o.backends, o.clients, child, o.calls)
 
 	agent, err := consultest.Run(ctx, consultest.Options{})
 	if err != nil {
@@ -88,11 +114,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "  consul    %s (dev agent)\n", agent.HTTPAddr())
 
 	const service = "user-srv"
+	weightOf := map[string]int{}
 	var ids []string
-	for range o.backends {
+	for i := range o.backends {
 		cfg := backend.DefaultConfig()
 		cfg.Service = service
 		cfg.Consul = agent.Client()
+		cfg.Weight = weights[i]
 		cfg.CheckInterval = time.Second
 		cfg.DrainDelay = 200 * time.Millisecond
 		cfg.Logger = log
@@ -112,7 +140,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return ctx.Err()
 		}
 		ids = append(ids, b.ID())
-		fmt.Fprintf(stdout, "  backend   %s registered as %s\n", b.Addr(), b.ID())
+		weightOf[b.ID()] = weights[i]
+		fmt.Fprintf(stdout, "  backend   %s registered as %s, weight %d\n", b.Addr(), b.ID(), weights[i])
 	}
 	if err := waitPassing(ctx, agent, service, o.backends); err != nil {
 		return err
@@ -139,55 +168,128 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	lctx, lcancel := context.WithCancel(context.Background())
 	ldone := make(chan error, 1)
-	go func() { ldone <- lbserver.Serve(lctx, lis, srv, lbserver.ServeOptions{ShutdownTimeout: 5 * time.Second}) }()
+	go func() {
+		ldone <- lbserver.Serve(lctx, lis, srv, lbserver.ServeOptions{ShutdownTimeout: 5 * time.Second})
+	}()
 	defer func() { lcancel(); <-ldone }()
 	fmt.Fprintf(stdout, "  balancer  %s (grpclb, watching Consul)\n", lis.Addr())
 
 	target := service + ":50051"
-	cc, _, err := lbdial.Dial(lbdial.Options{Target: target, Balancers: []string{lis.Addr().String()}, PickFirst: o.pickFirst})
-	if err != nil {
-		return err
-	}
-	defer cc.Close()
-	child := "round_robin"
-	if o.pickFirst {
-		child = "pick_first"
-	}
-	fmt.Fprintf(stdout, "  client    dials %q with grpclb (child policy %s)\n\n", target, child)
-	client := userpb.NewUserClient(cc)
-
-	// Warm up: the client connects to each backend as the list arrives.
-	warm := map[string]bool{}
-	for deadline := time.Now().Add(10 * time.Second); len(warm) < o.backends && !o.pickFirst && time.Now().Before(deadline); {
-		if r, err := call(ctx, client); err == nil {
-			warm[r.BackendId] = true
+	fmt.Fprintf(stdout, "  clients   dial %q with grpclb\n\n", target)
+	// Every client keeps its balancer stream open while the others start,
+	// as real clients do; then each makes its share of the calls.
+	var clients []*demoClient
+	defer func() {
+		for _, c := range clients {
+			c.cc.Close()
 		}
+	}()
+	for i := range o.clients {
+		c, err := newClient(ctx, lis.Addr().String(), target, o.pickFirst)
+		if err != nil {
+			return fmt.Errorf("client %d: %w", i, err)
+		}
+		clients = append(clients, c)
 	}
-
 	counts := map[string]int{}
 	tokens := 0
 	start := time.Now()
-	for i := range o.calls {
-		r, err := call(ctx, client)
-		if err != nil {
-			return fmt.Errorf("call %d: %w", i, err)
+	for i, c := range clients {
+		n := o.calls / o.clients
+		if i < o.calls%o.clients {
+			n++
 		}
-		counts[r.BackendId]++
-		if r.LbToken != "" {
-			tokens++
+		for j := range n {
+			r, err := call(ctx, c.user)
+			if err != nil {
+				return fmt.Errorf("client %d, call %d: %w", i, j, err)
+			}
+			counts[r.BackendId]++
+			if r.LbToken != "" {
+				tokens++
+			}
 		}
 	}
 	elapsed := time.Since(start)
 
 	sort.Strings(ids)
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "backend\tcalls\tshare\ttarget\t\n")
+	total := 0
+	for _, w := range weightOf {
+		total += w
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "backend\tweight\tcalls\tshare\ttarget\n")
 	for _, id := range ids {
-		fmt.Fprintf(tw, "%s\t%d\t%.1f%%\t%.1f%%\t\n", id, counts[id], 100*float64(counts[id])/float64(o.calls), 100/float64(o.backends))
+		target := 1 / float64(o.backends)
+		if weighted(o.policy) {
+			target = float64(weightOf[id]) / float64(total)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%5.1f%%\t%5.1f%%\n", id, weightOf[id], counts[id], 100*float64(counts[id])/float64(o.calls), 100*target)
 	}
 	tw.Flush()
-	fmt.Fprintf(stdout, "\n%d calls in %v, %d carried an lb-token; balancer stats: %+v\n", o.calls, elapsed.Round(time.Millisecond), tokens, srv.Stats())
+	if o.clients == 1 && (o.pickFirst || o.policy == sourcehash.Name) {
+		fmt.Fprintf(stdout, "\n(one client stays on one backend here; the target is the share over many clients: try -clients 100)\n")
+	}
+	fmt.Fprintf(stdout, "\n%d calls in %v, %d carried an lb-token; balancer: %d streams, %d lists sent\n",
+		o.calls, elapsed.Round(time.Millisecond), tokens, srv.Stats().StreamsStarted, srv.Stats().ListsSent)
 	return nil
+}
+
+type demoClient struct {
+	cc   *grpc.ClientConn
+	user userpb.UserClient
+}
+
+// newClient dials through the balancer and waits until the client has its
+// list (calls carry a token) and, for round_robin, until it has connected
+// to the backends.
+func newClient(ctx context.Context, lb, target string, pickFirst bool) (*demoClient, error) {
+	cc, _, err := lbdial.Dial(lbdial.Options{Target: target, Balancers: []string{lb}, PickFirst: pickFirst})
+	if err != nil {
+		return nil, err
+	}
+	c := &demoClient{cc: cc, user: userpb.NewUserClient(cc)}
+	deadline := time.Now().Add(10 * time.Second)
+	for seen := map[string]bool{}; time.Now().Before(deadline); {
+		r, err := call(ctx, c.user)
+		if err != nil {
+			cc.Close()
+			return nil, err
+		}
+		if r.LbToken == "" {
+			continue
+		}
+		if seen[r.BackendId] || pickFirst {
+			break
+		}
+		seen[r.BackendId] = true
+	}
+	return c, nil
+}
+
+func parseWeights(spec string, n int, policyName string) ([]int, error) {
+	out := make([]int, n)
+	if spec == "" {
+		for i := range out {
+			out[i] = 1
+			if weighted(policyName) {
+				out[i] = i + 1
+			}
+		}
+		return out, nil
+	}
+	parts := strings.Split(spec, ",")
+	if len(parts) != n {
+		return nil, fmt.Errorf("-weights has %d values for %d backends", len(parts), n)
+	}
+	for i, p := range parts {
+		w, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || w < 1 || w > 1000 {
+			return nil, fmt.Errorf("-weights: %q is not a whole number from 1 to 1000", p)
+		}
+		out[i] = w
+	}
+	return out, nil
 }
 
 func call(ctx context.Context, c userpb.UserClient) (*userpb.UserListResponse, error) {

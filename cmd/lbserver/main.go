@@ -28,7 +28,7 @@ import (
 	"github.com/lookaside-lb/lookaside/discovery/static"
 	"github.com/lookaside-lb/lookaside/lbserver"
 	"github.com/lookaside-lb/lookaside/policy"
-	_ "github.com/lookaside-lb/lookaside/policy/roundrobin"
+	_ "github.com/lookaside-lb/lookaside/policy/all"
 )
 
 func main() {
@@ -63,8 +63,10 @@ type options struct {
 	checkInterval   time.Duration
 	drainDelay      time.Duration
 
-	lb      lbserver.Config
-	aliases string
+	lb              lbserver.Config
+	aliases         string
+	servicePolicies string
+	zones           string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -111,6 +113,10 @@ Flags:
 	fs.DurationVar(&o.drainDelay, "drain-delay", 2*time.Second, "on SIGTERM with -register, how long to wait after deregistering before ending streams")
 
 	fs.StringVar(&o.lb.Policy, "policy", o.lb.Policy, "balancing policy: "+strings.Join(policy.Names(), ", "))
+	fs.StringVar(&o.servicePolicies, "service-policy", "", "per-service policies: `service=policy,...` (Consul meta \""+lbserver.PolicyMetaKey+"\" wins)")
+	fs.IntVar(&o.lb.PolicyOptions.MaxEntries, "max-list-entries", o.lb.PolicyOptions.MaxEntries, "bound on the list length of weighted policies (weights are scaled down to fit; every endpoint keeps one entry)")
+	fs.IntVar(&o.lb.PolicyOptions.HashSubset, "hash-subset", o.lb.PolicyOptions.HashSubset, "source_hash: how many endpoints each client IP gets")
+	fs.StringVar(&o.zones, "zone", "", "DNS `zones` (comma-separated) whose names map to services: user-srv.lb.internal → user-srv")
 	fs.StringVar(&o.aliases, "alias", "", "map client names to services: `name=service,...` (name with or without port)")
 	fs.IntVar(&o.lb.MaxNameLength, "max-name-length", o.lb.MaxNameLength, "longest name accepted in an initial request, in bytes")
 	fs.DurationVar(&o.lb.ClientStatsInterval, "client-stats-interval", o.lb.ClientStatsInterval, "how often clients send ClientStats (0: never)")
@@ -138,6 +144,16 @@ Flags:
 		return nil, fmt.Errorf("-alias: %w", err)
 	}
 	o.lb.Aliases = aliases
+	pols, err := lbserver.ParseAliases(o.servicePolicies, o.lb.MaxNameLength)
+	if err != nil {
+		return nil, fmt.Errorf("-service-policy: %w", err)
+	}
+	o.lb.ServicePolicies = pols
+	for _, z := range strings.Split(o.zones, ",") {
+		if z = strings.TrimSuffix(strings.TrimSpace(z), "."); z != "" {
+			o.lb.Zones = append(o.lb.Zones, z)
+		}
+	}
 	return o, nil
 }
 

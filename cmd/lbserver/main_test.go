@@ -26,6 +26,11 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-register", "-listen", ":0", "-static", "a=127.0.0.1:1"}, "-advertise"},
 		{[]string{"-register", "-listen", "127.0.0.1:0", "-register-service", "a b", "-static", "a=127.0.0.1:1"}, "service"},
 		{[]string{"-drain-delay", "-1s"}, "-drain-delay"},
+		{[]string{"-service-policy", "svc=fastest", "-static", "a=127.0.0.1:1"}, `service "svc": policy: unknown policy "fastest"`},
+		{[]string{"-service-policy", "svc", "-static", "a=127.0.0.1:1"}, "-service-policy"},
+		{[]string{"-max-list-entries", "0", "-static", "a=127.0.0.1:1"}, "max entries"},
+		{[]string{"-hash-subset", "0", "-static", "a=127.0.0.1:1"}, "hash subset"},
+		{[]string{"-zone", "lb..internal/", "-static", "a=127.0.0.1:1"}, "zone"},
 		{[]string{"-listen", "256.0.0.1:99999", "-static", "a=127.0.0.1:1"}, "listen"},
 	}
 	for _, tc := range tests {
@@ -44,7 +49,7 @@ func TestHelp(t *testing.T) {
 	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("-h exited %d", code)
 	}
-	for _, want := range []string{"-consul", "-static", "-policy", "round_robin", "-alias", "CONSUL_HTTP_ADDR"} {
+	for _, want := range []string{"-consul", "-static", "-policy", "round_robin", "weighted_round_robin", "source_hash", "least_connections", "-alias", "CONSUL_HTTP_ADDR", "lb-policy"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("help does not mention %s", want)
 		}
