@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"strconv"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -80,6 +81,11 @@ type skipped struct {
 	level    slog.Level // Debug for routine reasons (unhealthy), Warn for bad registrations
 }
 
+// WeightMetaKey is the instance meta key that overrides a passing
+// instance's Consul weight (Weights.Passing): a whole number from 1 to
+// MaxWeight. Other values are logged and ignored.
+const WeightMetaKey = "lb-weight"
+
 // endpoint converts one entry, or says why it was skipped.
 func (w *watcher) endpoint(e *api.ServiceEntry, ids map[string]int, res *lookups) (discovery.Endpoint, *skipped) {
 	if e == nil || e.Service == nil || e.Node == nil {
@@ -101,6 +107,13 @@ func (w *watcher) endpoint(e *api.ServiceEntry, ids map[string]int, res *lookups
 		weight = svc.Weights.Warning
 	default:
 		return skip(slog.LevelDebug, "health is %q", status)
+	}
+	if v, ok := svc.Meta[WeightMetaKey]; ok && e.Checks.AggregatedStatus() == api.HealthPassing {
+		if n, err := strconv.Atoi(v); err == nil && n >= 1 && n <= MaxWeight {
+			weight = n
+		} else {
+			w.log.Warn("ignoring bad weight in service meta; using Consul's weight", "instance", inst, "key", WeightMetaKey, "value", v)
+		}
 	}
 	weight = min(max(weight, 1), MaxWeight)
 
