@@ -53,6 +53,13 @@ type Config struct {
 	// last stream ended, so a reconnecting client finds it warm.
 	// Default 1 min; 0 stops at once.
 	WatchLinger time.Duration
+	// MaxStreamAge ends each stream cleanly after this long (± 10 %,
+	// random per stream), and Serve closes each client connection with
+	// GOAWAY after about as long, so clients re-resolve and re-spread over
+	// the balancer replicas, for example after one was down. The client
+	// reconnects at once and keeps its backends meanwhile. 0 disables it.
+	// Default 30 min; at least 10 s.
+	MaxStreamAge time.Duration
 	// Logger receives the server's logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -70,6 +77,7 @@ func DefaultConfig() Config {
 		InitialRequestTimeout: 10 * time.Second,
 		FirstListTimeout:      5 * time.Second,
 		WatchLinger:           time.Minute,
+		MaxStreamAge:          30 * time.Minute,
 		Logger:                slog.Default(),
 	}
 }
@@ -118,6 +126,9 @@ func (c Config) validate() error {
 	}
 	if c.WatchLinger < 0 {
 		errs = append(errs, fmt.Errorf("watch linger %v is negative", c.WatchLinger))
+	}
+	if c.MaxStreamAge != 0 && c.MaxStreamAge < 10*time.Second {
+		errs = append(errs, fmt.Errorf("max stream age %v is under 10s", c.MaxStreamAge))
 	}
 	if c.Logger == nil {
 		errs = append(errs, errors.New("no logger"))

@@ -133,3 +133,33 @@ func TestEndpoints(t *testing.T) {
 		t.Fatal("Endpoints of a service with no answer reported ok")
 	}
 }
+
+// TestReplicasAgree: two balancers with the same endpoints give every
+// endpoint the same number of entries, whatever the stream; only the order
+// differs, so a client gets the same balance from any replica.
+func TestReplicasAgree(t *testing.T) {
+	a, b, c := ep("a", "127.0.0.1:1"), ep("b", "127.0.0.1:2"), ep("c", "127.0.0.1:3")
+	a.Weight, b.Weight, c.Weight = 2, 3, 5
+	for _, pol := range []string{roundrobin.Name, weightedroundrobin.Name, "weighted_random", "random", leastconn.Name} {
+		t.Run(pol, func(t *testing.T) {
+			counts := func(seed uint64) map[string]int {
+				cfg := testConfig(newFakeSource(snap("svc", a, b, c)))
+				cfg.Policy = pol
+				_, cl := startServer(t, cfg, func(s *Server) { s.seed = func() uint64 { return seed } })
+				s := open(t, cl, "svc")
+				recv(t, s)
+				out := map[string]int{}
+				for _, addr := range recvList(t, s) {
+					out[addr]++
+				}
+				return out
+			}
+			first := counts(1)
+			for _, seed := range []uint64{2, 99, 12345} {
+				if diff := cmp.Diff(first, counts(seed)); diff != "" {
+					t.Errorf("entries per endpoint differ between replicas/streams (-seed 1 +seed %d):\n%s", seed, diff)
+				}
+			}
+		})
+	}
+}

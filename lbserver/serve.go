@@ -63,7 +63,17 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 15 * time.Second
 	}
-	gs := grpc.NewServer(ServerOptions(o.GRPC...)...)
+	opts := ServerOptions(o.GRPC...)
+	if age := s.cfg.MaxStreamAge; age > 0 {
+		// GOAWAY at about the streams' age (grpc adds ± 10 %), so that
+		// clients reconnect, and may pick another replica, when their
+		// stream ends; streams still open after the grace are cut.
+		kp := KeepaliveParams
+		kp.MaxConnectionAge = age
+		kp.MaxConnectionAgeGrace = age/5 + 10*time.Second
+		opts = append(opts, grpc.KeepaliveParams(kp))
+	}
+	gs := grpc.NewServer(opts...)
 	s.Register(gs)
 	hs := health.NewServer()
 	hs.SetServingStatus(HealthService, healthpb.HealthCheckResponse_SERVING)

@@ -49,6 +49,7 @@ type counters struct {
 	listsSent       atomic.Int64
 	fallbacksSent   atomic.Int64
 	badClientStats  atomic.Int64
+	streamsExpired  atomic.Int64
 }
 
 // Stats is a copy of the server's counters.
@@ -60,6 +61,7 @@ type Stats struct {
 	ListsSent       int64 // ServerList messages sent
 	FallbacksSent   int64 // FallbackResponse messages sent
 	BadClientStats  int64 // ClientStats messages rejected as implausible
+	StreamsExpired  int64 // streams ended at their maximum age
 }
 
 // New validates cfg and returns a Server. It starts no goroutine until a
@@ -119,6 +121,7 @@ func (s *Server) Stats() Stats {
 		ListsSent:       c.listsSent.Load(),
 		FallbacksSent:   c.fallbacksSent.Load(),
 		BadClientStats:  c.badClientStats.Load(),
+		StreamsExpired:  c.streamsExpired.Load(),
 	}
 }
 

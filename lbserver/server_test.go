@@ -94,7 +94,7 @@ func snap(service string, eps ...discovery.Endpoint) discovery.Snapshot {
 
 // startServer runs a Server with cfg on a loopback listener and returns a
 // client connection to it.
-func startServer(t *testing.T, cfg Config) (*Server, lbpb.LoadBalancerClient) {
+func startServer(t *testing.T, cfg Config, before ...func(*Server)) (*Server, lbpb.LoadBalancerClient) {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -104,6 +104,9 @@ func startServer(t *testing.T, cfg Config) (*Server, lbpb.LoadBalancerClient) {
 		t.Fatal(err)
 	}
 	s.seed = func() uint64 { return 0 }
+	for _, f := range before {
+		f(s)
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -445,5 +448,34 @@ func TestConfigValidation(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
+	}
+}
+
+// TestMaxStreamAge: a stream ends cleanly after about MaxStreamAge, and the
+// client can open the next one at once.
+func TestMaxStreamAge(t *testing.T) {
+	src := newFakeSource(snap("svc", ep("a", "127.0.0.1:1")))
+	cfg := testConfig(src)
+	cfg.MaxStreamAge = 10 * time.Second
+	srv, c := startServer(t, cfg, func(s *Server) {
+		s.cfg.MaxStreamAge = 200 * time.Millisecond // below the configurable minimum, to keep the test short
+	})
+	s := open(t, c, "svc")
+	recv(t, s)
+	recv(t, s)
+	start := time.Now()
+	if _, err := s.Recv(); err != io.EOF {
+		t.Fatalf("Recv at max age: %v, want io.EOF", err)
+	}
+	if took := time.Since(start); took < 150*time.Millisecond {
+		t.Errorf("stream ended after %v, before its age of 200ms ± 10%%", took)
+	}
+	if got := srv.Stats().StreamsExpired; got != 1 {
+		t.Errorf("StreamsExpired = %d, want 1", got)
+	}
+	s = open(t, c, "svc")
+	recv(t, s)
+	if diff := cmp.Diff([]string{"127.0.0.1:1"}, recvList(t, s)); diff != "" {
+		t.Fatalf("next stream's list (-want +got):\n%s", diff)
 	}
 }

@@ -160,6 +160,14 @@ func (st *streamState) run(ctx context.Context, reqs <-chan *lbpb.LoadBalanceReq
 	}); err != nil {
 		return err
 	}
+	var expired <-chan time.Time
+	if age := s.cfg.MaxStreamAge; age > 0 {
+		// ± 10 %, from the stream's seed, so streams do not end together.
+		jitter := time.Duration(float64(age) * (float64(st.client.Seed%2001)/10000 - 0.1))
+		timer := time.NewTimer(age + jitter)
+		defer timer.Stop()
+		expired = timer.C
+	}
 	// The list goes out right after the initial response: a grpc-go client
 	// that gets the initial response but no list can fail its picks.
 	for {
@@ -181,6 +189,10 @@ func (st *streamState) run(ctx context.Context, reqs <-chan *lbpb.LoadBalanceReq
 		case <-s.closing:
 			// End cleanly: clients reconnect at once, to another replica
 			// while this one drains, and keep their backends meanwhile.
+			return nil
+		case <-expired:
+			s.counters.streamsExpired.Add(1)
+			st.log.Debug("stream reached its maximum age")
 			return nil
 		}
 	}

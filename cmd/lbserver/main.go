@@ -123,6 +123,7 @@ Flags:
 	fs.DurationVar(&o.lb.InitialRequestTimeout, "initial-request-timeout", o.lb.InitialRequestTimeout, "end streams that send no initial request within this time")
 	fs.DurationVar(&o.lb.FirstListTimeout, "first-list-timeout", o.lb.FirstListTimeout, "answer with fallback if discovery has no answer for a new service within this time")
 	fs.DurationVar(&o.lb.WatchLinger, "watch-linger", o.lb.WatchLinger, "keep watching a service this long after its last client left")
+	fs.DurationVar(&o.lb.MaxStreamAge, "max-stream-age", o.lb.MaxStreamAge, "end streams and connections after about this long (±10%), so clients re-spread over replicas (0: never)")
 
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -26,6 +26,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-register", "-listen", ":0", "-static", "a=127.0.0.1:1"}, "-advertise"},
 		{[]string{"-register", "-listen", "127.0.0.1:0", "-register-service", "a b", "-static", "a=127.0.0.1:1"}, "service"},
 		{[]string{"-drain-delay", "-1s"}, "-drain-delay"},
+		{[]string{"-max-stream-age", "1s", "-static", "a=127.0.0.1:1"}, "max stream age"},
 		{[]string{"-service-policy", "svc=fastest", "-static", "a=127.0.0.1:1"}, `service "svc": policy: unknown policy "fastest"`},
 		{[]string{"-service-policy", "svc", "-static", "a=127.0.0.1:1"}, "-service-policy"},
 		{[]string{"-max-list-entries", "0", "-static", "a=127.0.0.1:1"}, "max entries"},
