@@ -11,8 +11,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	orcasvc "github.com/cncf/xds/go/xds/service/orca/v3"
 	"github.com/hashicorp/consul/api"
 	"github.com/lookaside-lb/lookaside/lbtoken"
+	"github.com/lookaside-lb/lookaside/loadreport"
 	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -32,10 +34,15 @@ type Backend struct {
 	lis    net.Listener
 	srv    *grpc.Server
 	health *health.Server
+	rec    *loadreport.Recorder
+	orca   *loadreport.Reporter
 	log    *slog.Logger
 	ready  chan struct{} // closed by Serve once serving and registered
 
-	started atomic.Bool // Serve has been called
+	started  atomic.Bool   // Serve has been called
+	latency  atomic.Int64  // time.Duration added to each User call
+	burn     atomic.Uint64 // math.Float64bits of the share of a core to burn
+	burnWake chan struct{} // buffered; SetCPUBurn wakes an idle burner
 
 	// healthMu orders health updates, so that the status SetServing asked
 	// for last is the one reported.
@@ -78,16 +85,35 @@ func New(cfg Config) (*Backend, error) {
 		}
 	}
 
+	rec, err := loadreport.NewRecorder(loadreport.RecorderConfig{Window: cfg.LoadWindow})
+	if err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("backend: %w", err)
+	}
+	reporter, err := loadreport.NewReporter(rec, loadreport.ReporterConfig{
+		MinInterval: cfg.ORCAMinInterval,
+		Logger:      cfg.Logger.With("id", cfg.ID),
+	})
+	if err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("backend: %w", err)
+	}
+
 	b := &Backend{
-		cfg:    cfg,
-		host:   host,
-		port:   port,
-		lis:    lis,
-		health: health.NewServer(),
-		log:    cfg.Logger.With("component", "backend", "id", cfg.ID),
-		ready:  make(chan struct{}),
+		cfg:      cfg,
+		host:     host,
+		port:     port,
+		lis:      lis,
+		health:   health.NewServer(),
+		rec:      rec,
+		orca:     reporter,
+		log:      cfg.Logger.With("component", "backend", "id", cfg.ID),
+		ready:    make(chan struct{}),
+		burnWake: make(chan struct{}, 1),
 	}
 	b.serving = true
+	b.SetLatency(cfg.Latency)
+	b.SetCPUBurn(cfg.CPUBurn)
 
 	v := lbtoken.Verifier{
 		Token:    lbtoken.ForID(cfg.ID),
@@ -96,13 +122,18 @@ func New(cfg Config) (*Backend, error) {
 			healthpb.Health_Check_FullMethodName: true,
 			healthpb.Health_List_FullMethodName:  true,
 			healthpb.Health_Watch_FullMethodName: true,
+			// Balancers ask for load reports without a token.
+			orcasvc.OpenRcaService_StreamCoreMetrics_FullMethodName: true,
 		},
 	}
+	// The recorder comes first, so that it counts every call that reaches
+	// the backend, rejected ones included, and sees the added latency.
 	b.srv = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(v.UnaryInterceptor()),
-		grpc.ChainStreamInterceptor(v.StreamInterceptor()),
+		grpc.ChainUnaryInterceptor(rec.UnaryServerInterceptor(), v.UnaryInterceptor(), b.latencyInterceptor),
+		grpc.ChainStreamInterceptor(rec.StreamServerInterceptor(), v.StreamInterceptor()),
 	)
 	healthpb.RegisterHealthServer(b.srv, b.health)
+	reporter.Register(b.srv)
 	userpb.RegisterUserServer(b.srv, &UserService{ID: cfg.ID, Addr: cfg.Advertise})
 	return b, nil
 }
@@ -160,6 +191,16 @@ func (b *Backend) Serve(ctx context.Context) error {
 	b.healthMu.Unlock()
 	errc := make(chan error, 1)
 	go func() { errc <- b.srv.Serve(b.lis) }()
+	burnCtx, stopBurn := context.WithCancel(context.Background())
+	burnDone := make(chan struct{})
+	go func() {
+		defer close(burnDone)
+		b.burnCPU(burnCtx)
+	}()
+	defer func() {
+		stopBurn()
+		<-burnDone
+	}()
 
 	if err := b.register(ctx); err != nil {
 		b.srv.Stop()
@@ -193,6 +234,9 @@ func (b *Backend) Serve(ctx context.Context) error {
 		t := time.NewTimer(b.cfg.DrainDelay)
 		<-t.C
 	}
+	// Load report streams last as long as their balancer wants; end them
+	// so that the graceful stop need not wait for them.
+	b.orca.Close()
 
 	stopped := make(chan struct{})
 	go func() {

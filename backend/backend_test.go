@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"strings"
 	"testing"
@@ -138,6 +139,12 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"advertise port 0", func(c *Config) { c.Advertise = "127.0.0.1:0" }, "advertise"},
 		{"unspecified listen, no advertise", func(c *Config) { c.Listen = "0.0.0.0:0" }, "set Advertise"},
 		{"bad listen address", func(c *Config) { c.Listen = "127.0.0.1:notaport" }, "backend"},
+		{"negative ORCA min interval", func(c *Config) { c.ORCAMinInterval = -time.Second }, "ORCA min interval"},
+		{"negative load window", func(c *Config) { c.LoadWindow = -time.Second }, "load window"},
+		{"negative latency", func(c *Config) { c.Latency = -time.Second }, "latency"},
+		{"CPU burn over 1", func(c *Config) { c.CPUBurn = 1.5 }, "CPU burn"},
+		{"negative CPU burn", func(c *Config) { c.CPUBurn = -0.1 }, "CPU burn"},
+		{"NaN CPU burn", func(c *Config) { c.CPUBurn = math.NaN() }, "CPU burn"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

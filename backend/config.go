@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/lookaside-lb/lookaside/loadreport"
 )
 
 // Consul's own lower bounds: it runs checks at most once a second and reaps
@@ -66,15 +67,39 @@ type Config struct {
 	// running then are cut. Default 10 s; negative is rejected.
 	ShutdownTimeout time.Duration
 	// RequireLBToken rejects calls that carry no lb-token. Calls with a
-	// wrong token are always rejected, and health checks are never checked.
+	// wrong token are always rejected, and health checks and ORCA load
+	// report streams are never checked.
 	RequireLBToken bool
+	// ORCAMinInterval is the shortest interval at which the backend sends
+	// ORCA load reports (loadreport.ReporterConfig.MinInterval): a balancer
+	// that asks for less gets this. Default 1 s; values under 10 ms are
+	// raised to 10 ms; negative is rejected.
+	ORCAMinInterval time.Duration
+	// LoadWindow is the span over which the reported QPS, errors per second
+	// and CPU utilization are averaged (loadreport.RecorderConfig.Window).
+	// Default 5 s; clamped to [100 ms, 1 min]; negative is rejected.
+	LoadWindow time.Duration
+	// Latency is added to every User call before it is answered, to
+	// simulate a slow backend; a call whose deadline comes first ends with
+	// DeadlineExceeded. Zero means none; negative is rejected. SetLatency
+	// changes it while serving.
+	Latency time.Duration
+	// CPUBurn keeps this share of one CPU core busy while the backend
+	// serves, from 0 to 1, to simulate a busy backend: a goroutine spins
+	// for CPUBurn of every 10 ms, whatever the traffic. The reported
+	// cpu_utilization rises by about CPUBurn/GOMAXPROCS (CPU is measured
+	// for the whole process, so backends that share a process share it).
+	// Zero means off; values outside [0, 1] are rejected. SetCPUBurn
+	// changes it while serving.
+	CPUBurn float64
 	// Logger receives the backend's logs. Default slog.Default().
 	Logger *slog.Logger
 }
 
 // DefaultConfig returns a Config with every default set: service "user-srv"
 // on a free loopback port, weight 1, no Consul, 2 s check interval, 1 min
-// critical deregistration, 2 s drain delay, 10 s shutdown timeout.
+// critical deregistration, 2 s drain delay, 10 s shutdown timeout, ORCA
+// reports at most every 1 s averaged over 5 s, no added latency or CPU burn.
 func DefaultConfig() Config {
 	return Config{
 		Service:                 "user-srv",
@@ -84,6 +109,8 @@ func DefaultConfig() Config {
 		DeregisterCriticalAfter: time.Minute,
 		DrainDelay:              2 * time.Second,
 		ShutdownTimeout:         10 * time.Second,
+		ORCAMinInterval:         loadreport.DefaultMinInterval,
+		LoadWindow:              loadreport.DefaultWindow,
 		Logger:                  slog.Default(),
 	}
 }
@@ -129,6 +156,26 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("backend: shutdown timeout %v is negative", c.ShutdownTimeout)
 	case c.ShutdownTimeout == 0:
 		c.ShutdownTimeout = d.ShutdownTimeout
+	}
+	switch {
+	case c.ORCAMinInterval < 0:
+		return c, fmt.Errorf("backend: ORCA min interval %v is negative", c.ORCAMinInterval)
+	case c.ORCAMinInterval == 0:
+		c.ORCAMinInterval = d.ORCAMinInterval
+	}
+	c.ORCAMinInterval = max(c.ORCAMinInterval, loadreport.LowestMinInterval)
+	switch {
+	case c.LoadWindow < 0:
+		return c, fmt.Errorf("backend: load window %v is negative", c.LoadWindow)
+	case c.LoadWindow == 0:
+		c.LoadWindow = d.LoadWindow
+	}
+	c.LoadWindow = min(max(c.LoadWindow, loadreport.MinWindow), loadreport.MaxWindow)
+	if c.Latency < 0 {
+		return c, fmt.Errorf("backend: latency %v is negative", c.Latency)
+	}
+	if !(c.CPUBurn >= 0 && c.CPUBurn <= 1) { // also rejects NaN
+		return c, fmt.Errorf("backend: CPU burn %v is outside [0, 1]", c.CPUBurn)
 	}
 	if c.Logger == nil {
 		c.Logger = d.Logger

@@ -11,4 +11,12 @@
 // Every response says which instance served it and with which lb-token, so
 // tests can see where a balancer sent each call. The instance checks the
 // lb-token of incoming calls with lbtoken.Verifier.
+//
+// The instance reports its load to balancers with ORCA: it serves
+// loadreport's Reporter (OpenRcaService, at the interval each balancer asks
+// for, at least ORCAMinInterval) fed by a loadreport.Recorder whose
+// interceptor counts its calls. To let tests and the demo make an instance
+// slow or busy, Latency (SetLatency) delays every User call and CPUBurn
+// (SetCPUBurn) keeps a share of a core spinning; SetAppUtilization sets the
+// application utilization it reports. All three can change while it serves.
 package backend
