@@ -8,6 +8,11 @@
 // and logs to stderr. SIGINT or SIGTERM make it drain (health NOT_SERVING,
 // deregister, wait -drain-delay, graceful stop) and exit 0; a second signal
 // kills it. Bad flags exit 2, other failures 1.
+//
+// It reports its load to balancers with ORCA (at least every
+// -orca-min-interval, averaged over -load-window). -latency delays every
+// call and -cpu-burn keeps a share of a core busy, to make an instance slow
+// or busy in tests and the demo.
 package main
 
 import (
@@ -102,6 +107,10 @@ func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
 	fs.DurationVar(&cfg.DrainDelay, "drain-delay", cfg.DrainDelay, "how long to keep serving after deregistering on shutdown")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "bound on the graceful stop")
 	fs.BoolVar(&cfg.RequireLBToken, "require-lb-token", false, "reject calls without an lb-token")
+	fs.DurationVar(&cfg.Latency, "latency", 0, "latency added to every User call, to simulate a slow backend")
+	fs.Float64Var(&cfg.CPUBurn, "cpu-burn", 0, "share of one CPU core to keep busy (0 to 1), to simulate a busy backend")
+	fs.DurationVar(&cfg.ORCAMinInterval, "orca-min-interval", cfg.ORCAMinInterval, "shortest interval of ORCA load reports granted to balancers (at least 10ms)")
+	fs.DurationVar(&cfg.LoadWindow, "load-window", cfg.LoadWindow, "span over which reported QPS, errors and CPU are averaged (100ms to 1m)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 
 	if err := fs.Parse(args); err != nil {

@@ -37,11 +37,15 @@ func TestParseFlags(t *testing.T) {
 		CheckInterval, DrainDelay      time.Duration
 		ShutdownTimeout                time.Duration
 		RequireLBToken                 bool
+		Latency, ORCAMinInterval       time.Duration
+		LoadWindow                     time.Duration
+		CPUBurn                        float64
 	}
 	d := backend.DefaultConfig()
 	defaults := view{
 		Service: d.Service, Listen: d.Listen, Weight: d.Weight, Consul: true,
 		CheckInterval: d.CheckInterval, DrainDelay: d.DrainDelay, ShutdownTimeout: d.ShutdownTimeout,
+		ORCAMinInterval: d.ORCAMinInterval, LoadWindow: d.LoadWindow,
 	}
 	tests := []struct {
 		name string
@@ -53,11 +57,14 @@ func TestParseFlags(t *testing.T) {
 			"-service", "orders", "-id", "orders-1", "-listen", "127.0.0.1:9000", "-advertise", "10.0.0.1:9000",
 			"-tags", "a, b,,c", "-weight", "5", "-meta", "zone=z1, rack = r2", "-check-interval", "3s",
 			"-drain-delay", "0", "-shutdown-timeout", "1s", "-require-lb-token", "-log-level", "debug",
+			"-latency", "40ms", "-cpu-burn", "0.5", "-orca-min-interval", "100ms", "-load-window", "2s",
 		}, func(v *view) {
 			*v = view{
 				Service: "orders", ID: "orders-1", Listen: "127.0.0.1:9000", Advertise: "10.0.0.1:9000",
 				Tags: []string{"a", "b", "c"}, Weight: 5, Meta: map[string]string{"zone": "z1", "rack": "r2"},
 				Consul: true, CheckInterval: 3 * time.Second, ShutdownTimeout: time.Second, RequireLBToken: true,
+				Latency: 40 * time.Millisecond, CPUBurn: 0.5, ORCAMinInterval: 100 * time.Millisecond,
+				LoadWindow: 2 * time.Second,
 			}
 		}},
 		{"empty -consul", []string{"-consul="}, func(v *view) { v.Consul = false }},
@@ -76,6 +83,8 @@ func TestParseFlags(t *testing.T) {
 				Tags: cfg.Tags, Weight: cfg.Weight, Meta: cfg.Meta, Consul: cfg.Consul != nil,
 				CheckInterval: cfg.CheckInterval, DrainDelay: cfg.DrainDelay,
 				ShutdownTimeout: cfg.ShutdownTimeout, RequireLBToken: cfg.RequireLBToken,
+				Latency: cfg.Latency, ORCAMinInterval: cfg.ORCAMinInterval, LoadWindow: cfg.LoadWindow,
+				CPUBurn: cfg.CPUBurn,
 			}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("parseFlags(%q) (-want +got):\n%s", tc.args, diff)
@@ -98,6 +107,11 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"-drain-delay", "-1s"},
 		{"-check-interval", "soon"},
 		{"-id", "a/b"},
+		{"-latency", "-1s"},
+		{"-cpu-burn", "2"},
+		{"-cpu-burn", "lots"},
+		{"-orca-min-interval", "-1s"},
+		{"-load-window", "-1s"},
 		{"extra"},
 	} {
 		var stderr strings.Builder
