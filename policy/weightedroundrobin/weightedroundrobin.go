@@ -4,13 +4,14 @@
 //
 // Weights become entry counts with policy.EntryCounts (reduced by their
 // common divisor, scaled to fit Options.MaxEntries, at least one entry per
-// endpoint). The entries are ordered by nginx's smooth weighted round robin:
+// endpoint). The entries are ordered by nginx's smooth weighted round robin
+// (policy.Interleave):
 // at each step every endpoint's current weight grows by its count, the
 // endpoint with the largest current weight (the lowest index on a tie) is
 // next, and its current weight drops by the total. The result spreads each
 // endpoint's entries evenly through the list instead of grouping them:
 // counts 5, 1, 1 give a a b a c a a, not a a a a a b c, and counts 1, 1, 1
-// give a b c. On random weights (see the tests), any stretch of consecutive
+// give a b c. On random weights (see policy.Interleave's tests), any stretch of consecutive
 // entries, wrapping around the end included, holds each endpoint's share of
 // the stretch to within two entries.
 // Two entries of one endpoint still meet now and then, necessarily when its
@@ -86,7 +87,7 @@ func (p *wrr) List(in policy.Input) []policy.Entry {
 	counts, total := policy.EntryCounts(in.Endpoints, p.maxEntries)
 	s := p.last.Load()
 	if s == nil || !slices.Equal(s.counts, counts) {
-		s = &sequence{counts: counts, seq: smooth(counts, total)}
+		s = &sequence{counts: counts, seq: policy.Interleave(counts, total)}
 		p.last.Store(s)
 	}
 	r := rand.New(rand.NewPCG(in.Client.Seed, salt))
@@ -99,26 +100,5 @@ func (p *wrr) List(in policy.Input) []policy.Entry {
 	out := make([]policy.Entry, total)
 	copy(out, s.seq[start:])
 	copy(out[total-start:], s.seq[:start])
-	return out
-}
-
-// smooth returns nginx's smooth weighted round robin sequence for counts,
-// whose sum is total: total entries in which index i occurs counts[i] times,
-// spread evenly. Ties go to the lowest index, so the sequence starts with
-// the largest count.
-func smooth(counts []int, total int) []policy.Entry {
-	out := make([]policy.Entry, total)
-	current := make([]int, len(counts))
-	for step := range out {
-		best := 0
-		for i, c := range counts {
-			current[i] += c
-			if current[i] > current[best] {
-				best = i
-			}
-		}
-		current[best] -= total
-		out[step].Index = best
-	}
 	return out
 }

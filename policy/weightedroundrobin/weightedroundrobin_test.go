@@ -1,7 +1,6 @@
 package weightedroundrobin
 
 import (
-	"math/rand/v2"
 	"sync"
 	"testing"
 
@@ -10,60 +9,6 @@ import (
 	"github.com/lookaside-lb/lookaside/policy"
 	"github.com/lookaside-lb/lookaside/policy/policytest"
 )
-
-func TestSmooth(t *testing.T) {
-	tests := []struct {
-		counts []int
-		want   []int
-	}{
-		{[]int{1}, []int{0}},
-		{[]int{1, 1, 1}, []int{0, 1, 2}},
-		{[]int{1, 2}, []int{1, 0, 1}},
-		{[]int{2, 1, 1}, []int{0, 1, 2, 0}},
-		{[]int{3, 1, 2}, []int{0, 2, 0, 1, 2, 0}},
-		{[]int{5, 1, 1}, []int{0, 0, 1, 0, 2, 0, 0}},
-	}
-	for _, tc := range tests {
-		total := 0
-		for _, c := range tc.counts {
-			total += c
-		}
-		got := policytest.Indexes(smooth(tc.counts, total))
-		if diff := cmp.Diff(tc.want, got); diff != "" {
-			t.Errorf("smooth(%v) mismatch (-want +got):\n%s", tc.counts, diff)
-		}
-	}
-}
-
-// TestSmoothWindows checks that the sequence is smooth: any run of
-// consecutive entries, around the end too (lists are rotated and clients
-// wrap around), holds each endpoint's share of the run to within two
-// entries. Grouped entries (a a a a a b c) would be off by up to
-// count·(1-count/total).
-func TestSmoothWindows(t *testing.T) {
-	r := rand.New(rand.NewPCG(3, 4))
-	for range 3000 {
-		counts := make([]int, 1+r.IntN(8))
-		total := 0
-		for i := range counts {
-			counts[i] = 1 + r.IntN(1+r.IntN(20))
-			total += counts[i]
-		}
-		seq := smooth(counts, total)
-		for start := range total {
-			seen := make([]int, len(counts))
-			for l := 1; l <= total; l++ {
-				seen[seq[(start+l-1)%total].Index]++
-				for i, c := range counts {
-					if d := float64(seen[i]) - float64(l*c)/float64(total); d >= 2 || d <= -2 {
-						t.Fatalf("counts %v: sequence %v: from %d, %d entries hold %d of endpoint %d, share %.2f",
-							counts, policytest.Indexes(seq), start, l, seen[i], i, float64(l*c)/float64(total))
-					}
-				}
-			}
-		}
-	}
-}
 
 func TestList(t *testing.T) {
 	w312 := policytest.Weighted(3, 1, 2) // smooth sequence 0 2 0 1 2 0
