@@ -12,7 +12,8 @@ import (
 	"time"
 
 	orcasvc "github.com/cncf/xds/go/xds/service/orca/v3"
-	"github.com/hashicorp/consul/api"
+
+	"github.com/lookaside-lb/lookaside/consulreg"
 	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/loadreport"
 	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
@@ -21,16 +22,11 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// consulTimeout bounds each call to the Consul agent.
-const consulTimeout = 10 * time.Second
-
 // Backend is one instance of the example service. New binds its listener;
 // Serve runs it. Its methods are safe for concurrent use.
 type Backend struct {
 	// Read-only after New.
 	cfg    Config // defaults applied; ID and Advertise set
-	host   string // of cfg.Advertise
-	port   int    // of cfg.Advertise
 	lis    net.Listener
 	srv    *grpc.Server
 	health *health.Server
@@ -72,7 +68,7 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Advertise == "" {
 		cfg.Advertise = lis.Addr().String()
 	}
-	host, port, err := splitHostPort(cfg.Advertise)
+	host, port, err := consulreg.SplitAddr(cfg.Advertise)
 	if err != nil {
 		lis.Close()
 		return nil, fmt.Errorf("backend: listening on %s, no address to advertise (set Advertise): %w", lis.Addr(), err)
@@ -101,8 +97,6 @@ func New(cfg Config) (*Backend, error) {
 
 	b := &Backend{
 		cfg:      cfg,
-		host:     host,
-		port:     port,
 		lis:      lis,
 		health:   health.NewServer(),
 		rec:      rec,
@@ -268,29 +262,18 @@ func (b *Backend) register(ctx context.Context) error {
 	if b.left {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, consulTimeout)
-	defer cancel()
-	reg := &api.AgentServiceRegistration{
-		ID:      b.cfg.ID,
-		Name:    b.cfg.Service,
-		Tags:    b.cfg.Tags,
-		Address: b.host,
-		Port:    b.port,
-		Meta:    b.cfg.Meta,
-		Weights: &api.AgentWeights{Passing: b.cfg.Weight, Warning: 1},
-		Check: &api.AgentServiceCheck{
-			CheckID:                        b.cfg.ID + ":grpc-health",
-			Name:                           "gRPC health",
-			GRPC:                           b.cfg.Advertise,
-			GRPCUseTLS:                     false,
-			Interval:                       b.cfg.CheckInterval.String(),
-			Timeout:                        min(b.cfg.CheckInterval, consulTimeout).String(),
-			DeregisterCriticalServiceAfter: b.cfg.DeregisterCriticalAfter.String(),
-		},
+	in := consulreg.Instance{
+		ID:                      b.cfg.ID,
+		Service:                 b.cfg.Service,
+		Addr:                    b.cfg.Advertise,
+		Tags:                    b.cfg.Tags,
+		Meta:                    b.cfg.Meta,
+		Weight:                  b.cfg.Weight,
+		CheckInterval:           b.cfg.CheckInterval,
+		DeregisterCriticalAfter: b.cfg.DeregisterCriticalAfter,
 	}
-	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
-	if err := b.cfg.Consul.Agent().ServiceRegisterOpts(reg, opts); err != nil {
-		return fmt.Errorf("backend: registering %s in Consul: %w", b.cfg.ID, err)
+	if err := consulreg.Register(ctx, b.cfg.Consul, in); err != nil {
+		return fmt.Errorf("backend: %w", err)
 	}
 	b.registered = true
 	b.log.Info("registered in Consul", "service", b.cfg.Service, "weight", b.cfg.Weight)
@@ -308,10 +291,8 @@ func (b *Backend) Deregister() error {
 		return nil
 	}
 	b.registered = false
-	ctx, cancel := context.WithTimeout(context.Background(), consulTimeout)
-	defer cancel()
-	if err := b.cfg.Consul.Agent().ServiceDeregisterOpts(b.cfg.ID, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-		return fmt.Errorf("backend: deregistering %s from Consul: %w", b.cfg.ID, err)
+	if err := consulreg.Deregister(context.Background(), b.cfg.Consul, b.cfg.ID); err != nil {
+		return fmt.Errorf("backend: %w", err)
 	}
 	b.log.Info("deregistered from Consul")
 	return nil

@@ -1,14 +1,13 @@
 package backend
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/lookaside-lb/lookaside/consulreg"
 	"github.com/lookaside-lb/lookaside/loadreport"
 )
 
@@ -186,7 +185,7 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	if c.Advertise != "" {
-		if _, _, err := splitHostPort(c.Advertise); err != nil {
+		if _, _, err := consulreg.SplitAddr(c.Advertise); err != nil {
 			return c, fmt.Errorf("backend: advertise address: %w", err)
 		}
 	}
@@ -198,27 +197,4 @@ func validID(id string) error {
 		return fmt.Errorf("backend: ID %q contains %q", id, id[i])
 	}
 	return nil
-}
-
-// splitHostPort splits a host:port whose host is a reachable address or name
-// and whose port is not zero.
-func splitHostPort(addr string) (host string, port int, err error) {
-	h, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", 0, err
-	}
-	if h == "" {
-		return "", 0, fmt.Errorf("%q has no host", addr)
-	}
-	if ip := net.ParseIP(h); ip != nil && ip.IsUnspecified() {
-		return "", 0, fmt.Errorf("%q has an unspecified host", addr)
-	}
-	pn, err := net.LookupPort("tcp", p)
-	if err != nil {
-		return "", 0, err
-	}
-	if pn == 0 {
-		return "", 0, errors.New("port 0")
-	}
-	return h, pn, nil
 }
