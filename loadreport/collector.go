@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/clock"
 )
 
 // Defaults and bounds of Config.
@@ -136,7 +137,7 @@ type Collector struct {
 	// Read-only after construction.
 	cfg    Config
 	log    *slog.Logger
-	clock  clock
+	clock  clock.Clock
 	rand   func() float64 // in [0, 1), for jitter
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -172,10 +173,10 @@ type stream struct {
 // NewCollector checks cfg and starts a Collector tracking no endpoint. It
 // does not block. The caller must Close it.
 func NewCollector(cfg Config) (*Collector, error) {
-	return newCollector(cfg, realClock{}, randFloat)
+	return newCollector(cfg, clock.Real{}, clock.RandFloat)
 }
 
-func newCollector(cfg Config, clk clock, rand func() float64) (*Collector, error) {
+func newCollector(cfg Config, clk clock.Clock, rand func() float64) (*Collector, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err

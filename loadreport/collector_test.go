@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/orca"
 	"google.golang.org/grpc/status"
+
+	"github.com/lookaside-lb/lookaside/internal/clock"
 )
 
 func TestCollectorConfig(t *testing.T) {
@@ -68,7 +70,7 @@ func TestCollectorConfig(t *testing.T) {
 	}
 }
 
-func newTestCollector(t *testing.T, cfg Config, clk clock) *Collector {
+func newTestCollector(t *testing.T, cfg Config, clk clock.Clock) *Collector {
 	t.Helper()
 	cfg.Logger = testLogger(t)
 	c, err := newCollector(cfg, clk, func() float64 { return 0.5 }) // no jitter
@@ -112,7 +114,7 @@ func TestCollectorFollowsEndpoints(t *testing.T) {
 	addrB, openB := serveReporter(t, newTestReporter(t, srcB, rcfg))
 	addrC, _ := serveReporter(t, newTestReporter(t, srcC, rcfg))
 
-	c := newTestCollector(t, Config{Interval: 50 * time.Millisecond}, realClock{})
+	c := newTestCollector(t, Config{Interval: 50 * time.Millisecond}, clock.Real{})
 	first := c.Changed()
 	c.Update(snapshot("a", addrA, "b", addrB))
 	waitChanged(t, first, "endpoints tracked")
@@ -361,7 +363,7 @@ func TestCollectorGRPCOrcaServer(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	c := newTestCollector(t, Config{}, realClock{})
+	c := newTestCollector(t, Config{}, clock.Real{})
 	c.Update(snapshot("go", addr))
 	eventually(ctx, t, "the report", func() bool { _, ok := c.Load("go"); return ok })
 	r, _ := c.Load("go")
@@ -396,7 +398,7 @@ func TestCollectorClose(t *testing.T) {
 }
 
 func BenchmarkCollectorReport(b *testing.B) {
-	c, err := newCollector(Config{Logger: slog.New(slog.DiscardHandler)}, realClock{}, randFloat)
+	c, err := newCollector(Config{Logger: slog.New(slog.DiscardHandler)}, clock.Real{}, clock.RandFloat)
 	if err != nil {
 		b.Fatal(err)
 	}

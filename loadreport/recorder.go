@@ -14,6 +14,8 @@ import (
 	orcasvc "github.com/cncf/xds/go/xds/service/orca/v3"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/lookaside-lb/lookaside/internal/clock"
 )
 
 // Bounds and default of RecorderConfig.Window.
@@ -68,7 +70,7 @@ type Recorder struct {
 	// Read-only after construction.
 	window  time.Duration
 	step    time.Duration // least spacing of the ring's samples
-	clock   clock
+	clock   clock.Clock
 	cpuTime func() (time.Duration, error)
 	procs   func() int
 
@@ -102,10 +104,10 @@ type sample struct {
 // NewRecorder returns a Recorder whose window starts now. It rejects a
 // negative window and clamps the others (see RecorderConfig).
 func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
-	return newRecorder(cfg, realClock{}, processCPUTime, func() int { return runtime.GOMAXPROCS(0) })
+	return newRecorder(cfg, clock.Real{}, processCPUTime, func() int { return runtime.GOMAXPROCS(0) })
 }
 
-func newRecorder(cfg RecorderConfig, clk clock, cpuTime func() (time.Duration, error), procs func() int) (*Recorder, error) {
+func newRecorder(cfg RecorderConfig, clk clock.Clock, cpuTime func() (time.Duration, error), procs func() int) (*Recorder, error) {
 	switch {
 	case cfg.Window < 0:
 		return nil, fmt.Errorf("loadreport: window %v is negative", cfg.Window)

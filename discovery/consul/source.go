@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/clock"
 )
 
 // fetchGrace is added to a blocking query's wait (and Consul's jitter of up
@@ -24,7 +25,7 @@ type Source struct {
 	// Read-only after construction.
 	cfg    Config
 	logger *slog.Logger
-	clock  clock
+	clock  clock.Clock
 	rand   func() float64 // in [0, 1), for jitter
 }
 
@@ -45,8 +46,8 @@ func New(cfg Config) (*Source, error) {
 	return &Source{
 		cfg:    cfg,
 		logger: cfg.Logger.With("component", "discovery.consul"),
-		clock:  realClock{},
-		rand:   randFloat,
+		clock:  clock.Real{},
+		rand:   clock.RandFloat,
 	}, nil
 }
 
