@@ -38,6 +38,14 @@ type Input struct {
 	// Nil when the balancer does not count; policies then treat every count
 	// as zero, as they do for indexes past its end.
 	Assigned []int
+	// LoadWeights, when not nil, is aligned with Endpoints: LoadWeights[i]
+	// is the weight of Endpoints[i] derived from the service's load reports
+	// (the Result.Weights of a loadweight.Weigher), relative to the others.
+	// least_load reads it; other policies ignore it. Nil when the balancer
+	// has no load weights for the service; least_load then uses each
+	// Endpoint.Weight, and it also does so when the length differs from
+	// Endpoints or a value is not positive and finite.
+	LoadWeights []float64
 }
 
 // Entry is one entry of a server list.

@@ -6,6 +6,7 @@ package all
 
 import (
 	_ "github.com/lookaside-lb/lookaside/policy/leastconn"          // least_connections
+	_ "github.com/lookaside-lb/lookaside/policy/leastload"          // least_load
 	_ "github.com/lookaside-lb/lookaside/policy/random"             // random
 	_ "github.com/lookaside-lb/lookaside/policy/roundrobin"         // round_robin
 	_ "github.com/lookaside-lb/lookaside/policy/sourcehash"         // source_hash

@@ -12,7 +12,7 @@ import (
 )
 
 func TestNames(t *testing.T) {
-	want := []string{"least_connections", "random", "round_robin", "source_hash", "weighted_random", "weighted_round_robin"}
+	want := []string{"least_connections", "least_load", "random", "round_robin", "source_hash", "weighted_random", "weighted_round_robin"}
 	if diff := cmp.Diff(want, policy.Names()); diff != "" {
 		t.Errorf("Names() mismatch (-want +got):\n%s", diff)
 	}

@@ -1,0 +1,207 @@
+// Package leastload is the least_load policy: each endpoint repeated in
+// proportion to its load weight (policy.Input.LoadWeights, which the
+// balancer computes from the endpoints' ORCA load reports with a
+// loadweight.Weigher), the entries smoothly interleaved, and the endpoint
+// with the lowest predicted load for one more client first.
+//
+// Entries: load weights are rounded to multiples of one hundredth of the
+// smallest (finer differences are noise next to the Weigher's hysteresis),
+// and then treated as weighted_round_robin treats Consul weights:
+// policy.WeightCounts reduces them by their common divisor and scales them to
+// at most Options.MaxEntries entries, at least one per endpoint, and
+// policy.Interleave spreads each endpoint's entries evenly. Load weights
+// 1.5, 0.5, 1 give 3, 1 and 2 entries: a c a b c a. Clients with the
+// round_robin child call each endpoint in proportion to its load weight.
+// Without usable load weights (Input.LoadWeights nil, of another length
+// than Endpoints, or holding a value that is not positive and finite) the
+// Consul weights (Endpoint.Weight) stand in for them.
+//
+// First entry: clients with the pick_first child use only the first entry.
+// It is the endpoint with the lowest predicted load once one more client
+// joins it, (Assigned[i] + 1) / weight[i], where Assigned counts this
+// balancer's streams whose first entry the endpoint is and weight is its
+// load weight: least connections per unit of measured capacity. Ties go to
+// the first in the rotation that starts at Client.Seed mod len(Endpoints),
+// so that they spread across streams. When the balancer does not count
+// (Input.Assigned nil), the first entry is drawn from the stream's seed as
+// in weighted_round_robin, so that across streams an endpoint is first in
+// proportion to its entries. The list is the interleaved sequence rotated
+// to start at the chosen endpoint's first entry at or after a position
+// drawn from the seed (so that round_robin clients do not all start in
+// step).
+//
+// Stickiness: a stream keeps its first entry (Input.Previous) for as long
+// as that endpoint stays, even when another has become less loaded:
+// existing pick_first clients are not moved off working connections. Only
+// this balancer's streams are counted: with several replicas each evens
+// out its own clients.
+package leastload
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sync/atomic"
+
+	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/policy"
+)
+
+// Name is the policy's name in configuration.
+const Name = "least_load"
+
+// salt is the PCG's second seed word, so that policies given the same
+// Client.Seed draw differently.
+const salt = 0x6c6c6f64 // "llod"
+
+// resolution is how many units the smallest load weight is worth when load
+// weights are rounded to integers.
+const resolution = 100
+
+func init() { policy.Register(builder{}) }
+
+type builder struct{}
+
+func (builder) Name() string { return Name }
+func (builder) Build(opts policy.Options) policy.Policy {
+	return &leastLoad{maxEntries: opts.MaxEntries}
+}
+
+type leastLoad struct {
+	// Read-only after construction.
+	maxEntries int
+
+	// last is the sequence built for the last weights seen. The streams of
+	// a service all ask for the same weights after a change, so they share
+	// one build; services that alternate just build again. Sequences are
+	// never modified once stored.
+	last atomic.Pointer[sequence]
+}
+
+// sequence is the interleaved list for one set of weights: load weights,
+// or Consul weights when load is nil.
+type sequence struct {
+	load   []float64
+	consul []int
+	seq    []policy.Entry
+}
+
+var _ policy.Policy = (*leastLoad)(nil)
+
+// List returns the interleaved sequence of the endpoints by load weight,
+// rotated to start with the stream's previous first endpoint if it is
+// still there, else with the endpoint of lowest predicted load. Building a
+// sequence takes O(len(Endpoints) · entries) time; the last one is reused
+// when the weights are the same, as they are for the streams of a service,
+// leaving O(len(Endpoints) + entries). Safe for concurrent use.
+func (p *leastLoad) List(in policy.Input) []policy.Entry {
+	n := len(in.Endpoints)
+	if n == 0 {
+		return nil
+	}
+	lw := in.LoadWeights
+	if !usable(lw, n) {
+		lw = nil
+	}
+	s := p.sequence(in.Endpoints, lw)
+	total := len(s.seq)
+
+	r := rand.New(rand.NewPCG(in.Client.Seed, salt))
+	start := r.IntN(total)
+	f := in.PreviousFirst()
+	if f < 0 && in.Assigned != nil {
+		f = leastLoaded(in, lw)
+	}
+	if f >= 0 {
+		for s.seq[start].Index != f {
+			start = (start + 1) % total
+		}
+	}
+	out := make([]policy.Entry, total)
+	copy(out, s.seq[start:])
+	copy(out[total-start:], s.seq[:start])
+	return out
+}
+
+// leastLoaded returns the endpoint with the lowest (Assigned[i] + 1) /
+// weight[i], the first in the rotation from Seed mod n on a tie.
+func leastLoaded(in policy.Input, lw []float64) int {
+	n := len(in.Endpoints)
+	weight := func(i int) float64 {
+		if lw != nil {
+			return lw[i]
+		}
+		return float64(policy.ClampWeight(in.Endpoints[i].Weight))
+	}
+	load := func(i int) float64 {
+		if i >= len(in.Assigned) {
+			return 1
+		}
+		return float64(max(in.Assigned[i], 0)) + 1
+	}
+	start := int(in.Client.Seed % uint64(n))
+	best := start
+	for j := 1; j < n; j++ {
+		i := (start + j) % n
+		// a/wa < b/wb ⇔ a·wb < b·wa, the weights being positive.
+		if load(i)*weight(best) < load(best)*weight(i) {
+			best = i
+		}
+	}
+	return best
+}
+
+// usable reports whether lw holds one positive finite weight per endpoint.
+func usable(lw []float64, n int) bool {
+	if len(lw) != n {
+		return false
+	}
+	for _, w := range lw {
+		if !(w > 0) || math.IsInf(w, 1) {
+			return false
+		}
+	}
+	return true
+}
+
+// sequence returns the interleaved sequence for the load weights lw, or
+// for the Consul weights of eps when lw is nil, reusing the last one built
+// when it is for the same weights.
+func (p *leastLoad) sequence(eps []discovery.Endpoint, lw []float64) *sequence {
+	if s := p.last.Load(); s != nil && s.matches(eps, lw) {
+		return s
+	}
+	s := &sequence{}
+	weights := make([]int, len(eps))
+	if lw != nil {
+		s.load = slices.Clone(lw)
+		lowest := slices.Min(lw)
+		for i, w := range lw {
+			weights[i] = int(math.Round(min(w/lowest*resolution, policy.MaxWeight)))
+		}
+	} else {
+		for i, e := range eps {
+			weights[i] = e.Weight
+		}
+		s.consul = weights
+	}
+	counts, total := policy.WeightCounts(weights, p.maxEntries)
+	s.seq = policy.Interleave(counts, total)
+	p.last.Store(s)
+	return s
+}
+
+func (s *sequence) matches(eps []discovery.Endpoint, lw []float64) bool {
+	if lw != nil || s.load != nil {
+		return lw != nil && s.load != nil && slices.Equal(s.load, lw)
+	}
+	if len(s.consul) != len(eps) {
+		return false
+	}
+	for i, e := range eps {
+		if s.consul[i] != e.Weight {
+			return false
+		}
+	}
+	return true
+}
