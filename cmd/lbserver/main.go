@@ -16,7 +16,9 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,6 +28,7 @@ import (
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/discovery/consul"
 	"github.com/lookaside-lb/lookaside/discovery/static"
+	"github.com/lookaside-lb/lookaside/dnsserver"
 	"github.com/lookaside-lb/lookaside/lbserver"
 	"github.com/lookaside-lb/lookaside/policy"
 	_ "github.com/lookaside-lb/lookaside/policy/all"
@@ -67,6 +70,8 @@ type options struct {
 	aliases         string
 	servicePolicies string
 	zones           string
+
+	dns dnsOptions
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -125,6 +130,8 @@ Flags:
 	fs.DurationVar(&o.lb.WatchLinger, "watch-linger", o.lb.WatchLinger, "keep watching a service this long after its last client left")
 	fs.DurationVar(&o.lb.MaxStreamAge, "max-stream-age", o.lb.MaxStreamAge, "end streams and connections after about this long (±10%), so clients re-spread over replicas (0: never)")
 
+	o.dns.addFlags(fs)
+
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -154,6 +161,9 @@ Flags:
 		if z = strings.TrimSuffix(strings.TrimSpace(z), "."); z != "" {
 			o.lb.Zones = append(o.lb.Zones, z)
 		}
+	}
+	if err := o.dns.parse(o); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
@@ -273,6 +283,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer lis.Close()
+	ctx, fail := context.WithCancel(ctx)
+	defer fail()
+	stopDNS, code, err := o.dns.start(o, srv, lis.Addr(), fail, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "lbserver: %v\n", err)
+		return code
+	}
+	defer stopDNS() // on early returns; see below for the normal one
 	reg, err := o.registration(lis.Addr())
 	if err != nil {
 		fmt.Fprintf(stderr, "lbserver: %v\n", err)
@@ -301,10 +319,157 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("serving", "addr", lis.Addr().String(), "discovery", kind, "policy", o.lb.Policy)
 	fmt.Fprintf(stdout, "lbserver listening on %s\n", lis.Addr())
-	if err := lbserver.Serve(ctx, lis, srv, serve); err != nil {
+	err = lbserver.Serve(ctx, lis, srv, serve)
+	// The DNS responder answers until the drain is over: by then other
+	// replicas' answers no longer list this one.
+	if dnsErr := stopDNS(); dnsErr != nil {
+		err = errors.Join(err, dnsErr)
+	}
+	if err != nil {
 		log.Error("stopped", "err", err)
 		return 1
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// dnsOptions are the flags of the built-in DNS responder (package
+// dnsserver), which is off without -dns-listen.
+type dnsOptions struct {
+	listen      string
+	zone        string
+	ttl         time.Duration
+	lbService   string
+	balancers   string
+	childPolicy string
+
+	// Set by parse.
+	cfg    dnsserver.Config
+	static dnsserver.StaticBalancers
+}
+
+func (d *dnsOptions) addFlags(fs *flag.FlagSet) {
+	fs.StringVar(&d.listen, "dns-listen", "", "answer DNS for -dns-zone on this `host:port`, UDP and TCP (off by default): clients dial dns://<host:port>/<service>.<zone>:<port> with no config")
+	fs.StringVar(&d.zone, "dns-zone", "lb.internal", "the DNS `zone` answered with -dns-listen; also added to -zone")
+	fs.DurationVar(&d.ttl, "dns-ttl", 5*time.Second, "TTL of DNS records and of negative DNS answers (whole seconds, 1s to 1h)")
+	fs.StringVar(&d.lbService, "dns-lb-service", "", "Consul `service` of the balancer replicas the DNS SRV records list (default: -register-service)")
+	fs.StringVar(&d.balancers, "dns-balancers", "", "fixed balancer replicas for the DNS SRV records instead of Consul: `ip:port,...` (default with -static: this replica's address)")
+	fs.StringVar(&d.childPolicy, "dns-child-policy", dnsserver.RoundRobin, "grpclb child policy in the DNS TXT service config: round_robin or pick_first, per service with `service=policy` (comma-separated)")
+}
+
+// parse checks the DNS flags and adds the zone to the balancer's zones.
+func (d *dnsOptions) parse(o *options) error {
+	if d.listen == "" {
+		return nil
+	}
+	cfg := dnsserver.DefaultConfig()
+	cfg.Zone = strings.TrimSuffix(strings.TrimSpace(d.zone), ".")
+	cfg.TTL = d.ttl
+	def, per, err := dnsserver.ParseChildPolicies(d.childPolicy)
+	if err != nil {
+		return fmt.Errorf("-dns-child-policy: %w", err)
+	}
+	if def != "" {
+		cfg.ChildPolicy = def
+	}
+	cfg.ServiceChildPolicies = per
+	if d.balancers != "" {
+		if d.static, err = dnsserver.ParseBalancers(d.balancers); err != nil {
+			return fmt.Errorf("-dns-balancers: %w", err)
+		}
+	}
+	if d.lbService == "" {
+		d.lbService = o.registerService
+	}
+	if !slices.ContainsFunc(o.lb.Zones, func(z string) bool { return strings.EqualFold(z, cfg.Zone) }) {
+		o.lb.Zones = append(o.lb.Zones, cfg.Zone)
+	}
+	d.cfg = cfg
+	return nil
+}
+
+// start starts the DNS responder, answering with srv's backends and the
+// replicas (-dns-balancers, Consul's -dns-lb-service, or with -static this
+// replica at addr), and returns the function that stops it and waits. A
+// failure while serving calls fail. stop may be called more than once.
+// Without -dns-listen it starts nothing.
+// On error, code is the exit code.
+func (d *dnsOptions) start(o *options, srv *lbserver.Server, addr net.Addr, fail func(), log *slog.Logger) (stop func() error, code int, err error) {
+	if d.listen == "" {
+		return func() error { return nil }, 0, nil
+	}
+	cfg := d.cfg
+	cfg.Catalog = srv
+	cfg.Names = lbserver.NameMapper{Aliases: o.lb.Aliases, Zones: o.lb.Zones, MaxLength: o.lb.MaxNameLength}
+	cfg.Logger = log
+	var replicas *dnsserver.Replicas
+	switch {
+	case d.static != nil:
+		cfg.Balancers = d.static
+	case o.staticSpec != "" || o.staticFile != "":
+		self := o.advertise
+		if self == "" {
+			self = addr.String()
+		}
+		lbs, err := dnsserver.ParseBalancers(self)
+		if err != nil {
+			return nil, 2, fmt.Errorf("-dns-listen without Consul lists this replica, %s, which is not an IP:port: set -dns-balancers or -advertise", self)
+		}
+		cfg.Balancers = lbs
+	default:
+		client, err := o.consulClient()
+		if err != nil {
+			return nil, 2, err
+		}
+		ccfg := consul.DefaultConfig()
+		ccfg.Client = client.Health()
+		ccfg.Datacenter = o.consulDC
+		ccfg.AllowStale = o.consulStale
+		ccfg.WaitTime = o.consulWait
+		ccfg.Logger = log
+		src, err := consul.New(ccfg)
+		if err != nil {
+			return nil, 2, err
+		}
+		replicas = dnsserver.NewReplicas(src, d.lbService, log)
+		cfg.Balancers = replicas
+	}
+	ds, err := dnsserver.New(cfg)
+	if err != nil {
+		return nil, 2, err
+	}
+	pc, tl, err := dnsserver.Listen(d.listen)
+	if err != nil {
+		return nil, 1, fmt.Errorf("-dns-listen: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 2)
+	run := func(f func(context.Context) error) {
+		err := f(ctx)
+		if err != nil {
+			log.Error("DNS responder failed", "err", err)
+			fail()
+		}
+		errs <- err
+	}
+	n := 1
+	go run(func(ctx context.Context) error { return ds.Serve(ctx, pc, tl) })
+	if replicas != nil {
+		n++
+		go run(replicas.Run)
+	}
+	log.Info("DNS responder", "addr", pc.LocalAddr().String(), "zone", ds.Zone(), "ttl", cfg.TTL, "child_policy", cfg.ChildPolicy)
+	var once sync.Once
+	var stopErr error
+	return func() error {
+		once.Do(func() {
+			cancel()
+			var all []error
+			for range n {
+				all = append(all, <-errs)
+			}
+			stopErr = errors.Join(all...)
+		})
+		return stopErr
+	}, 0, nil
 }

@@ -3,8 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/lookaside-lb/lookaside/dnsserver"
 )
 
 func TestBadFlags(t *testing.T) {
@@ -68,4 +77,174 @@ func TestServesUntilCancelled(t *testing.T) {
 	if code := <-done; code != 0 {
 		t.Fatalf("exit %d after cancel; stderr:\n%s", code, stderr.String())
 	}
+}
+
+func TestDNSBadFlags(t *testing.T) {
+	st := []string{"-listen", "127.0.0.1:0", "-static", "a=127.0.0.1:1", "-dns-listen", "127.0.0.1:0"}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-dns-child-policy", "fastest"}, "-dns-child-policy"},
+		{[]string{"-dns-child-policy", "a=pick_first,a=round_robin"}, "-dns-child-policy"},
+		{[]string{"-dns-balancers", "lb.internal:7000"}, "-dns-balancers"},
+		{[]string{"-dns-ttl", "0s"}, "TTL"},
+		{[]string{"-dns-ttl", "1500ms"}, "TTL"},
+		{[]string{"-dns-zone", "lb internal"}, "zone"},
+		{[]string{"-listen", ":0"}, "-dns-balancers or -advertise"},
+		{[]string{"-dns-listen", "256.0.0.1:53"}, "-dns-listen"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), append(slices.Clone(st), tc.args...), &stdout, &stderr)
+			if code == 0 || !strings.Contains(stderr.String(), tc.want) {
+				t.Fatalf("exit %d, stderr %q; want non-zero and %q", code, stderr.String(), tc.want)
+			}
+		})
+	}
+}
+
+func TestDNSFlags(t *testing.T) {
+	var stderr bytes.Buffer
+	o, err := parseFlags([]string{"-zone", "corp.example", "-dns-listen", "127.0.0.1:0", "-dns-zone", "LB.internal.",
+		"-dns-ttl", "7s", "-dns-child-policy", "pick_first,orders=round_robin", "-register-service", "lb-replicas"}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"corp.example", "LB.internal"}; !slices.Equal(o.lb.Zones, want) {
+		t.Errorf("zones %q, want %q", o.lb.Zones, want)
+	}
+	if o.dns.cfg.TTL != 7*time.Second || o.dns.cfg.ChildPolicy != dnsserver.PickFirst || o.dns.cfg.ServiceChildPolicies["orders"] != dnsserver.RoundRobin {
+		t.Errorf("DNS config %+v", o.dns.cfg)
+	}
+	if o.dns.lbService != "lb-replicas" {
+		t.Errorf("-dns-lb-service defaults to %q, want -register-service's lb-replicas", o.dns.lbService)
+	}
+	// Without -dns-listen the zone is not added.
+	o, err = parseFlags([]string{"-dns-zone", "lb.internal"}, &stderr)
+	if err != nil || len(o.lb.Zones) != 0 {
+		t.Errorf("zones %q, %v; want none without -dns-listen", o.lb.Zones, err)
+	}
+}
+
+func TestHelpMentionsDNS(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("-h exited %d", code)
+	}
+	for _, want := range []string{"-dns-listen", "-dns-zone", "-dns-ttl", "-dns-lb-service", "-dns-balancers", "-dns-child-policy"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("help does not mention %s", want)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// freeDNSAddr returns a loopback address whose UDP and TCP ports were both
+// free a moment ago.
+func freeDNSAddr(t *testing.T) string {
+	t.Helper()
+	pc, lis, err := dnsserver.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pc.LocalAddr().String()
+	pc.Close()
+	lis.Close()
+	return addr
+}
+
+// TestDNSServes runs the balancer with -static and -dns-listen: the
+// responder answers for the zone, lists this replica in SRV records, maps
+// aliases like the balancer, and stops with the balancer.
+func TestDNSServes(t *testing.T) {
+	dnsAddr := freeDNSAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stdout := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-static", "user-srv=10.0.0.1:50051,10.0.0.2:50051",
+			"-alias", "users=user-srv", "-dns-listen", dnsAddr, "-dns-ttl", "7s", "-dns-child-policy", "pick_first",
+			"-log-level", "error"}, stdout, io.Discard)
+	}()
+	var lbAddr string
+	deadline := time.Now().Add(10 * time.Second)
+	for lbAddr == "" {
+		if _, a, ok := strings.Cut(stdout.String(), "lbserver listening on "); ok {
+			lbAddr = strings.TrimSpace(a)
+			break
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("exited %d before listening", code)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not listening after 10 s")
+		}
+	}
+
+	ask := func(network, name string, qtype uint16) *dns.Msg {
+		t.Helper()
+		m := new(dns.Msg)
+		m.SetQuestion(name, qtype)
+		r, _, err := (&dns.Client{Net: network, Timeout: 5 * time.Second}).Exchange(m, dnsAddr)
+		if err != nil {
+			t.Fatalf("%s %s: %v", network, name, err)
+		}
+		return r
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		r := ask(network, "_grpclb._tcp.users.lb.internal.", dns.TypeSRV)
+		if len(r.Answer) != 1 {
+			t.Fatalf("%s SRV: %v", network, r)
+		}
+		srv := r.Answer[0].(*dns.SRV)
+		_, port, _ := strings.Cut(lbAddr, ":")
+		if srv.Target != "127-0-0-1.balancer.lb.internal." || fmt.Sprint(srv.Port) != port || srv.Hdr.Ttl != 7 {
+			t.Errorf("%s SRV %v; want this replica (%s), TTL 7", network, srv, lbAddr)
+		}
+		if got := ask(network, "users.lb.internal.", dns.TypeA); len(got.Answer) != 2 {
+			t.Errorf("%s A users: %v, want the 2 backends of user-srv", network, got)
+		}
+		txt := ask(network, "_grpc_config.user-srv.lb.internal.", dns.TypeTXT)
+		if len(txt.Answer) != 1 || !strings.Contains(txt.Answer[0].String(), "pick_first") {
+			t.Errorf("%s TXT: %v, want pick_first", network, txt)
+		}
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("still running 20 s after cancel")
+	}
+	// The DNS ports are free again.
+	pc, lis, err := dnsserver.Listen(dnsAddr)
+	if err != nil {
+		t.Fatalf("DNS address still in use after exit: %v", err)
+	}
+	pc.Close()
+	lis.Close()
 }
