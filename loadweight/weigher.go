@@ -1,0 +1,316 @@
+package loadweight
+
+import (
+	"math"
+	"slices"
+	"time"
+
+	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/loadreport"
+	"github.com/lookaside-lb/lookaside/policy"
+)
+
+// Weight returns the gRFC A58 weight of a report: qps / (utilization +
+// eps/qps × errorPenalty), where utilization is r.AppUtil when it is above
+// 0, else r.CPU. It returns 0 when the report has no calls (QPS 0) or no
+// utilization: such a report carries no weight. Reports whose values are
+// NaN, negative or infinite count as those without (the Collector
+// sanitizes them already).
+func Weight(r loadreport.Report, errorPenalty float64) float64 {
+	w, _, ok := sample(r, errorPenalty)
+	if !ok {
+		return 0
+	}
+	return w
+}
+
+// sample returns the weight and utilization of r, and whether it carries a
+// weight.
+func sample(r loadreport.Report, errorPenalty float64) (weight, util float64, ok bool) {
+	util = r.AppUtil
+	if !(util > 0) {
+		util = r.CPU
+	}
+	qps, eps := r.QPS, r.EPS
+	if !(util > 0) || !(qps > 0) || math.IsInf(util, 0) || math.IsInf(qps, 0) {
+		return 0, 0, false
+	}
+	if !(eps > 0) || math.IsInf(eps, 0) {
+		eps = 0
+	}
+	weight = qps / (util + eps/qps*errorPenalty)
+	if !(weight > 0) || math.IsInf(weight, 0) {
+		return 0, 0, false
+	}
+	return weight, util, true
+}
+
+// Result is what a Weigher publishes for a service. Its fields describe the
+// endpoints as of its publication, except NextUpdate, which Update sets
+// afresh on every call.
+type Result struct {
+	// Weights is aligned with the endpoints given to Update: the load
+	// weight of each, normalized to a mean of 1, for policy.Input.LoadWeights.
+	// Nil when there are no endpoints. Shared: it must not be modified.
+	Weights []float64
+	// Known is how many endpoints have known load (reported continuously
+	// for the blackout period, and not expired).
+	Known int
+	// Utilization is the mean smoothed utilization of the endpoints with
+	// known load; 0 when there are none.
+	Utilization float64
+	// DropShare is the share of calls to drop for overload, in
+	// [0, Config.MaxDropShare]; see policy.AddDrops and
+	// policy.DropTokenOverload.
+	DropShare float64
+	// NextUpdate is the earliest time at which Update may publish without
+	// new reports or endpoints: when a change held back by
+	// Config.MinUpdateInterval may go out, or when an endpoint's blackout
+	// ends or its load expires. Zero when there is no such time. The
+	// caller should call Update then (with a timer), as well as whenever
+	// endpoints or loads change.
+	NextUpdate time.Time
+}
+
+// Weigher computes the load weights of one service's endpoints from their
+// load reports, smooths them, and decides when they changed enough to
+// publish. It is deterministic: time comes only from Update's now.
+//
+// A Weigher is not safe for concurrent use: keep one per service and call
+// it from one goroutine (or under the caller's lock).
+type Weigher struct {
+	// Read-only after construction.
+	cfg Config
+
+	states map[string]*endpoint // by endpoint ID
+	gen    uint64               // the number of Update calls, to forget endpoints that left
+
+	published    Result
+	hasPublished bool
+	pubAt        time.Time
+	pubIDs       []string // the endpoints of published, in order
+	pubConsul    []int    // and their Consul weights
+
+	scratch []float64 // candidate weights, reused between Updates
+}
+
+// endpoint is the state of one endpoint's run of reports.
+type endpoint struct {
+	gen    uint64    // the last Update that saw the endpoint
+	since  time.Time // when the run started (its first report's At); zero: no run
+	lastAt time.Time // the At of the run's last report with a weight
+	weight float64   // smoothed A58 weight
+	util   float64   // smoothed utilization
+}
+
+// New validates cfg and returns a Weigher that has published nothing.
+func New(cfg Config) (*Weigher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Weigher{cfg: cfg, states: map[string]*endpoint{}}, nil
+}
+
+// Config returns the Weigher's configuration.
+func (w *Weigher) Config() Config { return w.cfg }
+
+// Published returns the last published Result (zero before the first
+// Update), with NextUpdate as of that publication.
+func (w *Weigher) Published() Result { return w.published }
+
+// Update takes the service's endpoints (sorted by ID, as in a discovery
+// Snapshot) and their current load reports by endpoint ID (a
+// loadreport.Loads's Reports; nil when there are none) at time now, and
+// returns the weights in force and whether they are new, that is whether
+// the caller should rebuild its lists with them. When it returns false the
+// Result is the last published one, with a fresh NextUpdate.
+//
+// Each report is taken into the moving averages once: reports are told
+// apart by their At, so calling Update again with the same reports changes
+// nothing but what time does (blackout ends, expiry). Call it whenever the
+// endpoints or the loads change, and at Result.NextUpdate. The Collector
+// refreshes At for reports that repeat the same values without signalling a
+// change; to take those in as well, call Update about once per report
+// interval while the service is active.
+//
+// Update does not block and does not retain eps or reports. It allocates
+// only when it publishes, or when an endpoint is new.
+func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[string]loadreport.Report) (Result, bool) {
+	cfg := w.cfg
+	w.gen++
+	n := len(eps)
+	if cap(w.scratch) < n {
+		w.scratch = make([]float64, n)
+	}
+	cand := w.scratch[:n]
+
+	var next time.Time
+	soonest := func(t time.Time) {
+		if t.After(now) && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	known, overloaded := 0, n > 0
+	var sumKnown, sumKnownConsul, sumUtil float64
+	for i, e := range eps {
+		st := w.states[e.ID]
+		if st == nil {
+			st = &endpoint{}
+			w.states[e.ID] = st
+		}
+		st.gen = w.gen
+		r, ok := reports[e.ID]
+		st.observe(now, r, ok, cfg)
+		cand[i] = 0 // unknown
+		if st.since.IsZero() {
+			overloaded = false
+			continue
+		}
+		soonest(st.lastAt.Add(cfg.Expiry))
+		if now.Sub(st.since) < cfg.BlackoutPeriod {
+			soonest(st.since.Add(cfg.BlackoutPeriod))
+			overloaded = false
+			continue
+		}
+		cand[i] = st.weight
+		known++
+		sumKnown += st.weight
+		sumKnownConsul += float64(policy.ClampWeight(e.Weight))
+		sumUtil += st.util
+		if !(st.util > cfg.OverloadThreshold) {
+			overloaded = false
+		}
+	}
+	for id, st := range w.states {
+		if st.gen != w.gen {
+			delete(w.states, id)
+		}
+	}
+
+	// Fill in unknown endpoints and the floor, then normalize.
+	var sum float64
+	if known == 0 {
+		for i, e := range eps {
+			cand[i] = float64(policy.ClampWeight(e.Weight))
+			sum += cand[i]
+		}
+	} else {
+		perConsul := sumKnown / sumKnownConsul
+		floor := cfg.MinWeightFraction * sumKnown / float64(known)
+		for i, e := range eps {
+			if cand[i] == 0 {
+				cand[i] = float64(policy.ClampWeight(e.Weight)) * perConsul
+			} else {
+				cand[i] = max(cand[i], floor)
+			}
+			sum += cand[i]
+		}
+	}
+	for i := range cand {
+		cand[i] *= float64(n) / sum
+	}
+	var util, drop float64
+	if known > 0 {
+		util = sumUtil / float64(known)
+	}
+	if overloaded {
+		drop = min(1-cfg.OverloadThreshold/util, cfg.MaxDropShare)
+	}
+
+	endpointsChanged := !w.hasPublished || !w.sameEndpoints(eps)
+	if !endpointsChanged && !w.changedEnough(cand, drop) {
+		res := w.published
+		res.NextUpdate = next
+		return res, false
+	}
+	if hold := w.pubAt.Add(cfg.MinUpdateInterval); !endpointsChanged && now.Before(hold) {
+		res := w.published
+		res.NextUpdate = hold
+		if !next.IsZero() && next.Before(hold) {
+			res.NextUpdate = next
+		}
+		return res, false
+	}
+
+	w.published = Result{Known: known, Utilization: util, DropShare: drop}
+	if n > 0 {
+		w.published.Weights = slices.Clone(cand)
+	}
+	w.hasPublished = true
+	w.pubAt = now
+	w.pubIDs = w.pubIDs[:0]
+	w.pubConsul = w.pubConsul[:0]
+	for _, e := range eps {
+		w.pubIDs = append(w.pubIDs, e.ID)
+		w.pubConsul = append(w.pubConsul, e.Weight)
+	}
+	res := w.published
+	res.NextUpdate = next
+	w.published.NextUpdate = next
+	return res, true
+}
+
+// observe takes the endpoint's current report r (ok false when it has
+// none) into its run at now.
+func (st *endpoint) observe(now time.Time, r loadreport.Report, ok bool, cfg Config) {
+	if !ok {
+		*st = endpoint{gen: st.gen} // the run ends
+		return
+	}
+	if weight, util, usable := sample(r, cfg.ErrorPenalty); usable && r.At.After(st.lastAt) {
+		if st.since.IsZero() || r.At.Sub(st.lastAt) >= cfg.Expiry {
+			st.since, st.weight, st.util = r.At, weight, util
+		} else {
+			a := cfg.Smoothing
+			st.weight = a*weight + (1-a)*st.weight
+			st.util = a*util + (1-a)*st.util
+		}
+		st.lastAt = r.At
+	}
+	if !st.since.IsZero() && now.Sub(st.lastAt) >= cfg.Expiry {
+		*st = endpoint{gen: st.gen} // expired
+	}
+}
+
+// sameEndpoints reports whether eps has the IDs and Consul weights of the
+// published endpoints.
+func (w *Weigher) sameEndpoints(eps []discovery.Endpoint) bool {
+	if len(eps) != len(w.pubIDs) {
+		return false
+	}
+	for i, e := range eps {
+		if e.ID != w.pubIDs[i] || e.Weight != w.pubConsul[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// changedEnough reports whether some weight or the drop share moved by more
+// than the change threshold from the published ones. The endpoints are the
+// published ones.
+func (w *Weigher) changedEnough(cand []float64, drop float64) bool {
+	t := w.cfg.ChangeThreshold
+	for i, c := range cand {
+		if p := w.published.Weights[i]; math.Abs(c-p) > t*p {
+			return true
+		}
+	}
+	p := w.published.DropShare
+	return (p == 0) != (drop == 0) || math.Abs(drop-p) > t*p
+}
+
+// RateLimitShare returns the share of calls to drop so that a service
+// offered observedQPS calls per second passes about limitQPS:
+// 1 − limitQPS/observedQPS, at most maxShare, and 0 when the service is
+// within its limit, when limitQPS is not positive (no limit) or when an
+// argument is NaN. observedQPS should count the calls clients started,
+// dropped ones included (as ClientStats num_calls_started does), so that
+// the share does not feed back on itself. Use the result with
+// policy.AddDrops and policy.DropTokenRateLimit.
+func RateLimitShare(limitQPS, observedQPS, maxShare float64) float64 {
+	if !(limitQPS > 0) || !(observedQPS > limitQPS) || !(maxShare > 0) {
+		return 0
+	}
+	return min(1-limitQPS/observedQPS, maxShare, 1)
+}
