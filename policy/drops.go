@@ -28,15 +28,17 @@ const (
 // added, so that clients fail about share of their calls locally; grpc-go's
 // grpclb client walks the whole list, drops included, once per call, with
 // either child policy. entries is a list as a Policy returns it: non-empty,
-// without drops. A share that is NaN or not above 0 adds nothing and returns
-// entries itself; shares above MaxDropShare count as MaxDropShare.
+// without drops. Every endpoint in entries keeps at least one entry, and the
+// first entry stays first (pick_first clients keep their backend). A share
+// that is NaN or not above 0 adds nothing and returns entries itself;
+// shares above MaxDropShare count as MaxDropShare.
 //
 // The rules, with s the share, n the entries and d the drops:
 //
-//   - Count: d = round(s·n/(1−s)), half up, so that d/(n+d) is the closest
-//     share to s a list of n entries can hold, within 1/(2(n+d)). A share
-//     too small for the list (d rounds to 0) adds no drop: forcing one into
-//     a short list would drop far more than asked.
+//   - Count: d = round(s·n/(1−s)), half up, so that d/(n+d) is within
+//     1/(2(n+d)) of s. A share too small for the list (d rounds to 0) adds
+//     no drop: forcing one into a short list would drop far more than
+//     asked.
 //   - Precision: a short list is repeated whole, r times (r·n entries keep
 //     every endpoint's share and the first entry), for the smallest r that
 //     brings d/(r·n+d) within DropShareTolerance of s, or, if none fits in
