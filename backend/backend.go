@@ -86,7 +86,7 @@ func New(cfg Config) (*Backend, error) {
 		lis.Close()
 		return nil, fmt.Errorf("backend: %w", err)
 	}
-	reporter, err := loadreport.NewReporter(rec, loadreport.ReporterConfig{
+	reporter, err := loadreport.NewReporter(capacityMetrics{rec: rec, capacity: cfg.Capacity}, loadreport.ReporterConfig{
 		MinInterval: cfg.ORCAMinInterval,
 		Logger:      cfg.Logger.With("id", cfg.ID),
 	})

@@ -91,6 +91,12 @@ type Config struct {
 	// Zero means off; values outside [0, 1] are rejected. SetCPUBurn
 	// changes it while serving.
 	CPUBurn float64
+	// Capacity, when positive, is how many calls at once the backend is
+	// sized for: it then reports over ORCA an application utilization of
+	// calls in flight / Capacity (at most 1), unless SetAppUtilization set
+	// one. A slow backend holds more calls at once for the same rate, so it
+	// reports itself busier. 0 (the default) reports none.
+	Capacity int
 	// Logger receives the backend's logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -133,6 +139,8 @@ func (c Config) withDefaults() (Config, error) {
 		c.Listen = d.Listen
 	}
 	switch {
+	case c.Capacity < 0:
+		return c, fmt.Errorf("backend: capacity %d is negative", c.Capacity)
 	case c.Weight < 0:
 		return c, fmt.Errorf("backend: weight %d is negative", c.Weight)
 	case c.Weight == 0:

@@ -43,6 +43,22 @@ func (b *Backend) SetAppUtilization(v float64) { b.rec.SetAppUtilization(v) }
 // ORCA, for services that want to set named utilizations.
 func (b *Backend) Recorder() *loadreport.Recorder { return b.rec }
 
+// capacityMetrics is what the backend reports over ORCA: the recorder's
+// measurements, with the application utilization derived from the calls in
+// flight when the backend has a capacity and the service set none.
+type capacityMetrics struct {
+	rec      *loadreport.Recorder
+	capacity int
+}
+
+func (c capacityMetrics) Metrics() loadreport.Metrics {
+	m := c.rec.Metrics()
+	if c.capacity > 0 && m.AppUtil == 0 {
+		m.AppUtil = min(float64(m.InFlight)/float64(c.capacity), 1)
+	}
+	return m
+}
+
 // latencyInterceptor delays User calls by the current latency.
 func (b *Backend) latencyInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	if d := time.Duration(b.latency.Load()); d > 0 && info.FullMethod == userpb.User_GetUserList_FullMethodName {

@@ -231,3 +231,38 @@ func TestNewClampsLoadSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestCapacityUtilization: with a capacity, calls in flight are reported as
+// application utilization, until the service sets one itself.
+func TestCapacityUtilization(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.ORCAMinInterval = 50 * time.Millisecond
+	cfg.Capacity = 4
+	r := serve(t, cfg)
+	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
+	defer cancel()
+	col, err := loadreport.NewCollector(loadreport.Config{Interval: 50 * time.Millisecond, Logger: cfg.Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer col.Close()
+	col.Update(discovery.Snapshot{Service: cfg.Service, Endpoints: []discovery.Endpoint{
+		{ID: r.ID(), Addr: netip.MustParseAddrPort(r.Addr()), Weight: 1},
+	}})
+	waitReport(ctx, t, col, r.ID(), "an idle report", func(r loadreport.Report) bool { return r.AppUtil == 0 })
+
+	r.SetLatency(2 * time.Second)
+	c := userpb.NewUserClient(dial(t, r.Addr()))
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			if _, err := c.GetUserList(ctx, &userpb.PageInfo{}); err != nil {
+				t.Errorf("slow call: %v", err)
+			}
+		})
+	}
+	waitReport(ctx, t, col, r.ID(), "utilization 2/4", func(r loadreport.Report) bool { return r.AppUtil == 0.5 })
+	r.SetAppUtilization(0.9)
+	waitReport(ctx, t, col, r.ID(), "the service's own utilization", func(r loadreport.Report) bool { return r.AppUtil == 0.9 })
+	wg.Wait()
+}
