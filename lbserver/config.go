@@ -4,10 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/loadreport"
+	"github.com/lookaside-lb/lookaside/loadweight"
 	"github.com/lookaside-lb/lookaside/policy"
 	"github.com/lookaside-lb/lookaside/policy/roundrobin"
 )
@@ -60,6 +63,23 @@ type Config struct {
 	// reconnects at once and keeps its backends meanwhile. 0 disables it.
 	// Default 30 min; at least 10 s.
 	MaxStreamAge time.Duration
+	// LoadReports makes the balancer collect ORCA load reports from every
+	// endpoint of each watched service (one out-of-band stream per
+	// endpoint), for the least_load policy and for overload drops.
+	// Endpoints that serve no ORCA keep their discovery weight. Default on.
+	LoadReports bool
+	// LoadReport configures the collectors: report interval, expiry,
+	// backoff. Its Logger is replaced by the server's.
+	LoadReport loadreport.Config
+	// LoadWeight configures how reports become weights (gRFC A58 with a
+	// blackout, smoothing and hysteresis) and when every endpoint is
+	// overloaded, which share of calls to drop.
+	LoadWeight loadweight.Config
+	// RateLimits caps the calls per second of a service (service →
+	// calls/s, over all clients of this balancer). Above the limit, lists
+	// carry drop entries (token "drop-ratelimit") for the excess share,
+	// measured from the calls clients report in ClientStats.
+	RateLimits map[string]float64
 	// Logger receives the server's logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -78,6 +98,10 @@ func DefaultConfig() Config {
 		FirstListTimeout:      5 * time.Second,
 		WatchLinger:           time.Minute,
 		MaxStreamAge:          30 * time.Minute,
+		LoadReports:           true,
+		LoadReport:            loadreport.DefaultConfig(),
+		LoadWeight:            loadweight.DefaultConfig(),
+		RateLimits:            map[string]float64{},
 		Logger:                slog.Default(),
 	}
 }
@@ -132,6 +156,23 @@ func (c Config) validate() error {
 	}
 	if c.Logger == nil {
 		errs = append(errs, errors.New("no logger"))
+	}
+	if err := c.LoadWeight.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.LoadReports {
+		lc := c.LoadReport
+		lc.Logger = slog.New(slog.DiscardHandler)
+		if col, err := loadreport.NewCollector(lc); err != nil {
+			errs = append(errs, err)
+		} else {
+			col.Close()
+		}
+	}
+	for svc, limit := range c.RateLimits {
+		if !(limit > 0) || math.IsInf(limit, 1) {
+			errs = append(errs, fmt.Errorf("rate limit of %q: %v calls/s is not a positive number", svc, limit))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("lbserver: invalid config: %w", err)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/lookaside-lb/lookaside/clientstats"
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/loadreport"
+	"github.com/lookaside-lb/lookaside/loadweight"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -88,8 +90,43 @@ func New(cfg Config) (*Server, error) {
 		clientStats: clientstats.New(),
 		closing:     make(chan struct{}),
 	}
-	s.reg = newRegistry(cfg.Source, cfg.WatchLinger, s.choosePolicy, log)
+	s.reg = newRegistry(cfg.Source, cfg.WatchLinger, s.newPlanner, log)
 	return s, nil
+}
+
+// newPlanner makes the planner of one service, with its load collector
+// and weigher when load reports are on. Called under the registry's lock;
+// it starts nothing but the collector's expiry loop.
+func (s *Server) newPlanner(svc *service, log *slog.Logger) *planner {
+	p := &planner{
+		svc:       svc,
+		choose:    s.choosePolicy,
+		log:       log,
+		stats:     s.clientStats,
+		now:       time.Now,
+		rateLimit: s.cfg.RateLimits[svc.name],
+		maxDrop:   s.cfg.LoadWeight.MaxDropShare,
+		window:    max(2*s.cfg.ClientStatsInterval, 5*time.Second),
+	}
+	if !s.cfg.LoadReports {
+		return p
+	}
+	lc := s.cfg.LoadReport
+	lc.Logger = log
+	c, err := loadreport.NewCollector(lc)
+	if err != nil {
+		// validate built one with the same config.
+		log.Error("no load reports for this service", "err", err)
+		return p
+	}
+	w, err := loadweight.New(s.cfg.LoadWeight)
+	if err != nil {
+		c.Close()
+		log.Error("no load reports for this service", "err", err)
+		return p
+	}
+	p.collector, p.weigher = c, w
+	return p
 }
 
 // choosePolicy picks the policy of a service's snapshot: Consul meta

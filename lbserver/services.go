@@ -27,6 +27,12 @@ type plan struct {
 	// policyName and policy are the service's policy for this snapshot.
 	policyName string
 	policy     policy.Policy
+	// loadWeights, aligned with snap.Endpoints, are the weights derived
+	// from load reports (policy.Input.LoadWeights); nil without them.
+	loadWeights []float64
+	// dropShare of every list is drop entries with dropToken.
+	dropShare float64
+	dropToken string
 	// changed is closed when a newer plan replaces this one.
 	changed chan struct{}
 }
@@ -60,8 +66,7 @@ type service struct {
 	name string
 	// cur is the current plan; never nil.
 	cur    atomic.Pointer[plan]
-	cancel context.CancelFunc
-	done   chan struct{} // closed when the watcher goroutine has returned
+	cancel context.CancelFunc // stops the watcher and the planner
 
 	// Guarded by registry.mu.
 	refs   int
@@ -110,11 +115,11 @@ type chooser func(discovery.Snapshot) (name string, p policy.Policy, bad string)
 // registry owns the watchers: one per service with streams, started on
 // first use and stopped WatchLinger after the last stream leaves.
 type registry struct {
-	src    discovery.Source
-	choose chooser
-	linger time.Duration
-	log    *slog.Logger
-	ctx    context.Context // parent of every watcher; cancelled by close
+	src        discovery.Source
+	newPlanner func(*service, *slog.Logger) *planner
+	linger     time.Duration
+	log        *slog.Logger
+	ctx        context.Context // parent of every watcher; cancelled by close
 
 	mu       sync.Mutex
 	services map[string]*service // guarded by mu
@@ -123,9 +128,9 @@ type registry struct {
 	stop     context.CancelFunc
 }
 
-func newRegistry(src discovery.Source, linger time.Duration, choose chooser, log *slog.Logger) *registry {
+func newRegistry(src discovery.Source, linger time.Duration, newPlanner func(*service, *slog.Logger) *planner, log *slog.Logger) *registry {
 	ctx, stop := context.WithCancel(context.Background())
-	return &registry{src: src, choose: choose, linger: linger, log: log, ctx: ctx, stop: stop, services: map[string]*service{}}
+	return &registry{src: src, newPlanner: newPlanner, linger: linger, log: log, ctx: ctx, stop: stop, services: map[string]*service{}}
 }
 
 // acquire returns the service for name, starting its watcher if needed, and
@@ -179,38 +184,32 @@ func (r *registry) stopLocked(svc *service) {
 
 func (r *registry) startLocked(name string) *service {
 	ctx, cancel := context.WithCancel(r.ctx)
-	svc := &service{name: name, cancel: cancel, done: make(chan struct{}), assigned: map[string]int{}}
+	svc := &service{name: name, cancel: cancel, assigned: map[string]int{}}
 	svc.cur.Store(&plan{changed: make(chan struct{})})
-	r.wg.Add(1)
+	log := r.log.With("service", name)
+	pl := r.newPlanner(svc, log)
+	box := make(chan discovery.Snapshot, 1)
+	r.wg.Add(2)
 	go func() {
 		defer r.wg.Done()
-		defer close(svc.done)
-		r.log.Debug("watch started", "service", name)
-		lastBad, lastPolicy := "", ""
-		publish := func(snap discovery.Snapshot) {
-			polName, pol, bad := r.choose(snap)
-			if bad != "" && bad != lastBad {
-				r.log.Warn("ignoring unknown policy in Consul meta", "service", name, "key", PolicyMetaKey, "policy", bad, "using", polName)
-			}
-			if polName != lastPolicy {
-				r.log.Info("service policy", "service", name, "policy", polName)
-			}
-			lastBad, lastPolicy = bad, polName
-			svc.publish(newPlan(snap, polName, pol))
-		}
-		err := r.src.Watch(ctx, name, publish)
+		pl.run(ctx, box)
+	}()
+	go func() {
+		defer r.wg.Done()
+		log.Debug("watch started")
+		err := r.src.Watch(ctx, name, func(snap discovery.Snapshot) { offer(box, snap) })
 		if err != nil && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
 			// The source can never watch this name: answer its streams
 			// with fallback rather than leave them waiting.
-			r.log.Warn("watch failed", "service", name, "err", err)
-			publish(discovery.Snapshot{Service: name})
+			log.Warn("watch failed", "err", err)
+			offer(box, discovery.Snapshot{Service: name})
 		}
 	}()
 	return svc
 }
 
 // publish makes p the current plan and wakes the streams waiting on the
-// previous one. Only the watcher goroutine calls it.
+// previous one. Only the planner goroutine calls it.
 func (s *service) publish(p *plan) {
 	old := s.cur.Swap(p)
 	close(old.changed)

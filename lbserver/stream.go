@@ -217,11 +217,15 @@ func (st *streamState) update(p *plan) error {
 		return nil
 	}
 	entries := p.policy.List(policy.Input{
-		Endpoints: p.snap.Endpoints,
-		Client:    st.client,
-		Previous:  st.sentIDs,
-		Assigned:  st.svc.assignedTo(p.snap.Endpoints, st.first),
+		Endpoints:   p.snap.Endpoints,
+		Client:      st.client,
+		Previous:    st.sentIDs,
+		Assigned:    st.svc.assignedTo(p.snap.Endpoints, st.first),
+		LoadWeights: p.loadWeights,
 	})
+	if p.dropShare > 0 {
+		entries = policy.AddDrops(entries, p.dropShare, p.dropToken, st.srv.cfg.PolicyOptions.MaxEntries)
+	}
 	list := make([]*lbpb.Server, 0, len(entries))
 	ids := make([]string, 0, len(entries))
 	for _, e := range entries {
