@@ -13,10 +13,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -70,6 +72,7 @@ type options struct {
 	aliases         string
 	servicePolicies string
 	zones           string
+	rateLimits      string
 
 	dns dnsOptions
 }
@@ -122,6 +125,12 @@ Flags:
 	fs.IntVar(&o.lb.PolicyOptions.MaxEntries, "max-list-entries", o.lb.PolicyOptions.MaxEntries, "bound on the list length of weighted policies (weights are scaled down to fit; every endpoint keeps one entry)")
 	fs.IntVar(&o.lb.PolicyOptions.HashSubset, "hash-subset", o.lb.PolicyOptions.HashSubset, "source_hash: how many endpoints each client IP gets")
 	fs.StringVar(&o.zones, "zone", "", "DNS `zones` (comma-separated) whose names map to services: user-srv.lb.internal → user-srv")
+	fs.BoolVar(&o.lb.LoadReports, "load-reports", o.lb.LoadReports, "collect ORCA load reports from backends (for least_load and overload drops)")
+	fs.DurationVar(&o.lb.LoadReport.Interval, "load-report-interval", o.lb.LoadReport.Interval, "ORCA report interval asked of backends")
+	fs.DurationVar(&o.lb.LoadWeight.BlackoutPeriod, "load-blackout", o.lb.LoadWeight.BlackoutPeriod, "least_load: how long a backend must report before its load counts")
+	fs.Float64Var(&o.lb.LoadWeight.OverloadThreshold, "overload-threshold", o.lb.LoadWeight.OverloadThreshold, "utilization above which a backend is overloaded; calls are dropped when all are")
+	fs.Float64Var(&o.lb.LoadWeight.MaxDropShare, "max-drop-share", o.lb.LoadWeight.MaxDropShare, "most calls dropped for overload, as a share (0: never drop for overload)")
+	fs.StringVar(&o.rateLimits, "rate-limit", "", "per-service call rate limits over all clients: `service=calls/s,...` (excess calls dropped by clients)")
 	fs.StringVar(&o.aliases, "alias", "", "map client names to services: `name=service,...` (name with or without port)")
 	fs.IntVar(&o.lb.MaxNameLength, "max-name-length", o.lb.MaxNameLength, "longest name accepted in an initial request, in bytes")
 	fs.DurationVar(&o.lb.ClientStatsInterval, "client-stats-interval", o.lb.ClientStatsInterval, "how often clients send ClientStats (0: never)")
@@ -157,6 +166,9 @@ Flags:
 		return nil, fmt.Errorf("-service-policy: %w", err)
 	}
 	o.lb.ServicePolicies = pols
+	if o.lb.RateLimits, err = parseRateLimits(o.rateLimits); err != nil {
+		return nil, fmt.Errorf("-rate-limit: %w", err)
+	}
 	for _, z := range strings.Split(o.zones, ",") {
 		if z = strings.TrimSuffix(strings.TrimSpace(z), "."); z != "" {
 			o.lb.Zones = append(o.lb.Zones, z)
@@ -166,6 +178,22 @@ Flags:
 		return nil, err
 	}
 	return o, nil
+}
+
+func parseRateLimits(spec string) (map[string]float64, error) {
+	out := map[string]float64{}
+	for _, kv := range strings.Split(spec, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		svc, v, ok := strings.Cut(kv, "=")
+		limit, err := strconv.ParseFloat(v, 64)
+		if !ok || svc == "" || err != nil || !(limit > 0) || math.IsInf(limit, 1) {
+			return nil, fmt.Errorf("%q: want service=calls per second, a positive number", kv)
+		}
+		out[svc] = limit
+	}
+	return out, nil
 }
 
 func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
