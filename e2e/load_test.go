@@ -1,0 +1,240 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/lookaside-lb/lookaside/backend"
+	"github.com/lookaside-lb/lookaside/consulreg"
+	"github.com/lookaside-lb/lookaside/internal/lbdial"
+	"github.com/lookaside-lb/lookaside/lbserver"
+	"github.com/lookaside-lb/lookaside/policy"
+	"github.com/lookaside-lb/lookaside/policy/leastload"
+	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
+)
+
+// loadBackend is a backend that reports its load every 100 ms, with calls
+// in flight / capacity as its utilization, and a base latency.
+func loadBackend(t testing.TB, svc string, tweak func(*backend.Config)) *runningBackend {
+	tt := t.(*testing.T)
+	return startBackend(tt, svc, func(c *backend.Config) {
+		c.ORCAMinInterval = 100 * time.Millisecond
+		c.LoadWindow = time.Second
+		c.Capacity = 8
+		c.Latency = 5 * time.Millisecond
+		if tweak != nil {
+			tweak(c)
+		}
+	})
+}
+
+// fastLoad is the balancer side of loadBackend: reports every 100 ms, a
+// short blackout, quick publication.
+func fastLoad(policyName string) func(*lbserver.Config) {
+	return func(c *lbserver.Config) {
+		c.Policy = policyName
+		c.ClientStatsInterval = time.Second
+		c.LoadReport.Interval = 100 * time.Millisecond
+		c.LoadWeight.BlackoutPeriod = time.Second
+		c.LoadWeight.MinUpdateInterval = 200 * time.Millisecond
+	}
+}
+
+// result of a closed-loop load: calls per backend, failures by code, and
+// latencies.
+type loadResult struct {
+	calls     map[string]int
+	failures  map[codes.Code]int
+	latencies []time.Duration
+}
+
+func (r loadResult) share(id string) float64 {
+	total := 0
+	for _, n := range r.calls {
+		total += n
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(r.calls[id]) / float64(total)
+}
+
+func (r loadResult) percentile(p float64) time.Duration {
+	if len(r.latencies) == 0 {
+		return 0
+	}
+	s := slices.Clone(r.latencies)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(p*float64(len(s))))]
+}
+
+// closedLoop runs workers that call c back to back for d (at most 2000
+// calls each) and returns what happened.
+func closedLoop(ctx context.Context, c userpb.UserClient, workers int, d time.Duration) loadResult {
+	res := loadResult{calls: map[string]int{}, failures: map[codes.Code]int{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(d)
+	for range workers {
+		wg.Go(func() {
+			for i := 0; i < 2000 && time.Now().Before(deadline); i++ {
+				start := time.Now()
+				r, err := call(ctx, c)
+				took := time.Since(start)
+				mu.Lock()
+				if err != nil {
+					res.failures[status.Code(err)]++
+				} else {
+					res.calls[r.BackendId]++
+					res.latencies = append(res.latencies, took)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return res
+}
+
+// TestLeastLoadAvoidsSlowBackend: four backends, one four times slower.
+// With least_load its share of calls falls well below a quarter, and rises
+// back when it recovers.
+func TestLeastLoadAvoidsSlowBackend(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	var bs []*runningBackend
+	for range 4 {
+		bs = append(bs, loadBackend(t, svc, nil))
+	}
+	waitPassing(t, svc, 4)
+	slow := bs[0]
+	slow.SetLatency(20 * time.Millisecond)
+	l := startLB(t, fastLoad(leastload.Name))
+	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{l.addr}})
+	waitSeen(t, c, bs...)
+
+	closedLoop(t.Context(), c, 8, 4*time.Second) // reports, blackout, weights
+	res := closedLoop(t.Context(), c, 8, 3*time.Second)
+	t.Logf("slow backend: %.1f%% of %v calls; p50 %v, p99 %v", 100*res.share(slow.ID()), res.calls, res.percentile(0.5), res.percentile(0.99))
+	if len(res.failures) > 0 {
+		t.Errorf("calls failed: %v", res.failures)
+	}
+	if s := res.share(slow.ID()); s > 0.15 {
+		t.Errorf("slow backend got %.1f%% of calls, want well below 25%% (≤ 15%%)", 100*s)
+	}
+
+	slow.SetLatency(5 * time.Millisecond)
+	var rec loadResult
+	waitFor(t, 30*time.Second, "the recovered backend's share to rise back", func() bool {
+		rec = closedLoop(t.Context(), c, 8, 2*time.Second)
+		return rec.share(slow.ID()) > 0.18
+	})
+	t.Logf("recovered backend: %.1f%% of %v calls", 100*rec.share(slow.ID()), rec.calls)
+}
+
+// TestOverloadDrops: when every backend reports utilization above the
+// threshold, clients drop the computed share of calls locally and report
+// them per token; the drops stop when the load falls.
+func TestOverloadDrops(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	var bs []*runningBackend
+	for range 3 {
+		bs = append(bs, loadBackend(t, svc, nil))
+	}
+	waitPassing(t, svc, 3)
+	l := startLB(t, fastLoad("round_robin"))
+	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{l.addr}})
+	waitSeen(t, c, bs...)
+
+	for _, b := range bs {
+		b.SetAppUtilization(1.5) // 0.9/1.5: a 40 % share to drop
+	}
+	var res loadResult
+	waitFor(t, 20*time.Second, "calls to be dropped", func() bool {
+		res = closedLoop(t.Context(), c, 4, time.Second)
+		return res.failures[codes.Unavailable] > 0
+	})
+	res = closedLoop(t.Context(), c, 4, 2*time.Second)
+	total := res.failures[codes.Unavailable]
+	for _, n := range res.calls {
+		total += n
+	}
+	dropped := float64(res.failures[codes.Unavailable]) / float64(total)
+	t.Logf("utilization 1.5: %.1f%% of %d calls dropped (target 40%%)", 100*dropped, total)
+	if dropped < 0.3 || dropped > 0.5 {
+		t.Errorf("dropped %.1f%% of calls, want about 40%%", 100*dropped)
+	}
+	waitFor(t, 10*time.Second, "ClientStats to count drops per token", func() bool {
+		return l.server().ClientStats().Service(svc).Dropped[policy.DropTokenOverload] > 0
+	})
+
+	for _, b := range bs {
+		b.SetAppUtilization(0.3)
+	}
+	waitFor(t, 20*time.Second, "the drops to stop", func() bool {
+		res = closedLoop(t.Context(), c, 4, time.Second)
+		return len(res.failures) == 0
+	})
+}
+
+// TestBackendWithoutORCA: an instance that serves no load reports still
+// gets traffic under least_load, by its Consul weight.
+func TestBackendWithoutORCA(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	var bs []*runningBackend
+	for range 2 {
+		bs = append(bs, loadBackend(t, svc, nil))
+	}
+	plain := startPlainBackend(t, svc)
+	waitPassing(t, svc, 3)
+	l := startLB(t, fastLoad(leastload.Name))
+	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{l.addr}})
+	waitSeen(t, c, bs...)
+	closedLoop(t.Context(), c, 6, 3*time.Second)
+	res := closedLoop(t.Context(), c, 6, 2*time.Second)
+	t.Logf("calls: %v", res.calls)
+	if s := res.share(plain); s < 0.15 {
+		t.Errorf("the backend without ORCA got %.1f%% of calls, want about a third (≥ 15%%)", 100*s)
+	}
+}
+
+// startPlainBackend serves the User service with a health service but no
+// ORCA, registered in Consul; it returns its instance ID.
+func startPlainBackend(t *testing.T, svc string) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := fmt.Sprintf("%s-plain-%d", svc, lis.Addr().(*net.TCPAddr).Port)
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	userpb.RegisterUserServer(gs, &backend.UserService{ID: id, Addr: lis.Addr().String()})
+	go gs.Serve(lis)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := consulreg.Register(ctx, agent.Client(), consulreg.Instance{ID: id, Service: svc, Addr: lis.Addr().String(), CheckInterval: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := consulreg.Deregister(context.Background(), agent.Client(), id); err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("deregister: %v", err)
+		}
+		gs.Stop()
+	})
+	return id
+}
