@@ -63,7 +63,7 @@ func quietLogger() *slog.Logger {
 }
 
 // serviceName gives each test its own Consul service.
-func serviceName(t *testing.T) string {
+func serviceName(t testing.TB) string {
 	n := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
 	return "e2e-" + n
 }
@@ -76,7 +76,7 @@ type runningBackend struct {
 }
 
 // stop drains the backend (deregister, drain delay, graceful stop) and waits.
-func (b *runningBackend) stop(t *testing.T) {
+func (b *runningBackend) stop(t testing.TB) {
 	t.Helper()
 	b.cancel()
 	if err := <-b.done; err != nil {
@@ -84,7 +84,7 @@ func (b *runningBackend) stop(t *testing.T) {
 	}
 }
 
-func startBackend(t *testing.T, service string, tweak func(*backend.Config)) *runningBackend {
+func startBackend(t testing.TB, service string, tweak func(*backend.Config)) *runningBackend {
 	t.Helper()
 	cfg := backend.DefaultConfig()
 	cfg.Service = service
@@ -116,7 +116,7 @@ func startBackend(t *testing.T, service string, tweak func(*backend.Config)) *ru
 
 // startBackends starts n backends and waits until Consul reports all of
 // them passing.
-func startBackends(t *testing.T, service string, n int) []*runningBackend {
+func startBackends(t testing.TB, service string, n int) []*runningBackend {
 	t.Helper()
 	var bs []*runningBackend
 	for range n {
@@ -126,7 +126,7 @@ func startBackends(t *testing.T, service string, n int) []*runningBackend {
 	return bs
 }
 
-func waitPassing(t *testing.T, service string, n int) {
+func waitPassing(t testing.TB, service string, n int) {
 	t.Helper()
 	waitFor(t, 20*time.Second, fmt.Sprintf("%d passing instances of %s", n, service), func() bool {
 		entries, _, err := agent.Client().Health().Service(service, "", true, nil)
@@ -137,7 +137,7 @@ func waitPassing(t *testing.T, service string, n int) {
 // lb is a balancer serving in this process, which can be stopped and
 // started again on the same address.
 type lb struct {
-	t      *testing.T
+	t      testing.TB
 	addr   string
 	tweak  func(*lbserver.Config)
 	mu     sync.Mutex
@@ -146,7 +146,7 @@ type lb struct {
 	done   chan error
 }
 
-func startLB(t *testing.T, tweak func(*lbserver.Config)) *lb {
+func startLB(t testing.TB, tweak func(*lbserver.Config)) *lb {
 	t.Helper()
 	l := &lb{t: t, addr: "127.0.0.1:0", tweak: tweak}
 	l.start()
@@ -212,7 +212,7 @@ func (l *lb) server() *lbserver.Server {
 }
 
 // client dials target through the balancers with the grpclb policy.
-func client(t *testing.T, o lbdial.Options) userpb.UserClient {
+func client(t testing.TB, o lbdial.Options) userpb.UserClient {
 	t.Helper()
 	cc, _, err := lbdial.Dial(o)
 	if err != nil {
@@ -230,7 +230,7 @@ func call(ctx context.Context, c userpb.UserClient) (*userpb.UserListResponse, e
 
 // spread makes n calls one after another and counts them per backend ID.
 // Any failed call fails the test.
-func spread(t *testing.T, c userpb.UserClient, n int) map[string]int {
+func spread(t testing.TB, c userpb.UserClient, n int) map[string]int {
 	t.Helper()
 	got := map[string]int{}
 	for i := range n {
@@ -244,7 +244,7 @@ func spread(t *testing.T, c userpb.UserClient, n int) map[string]int {
 }
 
 // waitFor polls cond every 20 ms until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -256,7 +256,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 }
 
 // waitSeen calls until every backend in want has served a call.
-func waitSeen(t *testing.T, c userpb.UserClient, want ...*runningBackend) {
+func waitSeen(t testing.TB, c userpb.UserClient, want ...*runningBackend) {
 	t.Helper()
 	seen := map[string]bool{}
 	waitFor(t, 20*time.Second, "calls to reach every backend", func() bool {

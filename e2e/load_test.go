@@ -28,8 +28,7 @@ import (
 // loadBackend is a backend that reports its load every 100 ms, with calls
 // in flight / capacity as its utilization, and a base latency.
 func loadBackend(t testing.TB, svc string, tweak func(*backend.Config)) *runningBackend {
-	tt := t.(*testing.T)
-	return startBackend(tt, svc, func(c *backend.Config) {
+	return startBackend(t, svc, func(c *backend.Config) {
 		c.ORCAMinInterval = 100 * time.Millisecond
 		c.LoadWindow = time.Second
 		c.Capacity = 8
