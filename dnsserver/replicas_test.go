@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,6 +40,8 @@ func snapOf(addrs ...string) discovery.Snapshot {
 func TestReplicas(t *testing.T) {
 	src := pushSource{snaps: make(chan discovery.Snapshot)}
 	r := NewReplicas(src, "lookaside", slog.New(slog.DiscardHandler))
+	clock := &fakeClock{t: time.Unix(1e9, 0)}
+	r.now = clock.now
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -78,14 +81,22 @@ func TestReplicas(t *testing.T) {
 		}
 		src.snaps <- s // the second send returns once the first was published
 	}
-	push(snapOf("127.0.0.1:7001", "[::ffff:127.0.0.1]:7000", "127.0.0.1:7001"))
-	check("first answer, sorted, unmapped, deduplicated", "127.0.0.1:7000", "127.0.0.1:7001")
+	push(snapOf("127.0.0.1:7001", "[::ffff:127.0.0.1]:7000", "127.0.0.1:7001", "127.0.0.1:7002"))
+	check("first answer, sorted, unmapped, deduplicated", "127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002")
+	push(snapOf("127.0.0.1:7000", "127.0.0.1:7001"))
+	check("one left", "127.0.0.1:7000", "127.0.0.1:7001")
+	clock.advance(10 * time.Minute)
 	push(snapOf("127.0.0.1:7001"))
-	check("one left", "127.0.0.1:7001")
+	clock.advance(30 * time.Second)
 	push(snapOf())
-	check("none passing: the last known stay", "127.0.0.1:7001")
+	check("none passing: the last two to leave, within a minute", "127.0.0.1:7000", "127.0.0.1:7001")
 	push(snapOf("[2001:db8::1]:7000"))
 	check("a new one", "[2001:db8::1]:7000")
+	clock.advance(time.Hour)
+	push(snapOf())
+	check("none passing again: the last to leave", "[2001:db8::1]:7000")
+	push(snapOf("127.0.0.1:7002"))
+	check("one comes back", "127.0.0.1:7002")
 
 	if err := r.Run(ctx); err == nil {
 		t.Error("second Run: want an error")
@@ -113,4 +124,22 @@ func TestReplicasWatchError(t *testing.T) {
 	if err := r.Run(t.Context()); err == nil || errors.Is(err, context.Canceled) {
 		t.Fatalf("Run = %v, want the watch error", err)
 	}
+}
+
+// fakeClock is a clock the test moves; only the watch goroutine reads it.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
 }
