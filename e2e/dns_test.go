@@ -426,8 +426,8 @@ func TestDNSServiceWithoutInstances(t *testing.T) {
 	waitPassing(t, lbSvc, 1)
 	d := startDNS(t, lbSvc)
 
+	// One after the other, so that each FallbackResponse is counted.
 	t.Run("unknown", func(t *testing.T) {
-		t.Parallel()
 		name := svc + "-unknown"
 		port := freePort(t)
 		c := dnsClient(t, d.addr, name, port)
@@ -448,7 +448,6 @@ func TestDNSServiceWithoutInstances(t *testing.T) {
 		t.Logf("instance registered → first balanced call: %v (%v after registration began)", took, time.Since(start))
 	})
 	t.Run("failing", func(t *testing.T) {
-		t.Parallel()
 		name := svc + "-failing"
 		port := freePort(t)
 		b := startBackendAt(t, name, 2, port)
@@ -458,11 +457,15 @@ func TestDNSServiceWithoutInstances(t *testing.T) {
 			return err == nil && len(entries) == 1 && entries[0].Checks.AggregatedStatus() == "critical"
 		})
 		c := dnsClient(t, d.addr, name, port)
+		before := l.server().Stats().FallbacksSent
 		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
 		r, err := c.GetUserList(ctx, &userpb.PageInfo{Pn: 1, PSize: 1})
 		cancel()
 		if err == nil {
 			t.Fatalf("a call with no passing instance succeeded: %v", r)
+		}
+		if got := l.server().Stats().FallbacksSent; got <= before {
+			t.Errorf("FallbacksSent %d, want more than %d", got, before)
 		}
 		b.SetServing(true)
 		took := waitBalanced(t, c, 30*time.Second, "calls once the instance passes")
