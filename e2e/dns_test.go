@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/miekg/dns"
 	"google.golang.org/grpc"
 	_ "google.golang.org/grpc/balancer/grpclb" // the only import a DNS client needs
@@ -528,4 +529,50 @@ func TestDNSBinaries(t *testing.T) {
 		t.Fatalf("calls failed across the kill: %v", err)
 	}
 	t.Logf("%d calls, none failed: %v", ld.calls.Load(), counts)
+}
+
+// TestDNSConsulPreparedQueries: without the responder, Consul's own DNS
+// can give grpclb clients the SRV and A records, through two prepared
+// query templates (docs/dns.md): one for _grpclb._tcp.<svc>, answered
+// with the balancer replicas, one for <svc>, answered with its instances.
+// Consul serves no TXT record, so the client selects grpclb in code.
+func TestDNSConsulPreparedQueries(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	lbSvc := svc + "-lb"
+	bs, port := startSamePortBackends(t, svc, 2)
+	l := startLB(t, func(c *lbserver.Config) { c.Zones = []string{"query.consul"} })
+	dnsRegister(t, l, lbSvc)
+	waitPassing(t, lbSvc, 1)
+
+	// Templates matching this test's names only; docs/dns.md shows the
+	// catch-all form.
+	q := agent.Client().PreparedQuery()
+	for _, def := range []*api.PreparedQueryDefinition{
+		{Name: "_grpclb._tcp." + svc, Template: api.QueryTemplate{Type: "name_prefix_match"},
+			Service: api.ServiceQuery{Service: lbSvc, OnlyPassing: true}},
+		{Name: svc, Template: api.QueryTemplate{Type: "name_prefix_match"},
+			Service: api.ServiceQuery{Service: svc, OnlyPassing: true}},
+	} {
+		id, _, err := q.Create(def, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { q.Delete(id, nil) })
+	}
+
+	target := fmt.Sprintf("dns://%s/%s.query.consul:%d", agent.DNSAddr(), svc, port)
+	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"grpclb":{}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	c := userpb.NewUserClient(cc)
+	took := waitBalanced(t, c, 20*time.Second, "a balanced call through Consul's DNS")
+	t.Logf("dial through Consul DNS → first balanced call: %v", took)
+	waitSeen(t, c, bs...)
+	if st := l.server().Stats(); st.StreamsActive != 1 || st.FallbacksSent != 0 {
+		t.Errorf("balancer stats %+v: want 1 stream, no fallback", st)
+	}
 }
