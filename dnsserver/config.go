@@ -54,7 +54,9 @@ type Config struct {
 	Catalog Catalog
 	// Balancers gives the SRV records. Required.
 	Balancers Balancers
-	// Names maps "<svc>.<zone>" to a service. Default: the first label.
+	// Names maps "<svc>.<zone>" to a service, and must strip the zone:
+	// use the balancer's lbserver.NameMapper with Zone in its Zones, so
+	// that aliases apply alike. Default: the first label.
 	Names Mapper
 	// TTL of every record, and the negative TTL (the SOA minimum).
 	// Default 5 s; 1 s to 1 h, in whole seconds.
