@@ -34,7 +34,7 @@ demo: ## Consul, three backends, the balancer and a client; prints the spread
 	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) run ./cmd/demo -policy $(POLICY) -calls $(CALLS) $(DEMO_FLAGS)
 
 bench: ## benchmarks: policies, load weights, and round_robin vs least_load with a slow backend
-	$(GO) test -run '^$$' -bench . -benchmem ./policy/... ./loadweight/...
+	$(GO) test -run '^$$' -bench . -benchmem ./policy/... ./loadweight/... ./lbserver/
 	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) test -run '^$$' -bench SlowBackend -benchtime 1x ./e2e
 
 proto: ## regenerate the example service's Go code
