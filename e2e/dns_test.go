@@ -211,6 +211,7 @@ func TestDNSClientNeedsNoConfig(t *testing.T) {
 	l := startDNSLB(t, lbSvc, nil)
 	waitPassing(t, lbSvc, 1)
 	d := startDNS(t, lbSvc)
+	waitSRV(t, d.addr, svc, 1, "the balancer in SRV")
 
 	start := time.Now()
 	c := dnsClient(t, d.addr, svc, port)
@@ -259,6 +260,7 @@ func TestDNSReplicaKilledUnderLoad(t *testing.T) {
 	lbs := []*lb{startDNSLB(t, lbSvc, withAge), startDNSLB(t, lbSvc, withAge)}
 	waitPassing(t, lbSvc, 2)
 	d := startDNS(t, lbSvc)
+	waitSRV(t, d.addr, svc, 2, "both balancers in SRV")
 
 	const clients = 6
 	var loads []*load
@@ -318,6 +320,7 @@ func TestDNSAllBalancersDown(t *testing.T) {
 	lbs := []*lb{startDNSLB(t, lbSvc, nil), startDNSLB(t, lbSvc, nil)}
 	waitPassing(t, lbSvc, 2)
 	d := startDNS(t, lbSvc)
+	waitSRV(t, d.addr, svc, 2, "both balancers in SRV")
 
 	old := dnsClient(t, d.addr, svc, port)
 	waitBalanced(t, old, 20*time.Second, "the existing client balanced")
@@ -327,10 +330,8 @@ func TestDNSAllBalancersDown(t *testing.T) {
 	time.Sleep(2 * time.Second) // one after the other, as in an outage
 	lbs[1].stop()
 	waitPassing(t, lbSvc, 0)
-	srvName := fmt.Sprintf("_grpclb._tcp.%s.%s.", svc, dnsZone)
-	if got := dnsSRV(t, d.addr, srvName); len(got) != 2 {
-		t.Errorf("SRV with no balancer passing: %v, want the two last known", got)
-	}
+	time.Sleep(2 * time.Second) // for the responder's watch to see it too
+	waitSRV(t, d.addr, svc, 2, "SRV with no balancer passing to name the two last known")
 
 	// A new client: its balancers do not answer, so after the fallback
 	// timeout it calls the A records' addresses, without a token.
@@ -395,15 +396,14 @@ func TestDNSAllBalancersDown(t *testing.T) {
 	t.Logf("new client after leaving fallback, lb-token per backend: %v", tokens)
 }
 
-// dnsSRV returns the SRV records of name at the DNS server addr, as
-// "target:port".
-func dnsSRV(t *testing.T, addr, name string) []string {
-	t.Helper()
+// dnsSRV returns the SRV records of service at the DNS server addr, as
+// "target:port", or nil if the question failed.
+func dnsSRV(addr, service string) []string {
 	m := new(dns.Msg)
-	m.SetQuestion(name, dns.TypeSRV)
-	r, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, addr)
+	m.SetQuestion(fmt.Sprintf("_grpclb._tcp.%s.%s.", service, dnsZone), dns.TypeSRV)
+	r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, addr)
 	if err != nil {
-		t.Fatalf("SRV %s: %v", name, err)
+		return nil
 	}
 	var out []string
 	for _, rr := range r.Answer {
@@ -412,6 +412,14 @@ func dnsSRV(t *testing.T, addr, name string) []string {
 		}
 	}
 	return out
+}
+
+// waitSRV waits until the DNS server at addr names n balancers for
+// service. Clients that resolve before the responder knows a balancer go
+// to fallback and stay there, so tests wait for it before they dial.
+func waitSRV(t *testing.T, addr, service string, n int, what string) {
+	t.Helper()
+	waitFor(t, 20*time.Second, what, func() bool { return len(dnsSRV(addr, service)) == n })
 }
 
 // TestDNSServiceWithoutInstances: a service that is unknown, or whose
@@ -426,6 +434,7 @@ func TestDNSServiceWithoutInstances(t *testing.T) {
 	l := startDNSLB(t, lbSvc, nil)
 	waitPassing(t, lbSvc, 1)
 	d := startDNS(t, lbSvc)
+	waitSRV(t, d.addr, svc, 1, "the balancer in SRV")
 
 	// One after the other, so that each FallbackResponse is counted.
 	t.Run("unknown", func(t *testing.T) {
@@ -505,6 +514,7 @@ func TestDNSBinaries(t *testing.T) {
 	}
 	first := replica()
 	waitPassing(t, lbSvc, 1)
+	waitSRV(t, dnsAddr, svc, 1, "the first replica in the command's SRV records")
 
 	c := dnsClient(t, dnsAddr, svc, port)
 	took := waitBalanced(t, c, 20*time.Second, "a balanced call through the commands")
