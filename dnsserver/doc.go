@@ -33,7 +33,8 @@
 //     (which try the balancers in order) spread over the replicas. Every
 //     service name has these records, whether or not it has instances: the
 //     balancer answers an unknown service with a FallbackResponse and sends
-//     a list as soon as instances appear, with no new DNS lookup.
+//     a list as soon as instances appear, with no new DNS lookup. When no
+//     replica passes, Replicas keeps naming the last ones known.
 //   - A/AAAA <svc>.<zone>: the IPs of the service's passing instances
 //     (Catalog), which grpclb clients use as fallback addresses with the
 //     port of their dial target. A service with no instance answers NODATA

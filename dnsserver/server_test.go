@@ -618,3 +618,39 @@ func TestServeOnlyTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func BenchmarkAnswer(b *testing.B) {
+	cfg := testConfig()
+	var lbs StaticBalancers
+	for i := range 5 {
+		lbs = append(lbs, netip.AddrPortFrom(netip.MustParseAddr("10.0.0.5"), uint16(7000+i)))
+	}
+	cfg.Balancers = lbs
+	s, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+	}{
+		{"_grpclb._tcp.user-srv.lb.internal.", dns.TypeSRV},
+		{"user-srv.lb.internal.", dns.TypeA},
+		{"_grpc_config.user-srv.lb.internal.", dns.TypeTXT},
+		{"nothing.x.lb.internal.", dns.TypeA},
+	} {
+		b.Run(dns.TypeToString[q.qtype]+"/"+q.name, func(b *testing.B) {
+			req := new(dns.Msg)
+			req.SetQuestion(q.name, q.qtype)
+			req.SetEdns0(1232, false)
+			b.ReportAllocs()
+			for b.Loop() {
+				m := s.answer(context.Background(), req)
+				s.fit(m, 1232)
+				if _, err := m.Pack(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
