@@ -429,14 +429,7 @@ func (c *Collector) failed(s *stream, err error, unimplemented bool, failures in
 // failures: BackoffBase doubled that many times, capped at BackoffMax,
 // times a random factor in [0.8, 1.2).
 func (c *Collector) backoff(failures int) time.Duration {
-	d := c.cfg.BackoffBase
-	// d < BackoffMax inside the loop, so it runs at most log2(BackoffMax)
-	// < 63 times and never overflows.
-	for i := 0; i < failures && d < c.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	d = min(d, c.cfg.BackoffMax)
-	return d + time.Duration((2*c.rand()-1)*0.2*float64(d))
+	return clock.Backoff(c.cfg.BackoffBase, c.cfg.BackoffMax, failures, c.rand())
 }
 
 // sleep waits d on the collector's clock and reports whether ctx is still

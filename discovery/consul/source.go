@@ -186,14 +186,7 @@ func (w *watcher) interval() time.Duration {
 // failures: BackoffBase doubled that many times, capped at BackoffMax, then
 // multiplied by a random factor in [0.8, 1.2).
 func (w *watcher) backoff(failures int) time.Duration {
-	d := w.cfg.BackoffBase
-	// At most log2(MaxBackoff/1ns) < 40 iterations; d < BackoffMax inside,
-	// so doubling cannot overflow.
-	for i := 0; i < failures && d < w.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	d = min(d, w.cfg.BackoffMax)
-	return d + time.Duration((2*w.rand()-1)*0.2*float64(d))
+	return clock.Backoff(w.cfg.BackoffBase, w.cfg.BackoffMax, failures, w.rand())
 }
 
 // sleep waits for d, or until ctx is done.

@@ -30,3 +30,18 @@ func (Real) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
 
 // RandFloat returns a pseudo-random number in [0, 1); the jitter seam.
 func RandFloat() float64 { return rand.Float64() }
+
+// Backoff returns the delay after the given number of earlier consecutive
+// failures: base doubled that many times, capped at max, then multiplied by
+// 0.8 + 0.4·r, where r in [0, 1) is the caller's jitter (RandFloat, or a
+// fixed value in tests). A base above max counts as max.
+func Backoff(base, max time.Duration, failures int, r float64) time.Duration {
+	d := min(base, max)
+	// d < max inside the loop, so it runs at most log2(max/1ns) < 64 times
+	// and never overflows.
+	for i := 0; i < failures && d < max; i++ {
+		d *= 2
+	}
+	d = min(d, max)
+	return d + time.Duration((2*r-1)*0.2*float64(d))
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -12,6 +11,8 @@ import (
 	grpclbstate "google.golang.org/grpc/balancer/grpclb/state"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
+
+	"github.com/lookaside-lb/lookaside/internal/clock"
 )
 
 // listKind says which list a watch loop keeps.
@@ -191,11 +192,5 @@ func (r *consulResolver) state(instances, balancers []resolver.Address) resolver
 // base doubled that many times, capped at max, times a random factor in
 // [0.8, 1.2).
 func backoff(base, max time.Duration, failures int) time.Duration {
-	d := min(base, max)
-	// At most log2(max/1ns) < 64 doublings; d < max inside, so no overflow.
-	for i := 0; i < failures && d < max; i++ {
-		d *= 2
-	}
-	d = min(d, max)
-	return d + time.Duration((2*rand.Float64()-1)*0.2*float64(d))
+	return clock.Backoff(base, max, failures, clock.RandFloat())
 }
