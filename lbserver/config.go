@@ -56,6 +56,12 @@ type Config struct {
 	// last stream ended, so a reconnecting client finds it warm.
 	// Default 1 min; 0 stops at once.
 	WatchLinger time.Duration
+	// MaxServices bounds how many services are watched at once, so that
+	// clients (or DNS queries) naming random services cannot make the
+	// balancer open unbounded watches. A new service beyond it displaces
+	// one that no stream uses; otherwise its streams end with
+	// ResourceExhausted. Default 10000; at least 1.
+	MaxServices int
 	// MaxStreamAge ends each stream cleanly after this long (± 10 %,
 	// random per stream), and Serve closes each client connection with
 	// GOAWAY after about as long, so clients re-resolve and re-spread over
@@ -97,6 +103,7 @@ func DefaultConfig() Config {
 		InitialRequestTimeout: 10 * time.Second,
 		FirstListTimeout:      5 * time.Second,
 		WatchLinger:           time.Minute,
+		MaxServices:           10000,
 		MaxStreamAge:          30 * time.Minute,
 		LoadReports:           true,
 		LoadReport:            loadreport.DefaultConfig(),
@@ -150,6 +157,9 @@ func (c Config) validate() error {
 	}
 	if c.WatchLinger < 0 {
 		errs = append(errs, fmt.Errorf("watch linger %v is negative", c.WatchLinger))
+	}
+	if c.MaxServices < 1 {
+		errs = append(errs, fmt.Errorf("max services %d is under 1", c.MaxServices))
 	}
 	if c.MaxStreamAge != 0 && c.MaxStreamAge < 10*time.Second {
 		errs = append(errs, fmt.Errorf("max stream age %v is under 10s", c.MaxStreamAge))

@@ -90,7 +90,7 @@ func New(cfg Config) (*Server, error) {
 		clientStats: clientstats.New(),
 		closing:     make(chan struct{}),
 	}
-	s.reg = newRegistry(cfg.Source, cfg.WatchLinger, s.newPlanner, log)
+	s.reg = newRegistry(cfg.Source, cfg.WatchLinger, cfg.MaxServices, s.newPlanner, log)
 	return s, nil
 }
 
@@ -196,8 +196,8 @@ func (s *Server) enter() bool {
 // FirstListTimeout or ctx; ok is false if none came. For DNS answers and
 // status pages. Safe for concurrent use.
 func (s *Server) Endpoints(ctx context.Context, service string) (snap discovery.Snapshot, ok bool) {
-	svc := s.reg.acquire(service)
-	if svc == nil {
+	svc, err := s.reg.acquire(service)
+	if err != nil {
 		return discovery.Snapshot{}, false
 	}
 	defer s.reg.release(svc)

@@ -479,3 +479,62 @@ func TestMaxStreamAge(t *testing.T) {
 		t.Fatalf("next stream's list (-want +got):\n%s", diff)
 	}
 }
+
+// TestMaxServices: past the bound, a new service displaces one that only
+// lingers; with none to displace, its stream ends with ResourceExhausted
+// and the streams already open keep their lists.
+func TestMaxServices(t *testing.T) {
+	src := newFakeSource(snap("a", ep("a1", "127.0.0.1:1")), snap("b", ep("b1", "127.0.0.1:2")), snap("c", ep("c1", "127.0.0.1:3")))
+	cfg := testConfig(src)
+	cfg.MaxServices = 2
+	_, c := startServer(t, cfg)
+	sa := open(t, c, "a")
+	recv(t, sa)
+	recvList(t, sa)
+	ctx, cancel := context.WithCancel(context.Background())
+	sb, err := c.BalanceLoad(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Send(initial("b")); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, sb)
+	recvList(t, sb)
+
+	sc := open(t, c, "c")
+	if _, err := sc.Recv(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("third service with two in use: %v, want ResourceExhausted", err)
+	}
+	cancel() // b's stream ends; b lingers and can be displaced
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, active := src.counts("b"); active == 0 {
+			t.Fatal("b stopped watching before it was displaced; the linger is a minute")
+		}
+		sc = open(t, c, "c")
+		r, err := sc.Recv()
+		if err == nil {
+			if r.GetInitialResponse() == nil {
+				t.Fatalf("got %v, want the initial response", r)
+			}
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("c after b's stream ended: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if diff := cmp.Diff([]string{"127.0.0.1:3"}, recvList(t, sc)); diff != "" {
+		t.Fatalf("c's list (-want +got):\n%s", diff)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if _, active := src.counts("b"); active == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("b is still watched after it was displaced")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -118,6 +118,7 @@ type registry struct {
 	src        discovery.Source
 	newPlanner func(*service, *slog.Logger) *planner
 	linger     time.Duration
+	max        int // services watched at most
 	log        *slog.Logger
 	ctx        context.Context // parent of every watcher; cancelled by close
 
@@ -128,22 +129,32 @@ type registry struct {
 	stop     context.CancelFunc
 }
 
-func newRegistry(src discovery.Source, linger time.Duration, newPlanner func(*service, *slog.Logger) *planner, log *slog.Logger) *registry {
+func newRegistry(src discovery.Source, linger time.Duration, max int, newPlanner func(*service, *slog.Logger) *planner, log *slog.Logger) *registry {
 	ctx, stop := context.WithCancel(context.Background())
-	return &registry{src: src, newPlanner: newPlanner, linger: linger, log: log, ctx: ctx, stop: stop, services: map[string]*service{}}
+	return &registry{src: src, newPlanner: newPlanner, linger: linger, max: max, log: log, ctx: ctx, stop: stop, services: map[string]*service{}}
 }
 
+var (
+	errClosed      = errors.New("lbserver: shutting down")
+	errTooManySvcs = errors.New("lbserver: too many services watched")
+)
+
 // acquire returns the service for name, starting its watcher if needed, and
-// counts a reference that release gives back. It returns nil once the
-// registry is closed. Safe for concurrent use; does not block.
-func (r *registry) acquire(name string) *service {
+// counts a reference that release gives back. When max services are
+// watched it stops one that only lingers to make room, or fails with
+// errTooManySvcs; after close it fails with errClosed. Safe for concurrent
+// use; does not block.
+func (r *registry) acquire(name string) (*service, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
-		return nil
+		return nil, errClosed
 	}
 	svc := r.services[name]
 	if svc == nil {
+		if len(r.services) >= r.max && !r.evictLocked() {
+			return nil, errTooManySvcs
+		}
 		svc = r.startLocked(name)
 		r.services[name] = svc
 	}
@@ -152,7 +163,22 @@ func (r *registry) acquire(name string) *service {
 		svc.linger = nil
 	}
 	svc.refs++
-	return svc
+	return svc, nil
+}
+
+// evictLocked stops one service that no stream uses (it lingers), and
+// reports whether there was one.
+func (r *registry) evictLocked() bool {
+	for _, svc := range r.services {
+		if svc.refs == 0 {
+			if svc.linger != nil {
+				svc.linger.Stop()
+			}
+			r.stopLocked(svc)
+			return true
+		}
+	}
+	return false
 }
 
 // release gives back a reference taken by acquire.

@@ -69,9 +69,13 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		log.Info("invalid initial request", "name", name, "err", err)
 		return status.Errorf(codes.InvalidArgument, "lbserver: invalid name: %v", err)
 	}
-	svc := s.reg.acquire(svcName)
-	if svc == nil {
-		return status.Error(codes.Unavailable, "lbserver: shutting down")
+	svc, err := s.reg.acquire(svcName)
+	switch {
+	case errors.Is(err, errTooManySvcs):
+		log.Warn("refusing stream: too many services watched", "service", svcName, "max", s.cfg.MaxServices)
+		return status.Errorf(codes.ResourceExhausted, "%v (%d)", err, s.cfg.MaxServices)
+	case err != nil:
+		return status.Error(codes.Unavailable, err.Error())
 	}
 	defer s.reg.release(svc)
 

@@ -137,6 +137,7 @@ Flags:
 	fs.DurationVar(&o.lb.InitialRequestTimeout, "initial-request-timeout", o.lb.InitialRequestTimeout, "end streams that send no initial request within this time")
 	fs.DurationVar(&o.lb.FirstListTimeout, "first-list-timeout", o.lb.FirstListTimeout, "answer with fallback if discovery has no answer for a new service within this time")
 	fs.DurationVar(&o.lb.WatchLinger, "watch-linger", o.lb.WatchLinger, "keep watching a service this long after its last client left")
+	fs.IntVar(&o.lb.MaxServices, "max-services", o.lb.MaxServices, "most services watched at once (streams for more end with ResourceExhausted)")
 	fs.DurationVar(&o.lb.MaxStreamAge, "max-stream-age", o.lb.MaxStreamAge, "end streams and connections after about this long (±10%), so clients re-spread over replicas (0: never)")
 
 	o.dns.addFlags(fs)
