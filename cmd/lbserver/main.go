@@ -90,7 +90,11 @@ standard CONSUL_* variables are honoured, flags win) or, when -static or
 -static-file is given, from a fixed list.
 
 A client's name ("user-srv:50051") maps to the service "user-srv": the port
-is stripped, then -alias may rename it.
+(and a -zone suffix) is stripped, then -alias may rename it. Each service is
+balanced with -policy, -service-policy, or its Consul meta "lb-policy";
+backends' ORCA load reports feed least_load and overload drops. -register
+makes this replica findable in Consul, and -dns-listen answers the DNS
+records (SRV, A/AAAA, TXT) that let clients find it with no configuration.
 
 Flags:
 `)
