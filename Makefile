@@ -9,7 +9,7 @@ DEMO_FLAGS ?=
 # over 90 s; the limit leaves room for a slow machine.
 TEST_TIMEOUT ?= 15m
 
-.PHONY: help consul build test vet unit demo proto bench clean
+.PHONY: help consul build test vet unit demo proto bench fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -36,6 +36,14 @@ demo: ## Consul, three backends, the balancer and a client; prints the spread
 bench: ## benchmarks: policies, load weights, and round_robin vs least_load with a slow backend
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/... ./loadweight/... ./lbserver/
 	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) test -run '^$$' -bench SlowBackend -benchtime 1x ./e2e
+
+FUZZTIME ?= 30s
+fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; make test runs their seeds
+	$(GO) test -run '^$$' -fuzz '^FuzzBalanceLoad$$' -fuzztime $(FUZZTIME) ./lbserver
+	$(GO) test -run '^$$' -fuzz '^FuzzNameMapper$$' -fuzztime $(FUZZTIME) ./lbserver
+	$(GO) test -run '^$$' -fuzz '^FuzzServeDNS$$' -fuzztime $(FUZZTIME) ./dnsserver
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSpec$$' -fuzztime $(FUZZTIME) ./discovery/static
+	$(GO) test -run '^$$' -fuzz '^FuzzParseTarget$$' -fuzztime $(FUZZTIME) ./resolver/consul
 
 proto: ## regenerate the example service's Go code
 	scripts/gen-proto.sh

@@ -80,6 +80,9 @@ func (m NameMapper) Map(name string) (string, error) {
 	if host == "" {
 		return "", fmt.Errorf("name %q has no host", name)
 	}
+	if strings.HasPrefix(host, ".") || strings.HasSuffix(host, ".") || strings.Contains(host, "..") {
+		return "", fmt.Errorf("name %q has an empty label", name)
+	}
 	return host, nil
 }
 

@@ -35,6 +35,9 @@ func TestNameMapperMap(t *testing.T) {
 		{name: "a\x00b", wantErr: "contains"},
 		{name: "bad\xffutf8", wantErr: "UTF-8"},
 		{name: ":50051", wantErr: "no host"},
+		{name: "..", wantErr: "empty label"},
+		{name: ".user-srv:80", wantErr: "empty label"},
+		{name: "user..srv", wantErr: "empty label"},
 	}
 	for _, tc := range tests {
 		got, err := m.Map(tc.name)

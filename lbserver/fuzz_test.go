@@ -1,0 +1,111 @@
+package lbserver
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// FuzzNameMapper: any name a client sends either is rejected or maps to a
+// valid service name without a port, and Map never panics.
+func FuzzNameMapper(f *testing.F) {
+	for _, s := range []string{"user-srv:50051", "user-srv", "[::1]:80", "a.lb.internal.:443", "users", ":1", "", "a/b", "\xff", "x:y:z"} {
+		f.Add(s)
+	}
+	m := NameMapper{MaxLength: DefaultMaxNameLength, Zones: []string{"lb.internal"}, Aliases: map[string]string{"users": "user-srv"}}
+	f.Fuzz(func(t *testing.T, name string) {
+		svc, err := m.Map(name)
+		if err != nil {
+			return
+		}
+		if verr := ValidateName(svc, DefaultMaxNameLength); verr != nil {
+			t.Fatalf("Map(%q) = %q, which is not a valid name: %v", name, svc, verr)
+		}
+		if strings.HasSuffix(svc, ".") {
+			t.Fatalf("Map(%q) = %q keeps a trailing dot", name, svc)
+		}
+	})
+}
+
+// fuzzStream is a balancer stream that delivers one request and then
+// waits; the second message sent ends it.
+type fuzzStream struct {
+	grpc.ServerStream
+	ctx    context.Context
+	cancel context.CancelFunc
+	req    *lbpb.LoadBalanceRequest
+	taken  bool
+	sent   []*lbpb.LoadBalanceResponse
+}
+
+func (s *fuzzStream) Context() context.Context { return s.ctx }
+func (s *fuzzStream) Recv() (*lbpb.LoadBalanceRequest, error) {
+	if !s.taken {
+		s.taken = true
+		return s.req, nil
+	}
+	<-s.ctx.Done()
+	return nil, s.ctx.Err()
+}
+func (s *fuzzStream) Send(r *lbpb.LoadBalanceResponse) error {
+	s.sent = append(s.sent, r)
+	if len(s.sent) == 2 {
+		s.cancel()
+	}
+	return nil
+}
+
+// FuzzBalanceLoad: whatever the first message, a stream either ends with
+// InvalidArgument or gets the initial response followed by a list or a
+// fallback; the server never panics or hangs.
+func FuzzBalanceLoad(f *testing.F) {
+	for _, r := range []*lbpb.LoadBalanceRequest{
+		initial("svc:80"), initial(""), initial("nope"), initial("a/b"), {},
+		{LoadBalanceRequestType: &lbpb.LoadBalanceRequest_ClientStats{ClientStats: &lbpb.ClientStats{NumCallsStarted: -1}}},
+	} {
+		b, err := proto.Marshal(r)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	cfg := testConfig(newFakeSource(snap("svc", ep("a", "127.0.0.1:1"))))
+	cfg.FirstListTimeout = 10 * time.Millisecond
+	cfg.WatchLinger = 0
+	cfg.LoadReports = false
+	s, err := New(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(s.Close)
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		req := &lbpb.LoadBalanceRequest{}
+		if err := proto.Unmarshal(raw, req); err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st := &fuzzStream{ctx: ctx, cancel: cancel, req: req}
+		err := s.BalanceLoad(st)
+		if ctx.Err() == context.DeadlineExceeded {
+			t.Fatalf("stream for %v hung", req)
+		}
+		if len(st.sent) == 0 {
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("stream for %v ended with %v and sent nothing; want InvalidArgument", req, err)
+			}
+			return
+		}
+		if st.sent[0].GetInitialResponse() == nil || len(st.sent) != 2 ||
+			(st.sent[1].GetServerList() == nil && st.sent[1].GetFallbackResponse() == nil) {
+			t.Fatalf("stream for %v sent %v", req, st.sent)
+		}
+	})
+}
