@@ -1,8 +1,12 @@
 package lbserver
 
 import (
+	"context"
+	"net"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/peer"
 )
 
 func TestNameMapperMap(t *testing.T) {
@@ -64,5 +68,25 @@ func TestParseAliases(t *testing.T) {
 		if _, err := ParseAliases(bad, 255); err == nil {
 			t.Errorf("ParseAliases(%q) succeeded", bad)
 		}
+	}
+}
+
+func TestPeerOfUnmaps(t *testing.T) {
+	tests := []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:10.1.2.3"), Port: 5000}, "10.1.2.3:5000"},
+		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3").To4(), Port: 5000}, "10.1.2.3:5000"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 5000}, "[2001:db8::1]:5000"},
+	}
+	for _, tc := range tests {
+		ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: tc.addr})
+		if got := peerOf(ctx).String(); got != tc.want {
+			t.Errorf("peerOf(%v) = %s, want %s", tc.addr, got, tc.want)
+		}
+	}
+	if got := peerOf(context.Background()); got.IsValid() {
+		t.Errorf("peerOf without a peer = %v, want the zero AddrPort", got)
 	}
 }

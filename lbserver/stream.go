@@ -303,15 +303,20 @@ func recvStatus(err error) error {
 	return status.Errorf(codes.Unknown, "lbserver: receiving: %v", err)
 }
 
-// peerOf returns the stream's peer address, or the zero AddrPort.
+// peerOf returns the stream's peer address, IPv4 unmapped, or the zero
+// AddrPort.
 func peerOf(ctx context.Context) netip.AddrPort {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.Addr == nil {
 		return netip.AddrPort{}
 	}
+	var ap netip.AddrPort
 	if tcp, ok := p.Addr.(*net.TCPAddr); ok {
-		return tcp.AddrPort()
+		ap = tcp.AddrPort()
+	} else {
+		ap, _ = netip.ParseAddrPort(p.Addr.String())
 	}
-	ap, _ := netip.ParseAddrPort(p.Addr.String())
-	return ap
+	// A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; unmap so
+	// that every replica hashes a client the same way.
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
