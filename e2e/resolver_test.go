@@ -96,7 +96,8 @@ func TestResolverBalancedByLookaside(t *testing.T) {
 	t.Parallel()
 	svc := serviceName(t)
 	bs := startTagged(t, svc, 3, "srv")
-	waitPassing(t, svc, 3)
+	canary := startTagged(t, svc, 1, "canary")[0] // not tagged srv: never called
+	waitPassing(t, svc, 4)
 	l := startLB(t, nil)
 	// The default service name of the replicas: the target names none.
 	registerLB(t, l, "lookaside")
@@ -133,8 +134,12 @@ func TestResolverBalancedByLookaside(t *testing.T) {
 			t.Errorf("backend %s served %d of %d calls, want %d±10", b.ID(), c, n, n/3)
 		}
 	}
+	if got[canary.ID()] != 0 {
+		t.Errorf("the instance without the tag served %d calls, want none", got[canary.ID()])
+	}
+	// The balancer watched the service with the target's tag filter.
 	waitFor(t, 10*time.Second, "ClientStats at the balancer", func() bool {
-		return l.server().ClientStats().Service(svc).KnownReceived >= n
+		return l.server().ClientStats().Service(svc+"@srv").KnownReceived >= n
 	})
 }
 
@@ -191,7 +196,7 @@ func TestResolverFallbackWhileLookasideDown(t *testing.T) {
 	start = time.Now()
 	l.start()
 	waitFor(t, 20*time.Second, "calls balanced by the restarted balancer", func() bool {
-		return l.server().ClientStats().Service(svc).KnownReceived > 0
+		return l.server().ClientStats().Service(svc+"@srv").KnownReceived > 0
 	})
 	t.Logf("balancer restarted → its first ClientStats with calls: %v (ClientStats every 1s)", time.Since(start))
 
@@ -267,8 +272,8 @@ func TestResolverWithoutLookaside(t *testing.T) {
 			}
 		})
 	}
-	if st := l.server().ClientStats().Service(svc); st.KnownReceived != 0 || st.Started != 0 {
-		t.Errorf("the balancer got ClientStats %+v for %s, want none", st, svc)
+	if got := l.server().Stats().StreamsStarted; got != 0 {
+		t.Errorf("the balancer saw %d streams, want none", got)
 	}
 }
 

@@ -28,8 +28,9 @@ type Config struct {
 	// Policy is the name of the default balancing policy (see
 	// policy.Names). Default round_robin.
 	Policy string
-	// ServicePolicies overrides Policy per service (service → policy).
-	// Consul service meta PolicyMetaKey overrides both.
+	// ServicePolicies overrides Policy per service (service → policy; a
+	// name's tag filter is ignored for the lookup). Consul service meta
+	// PolicyMetaKey overrides both.
 	ServicePolicies map[string]string
 	// PolicyOptions configure every policy (list bound, source_hash
 	// subset). Default policy.DefaultOptions().
@@ -82,7 +83,8 @@ type Config struct {
 	// overloaded, which share of calls to drop.
 	LoadWeight loadweight.Config
 	// RateLimits caps the calls per second of a service (service →
-	// calls/s, over all clients of this balancer). Above the limit, lists
+	// calls/s, over all clients of this balancer; each tag filter of the
+	// service is limited on its own). Above the limit, lists
 	// carry drop entries (token "drop-ratelimit") for the excess share,
 	// measured from the calls clients report in ClientStats.
 	RateLimits map[string]float64

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/lookaside-lb/lookaside/discovery"
 )
 
 // DefaultMaxNameLength bounds the name in an initial request.
@@ -19,8 +21,9 @@ const DefaultMaxNameLength = 255
 // alias may be specific to one port ("users:443" → "user-srv") or cover all
 // ("users" → "user-srv"). A trailing dot of a fully qualified name is removed
 // first, and so is a DNS zone the balancer serves ("user-srv.lb.internal"
-// → "user-srv"), before the host is looked up. Read-only after
-// construction; safe for concurrent use.
+// → "user-srv"), before the host is looked up. A tag filter after the
+// service ("user-srv@srv", see discovery.SplitName) is kept, with its tags
+// sorted. Read-only after construction; safe for concurrent use.
 type NameMapper struct {
 	// Aliases maps client names to service names.
 	Aliases map[string]string
@@ -83,7 +86,13 @@ func (m NameMapper) Map(name string) (string, error) {
 	if strings.HasPrefix(host, ".") || strings.HasSuffix(host, ".") || strings.Contains(host, "..") {
 		return "", fmt.Errorf("name %q has an empty label", name)
 	}
-	return host, nil
+	// A tag filter ("user-srv@srv,v2") is kept, in canonical order, so
+	// that clients asking for the same instances share one watch.
+	base, tags := discovery.SplitName(host)
+	if base == "" {
+		return "", fmt.Errorf("name %q has no service before %q", name, discovery.TagSeparator)
+	}
+	return discovery.JoinName(base, tags), nil
 }
 
 // ParseAliases parses "name=service,name2=service2" into an alias map,

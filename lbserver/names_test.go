@@ -40,6 +40,10 @@ func TestNameMapperMap(t *testing.T) {
 		{name: "bad\xffutf8", wantErr: "UTF-8"},
 		{name: ":50051", wantErr: "no host"},
 		{name: "..", wantErr: "empty label"},
+		{name: "user-srv@srv:50051", want: "user-srv@srv"},
+		{name: "user-srv@v2,srv", want: "user-srv@srv,v2"},
+		{name: "user-srv@", want: "user-srv"},
+		{name: "@srv:80", wantErr: "no service"},
 		{name: ".user-srv:80", wantErr: "empty label"},
 		{name: "user..srv", wantErr: "empty label"},
 	}

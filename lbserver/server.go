@@ -98,13 +98,14 @@ func New(cfg Config) (*Server, error) {
 // and weigher when load reports are on. Called under the registry's lock;
 // it starts nothing but the collector's expiry loop.
 func (s *Server) newPlanner(svc *service, log *slog.Logger) *planner {
+	base, _ := discovery.SplitName(svc.name)
 	p := &planner{
 		svc:       svc,
 		choose:    s.choosePolicy,
 		log:       log,
 		stats:     s.clientStats,
 		now:       time.Now,
-		rateLimit: s.cfg.RateLimits[svc.name],
+		rateLimit: s.cfg.RateLimits[base],
 		maxDrop:   s.cfg.LoadWeight.MaxDropShare,
 		window:    max(2*s.cfg.ClientStatsInterval, 5*time.Second),
 	}
@@ -134,7 +135,8 @@ func (s *Server) newPlanner(svc *service, log *slog.Logger) *planner {
 // bad is the meta value that was rejected, if any.
 func (s *Server) choosePolicy(snap discovery.Snapshot) (name string, p policy.Policy, bad string) {
 	name = s.cfg.Policy
-	if n, ok := s.cfg.ServicePolicies[snap.Service]; ok {
+	base, _ := discovery.SplitName(snap.Service)
+	if n, ok := s.cfg.ServicePolicies[base]; ok {
 		name = n
 	}
 	if n, ok := snap.Meta[PolicyMetaKey]; ok {

@@ -57,8 +57,13 @@ func New(cfg Config) (*Source, error) {
 // once ctx is done, or at once an error when service is not a valid name
 // (see ValidateServiceName). Each call runs its own blocking-query loop;
 // callers share one Watch among the users of a service.
+//
+// A name may carry a tag filter ("user-srv@srv,v2", see
+// discovery.SplitName): only instances with those tags, and with
+// Config.Tags, are published; snapshots carry the name as given.
 func (s *Source) Watch(ctx context.Context, service string, publish func(discovery.Snapshot)) error {
-	if err := ValidateServiceName(service); err != nil {
+	base, tags := discovery.SplitName(service)
+	if err := ValidateServiceName(base); err != nil {
 		return err
 	}
 	if publish == nil {
@@ -67,6 +72,8 @@ func (s *Source) Watch(ctx context.Context, service string, publish func(discove
 	w := &watcher{
 		Source:  s,
 		service: service,
+		base:    base,
+		tags:    append(slices.Clone(s.cfg.Tags), tags...),
 		publish: publish,
 		log:     s.logger.With("service", service),
 	}
@@ -76,7 +83,9 @@ func (s *Source) Watch(ctx context.Context, service string, publish func(discove
 // watcher is the state of one Watch call. It is used by one goroutine only.
 type watcher struct {
 	*Source
-	service string
+	service string   // as asked, for snapshots and logs
+	base    string   // the Consul service
+	tags    []string // Config.Tags and the name's tag filter
 	publish func(discovery.Snapshot)
 	log     *slog.Logger
 }
@@ -165,12 +174,12 @@ func (w *watcher) fetch(ctx context.Context, index uint64) ([]*api.ServiceEntry,
 		WaitIndex:  index,
 		WaitTime:   w.cfg.WaitTime,
 	}
-	entries, meta, err := w.cfg.Client.ServiceMultipleTags(w.service, w.cfg.Tags, !w.cfg.IncludeWarning, q.WithContext(ctx))
+	entries, meta, err := w.cfg.Client.ServiceMultipleTags(w.base, w.tags, !w.cfg.IncludeWarning, q.WithContext(ctx))
 	if err == nil && meta == nil {
 		err = errors.New("answer without query metadata")
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("consul: health query for %q: %w", w.service, err)
+		return nil, nil, fmt.Errorf("consul: health query for %q: %w", w.base, err)
 	}
 	return entries, meta, nil
 }

@@ -305,12 +305,19 @@ func TestWatchLoop(t *testing.T) {
 func TestWatchQuery(t *testing.T) {
 	tests := []struct {
 		name   string
+		watch  string // the name watched; default "svc"
 		config func(*Config)
 		want   query
 	}{
 		{
 			name: "defaults",
 			want: query{Service: "svc", Passing: true, WaitTime: time.Minute},
+		},
+		{
+			name:   "tag filter in the name, with configured tags",
+			watch:  "svc@canary,v2",
+			config: func(c *Config) { c.Tags = []string{"grpc"} },
+			want:   query{Service: "svc", Tags: []string{"grpc", "canary", "v2"}, Passing: true, WaitTime: time.Minute},
 		},
 		{
 			name: "all options",
@@ -339,7 +346,11 @@ func TestWatchQuery(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 			defer cancel()
 			done := make(chan error, 1)
-			go func() { done <- s.Watch(ctx, "svc", func(discovery.Snapshot) {}) }()
+			name := tt.watch
+			if name == "" {
+				name = "svc"
+			}
+			go func() { done <- s.Watch(ctx, name, func(discovery.Snapshot) {}) }()
 			e := h.next(t)
 			if e.fetch == nil {
 				t.Fatalf("got %v, want a fetch", e)

@@ -12,6 +12,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	_ "google.golang.org/grpc/balancer/grpclb" // the policy the service config selects
 	"google.golang.org/grpc/resolver"
+
+	"github.com/lookaside-lb/lookaside/discovery"
 )
 
 // Scheme is the target scheme the package registers.
@@ -103,7 +105,7 @@ func (b *builder) Build(rt resolver.Target, cc resolver.ClientConn, opts resolve
 		results:   make(chan result),
 	}
 	if t.LB && !opts.DisableServiceConfig {
-		r.sc = cc.ParseServiceConfig(ServiceConfig(t.Service))
+		r.sc = cc.ParseServiceConfig(ServiceConfig(discovery.JoinName(t.Service, t.Tags)))
 		if r.sc.Err != nil {
 			closeIdle()
 			return nil, fmt.Errorf("consul: service config: %w", r.sc.Err)
@@ -120,7 +122,9 @@ func (b *builder) Build(rt resolver.Target, cc resolver.ClientConn, opts resolve
 
 // ServiceConfig returns the service config the resolver gives channels with
 // the LB on: grpclb, asking the balancer for service, with round_robin over
-// the backends the balancer returns (and over the fallback addresses).
+// the backends the balancer returns (and over the fallback addresses). The
+// resolver names the service with its tag filter ("user-srv@srv", see
+// discovery.JoinName), so the balancer lists only the tagged instances.
 func ServiceConfig(service string) string {
 	type obj = map[string]any
 	b, _ := json.Marshal(obj{"loadBalancingConfig": []obj{

@@ -25,7 +25,8 @@
 //     that channels spread over the replicas (grpclb talks to the first one
 //     it reaches).
 //   - A service config selecting grpclb, with serviceName set to the Consul
-//     service name (the name the balancer watches) and round_robin over the
+//     service name and the target's tags ("user-srv@srv", the name the
+//     balancer watches, see discovery.SplitName) and round_robin over the
 //     backends it returns. It takes precedence over the program's default
 //     service config.
 //

@@ -85,8 +85,10 @@ func TestFirstState(t *testing.T) {
 	if err := json.Unmarshal([]byte(scJSON(t, st)), &sc); err != nil {
 		t.Fatalf("service config %q: %v", scJSON(t, st), err)
 	}
+	// The balancer is asked for the service with the target's tag filter,
+	// so its lists hold the same instances as the fallback addresses.
 	want := map[string]any{"loadBalancingConfig": []any{map[string]any{"grpclb": map[string]any{
-		"serviceName": "user-srv", "childPolicy": []any{map[string]any{"round_robin": map[string]any{}}},
+		"serviceName": "user-srv@srv,v2", "childPolicy": []any{map[string]any{"round_robin": map[string]any{}}},
 	}}}}
 	if diff := cmp.Diff(want, sc); diff != "" {
 		t.Errorf("service config (-want +got):\n%s", diff)
