@@ -4,5 +4,7 @@
 // The list comes from a flag value (ParseSpec) or a JSON file (LoadFile),
 // or is built in code. It never changes: Watch publishes a service's
 // snapshot once and then waits for its context. A service the list does not
-// name positively has no instances, so it gets an empty snapshot.
+// name positively has no instances, so it gets an empty snapshot; so does a
+// name with a tag filter ("user-srv@srv"), since static endpoints carry no
+// tags.
 package static

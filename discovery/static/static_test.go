@@ -294,6 +294,7 @@ func TestWatch(t *testing.T) {
 		}}},
 		{service: "empty", want: discovery.Snapshot{Service: "empty"}},
 		{service: "unknown", want: discovery.Snapshot{Service: "unknown"}},
+		{service: "a@srv", want: discovery.Snapshot{Service: "a@srv"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.service, func(t *testing.T) {
