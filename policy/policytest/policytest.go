@@ -200,6 +200,19 @@ func Firsts(p policy.Policy, eps []discovery.Endpoint, streams int) []int {
 	return firsts
 }
 
+// CheckFirstShares fails t unless, over streams pick_first clients (see
+// Firsts), every endpoint of eps is first in proportion to its weight,
+// within tol (a share, 0.02 for 2 percentage points).
+func CheckFirstShares(t testing.TB, p policy.Policy, eps []discovery.Endpoint, streams int, tol float64) {
+	t.Helper()
+	firsts := Firsts(p, eps, streams)
+	worst, at := MaxShareError(firsts, WeightShares(eps))
+	t.Logf("%d endpoints: firsts %v: worst share error %.4f (endpoint %d)", len(eps), firsts, worst, at)
+	if worst > tol {
+		t.Errorf("firsts %v: share of endpoint %d off by %.4f, want ≤ %v", firsts, at, worst, tol)
+	}
+}
+
 // Benchmark benchmarks p.List for Ramp(10) and Ramp(100), first lists of
 // streams with varying seeds and client addresses.
 func Benchmark(b *testing.B, p policy.Policy) {

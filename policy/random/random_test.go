@@ -56,12 +56,7 @@ func TestSticky(t *testing.T) {
 // every endpoint is first equally often, within 2 percentage points.
 func TestFirstShares(t *testing.T) {
 	eps := policytest.Endpoints("a", "b", "c", "d", "e", "f", "g", "h", "i", "j")
-	firsts := policytest.Firsts(randomPolicy{}, eps, 10000)
-	worst, at := policytest.MaxShareError(firsts, policytest.WeightShares(eps))
-	t.Logf("firsts %v: worst share error %.4f (endpoint %d)", firsts, worst, at)
-	if worst > 0.02 {
-		t.Errorf("firsts %v: share of endpoint %d off by %.4f, want ≤ 0.02", firsts, at, worst)
-	}
+	policytest.CheckFirstShares(t, randomPolicy{}, eps, 10000, 0.02)
 }
 
 func TestRegistered(t *testing.T) {

@@ -86,14 +86,8 @@ func TestCallShares(t *testing.T) {
 // endpoints are first in proportion to their weights, within 2 percentage
 // points.
 func TestFirstShares(t *testing.T) {
-	p := weightedRandom{maxEntries: policy.DefaultMaxEntries}
 	for _, eps := range [][]discovery.Endpoint{policytest.Weighted(1, 2, 3, 4, 5), policytest.Ramp(20)} {
-		firsts := policytest.Firsts(p, eps, 10000)
-		worst, at := policytest.MaxShareError(firsts, policytest.WeightShares(eps))
-		t.Logf("%d endpoints: firsts %v: worst share error %.4f (endpoint %d)", len(eps), firsts, worst, at)
-		if worst > 0.02 {
-			t.Errorf("firsts %v: share of endpoint %d off by %.4f, want ≤ 0.02", firsts, at, worst)
-		}
+		policytest.CheckFirstShares(t, weightedRandom{maxEntries: policy.DefaultMaxEntries}, eps, 10000, 0.02)
 	}
 }
 
