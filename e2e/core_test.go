@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"maps"
 	"testing"
 	"time"
 
@@ -111,11 +112,7 @@ func TestLeaveAndJoin(t *testing.T) {
 func snapshotCounts(l *load) (map[string]int, int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := map[string]int{}
-	for k, v := range l.counts {
-		out[k] = v
-	}
-	return out, l.calls.Load()
+	return maps.Clone(l.counts), l.calls.Load()
 }
 
 // TestBalancerRestartFailsNoCall: the balancer going away and coming back
@@ -181,7 +178,7 @@ func TestUnknownServiceGetsFallback(t *testing.T) {
 func TestPickFirstChild(t *testing.T) {
 	t.Parallel()
 	svc := serviceName(t)
-	bs := startBackends(t, svc, 3)
+	startBackends(t, svc, 3)
 	l := startLB(t, nil)
 	used := map[string]int{}
 	for i := range 9 {
@@ -198,7 +195,6 @@ func TestPickFirstChild(t *testing.T) {
 	if len(used) < 2 {
 		t.Errorf("9 pick_first clients all went to one backend: %v", used)
 	}
-	_ = bs
 }
 
 // TestIdleStreamKeepalive: an idle client keeps its balancer stream for
