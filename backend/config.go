@@ -93,8 +93,9 @@ type Config struct {
 	CPUBurn float64
 	// Capacity, when positive, is how many calls at once the backend is
 	// sized for: it then reports over ORCA an application utilization of
-	// calls in flight / Capacity (at most 1), unless SetAppUtilization set
-	// one. A slow backend holds more calls at once for the same rate, so it
+	// the mean calls in flight over the load window / Capacity (at most 1;
+	// loadreport.Metrics.Concurrency), unless SetAppUtilization set one. A
+	// slow backend holds more calls at once for the same rate, so it
 	// reports itself busier. 0 (the default) reports none.
 	Capacity int
 	// Logger receives the backend's logs. Default slog.Default().

@@ -44,8 +44,11 @@ func (b *Backend) SetAppUtilization(v float64) { b.rec.SetAppUtilization(v) }
 func (b *Backend) Recorder() *loadreport.Recorder { return b.rec }
 
 // capacityMetrics is what the backend reports over ORCA: the recorder's
-// measurements, with the application utilization derived from the calls in
-// flight when the backend has a capacity and the service set none.
+// measurements, with the application utilization derived from the mean
+// calls in flight over the window when the backend has a capacity and the
+// service set none. The mean, not the instant's count: a lightly loaded
+// backend often has no call in flight at the instant of a report, and a
+// utilization of 0 would make balancers weigh it by its CPU instead.
 type capacityMetrics struct {
 	rec      *loadreport.Recorder
 	capacity int
@@ -54,7 +57,7 @@ type capacityMetrics struct {
 func (c capacityMetrics) Metrics() loadreport.Metrics {
 	m := c.rec.Metrics()
 	if c.capacity > 0 && m.AppUtil == 0 {
-		m.AppUtil = min(float64(m.InFlight)/float64(c.capacity), 1)
+		m.AppUtil = min(m.Concurrency/float64(c.capacity), 1)
 	}
 	return m
 }

@@ -232,11 +232,13 @@ func TestNewClampsLoadSettings(t *testing.T) {
 	}
 }
 
-// TestCapacityUtilization: with a capacity, calls in flight are reported as
-// application utilization, until the service sets one itself.
+// TestCapacityUtilization: with a capacity, the mean calls in flight over
+// the load window, divided by it, are reported as application utilization,
+// until the service sets one itself.
 func TestCapacityUtilization(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.ORCAMinInterval = 50 * time.Millisecond
+	cfg.LoadWindow = time.Second
 	cfg.Capacity = 4
 	r := serve(t, cfg)
 	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
@@ -251,18 +253,24 @@ func TestCapacityUtilization(t *testing.T) {
 	}})
 	waitReport(ctx, t, col, r.ID(), "an idle report", func(r loadreport.Report) bool { return r.AppUtil == 0 })
 
-	r.SetLatency(2 * time.Second)
+	// Two callers back to back on 100 ms calls: about two calls in flight
+	// on average, a utilization of about 2/4.
+	r.SetLatency(100 * time.Millisecond)
 	c := userpb.NewUserClient(dial(t, r.Addr()))
+	loadCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for range 2 {
 		wg.Go(func() {
-			if _, err := c.GetUserList(ctx, &userpb.PageInfo{}); err != nil {
-				t.Errorf("slow call: %v", err)
+			for i := 0; i < 200 && loadCtx.Err() == nil; i++ {
+				if _, err := c.GetUserList(loadCtx, &userpb.PageInfo{}); err != nil && loadCtx.Err() == nil {
+					t.Errorf("call: %v", err)
+				}
 			}
 		})
 	}
-	waitReport(ctx, t, col, r.ID(), "utilization 2/4", func(r loadreport.Report) bool { return r.AppUtil == 0.5 })
+	waitReport(ctx, t, col, r.ID(), "utilization about 2/4", func(r loadreport.Report) bool { return r.AppUtil > 0.4 && r.AppUtil <= 0.5 })
 	r.SetAppUtilization(0.9)
 	waitReport(ctx, t, col, r.ID(), "the service's own utilization", func(r loadreport.Report) bool { return r.AppUtil == 0.9 })
+	stop()
 	wg.Wait()
 }

@@ -6,7 +6,8 @@
 // # Backend side
 //
 // A Recorder measures one server: process CPU utilization, calls in
-// flight, calls and failed calls per second over a sliding window (its
+// flight (now, and their mean over a sliding window), calls and failed
+// calls per second over that window (its
 // interceptors count them; health and ORCA calls are not counted), plus the
 // application utilization and named utilizations the service sets. A
 // Reporter serves StreamCoreMetrics from a Recorder at the interval each

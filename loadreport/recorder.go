@@ -54,6 +54,13 @@ type Metrics struct {
 	QPS, EPS float64
 	// InFlight is the number of calls running now.
 	InFlight int64
+	// Concurrency is the mean number of calls in flight over the window:
+	// the time calls that finished in it spent in flight, divided by its
+	// span (Little's law). Unlike InFlight, which is one instant's count
+	// and often 0 on a lightly loaded server, it is steady, so it makes a
+	// good utilization: Concurrency / capacity. A long call counts when it
+	// finishes.
+	Concurrency float64
 	// Utilization holds the named utilizations the service set. Shared:
 	// it must not be modified. Nil when there are none.
 	Utilization map[string]float64
@@ -79,6 +86,7 @@ type Recorder struct {
 	inFlight atomic.Int64
 	calls    atomic.Uint64 // finished calls
 	errs     atomic.Uint64 // finished calls that returned an error
+	busy     atomic.Int64  // nanoseconds that finished calls spent in flight
 	appUtil  atomic.Uint64 // math.Float64bits of the application utilization
 
 	// util is the map of named utilizations, replaced whole on each change
@@ -97,6 +105,7 @@ type sample struct {
 	at     time.Time
 	calls  uint64
 	errs   uint64
+	busy   time.Duration
 	cpu    time.Duration
 	cpuErr bool // the CPU time could not be read
 }
@@ -131,6 +140,7 @@ func newRecorder(cfg RecorderConfig, clk clock.Clock, cpuTime func() (time.Durat
 func (r *Recorder) sampleNow(now time.Time) sample {
 	s := sample{at: now, errs: r.errs.Load()}
 	s.calls = r.calls.Load()
+	s.busy = time.Duration(r.busy.Load())
 	cpu, err := r.cpuTime()
 	s.cpu, s.cpuErr = cpu, err != nil
 	return s
@@ -139,13 +149,21 @@ func (r *Recorder) sampleNow(now time.Time) sample {
 // Window returns the span over which rates are averaged, after clamping.
 func (r *Recorder) Window() time.Duration { return r.window }
 
-// CallStarted records that a call began. Each call must be followed by one
-// CallFinished. The interceptors call both; a service that is not served
-// through them can too.
-func (r *Recorder) CallStarted() { r.inFlight.Add(1) }
+// CallStarted records that a call began and returns when, to pass to its
+// CallFinished. Each call must be followed by one CallFinished. The
+// interceptors call both; a service that is not served through them can
+// too.
+func (r *Recorder) CallStarted() time.Time {
+	r.inFlight.Add(1)
+	return r.clock.Now()
+}
 
-// CallFinished records that a call ended, failed when err is not nil.
-func (r *Recorder) CallFinished(err error) {
+// CallFinished records that the call CallStarted returned start for ended,
+// failed when err is not nil.
+func (r *Recorder) CallFinished(start time.Time, err error) {
+	if d := r.clock.Now().Sub(start); d > 0 {
+		r.busy.Add(int64(d))
+	}
 	r.inFlight.Add(-1)
 	r.calls.Add(1)
 	if err != nil {
@@ -199,7 +217,8 @@ func (r *Recorder) DeleteUtilization(name string) {
 	r.util.Store(&m)
 }
 
-// Metrics returns the current measurements. Rates (QPS, EPS, CPU) are
+// Metrics returns the current measurements. Rates (QPS, EPS, CPU,
+// Concurrency) are
 // averaged from the newest kept sample at least Window old until now: over
 // Window to Window×1.1 when Metrics is called at least every Window/10,
 // over a longer span when it is called less often, and over the time since
@@ -232,6 +251,9 @@ func (r *Recorder) Metrics() Metrics {
 		}
 		if cur.errs >= ref.errs {
 			m.EPS = float64(cur.errs-ref.errs) / dt
+		}
+		if cur.busy >= ref.busy {
+			m.Concurrency = (cur.busy - ref.busy).Seconds() / dt
 		}
 		if !cur.cpuErr && !ref.cpuErr && cur.cpu >= ref.cpu {
 			m.CPU = (cur.cpu - ref.cpu).Seconds() / dt / float64(max(r.procs(), 1))
@@ -279,9 +301,9 @@ func (r *Recorder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		if !counted(info.FullMethod) {
 			return h(ctx, req)
 		}
-		r.CallStarted()
+		start := r.CallStarted()
 		resp, err := h(ctx, req)
-		r.CallFinished(err)
+		r.CallFinished(start, err)
 		return resp, err
 	}
 }
@@ -293,9 +315,9 @@ func (r *Recorder) StreamServerInterceptor() grpc.StreamServerInterceptor {
 		if !counted(info.FullMethod) {
 			return h(srv, ss)
 		}
-		r.CallStarted()
+		start := r.CallStarted()
 		err := h(srv, ss)
-		r.CallFinished(err)
+		r.CallFinished(start, err)
 		return err
 	}
 }

@@ -74,12 +74,12 @@ func TestRecorderSlidingRates(t *testing.T) {
 	// 3 s at 10 calls (2 failed) and 50 ms of CPU per 100 ms.
 	for i := range 30 {
 		for j := range 10 {
-			r.CallStarted()
+			start := r.CallStarted()
 			var err error
 			if j < 2 {
 				err = errors.New("boom")
 			}
-			r.CallFinished(err)
+			r.CallFinished(start, err)
 		}
 		cpu.add(50 * time.Millisecond)
 		clk.Advance(step)
@@ -102,6 +102,43 @@ func TestRecorderSlidingRates(t *testing.T) {
 	}
 }
 
+// TestRecorderConcurrency: the mean calls in flight over the window is
+// steady where the instant's count is not. A lightly loaded server, one
+// 5 ms call every 100 ms, has no call in flight at most instants but a
+// concurrency of 0.05 at every read; four calls that last a whole step
+// make 4.
+func TestRecorderConcurrency(t *testing.T) {
+	r, clk, _ := newTestRecorder(t, time.Second, 1)
+	step := 100 * time.Millisecond
+	for i := range 30 {
+		start := r.CallStarted()
+		clk.Advance(5 * time.Millisecond)
+		r.CallFinished(start, nil)
+		clk.Advance(step - 5*time.Millisecond)
+		m := r.Metrics()
+		if m.InFlight != 0 {
+			t.Fatalf("step %d: InFlight = %d, want 0 between calls", i, m.InFlight)
+		}
+		if i >= 10 && math.Abs(m.Concurrency-0.05) > 1e-9 {
+			t.Fatalf("step %d: Concurrency = %v, want 0.05", i, m.Concurrency)
+		}
+	}
+	for i := range 20 {
+		var starts []time.Time
+		for range 4 {
+			starts = append(starts, r.CallStarted())
+		}
+		clk.Advance(step)
+		for _, s := range starts {
+			r.CallFinished(s, nil)
+		}
+		m := r.Metrics()
+		if i >= 10 && math.Abs(m.Concurrency-4) > 1e-9 {
+			t.Fatalf("busy step %d: Concurrency = %v, want 4", i, m.Concurrency)
+		}
+	}
+}
+
 var approx = cmp.Comparer(func(a, b float64) bool { return math.Abs(a-b) < 1e-9 })
 
 // TestRecorderFirstWindowAndSparseReads checks the spans rates are averaged
@@ -109,8 +146,7 @@ var approx = cmp.Comparer(func(a, b float64) bool { return math.Abs(a-b) < 1e-9 
 func TestRecorderFirstWindowAndSparseReads(t *testing.T) {
 	r, clk, cpu := newTestRecorder(t, 10*time.Second, 4)
 	for range 8 {
-		r.CallStarted()
-		r.CallFinished(nil)
+		r.CallFinished(r.CallStarted(), nil)
 	}
 	cpu.add(2 * time.Second)
 	clk.Advance(2 * time.Second)
@@ -121,8 +157,7 @@ func TestRecorderFirstWindowAndSparseReads(t *testing.T) {
 	// Read again 60 s later: the rate covers the 60 s since the last read
 	// (the newest sample at least a window old).
 	for range 120 {
-		r.CallStarted()
-		r.CallFinished(errors.New("x"))
+		r.CallFinished(r.CallStarted(), errors.New("x"))
 	}
 	clk.Advance(60 * time.Second)
 	if diff := cmp.Diff(Metrics{QPS: 2, EPS: 2}, r.Metrics(), approx); diff != "" {
@@ -256,8 +291,7 @@ func BenchmarkRecorderCall(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			r.CallStarted()
-			r.CallFinished(nil)
+			r.CallFinished(r.CallStarted(), nil)
 		}
 	})
 }

@@ -274,8 +274,8 @@ func TestReporterWithRecorder(t *testing.T) {
 			t.Errorf("report %v, want no calls in flight, no QPS, app utilization 0.4", rep)
 		}
 	}
-	rec.CallStarted()
-	rec.CallFinished(nil)
+	start := rec.CallStarted()
+	rec.CallFinished(start, nil)
 	for {
 		rep, err := stream.Recv()
 		if err != nil {

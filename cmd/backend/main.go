@@ -108,7 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "bound on the graceful stop")
 	fs.BoolVar(&cfg.RequireLBToken, "require-lb-token", false, "reject calls without an lb-token")
 	fs.DurationVar(&cfg.Latency, "latency", 0, "latency added to every User call, to simulate a slow backend")
-	fs.IntVar(&cfg.Capacity, "capacity", 0, "calls at once the backend is sized for: report application utilization = calls in flight / capacity (0: none)")
+	fs.IntVar(&cfg.Capacity, "capacity", 0, "calls at once the backend is sized for: report application utilization = mean calls in flight / capacity (0: none)")
 	fs.Float64Var(&cfg.CPUBurn, "cpu-burn", 0, "share of one CPU core to keep busy (0 to 1), to simulate a busy backend")
 	fs.DurationVar(&cfg.ORCAMinInterval, "orca-min-interval", cfg.ORCAMinInterval, "shortest interval of ORCA load reports granted to balancers (at least 10ms)")
 	fs.DurationVar(&cfg.LoadWindow, "load-window", cfg.LoadWindow, "span over which reported QPS, errors and CPU are averaged (100ms to 1m)")
