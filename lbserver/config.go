@@ -173,12 +173,8 @@ func (c Config) validate() error {
 		errs = append(errs, err)
 	}
 	if c.LoadReports {
-		lc := c.LoadReport
-		lc.Logger = slog.New(slog.DiscardHandler)
-		if col, err := loadreport.NewCollector(lc); err != nil {
+		if err := c.LoadReport.Validate(); err != nil {
 			errs = append(errs, err)
-		} else {
-			col.Close()
 		}
 	}
 	for svc, limit := range c.RateLimits {

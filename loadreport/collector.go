@@ -89,6 +89,13 @@ func DefaultConfig() Config {
 	}
 }
 
+// Validate reports whether NewCollector would accept c: nil, or an error
+// naming the first invalid field.
+func (c Config) Validate() error {
+	_, err := c.withDefaults()
+	return err
+}
+
 // withDefaults returns c with zero fields defaulted and values clamped, or
 // an error naming the first invalid field.
 func (c Config) withDefaults() (Config, error) {

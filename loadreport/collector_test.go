@@ -67,6 +67,12 @@ func TestCollectorConfig(t *testing.T) {
 			}
 			t.Errorf("NewCollector(%+v) error = %v, want one about a negative value", cfg, err)
 		}
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "negative") {
+			t.Errorf("%+v.Validate() = %v, want an error about a negative value", cfg, err)
+		}
+	}
+	if err := (Config{}).Validate(); err != nil {
+		t.Errorf("the zero Config: Validate() = %v, want nil (defaults)", err)
 	}
 }
 
