@@ -2,10 +2,14 @@ package lbserver
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 
 	"github.com/lookaside-lb/lookaside/discovery"
 	_ "github.com/lookaside-lb/lookaside/policy/all"
@@ -113,6 +117,60 @@ func TestLeastConnectionsSpreadsStreams(t *testing.T) {
 	recv(t, s)
 	if got := recvList(t, s)[0]; got != order[0] {
 		t.Fatalf("new stream's first entry %s, want %s, freed by the stream that ended", got, order[0])
+	}
+}
+
+// TestLeastConnectionsStreamsArrivingTogether: streams that open at the
+// same moment, and all wait for the service's first plan, still each get a
+// first entry no other stream has: each chooses knowing the others'
+// choices.
+func TestLeastConnectionsStreamsArrivingTogether(t *testing.T) {
+	const n = 12
+	var eps []discovery.Endpoint
+	for i := range n {
+		eps = append(eps, ep(fmt.Sprintf("e%02d", i), fmt.Sprintf("127.0.0.1:%d", i+1)))
+	}
+	cfg := testConfig(newFakeSource(snap("svc", eps...)))
+	cfg.Policy = leastconn.Name
+	_, c := startServer(t, cfg)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	firsts := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			s, err := c.BalanceLoad(ctx)
+			if err == nil {
+				err = s.Send(initial("svc"))
+			}
+			if err == nil {
+				_, err = s.Recv() // the initial response
+			}
+			var r *lbpb.LoadBalanceResponse
+			if err == nil {
+				r, err = s.Recv()
+			}
+			switch {
+			case err != nil:
+				errs[i] = err
+			case r.GetServerList() == nil:
+				errs[i] = fmt.Errorf("got %v, want a server list", r)
+			default:
+				firsts[i] = addrs(r.GetServerList())[0]
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, f := range firsts {
+		seen[f]++
+	}
+	if len(seen) != n {
+		t.Errorf("%d streams got %d distinct first entries, want %d: %v", n, len(seen), n, seen)
 	}
 }
 

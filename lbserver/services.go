@@ -84,6 +84,13 @@ func (s *service) assign(from, to string) {
 	}
 	s.assignMu.Lock()
 	defer s.assignMu.Unlock()
+	s.assignLocked(from, to)
+}
+
+func (s *service) assignLocked(from, to string) {
+	if from == to {
+		return
+	}
 	if from != "" {
 		if s.assigned[from]--; s.assigned[from] <= 0 {
 			delete(s.assigned, from)
@@ -94,19 +101,31 @@ func (s *service) assign(from, to string) {
 	}
 }
 
-// assignedTo returns, aligned with eps, how many streams other than the one
-// whose first entry is self have each endpoint first.
-func (s *service) assignedTo(eps []discovery.Endpoint, self string) []int {
-	out := make([]int, len(eps))
+// choose builds a stream's list with p from in, whose Assigned it fills in
+// with how many streams other than this one (whose first entry is
+// endpoint ID self, "" for none) have each endpoint first, and records the
+// new list's first endpoint as the stream's. Both happen under one lock, so
+// that streams arriving together each see the others' choices
+// (least_connections and least_load order by them). It returns the list
+// and its first endpoint's ID ("" for an empty list). Safe for concurrent
+// use.
+func (s *service) choose(p policy.Policy, in policy.Input, self string) (entries []policy.Entry, first string) {
+	assigned := make([]int, len(in.Endpoints))
 	s.assignMu.Lock()
 	defer s.assignMu.Unlock()
-	for i, ep := range eps {
-		out[i] = s.assigned[ep.ID]
+	for i, ep := range in.Endpoints {
+		assigned[i] = s.assigned[ep.ID]
 		if ep.ID == self {
-			out[i]--
+			assigned[i]--
 		}
 	}
-	return out
+	in.Assigned = assigned
+	entries = p.List(in)
+	if len(entries) > 0 {
+		first = in.Endpoints[entries[0].Index].ID
+	}
+	s.assignLocked(self, first)
+	return entries, first
 }
 
 // chooser picks a snapshot's policy; bad is a rejected meta value.

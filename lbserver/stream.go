@@ -132,7 +132,7 @@ type streamState struct {
 	sent         []*lbpb.Server // the last list sent, nil if none
 	sentIDs      []string       // endpoint IDs of sent, for policy stickiness
 	sentFallback bool           // the last message sent was a FallbackResponse
-	first        string         // endpoint ID of sent's first entry, counted in svc.assigned
+	first        string         // endpoint ID of the first entry of the last list built, counted in svc.assigned
 }
 
 func (st *streamState) run(ctx context.Context, reqs <-chan *lbpb.LoadBalanceRequest, recvErr <-chan error) error {
@@ -220,13 +220,15 @@ func (st *streamState) update(p *plan) error {
 		st.log.Debug("sent fallback", "ready", p.ready)
 		return nil
 	}
-	entries := p.policy.List(policy.Input{
+	// The new first entry counts as this stream's from now on, sent or not:
+	// a stream whose send fails ends, and gives it back.
+	entries, first := st.svc.choose(p.policy, policy.Input{
 		Endpoints:   p.snap.Endpoints,
 		Client:      st.client,
 		Previous:    st.sentIDs,
-		Assigned:    st.svc.assignedTo(p.snap.Endpoints, st.first),
 		LoadWeights: p.loadWeights,
-	})
+	}, st.first)
+	st.first = first
 	if p.dropShare > 0 {
 		entries = policy.AddDrops(entries, p.dropShare, p.dropToken, st.srv.cfg.PolicyOptions.MaxEntries)
 	}
@@ -250,12 +252,6 @@ func (st *streamState) update(p *plan) error {
 	}
 	st.srv.counters.listsSent.Add(1)
 	st.sent, st.sentIDs, st.sentFallback = list, ids, false
-	first := ""
-	if len(ids) > 0 {
-		first = ids[0]
-	}
-	st.svc.assign(st.first, first)
-	st.first = first
 	st.log.Debug("sent list", "entries", len(list), "policy", p.policyName, "index", p.snap.Index)
 	return nil
 }
