@@ -79,9 +79,6 @@ type service struct {
 // assign moves one stream's first entry from endpoint ID from to to ("" for
 // none). Safe for concurrent use.
 func (s *service) assign(from, to string) {
-	if from == to {
-		return
-	}
 	s.assignMu.Lock()
 	defer s.assignMu.Unlock()
 	s.assignLocked(from, to)

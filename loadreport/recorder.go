@@ -218,11 +218,10 @@ func (r *Recorder) DeleteUtilization(name string) {
 }
 
 // Metrics returns the current measurements. Rates (QPS, EPS, CPU,
-// Concurrency) are
-// averaged from the newest kept sample at least Window old until now: over
-// Window to Window×1.1 when Metrics is called at least every Window/10,
-// over a longer span when it is called less often, and over the time since
-// NewRecorder during the first Window.
+// Concurrency) are averaged from the newest kept sample at least Window old
+// until now: over Window to Window×1.1 when Metrics is called at least every
+// Window/10, over a longer span when it is called less often, and over the
+// time since NewRecorder during the first Window.
 func (r *Recorder) Metrics() Metrics {
 	now := r.clock.Now()
 	cur := r.sampleNow(now)
