@@ -84,3 +84,18 @@ type Source interface {
 	// services.
 	Watch(ctx context.Context, service string, publish func(Snapshot)) error
 }
+
+// Directory is implemented by sources that know which services exist
+// without watching each one: a name nobody registered costs one lookup in
+// a table, not a watch. Consumers check it before they Watch a name, so
+// that clients naming random services cannot make the source open
+// unbounded watches.
+type Directory interface {
+	// Lookup reports whether the service (a canonical base name, without
+	// a tag filter; see Canonical) exists. ready is false until the
+	// source has read its directory once; until then exists is false and
+	// callers cannot tell, and should wait on changed. changed is closed
+	// when the answer may have changed (the next read of the directory).
+	// Safe for concurrent use; does not block.
+	Lookup(service string) (exists, ready bool, changed <-chan struct{})
+}

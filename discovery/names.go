@@ -42,3 +42,13 @@ func JoinName(service string, tags []string) string {
 	}
 	return service + TagSeparator + strings.Join(tags, ",")
 }
+
+// Canonical returns the canonical form of a watched name: the service and
+// its tags in lower case (Consul matches both case-insensitively), tags
+// sorted and unique. Names that differ only in case or tag order watch
+// the same instances, so they share one watch, one plan and one set of
+// per-service settings. Safe for concurrent use.
+func Canonical(name string) string {
+	base, tags := SplitName(strings.ToLower(name))
+	return JoinName(base, tags)
+}

@@ -29,3 +29,17 @@ func TestSplitJoinName(t *testing.T) {
 		}
 	}
 }
+
+func TestCanonical(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"user-srv", "user-srv"},
+		{"USER-SRV", "user-srv"},
+		{"User-Srv@V2,SRV", "user-srv@srv,v2"},
+		{"user-srv@srv,,srv", "user-srv@srv"},
+		{"user-srv@", "user-srv"},
+	} {
+		if got := Canonical(tc.in); got != tc.want {
+			t.Errorf("Canonical(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
