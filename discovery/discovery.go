@@ -13,6 +13,12 @@ type Endpoint struct {
 	// ID identifies the instance across address changes (the Consul service
 	// ID). It keys load-balance tokens and consistent hashing.
 	ID string
+	// Instance is the ID the instance knows itself by (its Consul service
+	// ID, unique per agent only), from which its lb-token derives, so that
+	// the balancer and the backend compute the same token even when two
+	// nodes register the same service ID (ID then tells them apart).
+	// Empty means ID.
+	Instance string
 	// Addr is the IP address and port clients dial. grpclb carries raw
 	// 4- or 16-byte addresses, so it is always an IP, never a hostname.
 	Addr netip.AddrPort
@@ -24,7 +30,7 @@ type Endpoint struct {
 
 // Equal reports whether e and o describe the same instance identically.
 func (e Endpoint) Equal(o Endpoint) bool {
-	if e.ID != o.ID || e.Addr != o.Addr || e.Weight != o.Weight || len(e.Meta) != len(o.Meta) {
+	if e.ID != o.ID || e.Instance != o.Instance || e.Addr != o.Addr || e.Weight != o.Weight || len(e.Meta) != len(o.Meta) {
 		return false
 	}
 	for k, v := range e.Meta {
@@ -98,4 +104,13 @@ type Directory interface {
 	// when the answer may have changed (the next read of the directory).
 	// Safe for concurrent use; does not block.
 	Lookup(service string) (exists, ready bool, changed <-chan struct{})
+}
+
+// TokenID returns the ID an endpoint's lb-token derives from: Instance, or
+// ID when Instance is empty.
+func (e Endpoint) TokenID() string {
+	if e.Instance != "" {
+		return e.Instance
+	}
+	return e.ID
 }
