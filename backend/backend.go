@@ -109,17 +109,16 @@ func New(cfg Config) (*Backend, error) {
 	b.SetLatency(cfg.Latency)
 	b.SetCPUBurn(cfg.CPUBurn)
 
-	v := lbtoken.Verifier{
-		Token:    lbtoken.ForID(cfg.ID),
-		Required: cfg.RequireLBToken,
-		Exempt: map[string]bool{
-			healthpb.Health_Check_FullMethodName: true,
-			healthpb.Health_List_FullMethodName:  true,
-			healthpb.Health_Watch_FullMethodName: true,
-			// Balancers ask for load reports without a token.
-			orcasvc.OpenRcaService_StreamCoreMetrics_FullMethodName: true,
-		},
-	}
+	// The token derives from the ID this instance registers under, which
+	// is what balancers derive it from (discovery.Endpoint.TokenID), even
+	// when another node registers the same ID.
+	v := lbtoken.NewVerifier(cfg.ID, cfg.LBTokenKey, cfg.RequireLBToken, map[string]bool{
+		healthpb.Health_Check_FullMethodName: true,
+		healthpb.Health_List_FullMethodName:  true,
+		healthpb.Health_Watch_FullMethodName: true,
+		// Balancers ask for load reports without a token.
+		orcasvc.OpenRcaService_StreamCoreMetrics_FullMethodName: true,
+	})
 	// The recorder comes first, so that it counts every call that reaches
 	// the backend, rejected ones included, and sees the added latency.
 	b.srv = grpc.NewServer(

@@ -270,6 +270,50 @@ func TestVerifier(t *testing.T) {
 	}
 }
 
+// TestKeyedVerifier: a backend with an lb-token key accepts only the keyed
+// token of its ID; the unkeyed token, a token made with another key and
+// another instance's keyed token are all rejected, whether or not a token
+// is required.
+func TestKeyedVerifier(t *testing.T) {
+	key := lbtoken.Key("backend-test-key-0123456789")
+	for _, required := range []bool{false, true} {
+		cfg := testConfig(t)
+		cfg.ID = "user-srv-keyed"
+		cfg.RequireLBToken = required
+		cfg.LBTokenKey = key
+		r := serve(t, cfg)
+		ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
+		defer cancel()
+		c := userpb.NewUserClient(dial(t, r.Addr()))
+		noTokenCode := codes.OK
+		if required {
+			noTokenCode = codes.PermissionDenied
+		}
+		for _, tc := range []struct {
+			name, token string
+			want        codes.Code
+		}{
+			{"no token", "", noTokenCode},
+			{"keyed token", key.ForID("user-srv-keyed"), codes.OK},
+			{"unkeyed token of the ID", lbtoken.ForID("user-srv-keyed"), codes.PermissionDenied},
+			{"forged with another key", lbtoken.Key("attacker-guess-0123456789").ForID("user-srv-keyed"), codes.PermissionDenied},
+			{"keyed token of another ID", key.ForID("user-srv-other"), codes.PermissionDenied},
+		} {
+			callCtx := ctx
+			if tc.token != "" {
+				callCtx = withToken(ctx, tc.token)
+			}
+			resp, err := c.GetUserList(callCtx, &userpb.PageInfo{})
+			if got := status.Code(err); got != tc.want {
+				t.Errorf("required=%v, %s: code %v (%v), want %v", required, tc.name, got, err, tc.want)
+			}
+			if err == nil && resp.GetLbToken() != tc.token {
+				t.Errorf("required=%v, %s: echoed token %q, want %q", required, tc.name, resp.GetLbToken(), tc.token)
+			}
+		}
+	}
+}
+
 func TestSetServingAndDrain(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.DrainDelay = 500 * time.Millisecond

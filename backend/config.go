@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/lookaside-lb/lookaside/consulreg"
+	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/loadreport"
 )
 
@@ -26,7 +27,7 @@ type Config struct {
 	// "user-srv".
 	Service string
 	// ID is the instance's Consul service ID, from which its lb-token is
-	// derived (lbtoken.ForID). Default: Service-host-port of the advertised
+	// derived (lbtoken.Key.ForID with LBTokenKey). Default: Service-host-port of the advertised
 	// address, computed once the listener is bound. It may not contain
 	// '/', '?', '#', '%' or white space.
 	ID string
@@ -69,6 +70,11 @@ type Config struct {
 	// wrong token are always rejected, and health checks and ORCA load
 	// report streams are never checked.
 	RequireLBToken bool
+	// LBTokenKey, when set, makes the backend expect keyed lb-tokens
+	// (lbtoken.Key.ForID of its ID): the balancers must hold the same key
+	// (lbserver -lb-token-key-file), and calls with an unkeyed or forged
+	// token are rejected. Empty expects unkeyed tokens (lbtoken.ForID).
+	LBTokenKey lbtoken.Key
 	// ORCAMinInterval is the shortest interval at which the backend sends
 	// ORCA load reports (loadreport.ReporterConfig.MinInterval): a balancer
 	// that asks for less gets this. Default 1 s; values under 10 ms are

@@ -9,6 +9,9 @@
 // deregister, wait -drain-delay, graceful stop) and exit 0; a second signal
 // kills it. Bad flags exit 2, other failures 1.
 //
+// With -lb-token-key-file it expects keyed lb-tokens made with the secret in
+// that file, which the balancers must share (see package lbtoken).
+//
 // It reports its load to balancers with ORCA (at least every
 // -orca-min-interval, averaged over -load-window). -latency delays every
 // call and -cpu-burn keeps a share of a core busy, to make an instance slow
@@ -29,6 +32,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/lookaside-lb/lookaside/backend"
+	"github.com/lookaside-lb/lookaside/lbtoken"
 )
 
 func main() {
@@ -91,6 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
 
 	var (
 		tags, meta, logLevel string
+		tokenKeyFile         string
 		noConsul             bool
 		consulAddr           = api.DefaultConfig().Address
 	)
@@ -107,6 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
 	fs.DurationVar(&cfg.DrainDelay, "drain-delay", cfg.DrainDelay, "how long to keep serving after deregistering on shutdown")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "bound on the graceful stop")
 	fs.BoolVar(&cfg.RequireLBToken, "require-lb-token", false, "reject calls without an lb-token")
+	fs.StringVar(&tokenKeyFile, "lb-token-key-file", "", "`file` holding the secret shared with the balancers (lbserver -lb-token-key-file): expect keyed lb-tokens, which outsiders cannot compute, and reject unkeyed ones (16 to 4096 bytes; default: unkeyed tokens)")
 	fs.DurationVar(&cfg.Latency, "latency", 0, "latency added to every User call, to simulate a slow backend")
 	fs.IntVar(&cfg.Capacity, "capacity", 0, "calls at once the backend is sized for: report application utilization = mean calls in flight / capacity (0: none)")
 	fs.Float64Var(&cfg.CPUBurn, "cpu-burn", 0, "share of one CPU core to keep busy (0 to 1), to simulate a busy backend")
@@ -137,6 +143,13 @@ func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
 		return cfg, fmt.Errorf("backend: -log-level: %w", err)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if tokenKeyFile != "" {
+		k, err := lbtoken.LoadKey(tokenKeyFile, cfg.Logger)
+		if err != nil {
+			return cfg, fmt.Errorf("backend: -lb-token-key-file: %w", err)
+		}
+		cfg.LBTokenKey = k
+	}
 
 	if !noConsul && consulAddr != "" {
 		// DefaultConfig takes the token and TLS settings from the

@@ -96,6 +96,26 @@ func TestParseFlags(t *testing.T) {
 	}
 }
 
+func TestTokenKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.key")
+	short := filepath.Join(dir, "short.key")
+	if err := os.WriteFile(good, []byte("backend-cmd-test-key-0123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(short, []byte("short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseFlags([]string{"-no-consul", "-lb-token-key-file", good}, io.Discard)
+	if err != nil || string(cfg.LBTokenKey) != "backend-cmd-test-key-0123" {
+		t.Fatalf("-lb-token-key-file %s: key %q, err %v", good, cfg.LBTokenKey, err)
+	}
+	var stderr strings.Builder
+	if code := run([]string{"-no-consul", "-lb-token-key-file", short}, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "at least 16") {
+		t.Fatalf("short key: exit %d, stderr %q; want 2 and the reason", code, stderr.String())
+	}
+}
+
 func TestBadFlagsExit2(t *testing.T) {
 	for _, args := range [][]string{
 		{"-bogus"},
@@ -112,6 +132,7 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"-cpu-burn", "lots"},
 		{"-orca-min-interval", "-1s"},
 		{"-load-window", "-1s"},
+		{"-lb-token-key-file", "/nonexistent/lb-token.key"},
 		{"extra"},
 	} {
 		var stderr strings.Builder
