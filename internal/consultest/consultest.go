@@ -94,30 +94,59 @@ type Options struct {
 	Dir string
 	// StartTimeout bounds the wait until the agent has a leader and its
 	// node is in the catalog; 0 means 60 s. The context given to Run can
-	// only shorten it.
+	// only shorten it. Restart uses it too.
 	StartTimeout time.Duration
+	// Persistent runs a single server that keeps its state on disk
+	// (-server -bootstrap-expect 1, data in Dir/data) instead of a dev
+	// agent, so that registrations and ACL tokens survive Kill and
+	// Restart. Its Raft timing is the fastest Consul allows
+	// (raft_multiplier 1), so a restarted server leads again in about a
+	// second. Default: false (a dev agent, state in memory).
+	Persistent bool
+	// ACL turns ACLs on with default_policy "deny". The agent gets a
+	// management token (ManagementToken), which Client uses and which the
+	// agent also uses for its own node; every other request needs a token
+	// (NewToken). Default: false (no ACLs).
+	ACL bool
 }
 
-// Agent is a running Consul agent in development mode (a single server that
-// is its own leader, in-memory state), listening on loopback only.
+// Agent is a running Consul agent listening on loopback only: by default in
+// development mode (a single server that is its own leader, in-memory
+// state), or as a persistent single server (Options.Persistent) that can be
+// killed and restarted on the same ports and data.
 //
 // Its methods are safe for concurrent use.
 type Agent struct {
 	// Read-only after Run returns.
-	nodeName  string
-	httpAddr  string
-	dnsAddr   string
-	dir       string
-	removeDir bool
-	logPath   string
-	logFile   *os.File
-	cmd       *exec.Cmd
-	client    *api.Client
-	exited    chan struct{} // closed when the process has been reaped
-	waitErr   error         // written before exited is closed
+	nodeName   string
+	httpAddr   string
+	dnsAddr    string
+	dir        string
+	removeDir  bool
+	logPath    string
+	binary     string
+	confPath   string
+	persistent bool
+	token      string // management token; "" without ACLs
+	timeout    time.Duration
+	client     *api.Client
+
+	mu   sync.Mutex
+	proc *proc // guarded by mu: the process running now, or the last one
+	// stopped is set (under mu) by Stop, after which Restart fails.
+	stopped bool
 
 	stopOnce sync.Once
 	stopErr  error // written inside stopOnce
+}
+
+// proc is one run of the agent's process.
+type proc struct {
+	cmd     *exec.Cmd
+	logFile *os.File
+	exited  chan struct{} // closed when the process has been reaped
+	waitErr error         // written before exited is closed
+	killed  bool          // guarded by Agent.mu: Kill ended it
 }
 
 // ports are the agent's listening ports, all on 127.0.0.1.
@@ -136,11 +165,24 @@ type ports struct {
 // calls; goleak.VerifyTestMain needs no care.
 func Start(tb testing.TB) *Agent {
 	tb.Helper()
-	bin, err := Binary()
-	if err != nil {
-		tb.Fatalf("%v", err)
+	return StartWith(tb, Options{})
+}
+
+// StartWith is Start with options: opts.Binary "" means Binary(), opts.Dir
+// "" means a directory of tb.TempDir().
+func StartWith(tb testing.TB, opts Options) *Agent {
+	tb.Helper()
+	if opts.Binary == "" {
+		bin, err := Binary()
+		if err != nil {
+			tb.Fatalf("%v", err)
+		}
+		opts.Binary = bin
 	}
-	a, err := Run(context.Background(), Options{Binary: bin, Dir: tb.TempDir()})
+	if opts.Dir == "" {
+		opts.Dir = tb.TempDir()
+	}
+	a, err := Run(context.Background(), opts)
 	if err != nil {
 		tb.Fatalf("%v", err)
 	}
@@ -214,46 +256,41 @@ func start(ctx context.Context, opts Options, attempt int) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consultest: picking ports: %w", err)
 	}
-	confPath := filepath.Join(opts.Dir, fmt.Sprintf("agent-%d.hcl", attempt))
-	if err := os.WriteFile(confPath, []byte(agentConfig(opts.NodeName, p)), 0o600); err != nil {
-		return nil, fmt.Errorf("consultest: %w", err)
-	}
-	logPath := filepath.Join(opts.Dir, fmt.Sprintf("agent-%d.log", attempt))
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		return nil, fmt.Errorf("consultest: %w", err)
-	}
-
-	cmd := exec.Command(opts.Binary, "agent", "-dev", "-config-file="+confPath)
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return nil, fmt.Errorf("consultest: starting %s: %w", opts.Binary, err)
-	}
-
 	a := &Agent{
-		nodeName: opts.NodeName,
-		httpAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(p.http)),
-		dnsAddr:  net.JoinHostPort("127.0.0.1", strconv.Itoa(p.dns)),
-		dir:      opts.Dir,
-		logPath:  logPath,
-		logFile:  logFile,
-		cmd:      cmd,
-		exited:   make(chan struct{}),
+		nodeName:   opts.NodeName,
+		httpAddr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(p.http)),
+		dnsAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(p.dns)),
+		dir:        opts.Dir,
+		logPath:    filepath.Join(opts.Dir, fmt.Sprintf("agent-%d.log", attempt)),
+		binary:     opts.Binary,
+		confPath:   filepath.Join(opts.Dir, fmt.Sprintf("agent-%d.hcl", attempt)),
+		persistent: opts.Persistent,
+		timeout:    opts.StartTimeout,
 	}
-	go func() {
-		a.waitErr = cmd.Wait()
-		close(a.exited)
-	}()
+	if opts.ACL {
+		a.token = newUUID()
+	}
+	conf := agentConfig(opts.NodeName, p)
+	if opts.Persistent {
+		conf += persistentConfig(filepath.Join(opts.Dir, fmt.Sprintf("data-%d", attempt)))
+	}
+	if opts.ACL {
+		conf += aclConfig(a.token)
+	}
+	if err := os.WriteFile(a.confPath, []byte(conf), 0o600); err != nil {
+		return nil, fmt.Errorf("consultest: %w", err)
+	}
+	if err := a.spawn(); err != nil {
+		return nil, err
+	}
 
 	// The client keeps no idle connections, so that it leaves no
-	// goroutines behind between calls, and ignores the TLS and address
-	// settings of the environment.
+	// goroutines behind between calls, and ignores the TLS, token and
+	// address settings of the environment.
 	a.client, err = api.NewClient(&api.Config{
 		Address:    a.httpAddr,
 		Scheme:     "http",
+		Token:      a.token,
 		HttpClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}},
 	})
 	if err == nil {
@@ -266,6 +303,111 @@ func start(ctx context.Context, opts Options, attempt int) (*Agent, error) {
 	return a, nil
 }
 
+// spawn starts the agent's process with its configuration file, appending
+// to its log, and makes it the current process. It does not wait for the
+// agent to be ready.
+func (a *Agent) spawn() error {
+	logFile, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("consultest: %w", err)
+	}
+	args := []string{"agent", "-config-file=" + a.confPath}
+	if !a.persistent {
+		args = []string{"agent", "-dev", "-config-file=" + a.confPath}
+	}
+	cmd := exec.Command(a.binary, args...)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return fmt.Errorf("consultest: starting %s: %w", a.binary, err)
+	}
+	p := &proc{cmd: cmd, logFile: logFile, exited: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		close(p.exited)
+	}()
+	a.mu.Lock()
+	a.proc = p
+	a.mu.Unlock()
+	return nil
+}
+
+// current returns the process running now, or the last one.
+func (a *Agent) current() *proc {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.proc
+}
+
+// Kill ends the agent's process with SIGKILL, as a crash would, and blocks
+// until it is gone. A persistent agent keeps its data for Restart. It fails
+// if the process is not running (killed or stopped before, or exited on its
+// own). Safe for concurrent use with the other methods.
+func (a *Agent) Kill() error {
+	a.mu.Lock()
+	p := a.proc
+	if a.stopped {
+		a.mu.Unlock()
+		return fmt.Errorf("consultest: Kill of agent %s after Stop", a.nodeName)
+	}
+	select {
+	case <-p.exited:
+		a.mu.Unlock()
+		return fmt.Errorf("consultest: Kill of agent %s, which is not running (%v)", a.nodeName, p.waitErr)
+	default:
+	}
+	p.killed = true
+	a.mu.Unlock()
+	if err := p.cmd.Process.Kill(); err != nil {
+		return fmt.Errorf("consultest: killing agent %s: %w", a.nodeName, err)
+	}
+	<-p.exited
+	p.logFile.Close()
+	return nil
+}
+
+// Restart starts a persistent agent again, after Kill or after it exited on
+// its own, on the same ports, node name and data, and blocks until it has a
+// leader and its node is in the catalog, ctx is done, or
+// Options.StartTimeout has passed. The registrations made before are kept
+// (but the agent's own checks restart as critical until they first run).
+// It fails for a dev agent, after Stop, and while the process still runs.
+// Safe for concurrent use with the other methods, but not with itself.
+func (a *Agent) Restart(ctx context.Context) error {
+	if !a.persistent {
+		return fmt.Errorf("consultest: Restart of agent %s, which is not persistent", a.nodeName)
+	}
+	a.mu.Lock()
+	p, stopped := a.proc, a.stopped
+	a.mu.Unlock()
+	if stopped {
+		return fmt.Errorf("consultest: Restart of agent %s after Stop", a.nodeName)
+	}
+	select {
+	case <-p.exited:
+	default:
+		return fmt.Errorf("consultest: Restart of agent %s, which is still running", a.nodeName)
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	if err := a.spawn(); err != nil {
+		return err
+	}
+	return a.waitReady(ctx)
+}
+
+// Running reports whether the agent's process is running now.
+func (a *Agent) Running() bool {
+	select {
+	case <-a.current().exited:
+		return false
+	default:
+		return true
+	}
+}
+
 // waitReady blocks until the agent has a leader and its node is in the
 // catalog, the process exits, or ctx is done.
 func (a *Agent) waitReady(ctx context.Context) error {
@@ -276,10 +418,11 @@ func (a *Agent) waitReady(ctx context.Context) error {
 		if last = a.ready(ctx); last == nil {
 			return nil
 		}
+		p := a.current()
 		select {
-		case <-a.exited:
+		case <-p.exited:
 			tail := a.LogTail(tailLines)
-			err := fmt.Errorf("consultest: agent exited before it was ready (%v); end of its log:\n%s", a.waitErr, tail)
+			err := fmt.Errorf("consultest: agent exited before it was ready (%v); end of its log:\n%s", p.waitErr, tail)
 			if strings.Contains(tail, "address already in use") {
 				err = fmt.Errorf("%w: %w", errPortTaken, err)
 			}
@@ -317,30 +460,37 @@ func (a *Agent) ready(ctx context.Context) error {
 // closes its log and removes the directory Run created. It blocks until the
 // process is gone. It is safe to call more than once and from several
 // goroutines; later calls return the first call's result. The error says
-// whether the agent had to be killed or had exited on its own before.
+// whether the agent had to be killed or had exited on its own before (an
+// agent ended by Kill and not restarted is no error).
 func (a *Agent) Stop() error {
 	a.stopOnce.Do(func() { a.stopErr = a.stop() })
 	return a.stopErr
 }
 
 func (a *Agent) stop() error {
+	a.mu.Lock()
+	a.stopped = true
+	p, killed := a.proc, a.proc.killed
+	a.mu.Unlock()
 	var err error
 	select {
-	case <-a.exited:
-		err = fmt.Errorf("consultest: agent %s had exited before Stop: %v", a.nodeName, a.waitErr)
+	case <-p.exited:
+		if !killed {
+			err = fmt.Errorf("consultest: agent %s had exited before Stop: %v", a.nodeName, p.waitErr)
+		}
 	default:
-		_ = a.cmd.Process.Signal(os.Interrupt)
+		_ = p.cmd.Process.Signal(os.Interrupt)
 		t := time.NewTimer(stopTimeout)
 		select {
-		case <-a.exited:
+		case <-p.exited:
 		case <-t.C:
-			_ = a.cmd.Process.Kill()
-			<-a.exited
+			_ = p.cmd.Process.Kill()
+			<-p.exited
 			err = fmt.Errorf("consultest: agent %s did not stop within %v of SIGINT; killed it", a.nodeName, stopTimeout)
 		}
 		t.Stop()
 	}
-	a.logFile.Close()
+	p.logFile.Close()
 	if a.removeDir {
 		os.RemoveAll(a.dir)
 	}
@@ -356,8 +506,47 @@ func (a *Agent) DNSAddr() string { return a.dnsAddr }
 // NodeName returns the name of the agent's node.
 func (a *Agent) NodeName() string { return a.nodeName }
 
-// Client returns an API client for the agent. It holds no idle connections.
+// Client returns an API client for the agent. It holds no idle connections
+// and, with ACLs on, carries the management token.
 func (a *Agent) Client() *api.Client { return a.client }
+
+// ManagementToken returns the ACL management token, or "" when ACLs are off.
+// Never log it outside tests.
+func (a *Agent) ManagementToken() string { return a.token }
+
+// NewToken creates an ACL token for rules (Consul's ACL rule language, for
+// example `service_prefix "" { policy = "read" }`), through a new policy
+// holding them, and returns the token's secret. Empty rules give a token
+// with no policy, which only has what the default policy allows. It blocks
+// for one or two requests to the agent, bounded by ctx. It fails when ACLs
+// are off.
+func (a *Agent) NewToken(ctx context.Context, rules string) (string, error) {
+	if a.token == "" {
+		return "", fmt.Errorf("consultest: NewToken on agent %s, which has no ACLs", a.nodeName)
+	}
+	q := (&api.WriteOptions{}).WithContext(ctx)
+	// The token goes through Raw: the api module is newer than the agent
+	// and sends token fields that Consul 1.13 rejects.
+	tok := map[string]any{"Description": "consultest"}
+	if rules != "" {
+		pol, _, err := a.client.ACL().PolicyCreate(&api.ACLPolicy{
+			Name:  "consultest-" + randomHex(6),
+			Rules: rules,
+		}, q)
+		if err != nil {
+			return "", fmt.Errorf("consultest: creating a policy: %w", err)
+		}
+		tok["Policies"] = []map[string]string{{"ID": pol.ID}}
+	}
+	var created struct{ SecretID string }
+	if _, err := a.client.Raw().Write("/v1/acl/token", tok, &created, q); err != nil {
+		return "", fmt.Errorf("consultest: creating a token: %w", err)
+	}
+	if created.SecretID == "" {
+		return "", errors.New("consultest: creating a token: no SecretID in the answer")
+	}
+	return created.SecretID, nil
+}
 
 // LogTail returns up to the last n lines of the agent's log. It does not
 // block on the agent.
@@ -450,6 +639,43 @@ func pickPorts() (ports, error) {
 		}
 	}
 	return p, nil
+}
+
+// persistentConfig is the part of the configuration that makes a single
+// server keep its state in dataDir.
+func persistentConfig(dataDir string) string {
+	return fmt.Sprintf(`server = true
+bootstrap_expect = 1
+data_dir = %q
+performance {
+  raft_multiplier = 1
+}
+`, dataDir)
+}
+
+// aclConfig turns ACLs on with default deny and token as both the initial
+// management token and the agent's own token.
+func aclConfig(token string) string {
+	return fmt.Sprintf(`acl {
+  enabled = true
+  default_policy = "deny"
+  down_policy = "extend-cache"
+  tokens {
+    initial_management = %q
+    agent = %q
+  }
+}
+`, token, token)
+}
+
+// newUUID returns a random UUID, the form Consul wants for token secrets.
+func newUUID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b)
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
 func randomHex(n int) string {

@@ -186,3 +186,214 @@ func skipInShort(t *testing.T) {
 		t.Skip("starts a real Consul agent; skipped in -short mode")
 	}
 }
+
+// registerExternal puts an instance on a node of its own through the
+// catalog, which the agent's anti-entropy leaves alone.
+func registerExternal(t *testing.T, c *api.Client, service, id string) {
+	t.Helper()
+	_, err := c.Catalog().Register(&api.CatalogRegistration{
+		Node:    "external-" + id,
+		Address: "127.0.0.1",
+		Service: &api.AgentService{ID: id, Service: service, Address: "127.0.0.1", Port: 4242},
+	}, nil)
+	if err != nil {
+		t.Fatalf("Catalog().Register: %v", err)
+	}
+}
+
+// instanceIDs returns the IDs of service's instances, or the error.
+func instanceIDs(ctx context.Context, c *api.Client, service string) ([]string, *api.QueryMeta, error) {
+	entries, meta, err := c.Health().Service(service, "", false, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, nil, err
+	}
+	var ids []string
+	for _, e := range entries {
+		ids = append(ids, e.Service.ID)
+	}
+	return ids, meta, nil
+}
+
+func TestPersistentAgentKeepsRegistrationsAcrossKill(t *testing.T) {
+	skipInShort(t)
+	a := StartWith(t, Options{Persistent: true})
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	c := a.Client()
+	registerExternal(t, c, "kept-srv", "kept-1")
+	if err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "local-1", Name: "local-srv", Port: 4243}); err != nil {
+		t.Fatalf("ServiceRegister: %v", err)
+	}
+	addr := a.HTTPAddr()
+
+	if err := a.Kill(); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	if a.Running() {
+		t.Error("Running() = true after Kill")
+	}
+	if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("killed agent still accepts connections on %s", addr)
+	}
+	if _, _, err := instanceIDs(ctx, c, "kept-srv"); err == nil {
+		t.Error("query to a killed agent succeeded")
+	}
+	if err := a.Kill(); err == nil {
+		t.Error("second Kill succeeded, want an error: nothing runs")
+	}
+
+	start := time.Now()
+	if err := a.Restart(ctx); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	t.Logf("restarted and leading again in %v", time.Since(start))
+	if a.HTTPAddr() != addr || !a.Running() {
+		t.Errorf("after Restart: HTTPAddr() = %s (want %s), Running() = %v", a.HTTPAddr(), addr, a.Running())
+	}
+	for _, want := range []struct{ service, id string }{{"kept-srv", "kept-1"}, {"local-srv", "local-1"}} {
+		ids, _, err := instanceIDs(ctx, c, want.service)
+		if err != nil {
+			t.Fatalf("after Restart: %v", err)
+		}
+		if diff := cmp.Diff([]string{want.id}, ids); diff != "" {
+			t.Errorf("instances of %s after Restart (-want +got):\n%s", want.service, diff)
+		}
+	}
+	if err := a.Restart(ctx); err == nil {
+		t.Error("Restart of a running agent succeeded")
+	}
+	if err := a.Stop(); err != nil {
+		t.Errorf("Stop: %v", err)
+	}
+	if err := a.Restart(ctx); err == nil {
+		t.Error("Restart after Stop succeeded")
+	}
+}
+
+func TestKilledAgentStopsWithoutError(t *testing.T) {
+	skipInShort(t)
+	a := StartWith(t, Options{Persistent: true})
+	if err := a.Kill(); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	if err := a.Stop(); err != nil {
+		t.Errorf("Stop after Kill = %v, want nil", err)
+	}
+}
+
+func TestDevAgentCannotRestart(t *testing.T) {
+	skipInShort(t)
+	a := Start(t)
+	if err := a.Kill(); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	if err := a.Restart(t.Context()); err == nil || !strings.Contains(err.Error(), "not persistent") {
+		t.Errorf("Restart of a dev agent = %v, want an error saying it is not persistent", err)
+	}
+}
+
+func TestACLAgentDeniesByDefault(t *testing.T) {
+	skipInShort(t)
+	a := StartWith(t, Options{ACL: true})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if a.ManagementToken() == "" {
+		t.Fatal("ManagementToken() is empty with ACLs on")
+	}
+	registerExternal(t, a.Client(), "secret-srv", "secret-1")
+
+	clientWith := func(token string) *api.Client {
+		c, err := api.NewClient(&api.Config{Address: a.HTTPAddr(), Scheme: "http", Token: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	reader, err := a.NewToken(ctx, `service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }`)
+	if err != nil {
+		t.Fatalf("NewToken: %v", err)
+	}
+	empty, err := a.NewToken(ctx, "")
+	if err != nil {
+		t.Fatalf("NewToken with no rules: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name         string
+		token        string
+		wantIDs      []string
+		wantFiltered bool
+		wantErr      string
+	}{
+		{name: "management", token: a.ManagementToken(), wantIDs: []string{"secret-1"}},
+		{name: "reader", token: reader, wantIDs: []string{"secret-1"}},
+		// Consul sets X-Consul-Results-Filtered-By-ACLs only for requests
+		// that carry a token: an anonymous reader cannot tell that
+		// anything was hidden.
+		{name: "anonymous", token: "", wantFiltered: false},
+		{name: "no policy", token: empty, wantFiltered: true},
+		{name: "unknown token", token: newUUID(), wantErr: "403"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ids, meta, err := instanceIDs(ctx, clientWith(tc.token), "secret-srv")
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("query error = %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("query: %v", err)
+			}
+			if diff := cmp.Diff(tc.wantIDs, ids); diff != "" {
+				t.Errorf("instances (-want +got):\n%s", diff)
+			}
+			if meta.ResultsFilteredByACLs != tc.wantFiltered {
+				t.Errorf("ResultsFilteredByACLs = %v, want %v", meta.ResultsFilteredByACLs, tc.wantFiltered)
+			}
+		})
+	}
+}
+
+func TestNewTokenWithoutACLs(t *testing.T) {
+	skipInShort(t)
+	a := Start(t)
+	if a.ManagementToken() != "" {
+		t.Errorf("ManagementToken() = %q without ACLs, want empty", a.ManagementToken())
+	}
+	if _, err := a.NewToken(t.Context(), ""); err == nil {
+		t.Error("NewToken without ACLs succeeded")
+	}
+}
+
+func TestPersistentACLAgentKeepsTokensAcrossKill(t *testing.T) {
+	skipInShort(t)
+	a := StartWith(t, Options{Persistent: true, ACL: true})
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	registerExternal(t, a.Client(), "acl-kept-srv", "acl-kept-1")
+	reader, err := a.NewToken(ctx, `service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }`)
+	if err != nil {
+		t.Fatalf("NewToken: %v", err)
+	}
+	if err := a.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Restart(ctx); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	c, err := api.NewClient(&api.Config{Address: a.HTTPAddr(), Scheme: "http", Token: reader})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, _, err := instanceIDs(ctx, c, "acl-kept-srv")
+	if err != nil {
+		t.Fatalf("query with the token made before the kill: %v", err)
+	}
+	if diff := cmp.Diff([]string{"acl-kept-1"}, ids); diff != "" {
+		t.Errorf("instances after Restart (-want +got):\n%s", diff)
+	}
+}
