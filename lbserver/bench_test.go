@@ -46,7 +46,7 @@ func BenchmarkUpdate(b *testing.B) {
 					eps = append(eps, discovery.Endpoint{ID: fmt.Sprintf("ep-%03d", i), Weight: 1 + i%5,
 						Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i / 250), byte(i%250 + 1)}), 8080)})
 				}
-				pl := newPlan(discovery.Snapshot{Service: "svc", Endpoints: eps}, pol, p)
+				pl := newPlan(discovery.Snapshot{Service: "svc", Endpoints: eps}, pol, p, nil)
 				srv := &Server{cfg: DefaultConfig(), log: slog.New(slog.DiscardHandler)}
 				svc := &service{name: "svc", assigned: map[string]int{}}
 				stream := &discardStream{}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/loadreport"
 	"github.com/lookaside-lb/lookaside/loadweight"
 	"github.com/lookaside-lb/lookaside/policy"
@@ -88,6 +89,11 @@ type Config struct {
 	// carry drop entries (token "drop-ratelimit") for the excess share,
 	// measured from the calls clients report in ClientStats.
 	RateLimits map[string]float64
+	// LBTokenKey, when set, makes every list entry carry a keyed lb-token
+	// (lbtoken.Key.ForID of the instance's Consul service ID), which only
+	// holders of the key can compute; backends must hold the same key.
+	// Empty gives unkeyed tokens (lbtoken.ForID), the default.
+	LBTokenKey lbtoken.Key
 	// Logger receives the server's logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -181,6 +187,9 @@ func (c Config) validate() error {
 		if !(limit > 0) || math.IsInf(limit, 1) {
 			errs = append(errs, fmt.Errorf("rate limit of %q: %v calls/s is not a positive number", svc, limit))
 		}
+	}
+	if n := len(c.LBTokenKey); n > 0 && (n < lbtoken.MinKeyLength || n > lbtoken.MaxKeyLength) {
+		errs = append(errs, fmt.Errorf("lb-token key has %d bytes, want %d to %d", n, lbtoken.MinKeyLength, lbtoken.MaxKeyLength))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("lbserver: invalid config: %w", err)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/lookaside-lb/lookaside/clientstats"
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/loadreport"
 	"github.com/lookaside-lb/lookaside/loadweight"
 	"github.com/lookaside-lb/lookaside/policy"
@@ -29,6 +30,7 @@ type planner struct {
 	rateLimit float64               // calls/s; 0 for none
 	maxDrop   float64               // bound on the rate-limit drop share
 	window    time.Duration         // over which the offered call rate is measured
+	tokenKey  lbtoken.Key           // derives the entries' lb-tokens
 
 	snap     discovery.Snapshot
 	have     bool // snap holds a first answer
@@ -137,7 +139,7 @@ func (p *planner) plan(snapChanged bool) {
 	if !changed {
 		return
 	}
-	np := newPlan(p.snap, p.polName, p.pol)
+	np := newPlan(p.snap, p.polName, p.pol, p.tokenKey)
 	if len(p.res.Weights) == len(p.snap.Endpoints) {
 		np.loadWeights = p.res.Weights
 	}

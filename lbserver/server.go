@@ -108,6 +108,7 @@ func (s *Server) newPlanner(svc *service, log *slog.Logger) *planner {
 		rateLimit: s.cfg.RateLimits[base],
 		maxDrop:   s.cfg.LoadWeight.MaxDropShare,
 		window:    max(2*s.cfg.ClientStatsInterval, 5*time.Second),
+		tokenKey:  s.cfg.LBTokenKey,
 	}
 	if !s.cfg.LoadReports {
 		return p

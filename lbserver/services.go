@@ -37,18 +37,21 @@ type plan struct {
 	changed chan struct{}
 }
 
-func newPlan(snap discovery.Snapshot, policyName string, pol policy.Policy) *plan {
+func newPlan(snap discovery.Snapshot, policyName string, pol policy.Policy, key lbtoken.Key) *plan {
 	p := &plan{ready: true, snap: snap, changed: make(chan struct{}),
 		servers: make([]*lbpb.Server, len(snap.Endpoints)), policyName: policyName, policy: pol}
 	for i, ep := range snap.Endpoints {
-		p.servers[i] = serverEntry(ep)
+		p.servers[i] = serverEntry(ep, key)
 	}
 	return p
 }
 
 // serverEntry converts an endpoint to a grpclb entry: 4 bytes for IPv4,
-// 16 for IPv6, and the endpoint's stable token.
-func serverEntry(ep discovery.Endpoint) *lbpb.Server {
+// 16 for IPv6, and the endpoint's stable token, derived with key (unkeyed
+// when empty) from the ID the instance knows itself by (TokenID: its
+// Consul service ID, which the backend derives its expected token from),
+// not from ep.ID, which tells apart two nodes registering the same ID.
+func serverEntry(ep discovery.Endpoint, key lbtoken.Key) *lbpb.Server {
 	ip := ep.Addr.Addr().Unmap()
 	var raw []byte
 	if ip.Is4() {
@@ -58,7 +61,7 @@ func serverEntry(ep discovery.Endpoint) *lbpb.Server {
 		b := ip.As16()
 		raw = b[:]
 	}
-	return &lbpb.Server{IpAddress: raw, Port: int32(ep.Addr.Port()), LoadBalanceToken: lbtoken.ForID(ep.ID)}
+	return &lbpb.Server{IpAddress: raw, Port: int32(ep.Addr.Port()), LoadBalanceToken: key.ForID(ep.TokenID())}
 }
 
 // service is one watched service, shared by all its streams.
