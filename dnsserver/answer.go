@@ -8,6 +8,9 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+
+	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/logthrottle"
 )
 
 // answer builds the reply to req. It blocks at most Config.LookupTimeout
@@ -50,32 +53,12 @@ func (s *Server) answer(ctx context.Context, req *dns.Msg) *dns.Msg {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.LookupTimeout)
 	defer cancel()
 	qtype := q.Qtype
-	is := func(types ...uint16) bool { return qtype == dns.TypeANY || slices.Contains(types, qtype) }
 	var rcode int
-	switch kind {
-	case kindApex:
-		if is(dns.TypeSOA) {
-			m.Answer = append(m.Answer, s.soa(q.Name))
-		}
-	case kindService:
-		if is(dns.TypeA, dns.TypeAAAA) {
-			rcode = s.serviceAddrs(ctx, m, q.Name, qtype, rel)
-		}
-	case kindSRV:
-		if is(dns.TypeSRV) {
-			rcode = s.srv(ctx, m, q.Name)
-		}
-	case kindTXT:
-		if is(dns.TypeTXT) {
-			m.Answer = append(m.Answer, &dns.TXT{Hdr: s.hdr(q.Name, dns.TypeTXT), Txt: s.txt[s.childPolicy(label+"."+s.zone)]})
-		}
-	case kindBalancer:
-		if is(dns.TypeA, dns.TypeAAAA) {
-			rcode = s.balancerAddr(ctx, m, q.Name, qtype, label)
-		}
-	case kindEmpty:
-	case kindNone:
-		rcode = dns.RcodeNameError
+	switch {
+	case qtype == dns.TypeANY:
+		rcode = s.minimalANY(ctx, m, q.Name, kind, label)
+	default:
+		rcode = s.records(ctx, m, q.Name, qtype, kind, label, rel)
 	}
 	m.Rcode = rcode
 	switch {
@@ -85,6 +68,8 @@ func (s *Server) answer(ctx context.Context, req *dns.Msg) *dns.Msg {
 			m.SetEdns0(uint16(s.cfg.MaxUDPSize), false)
 		}
 		s.counters.servFail.Add(1)
+		s.tlog.Info("DNS question answered SERVFAIL: no first answer from the catalog or the balancers in time",
+			"name", logthrottle.Quote(q.Name), "type", dns.Type(qtype).String())
 	case rcode == dns.RcodeNameError:
 		m.Ns = append(m.Ns, s.soa(s.zone))
 		s.counters.nxDomain.Add(1)
@@ -95,6 +80,58 @@ func (s *Server) answer(ctx context.Context, req *dns.Msg) *dns.Msg {
 		s.counters.answers.Add(1)
 	}
 	return m
+}
+
+// minimalANY answers an ANY question as RFC 8482 suggests: with one
+// HINFO record "RFC8482" "" at a name that exists, never with every
+// record, so that ANY cannot amplify; it asks neither the catalog nor,
+// but for a replica's name, the balancers.
+func (s *Server) minimalANY(ctx context.Context, m *dns.Msg, owner string, kind nameKind, label string) int {
+	switch kind {
+	case kindNone:
+		return dns.RcodeNameError
+	case kindEmpty:
+		return dns.RcodeSuccess
+	case kindBalancer:
+		if rcode := s.balancerAddr(ctx, m, owner, dns.TypeNone, label); rcode != dns.RcodeSuccess {
+			return rcode
+		}
+	}
+	m.Answer = append(m.Answer, &dns.HINFO{Hdr: s.hdr(owner, dns.TypeHINFO), Cpu: "RFC8482", Os: ""})
+	s.counters.minimalANY.Add(1)
+	return dns.RcodeSuccess
+}
+
+// records adds the records of type qtype (not ANY) at the name of kind.
+func (s *Server) records(ctx context.Context, m *dns.Msg, owner string, qtype uint16, kind nameKind, label, rel string) int {
+	is := func(types ...uint16) bool { return slices.Contains(types, qtype) }
+	var rcode int
+	switch kind {
+	case kindApex:
+		if is(dns.TypeSOA) {
+			m.Answer = append(m.Answer, s.soa(owner))
+		}
+	case kindService:
+		if is(dns.TypeA, dns.TypeAAAA) {
+			rcode = s.serviceAddrs(ctx, m, owner, qtype, rel)
+		}
+	case kindSRV:
+		if is(dns.TypeSRV) {
+			rcode = s.srv(ctx, m, owner)
+		}
+	case kindTXT:
+		if is(dns.TypeTXT) {
+			m.Answer = append(m.Answer, &dns.TXT{Hdr: s.hdr(owner, dns.TypeTXT), Txt: s.txt[s.childPolicy(label+"."+s.zone)]})
+		}
+	case kindBalancer:
+		if is(dns.TypeA, dns.TypeAAAA) {
+			rcode = s.balancerAddr(ctx, m, owner, qtype, label)
+		}
+	case kindEmpty:
+	case kindNone:
+		rcode = dns.RcodeNameError
+	}
+	return rcode
 }
 
 func (s *Server) hdr(name string, rrtype uint16) dns.RR_Header {
@@ -144,8 +181,29 @@ func (s *Server) childPolicy(fqdn string) string {
 }
 
 // serviceAddrs adds the addresses of the service's instances.
+// With a Directory, a service it does not know is NODATA at once, without
+// asking the catalog: a question never makes the balancer watch a name
+// nobody registered.
 func (s *Server) serviceAddrs(ctx context.Context, m *dns.Msg, owner string, qtype uint16, rel string) int {
-	snap, ok := s.cfg.Catalog.Endpoints(ctx, s.service(rel+"."+s.zone))
+	svc := s.service(rel + "." + s.zone)
+	if s.dir != nil {
+		base, _ := discovery.SplitName(discovery.Canonical(svc))
+		exists, ready, changed := s.dir.Lookup(base)
+		if !ready {
+			select {
+			case <-changed:
+				exists, ready, _ = s.dir.Lookup(base)
+			case <-ctx.Done():
+			}
+		}
+		switch {
+		case !ready:
+			return dns.RcodeServerFailure
+		case !exists:
+			return dns.RcodeSuccess
+		}
+	}
+	snap, ok := s.cfg.Catalog.Endpoints(ctx, svc)
 	if !ok {
 		return dns.RcodeServerFailure
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"strings"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/clock"
 )
 
 // Child policies of the grpclb config published in TXT records.
@@ -73,8 +75,71 @@ type Config struct {
 	// MaxUDPSize is the largest UDP answer sent, and the EDNS0 buffer size
 	// advertised. Default 1232 (no IP fragmentation); 512 to 4096.
 	MaxUDPSize int
-	// Logger receives the server's logs. Default slog.Default().
+	// Logger receives the server's logs. Default slog.Default(). Lines a
+	// client can cause are limited to one per kind per second.
 	Logger *slog.Logger
+
+	// Directory, if set, tells which services exist without a watch: an
+	// A/AAAA question about a service it does not know is answered NODATA
+	// at once, without asking the Catalog, so that DNS questions for
+	// random names never make the balancer watch them. Default: the
+	// Catalog, if it is a discovery.Directory; else none.
+	Directory discovery.Directory
+
+	// Allow lists the source networks answered. A UDP question from
+	// elsewhere is dropped without an answer, a TCP connection from
+	// elsewhere is closed at once; both are counted in Stats.Denied.
+	// Default DefaultAllow: loopback and private ranges. Empty is
+	// invalid: list 0.0.0.0/0 and ::/0 to answer everyone.
+	Allow []netip.Prefix
+	// RateLimit is the number of UDP answers per second each source (see
+	// RateLimitIPv4Bits) gets, with bursts of RateBurst: a token bucket.
+	// Over it, one question in RateLimitSlip gets an empty answer with the
+	// TC bit (real clients retry over TCP, which is not rate limited) and
+	// the others are dropped, as in BIND's response rate limiting.
+	// Default 200; more than 0.
+	RateLimit float64
+	// RateBurst is the size of each source's bucket. Default 400; at
+	// least 1.
+	RateBurst int
+	// RateLimitSlip: over the rate, every RateLimitSlip-th question gets a
+	// truncated empty answer, the others nothing. 0 drops all, 1
+	// truncates all. Default 2.
+	RateLimitSlip int
+	// RateLimitSources bounds the number of sources whose buckets are
+	// kept; a new source evicts the one seen longest ago. Default 10000
+	// (about 1 MB).
+	RateLimitSources int
+	// RateLimitIPv4Bits and RateLimitIPv6Bits are the prefix lengths that
+	// make one source: by default one IPv4 address (32), and one IPv6 /64,
+	// since a host may use any address of its /64.
+	RateLimitIPv4Bits, RateLimitIPv6Bits int
+	// MaxUDPRatio bounds a UDP answer to MaxUDPRatio times the size of its
+	// question (and to the client's EDNS0 buffer and MaxUDPSize); a larger
+	// answer is truncated with the TC bit. Default 10; 1 to 100.
+	MaxUDPRatio int
+	// MaxInflight bounds the UDP questions being answered at once (each
+	// runs in its own goroutine); questions over it are dropped and
+	// counted in Stats.Overloaded. Default 256.
+	MaxInflight int
+	// MaxTCPConns bounds the open TCP connections, MaxTCPConnsPerSource
+	// those from one IP address; a connection over either is closed at
+	// once and counted in Stats.TCPRejected. Each connection answers its
+	// questions one at a time, so at most MaxInflight + MaxTCPConns
+	// questions are answered at once. Defaults 128 and 16.
+	MaxTCPConns, MaxTCPConnsPerSource int
+	// Clock is the time seam of the rate limiter. Default clock.Real{}.
+	Clock clock.Clock
+}
+
+// DefaultAllow is the default of Config.Allow: loopback and the private
+// ranges (RFC 1918, RFC 4193). Link-local ranges are not in it.
+func DefaultAllow() []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range []string{"127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"} {
+		out = append(out, netip.MustParsePrefix(p))
+	}
+	return out
 }
 
 // DefaultConfig returns a Config with every field but Zone, Catalog and
@@ -87,6 +152,18 @@ func DefaultConfig() Config {
 		ServiceChildPolicies: map[string]string{},
 		MaxUDPSize:           1232,
 		Logger:               slog.Default(),
+		Allow:                DefaultAllow(),
+		RateLimit:            200,
+		RateBurst:            400,
+		RateLimitSlip:        2,
+		RateLimitSources:     10000,
+		RateLimitIPv4Bits:    32,
+		RateLimitIPv6Bits:    64,
+		MaxUDPRatio:          10,
+		MaxInflight:          256,
+		MaxTCPConns:          128,
+		MaxTCPConnsPerSource: 16,
+		Clock:                clock.Real{},
 	}
 }
 
@@ -123,6 +200,41 @@ func (c Config) validate() error {
 	}
 	if c.Logger == nil {
 		errs = append(errs, errors.New("no logger"))
+	}
+	if len(c.Allow) == 0 {
+		errs = append(errs, errors.New("no allowed source network (0.0.0.0/0 and ::/0 allow all)"))
+	}
+	for _, p := range c.Allow {
+		if !p.IsValid() {
+			errs = append(errs, fmt.Errorf("allowed source network %v is not valid", p))
+		}
+	}
+	if !(c.RateLimit > 0) || math.IsInf(c.RateLimit, 0) {
+		errs = append(errs, fmt.Errorf("rate limit %v is not a positive number of answers per second", c.RateLimit))
+	}
+	if c.RateBurst < 1 {
+		errs = append(errs, fmt.Errorf("rate burst %d is less than 1", c.RateBurst))
+	}
+	if c.RateLimitSlip < 0 || c.RateLimitSlip > 10 {
+		errs = append(errs, fmt.Errorf("rate limit slip %d is not in [0, 10]", c.RateLimitSlip))
+	}
+	if c.RateLimitSources < 1 || c.RateLimitSources > 10_000_000 {
+		errs = append(errs, fmt.Errorf("rate limit sources %d is not in [1, 10000000]", c.RateLimitSources))
+	}
+	if c.RateLimitIPv4Bits < 8 || c.RateLimitIPv4Bits > 32 || c.RateLimitIPv6Bits < 16 || c.RateLimitIPv6Bits > 128 {
+		errs = append(errs, fmt.Errorf("rate limit prefixes /%d and /%d are not in [8, 32] and [16, 128]", c.RateLimitIPv4Bits, c.RateLimitIPv6Bits))
+	}
+	if c.MaxUDPRatio < 1 || c.MaxUDPRatio > 100 {
+		errs = append(errs, fmt.Errorf("max UDP ratio %d is not in [1, 100]", c.MaxUDPRatio))
+	}
+	if c.MaxInflight < 1 {
+		errs = append(errs, fmt.Errorf("max in-flight %d is less than 1", c.MaxInflight))
+	}
+	if c.MaxTCPConns < 1 || c.MaxTCPConnsPerSource < 1 {
+		errs = append(errs, fmt.Errorf("max TCP connections %d and per source %d: want at least 1", c.MaxTCPConns, c.MaxTCPConnsPerSource))
+	}
+	if c.Clock == nil {
+		errs = append(errs, errors.New("no clock"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("dnsserver: invalid config: %w", err)
@@ -190,6 +302,43 @@ func ParseBalancers(spec string) (StaticBalancers, error) {
 	}
 	if len(out) == 0 {
 		return nil, errors.New("dnsserver: no balancer address")
+	}
+	return out, nil
+}
+
+// ParseAllow parses "10.0.0.0/8,192.0.2.7,::1" into source networks: CIDR
+// prefixes or single addresses. A prefix with host bits set is rejected,
+// so that a typo does not widen the list silently.
+func ParseAllow(spec string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, item := range strings.Split(spec, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		var p netip.Prefix
+		if strings.Contains(item, "/") {
+			var err error
+			if p, err = netip.ParsePrefix(item); err != nil {
+				return nil, fmt.Errorf("dnsserver: source network %q: %w", item, err)
+			}
+			if p.Masked() != p {
+				return nil, fmt.Errorf("dnsserver: source network %q has host bits set (did you mean %s?)", item, p.Masked())
+			}
+		} else {
+			a, err := netip.ParseAddr(item)
+			if err != nil || a.Zone() != "" {
+				return nil, fmt.Errorf("dnsserver: source network %q is neither an address nor a CIDR prefix", item)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Addr().Is4In6() {
+			p = netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0))
+		}
+		out = append(out, p)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("dnsserver: no source network")
 	}
 	return out, nil
 }

@@ -52,6 +52,8 @@ func FuzzServeDNS(f *testing.F) {
 		{"nope.lb.internal.", dns.TypeA},
 		{"example.com.", dns.TypeA},
 		{"lb.internal.", dns.TypeAXFR},
+		{"user-srv.lb.internal.", dns.TypeANY},
+		{"127-0-0-1.balancer.lb.internal.", dns.TypeANY},
 	} {
 		m := new(dns.Msg)
 		m.SetQuestion(q.name, q.qtype)
@@ -70,6 +72,16 @@ func FuzzServeDNS(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, raw []byte, tcp bool) {
+		// The rate limiter's truncated answer, built from the raw bytes.
+		if b := truncatedReply(raw, cfg.MaxUDPSize); b != nil {
+			tr := new(dns.Msg)
+			if err := tr.Unpack(b); err != nil || !tr.Truncated || len(tr.Answer)+len(tr.Ns) != 0 {
+				t.Fatalf("truncated reply %v does not unpack as an empty TC answer: %v", tr, err)
+			}
+			if len(b) > len(raw)+11 {
+				t.Fatalf("truncated reply of %d bytes to a %d-byte query", len(b), len(raw))
+			}
+		}
 		req := new(dns.Msg)
 		if err := req.Unpack(raw); err != nil {
 			return
@@ -97,6 +109,13 @@ func FuzzServeDNS(f *testing.F) {
 			limit := dns.MinMsgSize
 			if o := req.IsEdns0(); o != nil {
 				limit = max(min(int(o.UDPSize()), cfg.MaxUDPSize), dns.MinMsgSize)
+			}
+			// Nor more than MaxUDPRatio times the question (as the server
+			// sizes it), unless the answer is empty but for the question
+			// and the OPT record, which is no larger than the question.
+			limit = min(limit, cfg.MaxUDPRatio*req.Len())
+			if len(resp.Answer)+len(resp.Ns) == 0 && len(b) <= req.Len()+11 {
+				limit = max(limit, len(b))
 			}
 			if len(b) > limit {
 				t.Fatalf("UDP answer of %d bytes, over the client's %d", len(b), limit)

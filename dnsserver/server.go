@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/logthrottle"
 )
 
 // Server answers DNS questions about its zone. Create it with New and run
@@ -23,6 +26,13 @@ type Server struct {
 	log    *slog.Logger
 	// txt holds the TXT strings of each child policy.
 	txt map[string][]string
+	// tlog writes the lines a client can cause, one per kind per second.
+	tlog *logthrottle.Logger
+	// dir tells which services exist; nil if unknown.
+	dir     discovery.Directory
+	limiter *rateLimiter
+	// inflight holds a token per UDP question being answered.
+	inflight chan struct{}
 
 	rotation atomic.Uint64 // rotates the order of SRV records
 	counters counters
@@ -33,19 +43,29 @@ var _ dns.Handler = (*Server)(nil)
 // counters are the server's own event counts.
 type counters struct {
 	queries, answers, noData, nxDomain, refused, servFail, errors, truncated atomic.Int64
+	minimalANY, denied, rateLimited, slipped, overloaded, tcpRejected        atomic.Int64
 }
 
-// Stats is a copy of the server's counters. Every answered question is
-// counted once in Answers, NoData, NXDomain, Refused, ServFail or Errors.
+// Stats is a copy of the server's counters. Every question answered is
+// counted once in Queries and once in Answers, NoData, NXDomain, Refused,
+// ServFail or Errors; the questions the guard stops (Denied, RateLimited,
+// Slipped, Overloaded) are not in Queries.
 type Stats struct {
-	Queries   int64 // questions received
-	Answers   int64 // NOERROR with records
-	NoData    int64 // NOERROR without records
-	NXDomain  int64 // names that do not exist in the zone
-	Refused   int64 // names outside the zone, zone transfers, other classes
-	ServFail  int64 // no first answer from the catalog or the balancers in time
-	Errors    int64 // FORMERR, NOTIMP, BADVERS
-	Truncated int64 // UDP answers sent with the TC bit
+	Queries    int64 // questions answered
+	Answers    int64 // NOERROR with records
+	NoData     int64 // NOERROR without records
+	NXDomain   int64 // names that do not exist in the zone
+	Refused    int64 // names outside the zone, zone transfers, other classes
+	ServFail   int64 // no first answer from the catalog or the balancers in time
+	Errors     int64 // FORMERR, NOTIMP, BADVERS
+	Truncated  int64 // UDP answers sent with the TC bit (over a size bound)
+	MinimalANY int64 // ANY questions answered with RFC 8482's HINFO (in Answers)
+
+	Denied      int64 // UDP questions dropped and TCP connections closed: source not in Config.Allow
+	RateLimited int64 // UDP questions dropped over their source's rate
+	Slipped     int64 // UDP questions over their source's rate answered empty with TC
+	Overloaded  int64 // UDP questions dropped over Config.MaxInflight
+	TCPRejected int64 // TCP connections closed over Config.MaxTCPConns or MaxTCPConnsPerSource
 }
 
 // New validates cfg and returns a Server. It starts nothing.
@@ -59,6 +79,13 @@ func New(cfg Config) (*Server, error) {
 		serial: uint32(time.Now().Unix()),
 		log:    cfg.Logger.With("component", "dnsserver"),
 		txt:    map[string][]string{},
+		dir:    cfg.Directory,
+	}
+	s.tlog = logthrottle.New(s.log, time.Second)
+	s.limiter = newRateLimiter(cfg)
+	s.inflight = make(chan struct{}, cfg.MaxInflight)
+	if d, ok := cfg.Catalog.(discovery.Directory); ok && s.dir == nil {
+		s.dir = d
 	}
 	for _, p := range []string{RoundRobin, PickFirst} {
 		s.txt[p] = splitTXT(serviceConfig(p))
@@ -72,6 +99,8 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Queries: c.queries.Load(), Answers: c.answers.Load(), NoData: c.noData.Load(), NXDomain: c.nxDomain.Load(),
 		Refused: c.refused.Load(), ServFail: c.servFail.Load(), Errors: c.errors.Load(), Truncated: c.truncated.Load(),
+		MinimalANY: c.minimalANY.Load(), Denied: c.denied.Load(), RateLimited: c.rateLimited.Load(),
+		Slipped: c.slipped.Load(), Overloaded: c.overloaded.Load(), TCPRejected: c.tcpRejected.Load(),
 	}
 }
 
@@ -80,13 +109,34 @@ func (s *Server) Stats() Stats {
 func (s *Server) Zone() string { return s.zone }
 
 // ServeDNS answers one question; it implements dns.Handler for servers run
-// outside Serve. It blocks at most Config.LookupTimeout.
+// outside Serve. It blocks at most Config.LookupTimeout. It applies
+// Config.Allow and Config.MaxInflight, but not the rate limit nor the TCP
+// bounds, which only Serve applies. Safe for concurrent use.
 func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	s.handle(context.Background(), w, req)
 }
 
 func (s *Server) handle(ctx context.Context, w dns.ResponseWriter, req *dns.Msg) {
-	udp := w.LocalAddr() != nil && strings.HasPrefix(w.LocalAddr().Network(), "udp")
+	udp := w.LocalAddr() == nil || !strings.HasPrefix(w.LocalAddr().Network(), "tcp")
+	// Serve checked UDP sources already, and TCP ones at accept; this
+	// check is for handlers run outside Serve.
+	if ip, ok := addrOf(w.RemoteAddr()); !ok || !s.allowed(ip) {
+		s.counters.denied.Add(1)
+		s.tlog.Warn("DNS question from a source not allowed: dropped (see -dns-allow)", "source", ip.String())
+		return
+	}
+	// A TCP connection answers one question at a time, and connections
+	// are bounded: only UDP questions need a bound here.
+	if udp {
+		select {
+		case s.inflight <- struct{}{}:
+			defer func() { <-s.inflight }()
+		default:
+			s.counters.overloaded.Add(1)
+			s.tlog.Warn("DNS questions over the in-flight bound: dropped", "max_inflight", s.cfg.MaxInflight)
+			return
+		}
+	}
 	m := s.answer(ctx, req)
 	limit := dns.MaxMsgSize
 	if udp {
@@ -100,32 +150,46 @@ func (s *Server) handle(ctx context.Context, w dns.ResponseWriter, req *dns.Msg)
 	}
 }
 
-// udpLimit is the largest UDP answer req's sender accepts: its EDNS0
-// buffer size, 512 without EDNS0, at most Config.MaxUDPSize.
+// udpLimit is the largest UDP answer to req: its sender's EDNS0 buffer
+// size (512 without EDNS0), at most Config.MaxUDPSize, and at most
+// Config.MaxUDPRatio times the size of req, so that no question makes the
+// server send much more than it received.
 func (s *Server) udpLimit(req *dns.Msg) int {
-	opt := req.IsEdns0()
-	if opt == nil {
-		return dns.MinMsgSize
+	limit := dns.MinMsgSize
+	if opt := req.IsEdns0(); opt != nil {
+		limit = min(max(int(opt.UDPSize()), dns.MinMsgSize), s.cfg.MaxUDPSize)
 	}
-	return min(max(int(opt.UDPSize()), dns.MinMsgSize), s.cfg.MaxUDPSize)
+	return min(limit, s.cfg.MaxUDPRatio*req.Len())
 }
 
 // fit makes m fit in limit bytes: first without the additional records
 // (the targets' addresses, which clients look up themselves), then by
-// dropping records and setting the TC bit. It reports whether TC is set.
+// dropping records and setting the TC bit. Below 512 bytes (a bound set by
+// the question's size) it drops every record but the OPT. It reports
+// whether TC is set.
 func (s *Server) fit(m *dns.Msg, limit int) bool {
 	m.Compress = true
 	if m.Len() > limit && len(m.Extra) > 0 {
-		opt := m.IsEdns0()
-		m.Extra = nil
-		if opt != nil {
-			m.Extra = []dns.RR{opt}
-		}
+		m.Extra = onlyOPT(m)
 	}
 	if m.Len() > limit {
-		m.Truncate(limit)
+		if limit >= dns.MinMsgSize {
+			m.Truncate(limit)
+		} else {
+			// dns.Msg.Truncate never goes below 512 bytes.
+			m.Answer, m.Ns, m.Extra = nil, nil, onlyOPT(m)
+			m.Truncated = true
+		}
 	}
 	return m.Truncated
+}
+
+// onlyOPT returns m's additional section without its records but the OPT.
+func onlyOPT(m *dns.Msg) []dns.RR {
+	if opt := m.IsEdns0(); opt != nil {
+		return []dns.RR{opt}
+	}
+	return nil
 }
 
 // Listen opens the UDP and TCP listeners of addr ("127.0.0.1:8053") on the
@@ -168,11 +232,12 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) { s.handle(ctx, w, req) })
 	var servers []*dns.Server
 	if udp != nil {
-		servers = append(servers, &dns.Server{PacketConn: udp, Handler: handler, UDPSize: dns.DefaultMsgSize})
+		servers = append(servers, &dns.Server{PacketConn: udp, Handler: handler, UDPSize: dns.DefaultMsgSize,
+			DecorateReader: func(r dns.Reader) dns.Reader { return guardedReader{Reader: r, s: s} }})
 		s.log.Info("serving", "zone", s.zone, "udp", udp.LocalAddr().String())
 	}
 	if tcp != nil {
-		servers = append(servers, &dns.Server{Listener: tcp, Handler: handler})
+		servers = append(servers, &dns.Server{Listener: newGuardedListener(tcp, s), Handler: handler})
 		s.log.Info("serving", "zone", s.zone, "tcp", tcp.Addr().String())
 	}
 	type result struct {
@@ -186,6 +251,7 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 		srv.NotifyStartedFunc = func() { close(started[i]) }
 		srv.ReadTimeout = 2 * time.Second
 		srv.WriteTimeout = 2 * time.Second
+		srv.IdleTimeout = func() time.Duration { return 2 * time.Second } // frees TCP slots held by idle clients
 		go func() { results <- result{i, srv.ActivateAndServe()} }()
 	}
 
