@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/resolver"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/consulwatch"
 )
 
 // Scheme is the target scheme the package registers.
@@ -60,9 +61,11 @@ type builder struct {
 	scheme string
 	logger *slog.Logger
 	tune   tuning
-	// newHealth connects to Consul for one resolver; it returns the client
-	// and a function that releases its idle connections.
-	newHealth func(Target) (healthClient, func(), error)
+	// newHealth connects to Consul for one resolver; it returns the client,
+	// a cheap check that Consul answers, which the watches probe with while
+	// they back off (nil: none, see consulwatch.NewMonitor), and a function
+	// that releases its idle connections.
+	newHealth func(Target) (healthClient, func(context.Context) error, func(), error)
 }
 
 // NewBuilder returns a resolver builder for consul:// targets, to register
@@ -86,7 +89,7 @@ func (b *builder) Build(rt resolver.Target, cc resolver.ClientConn, opts resolve
 	if err != nil {
 		return nil, err
 	}
-	health, closeIdle, err := b.newHealth(t)
+	health, probe, closeIdle, err := b.newHealth(t)
 	if err != nil {
 		return nil, err
 	}
@@ -111,11 +114,15 @@ func (b *builder) Build(rt resolver.Target, cc resolver.ClientConn, opts resolve
 			return nil, fmt.Errorf("consul: service config: %w", r.sc.Err)
 		}
 	}
-	r.ctx, r.cancel = context.WithCancel(context.Background())
-	r.instances = r.newWatcher(instanceList)
-	if t.LB {
-		r.balancers = r.newWatcher(balancerList)
+	r.monitor = consulwatch.NewMonitor(probe, nil, r.log)
+	if r.instances, err = r.newWatcher(instanceList); err == nil && t.LB {
+		r.balancers, err = r.newWatcher(balancerList)
 	}
+	if err != nil {
+		closeIdle()
+		return nil, err
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.start()
 	return r, nil
 }
@@ -136,7 +143,7 @@ func ServiceConfig(service string) string {
 // newAPIHealth returns the health endpoint of a Consul client for t, with a
 // transport of its own whose idle connections the returned function closes.
 // Requests carry no client-wide timeout: each fetch has its own deadline.
-func newAPIHealth(t Target) (healthClient, func(), error) {
+func newAPIHealth(t Target) (healthClient, func(context.Context) error, func(), error) {
 	cfg := api.DefaultConfig() // the standard environment variables
 	if t.Addr != "" {
 		cfg.Address = t.Addr
@@ -159,7 +166,7 @@ func newAPIHealth(t Target) (healthClient, func(), error) {
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		tr.CloseIdleConnections()
-		return nil, nil, fmt.Errorf("consul: client for %s: %w", t, err)
+		return nil, nil, nil, fmt.Errorf("consul: client for %s: %w", t, err)
 	}
 	// NewClient may replace the transport (unix sockets): close both.
 	closeIdle := func() {
@@ -168,5 +175,5 @@ func newAPIHealth(t Target) (healthClient, func(), error) {
 			cfg.HttpClient.CloseIdleConnections()
 		}
 	}
-	return c.Health(), closeIdle, nil
+	return c.Health(), consulwatch.LeaderProbe(c.Status()), closeIdle, nil
 }

@@ -61,13 +61,21 @@
 //
 // # Consul and failures
 //
-// Each watch loop follows Consul's blocking-query rules: the same index means
-// no change; an index lower than the last one resets the watch; two fetches
-// start at least 100 ms apart (plus jitter). A failed request is retried after
-// a backoff that starts at 250 ms and doubles up to max-backoff, with ±20 %
-// jitter; the last good state stays in force meanwhile. Before any state was
-// sent, errors are reported to the channel (ReportError), so RPCs fail with
-// the cause instead of waiting.
+// Each watch loop is an internal/consulwatch Watch, the blocking-query loop
+// the balancer's Consul source uses too: the same index means no change; an
+// index lower than the last one resets the watch; two fetches start at least
+// 100 ms apart (plus jitter); a blocking wait is at least 1 s. A failed
+// request is retried after a backoff that starts at 250 ms (or max-backoff,
+// if lower) and doubles up to max-backoff, with ±20 % jitter; the last good
+// state stays in force meanwhile. While a loop backs off for more than a
+// second after an error that can heal, the resolver asks Consul's
+// /v1/status/leader about once a second and retries as soon as it answers,
+// so an outage ends for the resolver about a second after Consul's, however
+// long it was; the return is logged at INFO ("Consul reachable again").
+// Errors that retrying cannot fix (an ACL denial, an unknown datacenter)
+// are logged at ERROR, at most once a minute, with what to do. Before any
+// state was sent, errors are reported to the channel (ReportError), so RPCs
+// fail with the cause instead of waiting.
 //
 // When the channel rejects a state (UpdateState returns an error, as it does
 // for an empty address list), the resolver reports the error and re-resolves

@@ -250,7 +250,9 @@ func build(t *testing.T, target string, fh *fakeHealth, cc *fakeCC, opts resolve
 		t.Fatal(err)
 	}
 	b := &builder{scheme: Scheme, logger: testLogger(), tune: testTuning,
-		newHealth: func(Target) (healthClient, func(), error) { return fh, func() {}, nil }}
+		newHealth: func(Target) (healthClient, func(context.Context) error, func(), error) {
+			return fh, nil, func() {}, nil
+		}}
 	r, err := b.Build(resolver.Target{URL: *u}, cc, opts)
 	if err != nil {
 		t.Fatal(err)

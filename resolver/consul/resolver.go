@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/lookaside-lb/lookaside/internal/clock"
+	"github.com/lookaside-lb/lookaside/internal/consulwatch"
 )
 
 // listKind says which list a watch loop keeps.
@@ -50,7 +51,8 @@ type consulResolver struct {
 	sc        *serviceconfig.ParseResult // nil: no service config in the state
 	tune      tuning
 	log       *slog.Logger
-	lbSeed    uint64 // orders the balancer addresses of this resolver
+	monitor   *consulwatch.Monitor // shared by the two watch loops
+	lbSeed    uint64               // orders the balancer addresses of this resolver
 	instances *watcher
 	balancers *watcher // nil with the LB off
 	results   chan result

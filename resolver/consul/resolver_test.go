@@ -519,9 +519,12 @@ func BenchmarkAddresses(b *testing.B) {
 		insts = append(insts, instance{addr: fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), port: 50051})
 	}
 	es := entries(insts...)
-	r := &consulResolver{target: defaults(), log: testLogger(), lbSeed: 42}
+	r := &consulResolver{target: defaults(), log: testLogger(), lbSeed: 42, tune: testTuning}
 	for _, kind := range []listKind{instanceList, balancerList} {
-		w := r.newWatcher(kind)
+		w, err := r.newWatcher(kind)
+		if err != nil {
+			b.Fatal(err)
+		}
 		b.Run(kind.String(), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {

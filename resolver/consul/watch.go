@@ -4,23 +4,23 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"google.golang.org/grpc/resolver"
+
+	"github.com/lookaside-lb/lookaside/internal/consulwatch"
 )
 
-// watcher is one blocking-query loop on one Consul service. Its run method
-// is the only goroutine using the fields that are not guarded by mu.
+// watcher keeps one list of one Consul service: a consulwatch.Watch (index
+// rules, pace, backoff, kick, probe) on the health endpoint, whose answers
+// it turns into addresses and sends to the run loop.
 type watcher struct {
 	// Read-only after construction.
 	r           *consulResolver
@@ -32,13 +32,13 @@ type watcher struct {
 	limit       int
 	serverName  string // of each address (balancers: for TLS to them)
 	log         *slog.Logger
-
-	mu          sync.Mutex
-	kicked      bool               // guarded by mu: fetch afresh next, and send the answer even if unchanged
-	cancelFetch context.CancelFunc // guarded by mu: cancels the fetch in flight; nil between fetches
+	watch       *consulwatch.Watch[[]*api.ServiceEntry]
 }
 
-func (r *consulResolver) newWatcher(kind listKind) *watcher {
+// newWatcher returns the watcher of one list. The target's wait is raised
+// to consulwatch.MinWaitTime, and the first retry delay lowered to the
+// target's max-backoff, where they fall outside the loop's limits.
+func (r *consulResolver) newWatcher(kind listKind) (*watcher, error) {
 	w := &watcher{r: r, kind: kind}
 	if kind == instanceList {
 		w.service, w.tags, w.passingOnly = r.target.Service, r.target.Tags, r.target.Healthy
@@ -47,139 +47,73 @@ func (r *consulResolver) newWatcher(kind listKind) *watcher {
 		w.service, w.passingOnly, w.serverName = r.target.LBService, true, r.target.LBService
 	}
 	w.log = r.log.With("list", kind.String(), "service", w.service)
-	return w
+	t := r.target
+	var err error
+	w.watch, err = consulwatch.New(consulwatch.Options{
+		Name:        kind.String() + " of " + w.service,
+		WaitTime:    max(t.Wait, consulwatch.MinWaitTime),
+		MinInterval: r.tune.minInterval,
+		BackoffBase: min(r.tune.backoffBase, t.MaxBackoff),
+		BackoffMax:  t.MaxBackoff,
+		Timeout:     t.Timeout,
+		Monitor:     r.monitor,
+		Logger:      w.log,
+	}, w.fetch)
+	if err != nil {
+		return nil, fmt.Errorf("consul: %s watch: %w", kind, err)
+	}
+	return w, nil
 }
 
 // kick makes the loop fetch afresh (index 0) at once, cancelling a
 // blocking query in flight, and send the answer even if it did not change.
 // Safe for concurrent use; does not block.
-func (w *watcher) kick() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.kicked = true
-	if w.cancelFetch != nil {
-		w.cancelFetch()
-	}
-}
+func (w *watcher) kick() { w.watch.Kick() }
 
-// run fetches, and sends each changed list or each failure to the run
-// loop, until ctx is done. Every iteration starts at least minInterval
-// after the previous one, and after the backoff owed for a failure.
+// run fetches, and sends each changed list (or each list after a kick) and
+// each failure to the run loop, until ctx is done.
 func (w *watcher) run(ctx context.Context) {
 	var (
-		waitIndex uint64             // of the next query; 0 fetches without blocking
-		last      []resolver.Address // last sent
-		sent      bool               // whether last is set
-		failures  int                // consecutive failed fetches
-		lastStart time.Time          // of the previous fetch
-		delay     time.Duration      // backoff owed before the next fetch
+		last []resolver.Address // last sent
+		sent bool               // whether last is set
 	)
-	for first := true; ; first = false {
-		if !first && !sleep(ctx, max(delay, time.Until(lastStart.Add(w.interval())))) {
+	deliver := func(u consulwatch.Update[[]*api.ServiceEntry]) {
+		addrs := w.addresses(u.Value)
+		if sent && !u.Kicked && slices.Equal(addrs, last) {
 			return
-		}
-		w.mu.Lock()
-		forced := w.kicked
-		w.kicked = false
-		if forced {
-			waitIndex = 0
-		}
-		fctx, cancel := context.WithTimeout(ctx, w.deadline(waitIndex))
-		w.cancelFetch = cancel
-		w.mu.Unlock()
-
-		lastStart, delay = time.Now(), 0
-		entries, meta, err := w.fetch(fctx, waitIndex)
-		w.mu.Lock()
-		w.cancelFetch = nil
-		interrupted := w.kicked && errors.Is(fctx.Err(), context.Canceled)
-		w.mu.Unlock()
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if interrupted {
-			continue // kicked: the next iteration fetches afresh
-		}
-		if err != nil {
-			if forced {
-				// The next answer still owes the run loop a list.
-				w.mu.Lock()
-				w.kicked = true
-				w.mu.Unlock()
-			}
-			delay = backoff(w.r.tune.backoffBase, w.r.target.MaxBackoff, failures)
-			failures++
-			w.log.Warn("Consul query failed; retrying", "error", err, "failures", failures, "retry_in", delay)
-			if !w.send(ctx, result{kind: w.kind, err: err}) {
-				return
-			}
-			continue
-		}
-		failures = 0
-
-		index := meta.LastIndex
-		if index == 0 {
-			// Waiting on 0 would not block: the loop would spin.
-			index = 1
-		}
-		switch {
-		case index == waitIndex:
-			continue // the wait ended without a change
-		case index < waitIndex:
-			// A snapshot restore, a stale server, a recreated service: take
-			// the answer as fresh data and wait on its index from now on.
-			w.log.Info("Consul index went backwards; resetting the watch", "index", index, "previous_index", waitIndex)
-		}
-		waitIndex = index
-
-		addrs := w.addresses(entries)
-		if sent && !forced && slices.Equal(addrs, last) {
-			continue
 		}
 		last, sent = addrs, true
-		w.log.Debug("new list", "index", index, "addresses", len(addrs))
-		if !w.send(ctx, result{kind: w.kind, addrs: addrs}) {
-			return
-		}
+		w.log.Debug("new list", "index", u.Index, "addresses", len(addrs))
+		w.send(ctx, result{kind: w.kind, addrs: addrs})
 	}
+	failed := func(err error) { w.send(ctx, result{kind: w.kind, err: err}) }
+	_ = w.watch.Run(ctx, deliver, failed) // returns only once ctx is done
 }
 
-// fetch runs one query, blocking unless index is 0.
-func (w *watcher) fetch(ctx context.Context, index uint64) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+// fetch runs one query, blocking for up to wait unless index is 0. A query
+// at index 0 still names the target's wait, which Consul then ignores.
+func (w *watcher) fetch(ctx context.Context, index uint64, wait time.Duration) ([]*api.ServiceEntry, consulwatch.Meta, error) {
 	t := w.r.target
+	if index == 0 {
+		wait = t.Wait
+	}
 	q := &api.QueryOptions{
 		Datacenter:        t.Datacenter,
 		AllowStale:        t.AllowStale,
 		RequireConsistent: t.RequireConsistent,
 		Near:              w.near,
 		WaitIndex:         index,
-		WaitTime:          t.Wait,
+		WaitTime:          wait,
 	}
-	entries, meta, err := w.r.health.ServiceMultipleTags(w.service, w.tags, w.passingOnly, q.WithContext(ctx))
-	if err == nil && meta == nil {
-		err = errors.New("answer without query metadata")
+	entries, qm, err := w.r.health.ServiceMultipleTags(w.service, w.tags, w.passingOnly, q.WithContext(ctx))
+	var meta consulwatch.Meta
+	if err == nil {
+		meta, err = consulwatch.MetaOf(qm)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("consul: health query for %q: %w", w.service, err)
+		return nil, consulwatch.Meta{}, fmt.Errorf("consul: health query for %q: %w", w.service, err)
 	}
 	return entries, meta, nil
-}
-
-// deadline bounds one fetch: the blocking wait and Consul's jitter of up to
-// wait/16 for a blocking query, plus the target's timeout.
-func (w *watcher) deadline(index uint64) time.Duration {
-	d := w.r.target.Timeout
-	if index != 0 {
-		d += w.r.target.Wait + w.r.target.Wait/16
-	}
-	return d
-}
-
-// interval returns the least time between the starts of two fetches.
-func (w *watcher) interval() time.Duration {
-	d := w.r.tune.minInterval
-	return d + time.Duration(rand.Float64()*float64(d)/4)
 }
 
 // send hands res to the run loop; false if ctx ended first.
@@ -243,19 +177,4 @@ func (w *watcher) addresses(entries []*api.ServiceEntry) []resolver.Address {
 		}
 	}
 	return slices.CompactFunc(addrs, func(a, b resolver.Address) bool { return a.Addr == b.Addr })
-}
-
-// sleep waits for d, or until ctx is done; false if ctx ended.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
