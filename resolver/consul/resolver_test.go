@@ -1,10 +1,13 @@
 package consul
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -531,6 +534,60 @@ func BenchmarkAddresses(b *testing.B) {
 				if got := w.addresses(es); len(got) != 100 {
 					b.Fatalf("%d addresses", len(got))
 				}
+			}
+		})
+	}
+}
+
+// TestProbeEndsLongBackoff: after a failure whose backoff is longer than
+// consulwatch.ProbeAfter, the loop asks the probe about once a second and
+// fetches as soon as it succeeds, instead of sleeping the backoff out.
+func TestProbeEndsLongBackoff(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		probe      bool
+		minT, maxT time.Duration
+	}{
+		// The backoff is 2 s ±20 %: at least 1.6 s without a probe.
+		{name: "no probe", probe: false, minT: 1600 * time.Millisecond, maxT: 3 * time.Second},
+		// With one: the first probe, 1 s into the backoff, ends it.
+		{name: "probe", probe: true, minT: 900 * time.Millisecond, maxT: 1500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fh := newFakeHealth()
+			fh.set("user-srv", 2, instance{addr: "10.0.0.1", port: 1})
+			fh.failNext(1)
+			var probes atomic.Int64
+			var probe func(context.Context) error
+			if tc.probe {
+				probe = func(context.Context) error { probes.Add(1); return nil }
+			}
+			u, err := url.Parse("consul://127.0.0.1:8500/user-srv?lb=off&max-backoff=1m")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := &builder{scheme: Scheme, logger: testLogger(), tune: tuning{minInterval: time.Millisecond, backoffBase: 2 * time.Second},
+				newHealth: func(Target) (healthClient, func(context.Context) error, func(), error) {
+					return fh, probe, func() {}, nil
+				}}
+			cc := newFakeCC()
+			start := time.Now()
+			r, err := b.Build(resolver.Target{URL: *u}, cc, resolver.BuildOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			cc.nextErr(t)
+			st := cc.next(t)
+			took := time.Since(start)
+			if len(st.Addresses) != 1 {
+				t.Errorf("addresses %v, want 1", addrsOf(st.Addresses))
+			}
+			if took < tc.minT || took > tc.maxT {
+				t.Errorf("first state %v after a failure, want within [%v, %v]", took, tc.minT, tc.maxT)
+			}
+			if tc.probe && probes.Load() == 0 {
+				t.Error("the probe was never called")
 			}
 		})
 	}
