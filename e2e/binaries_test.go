@@ -20,6 +20,14 @@ type process struct {
 	name   string // from its ready line: "<kind> <name> listening on <addr>"
 	addr   string // from its ready line
 	exited chan error
+	stderr *lockedWriter // over a *strings.Builder
+}
+
+// logBytes returns how many bytes the process has written to stderr.
+func (p *process) logBytes() int {
+	p.stderr.mu.Lock()
+	defer p.stderr.mu.Unlock()
+	return p.stderr.w.(*strings.Builder).Len()
 }
 
 // buildCmds builds cmd/lbserver and cmd/backend into a temporary folder.
@@ -46,11 +54,11 @@ func startProcess(t *testing.T, bin string, args ...string) *process {
 		t.Fatal(err)
 	}
 	var stderr strings.Builder
-	cmd.Stderr = &lockedWriter{w: &stderr}
+	p := &process{cmd: cmd, exited: make(chan error, 1), stderr: &lockedWriter{w: &stderr}}
+	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &process{cmd: cmd, exited: make(chan error, 1)}
 	ready := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
