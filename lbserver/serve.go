@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/lookaside-lb/lookaside/discovery"
 )
 
 // KeepaliveEnforcement is the keepalive policy grpclb clients need: grpc-go
@@ -37,14 +39,19 @@ func (s *Server) Register(gs grpc.ServiceRegistrar) { lbpb.RegisterLoadBalancerS
 
 // ServeOptions tune Serve.
 type ServeOptions struct {
-	// ShutdownTimeout bounds the shutdown after Drain: streams still open
-	// then have their connections closed. Default 15 s.
+	// ShutdownTimeout bounds the whole shutdown, from the moment ctx ends
+	// to Serve's return: health NOT_SERVING, Drain, GOAWAY and the end of
+	// every stream, stopping the watchers. Drain may use all of it but a
+	// reserve of a quarter (at most 5 s) kept for ending the streams;
+	// streams still open shortly before the bound have their connections
+	// closed. Each phase cut short is logged. Default 15 s.
 	ShutdownTimeout time.Duration
 	// Drain, if set, runs first when ctx ends, after the health service
 	// turned NOT_SERVING and before any stream ends: deregister from
-	// Consul there and wait for that to reach clients. It should return in
-	// bounded time.
-	Drain func()
+	// Consul there and wait for that to reach clients. Its ctx ends when
+	// its share of ShutdownTimeout is spent; it must return soon after,
+	// and Serve goes on without it if it does not.
+	Drain func(ctx context.Context)
 	// GRPC are extra options for the grpc.Server, after ServerOptions'.
 	GRPC []grpc.ServerOption
 }
@@ -53,12 +60,76 @@ type ServeOptions struct {
 // in grpc.health.v1, besides the overall "".
 const HealthService = "grpc.lb.v1.LoadBalancer"
 
-// Serve serves s on lis, with a grpc.health.v1 service that reports
-// SERVING, until ctx is done; then it shuts down in order: health
-// NOT_SERVING, o.Drain, stop accepting connections (GOAWAY), end every
-// stream cleanly so clients reconnect elsewhere, stop the watchers, and,
-// past o.ShutdownTimeout, close the remaining connections. It returns nil
-// after a shutdown caused by ctx, or the error that stopped serving. Blocks.
+// Readiness tuning: how often Serve asks the source whether it is ready
+// when the source's changed channel stays quiet, after how long a replica
+// that is still not ready logs an ERROR, and how often it repeats it.
+var (
+	readyPoll         = time.Second
+	notReadyLogAfter  = 10 * time.Second
+	notReadyLogPeriod = time.Minute
+)
+
+// Ready reports whether the server has data to serve: true once its
+// source has read its directory of services at least once (when
+// cfg.Source implements discovery.Directory, its Lookup's ready flag;
+// sources without a directory, such as static lists, are ready at once).
+// A Directory stays ready once it was, so a replica that holds good data
+// keeps serving it while Consul is unreachable. Safe for concurrent use;
+// does not block.
+func (s *Server) Ready() bool {
+	dir, ok := s.cfg.Source.(discovery.Directory)
+	if !ok {
+		return true
+	}
+	_, ready, _ := dir.Lookup("")
+	return ready
+}
+
+// awaitReady blocks until Ready, waiting on the directory's changed
+// channel (and polling every readyPoll, in case it stays quiet), and
+// reports whether it became ready before ctx ended. While not ready for
+// longer than notReadyLogAfter it logs an ERROR every notReadyLogPeriod.
+func (s *Server) awaitReady(ctx context.Context) bool {
+	dir, ok := s.cfg.Source.(discovery.Directory)
+	if !ok {
+		return true
+	}
+	start := time.Now()
+	var logged time.Time
+	tick := time.NewTicker(readyPoll)
+	defer tick.Stop()
+	for {
+		_, ready, changed := dir.Lookup("")
+		if ready {
+			if !logged.IsZero() {
+				s.log.Info("ready: read the service directory; health SERVING", "after", time.Since(start).Round(time.Millisecond))
+			}
+			return true
+		}
+		if since := time.Since(start); since >= notReadyLogAfter && time.Since(logged) >= notReadyLogPeriod {
+			logged = time.Now()
+			s.log.Error("not ready: discovery has not read the service directory yet; health NOT_SERVING, clients get fallback; check that Consul is reachable and that the ACL token may read the catalog",
+				"for", since.Round(time.Second))
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-changed:
+		case <-tick.C:
+		}
+	}
+}
+
+// Serve serves s on lis, with a grpc.health.v1 service, until ctx is done.
+// Health ("" and HealthService) is NOT_SERVING until s is Ready, so that a
+// replica that never read its source fails its health check and is not
+// advertised, then SERVING until shutdown. When ctx ends it shuts down in
+// order: health NOT_SERVING, o.Drain, stop accepting connections (GOAWAY),
+// end every stream cleanly so clients reconnect elsewhere, stop the
+// watchers; the whole shutdown takes at most o.ShutdownTimeout, and what
+// would exceed it is cut (connections closed) and logged. It returns nil
+// after a shutdown caused by ctx, or the error that stopped serving.
+// Blocks.
 func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) error {
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 15 * time.Second
@@ -76,40 +147,103 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 	gs := grpc.NewServer(opts...)
 	s.Register(gs)
 	hs := health.NewServer()
-	hs.SetServingStatus(HealthService, healthpb.HealthCheckResponse_SERVING)
+	setHealth := func(st healthpb.HealthCheckResponse_ServingStatus) {
+		hs.SetServingStatus("", st)
+		hs.SetServingStatus(HealthService, st)
+	}
 	healthpb.RegisterHealthServer(gs, hs)
+
+	readyCtx, stopReady := context.WithCancel(ctx)
+	defer stopReady()
+	readyDone := make(chan struct{})
+	if s.Ready() {
+		setHealth(healthpb.HealthCheckResponse_SERVING)
+		close(readyDone)
+	} else {
+		setHealth(healthpb.HealthCheckResponse_NOT_SERVING)
+		go func() {
+			defer close(readyDone)
+			if s.awaitReady(readyCtx) {
+				setHealth(healthpb.HealthCheckResponse_SERVING)
+			}
+		}()
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(lis) }()
 
 	select {
 	case err := <-serveErr:
+		stopReady()
+		<-readyDone
 		s.Close()
 		return fmt.Errorf("lbserver: serve: %w", err)
 	case <-ctx.Done():
 	}
-	hs.Shutdown()
+	start := time.Now()
+	deadline := start.Add(o.ShutdownTimeout)
+	stopReady()
+	<-readyDone
+	hs.Shutdown() // NOT_SERVING, and ignores later changes
+
 	if o.Drain != nil {
-		o.Drain()
+		reserve := min(o.ShutdownTimeout/4, 5*time.Second)
+		drainCtx, cancel := context.WithDeadline(context.Background(), deadline.Add(-reserve))
+		drained := make(chan struct{})
+		go func() {
+			defer close(drained)
+			o.Drain(drainCtx)
+		}()
+		select {
+		case <-drained:
+		case <-drainCtx.Done():
+			// Give a drain that honours its ctx a moment to return.
+			select {
+			case <-drained:
+			case <-time.After(reserve / 10):
+			}
+			s.log.Warn("shutdown: drain cut at its share of the shutdown timeout; ending streams now",
+				"drain_budget", o.ShutdownTimeout-reserve, "timeout", o.ShutdownTimeout)
+		}
+		cancel()
 	}
+
 	closed := make(chan struct{})
 	go func() {
 		defer close(closed)
-		s.Close() // ends the streams, so GracefulStop can finish
+		s.Close() // ends the streams, so GracefulStop can finish; stops the watchers
 	}()
 	graceful := make(chan struct{})
 	go func() {
 		defer close(graceful)
 		gs.GracefulStop()
 	}()
-	timer := time.NewTimer(o.ShutdownTimeout)
+	// Past the graceful deadline the remaining connections are closed,
+	// leaving a moment before the bound for the streams and watchers to
+	// end.
+	graceDeadline := deadline.Add(-min(o.ShutdownTimeout/10, time.Second))
+	timer := time.NewTimer(time.Until(graceDeadline))
 	defer timer.Stop()
-	for _, done := range []chan struct{}{closed, graceful} {
+	stopped := false
+	for _, step := range []struct {
+		name string
+		done chan struct{}
+	}{{"streams and watchers", closed}, {"connections", graceful}} {
 		select {
-		case <-done:
+		case <-step.done:
+			continue
 		case <-timer.C:
-			s.log.Warn("shutdown timed out; closing connections", "timeout", o.ShutdownTimeout)
+		}
+		if !stopped {
+			stopped = true
+			s.log.Warn("shutdown: streams still open near the shutdown timeout; closing their connections", "timeout", o.ShutdownTimeout)
 			gs.Stop() // cancels the remaining streams
-			<-done
+			timer.Reset(time.Until(deadline))
+		}
+		select {
+		case <-step.done:
+		case <-timer.C:
+			s.log.Error("shutdown: still stopping at the shutdown timeout; returning without waiting", "what", step.name, "timeout", o.ShutdownTimeout)
+			return nil
 		}
 	}
 	<-serveErr

@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,14 +33,28 @@ import (
 	"github.com/lookaside-lb/lookaside/discovery/static"
 	"github.com/lookaside-lb/lookaside/dnsserver"
 	"github.com/lookaside-lb/lookaside/lbserver"
+	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/policy"
 	_ "github.com/lookaside-lb/lookaside/policy/all"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go onSignals(sigs, cancel, os.Stderr, os.Exit)
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// onSignals turns the first SIGINT or SIGTERM into cancel, which starts
+// the shutdown bounded by -shutdown-timeout, and a second one into exit(1)
+// at once, with a line on stderr. It blocks until the second signal.
+func onSignals(sigs <-chan os.Signal, cancel func(), stderr io.Writer, exit func(int)) {
+	<-sigs
+	cancel()
+	s := <-sigs
+	fmt.Fprintf(stderr, "lbserver: second signal (%v) during shutdown: exiting at once\n", s)
+	exit(1)
 }
 
 // options are the parsed flags.
@@ -67,6 +82,7 @@ type options struct {
 	advertise       string
 	checkInterval   time.Duration
 	drainDelay      time.Duration
+	tokenKeyFile    string
 
 	lb              lbserver.Config
 	aliases         string
@@ -101,7 +117,7 @@ Flags:
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.listen, "listen", ":7000", "address to serve the balancer on (`host:port`; port 0 picks one)")
-	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "on SIGTERM, how long streams may take to end before connections are closed")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "bound on the whole shutdown on SIGINT or SIGTERM (deregistration, -drain-delay, ending streams, stopping DNS): what would exceed it is cut and logged; a second signal exits at once")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 
@@ -122,7 +138,8 @@ Flags:
 	fs.StringVar(&o.registerID, "register-id", "", "Consul service `ID` of this replica (default <service>-<host>-<port>)")
 	fs.StringVar(&o.advertise, "advertise", "", "`host:port` registered in Consul (default: the listener's address, which must then have a concrete host)")
 	fs.DurationVar(&o.checkInterval, "check-interval", 2*time.Second, "interval of the Consul health check of this replica")
-	fs.DurationVar(&o.drainDelay, "drain-delay", 2*time.Second, "on SIGTERM with -register, how long to wait after deregistering before ending streams")
+	fs.DurationVar(&o.drainDelay, "drain-delay", 2*time.Second, "on SIGTERM with -register, how long to wait after deregistering before ending streams (cut to fit -shutdown-timeout)")
+	fs.StringVar(&o.tokenKeyFile, "lb-token-key-file", "", "`file` holding a secret shared with the backends (backend -lb-token-key-file): lists carry keyed lb-tokens (HMAC-SHA256 of the instance ID), which outsiders cannot compute (16 to 4096 bytes; default: unkeyed tokens)")
 
 	fs.StringVar(&o.lb.Policy, "policy", o.lb.Policy, "balancing policy: "+strings.Join(policy.Names(), ", "))
 	fs.StringVar(&o.servicePolicies, "service-policy", "", "per-service policies: `service=policy,...` (Consul meta \""+lbserver.PolicyMetaKey+"\" wins)")
@@ -298,6 +315,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "lbserver: %v\n", err)
 		return 2
 	}
+	if o.tokenKeyFile != "" {
+		if o.lb.LBTokenKey, err = lbtoken.LoadKey(o.tokenKeyFile, log); err != nil {
+			fmt.Fprintf(stderr, "lbserver: -lb-token-key-file: %v\n", err)
+			return 2
+		}
+	}
 	src, kind, err := o.source(log)
 	if err != nil {
 		fmt.Fprintf(stderr, "lbserver: %v\n", err)
@@ -323,13 +346,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "lbserver: %v\n", err)
 		return code
 	}
-	defer stopDNS() // on early returns; see below for the normal one
+	dnsStopping := false
+	defer func() {
+		if !dnsStopping {
+			stopDNS() // on early returns; see below for the normal one
+		}
+	}()
 	reg, err := o.registration(lis.Addr())
 	if err != nil {
 		fmt.Fprintf(stderr, "lbserver: %v\n", err)
 		return 2
 	}
-	serve := lbserver.ServeOptions{ShutdownTimeout: o.shutdownTimeout}
+	// The whole shutdown fits -shutdown-timeout: Serve (health, drain,
+	// streams, watchers) takes it but a moment kept for the DNS responder.
+	serve := lbserver.ServeOptions{ShutdownTimeout: o.shutdownTimeout - min(o.shutdownTimeout/10, 500*time.Millisecond)}
 	if reg != nil {
 		client, err := o.consulClient()
 		if err != nil {
@@ -343,26 +373,60 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		log.Info("registered in Consul", "service", reg.Service, "id", reg.ID, "addr", reg.Addr)
-		serve.Drain = func() {
-			if err := consulreg.Deregister(context.Background(), client, reg.ID); err != nil {
-				log.Warn("deregistration failed; Consul drops this replica once its check is critical", "err", err)
+		// ctx ends when the drain's share of -shutdown-timeout is spent.
+		serve.Drain = func(ctx context.Context) {
+			if err := consulreg.Deregister(ctx, client, reg.ID); err != nil {
+				msg := "deregistration failed; Consul drops this replica once its check is critical"
+				if ctx.Err() != nil {
+					msg = "shutdown: deregistration cut to fit -shutdown-timeout; Consul drops this replica once its check is critical"
+				}
+				log.Warn(msg, "err", err)
+				return
 			}
-			time.Sleep(o.drainDelay)
+			start := time.Now()
+			timer := time.NewTimer(o.drainDelay)
+			defer timer.Stop()
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				log.Warn("shutdown: -drain-delay cut to fit -shutdown-timeout", "waited", time.Since(start).Round(time.Millisecond),
+					"drain_delay", o.drainDelay, "shutdown_timeout", o.shutdownTimeout)
+			}
 		}
 	}
 	log.Info("serving", "addr", lis.Addr().String(), "discovery", kind, "policy", o.lb.Policy)
 	fmt.Fprintf(stdout, "lbserver listening on %s\n", lis.Addr())
+	var shutdownStart atomic.Pointer[time.Time]
+	stopLog := context.AfterFunc(ctx, func() {
+		now := time.Now()
+		shutdownStart.Store(&now)
+		log.Info("shutting down; a second signal exits at once", "timeout", o.shutdownTimeout)
+	})
+	defer stopLog()
 	err = lbserver.Serve(ctx, lis, srv, serve)
 	// The DNS responder answers until the drain is over: by then other
-	// replicas' answers no longer list this one.
-	if dnsErr := stopDNS(); dnsErr != nil {
+	// replicas' answers no longer list this one. It gets what is left of
+	// -shutdown-timeout.
+	start := time.Now()
+	if p := shutdownStart.Load(); p != nil {
+		start = *p
+	}
+	dnsStopping = true
+	dnsDone := make(chan error, 1)
+	go func() { dnsDone <- stopDNS() }()
+	left := time.NewTimer(max(o.shutdownTimeout-time.Since(start), 0))
+	defer left.Stop()
+	select {
+	case dnsErr := <-dnsDone:
 		err = errors.Join(err, dnsErr)
+	case <-left.C:
+		log.Warn("shutdown: DNS responder still stopping at -shutdown-timeout; exiting without waiting", "timeout", o.shutdownTimeout)
 	}
 	if err != nil {
 		log.Error("stopped", "err", err)
 		return 1
 	}
-	log.Info("stopped")
+	log.Info("stopped", "shutdown", time.Since(start).Round(time.Millisecond))
 	return 0
 }
 
