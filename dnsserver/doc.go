@@ -59,10 +59,25 @@
 //
 // The server answers over UDP and TCP. A UDP answer larger than the
 // client's EDNS0 buffer (512 bytes without EDNS0, and never more than
-// Config.MaxUDPSize) is truncated with the TC bit set, and clients retry
-// over TCP. Answers never wait long: the first question about a service may
+// Config.MaxUDPSize), or than Config.MaxUDPRatio times its question, is
+// truncated with the TC bit set, and clients retry over TCP. ANY is
+// answered with RFC 8482's single HINFO record. Answers never wait long: an
+// A/AAAA question about a service the Directory does not know is NODATA at
+// once (and starts no watch); the first question about a known service may
 // wait up to Config.LookupTimeout for the catalog's first answer, and is
 // answered SERVFAIL (clients retry) if none came.
+//
+// # Guard
+//
+// Serve answers only the sources in Config.Allow (others: UDP dropped, TCP
+// closed at accept), limits each source's UDP answers with a token bucket
+// (over it, RRL-style slip: one empty TC answer in RateLimitSlip, the rest
+// dropped; TCP is not rate limited), answers at most Config.MaxInflight UDP
+// questions at once and keeps at most Config.MaxTCPConns TCP connections
+// (MaxTCPConnsPerSource per IP). The UDP checks run in the goroutine that
+// reads the socket, before miekg/dns starts one per packet. Every refusal
+// is counted in Stats; log lines a client can cause are limited to one per
+// kind per second, names quoted with logthrottle.Quote.
 //
 // # Ownership
 //

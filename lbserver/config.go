@@ -71,6 +71,36 @@ type Config struct {
 	// reconnects at once and keeps its backends meanwhile. 0 disables it.
 	// Default 30 min; at least 10 s.
 	MaxStreamAge time.Duration
+	// MaxStreams bounds the BalanceLoad streams open at once; a stream
+	// beyond it ends at once with ResourceExhausted (grpc-go clients retry
+	// with backoff). Default 50000; at least 1.
+	MaxStreams int
+	// MaxStreamsPerIP bounds the streams open at once from one client IP
+	// address, so that one host cannot take the others' share of
+	// MaxStreams. Clients behind one NAT share it. Default 1000; from 1
+	// to MaxStreams.
+	MaxStreamsPerIP int
+	// MaxStreamsPerConn bounds the streams open at once on one client
+	// connection (a grpc-go grpclb client opens one per connection).
+	// Default 100; from 1 to MaxStreamsPerIP. Serve also sets HTTP/2
+	// MAX_CONCURRENT_STREAMS to twice it, a bound on the streams of a
+	// connection that were ended but whose client has not read their end.
+	MaxStreamsPerConn int
+	// MaxConns bounds the client connections open at once, and
+	// MaxConnsPerIP those from one IP address; a connection beyond either
+	// is closed as soon as it is accepted (clients see Unavailable and
+	// reconnect with backoff: no gRPC status can be sent before the
+	// connection is set up). They apply to listeners wrapped with
+	// Server.Listener, as Serve does. Defaults 20000 and 500; at least 1,
+	// MaxConnsPerIP at most MaxConns.
+	MaxConns      int
+	MaxConnsPerIP int
+	// SendTimeout cuts a client that does not read its lists: a message
+	// the stream cannot hand to the connection within it (the client's
+	// flow-control window and the server's buffer for the stream are
+	// full) ends the stream with ResourceExhausted. Default 30 s; from 1 s
+	// to 10 min.
+	SendTimeout time.Duration
 	// LoadReports makes the balancer collect ORCA load reports from every
 	// endpoint of each watched service (one out-of-band stream per
 	// endpoint), for the least_load policy and for overload drops.
@@ -113,6 +143,12 @@ func DefaultConfig() Config {
 		WatchLinger:           time.Minute,
 		MaxServices:           10000,
 		MaxStreamAge:          30 * time.Minute,
+		MaxStreams:            50000,
+		MaxStreamsPerIP:       1000,
+		MaxStreamsPerConn:     100,
+		MaxConns:              20000,
+		MaxConnsPerIP:         500,
+		SendTimeout:           30 * time.Second,
 		LoadReports:           true,
 		LoadReport:            loadreport.DefaultConfig(),
 		LoadWeight:            loadweight.DefaultConfig(),
@@ -172,6 +208,7 @@ func (c Config) validate() error {
 	if c.MaxStreamAge != 0 && c.MaxStreamAge < 10*time.Second {
 		errs = append(errs, fmt.Errorf("max stream age %v is under 10s", c.MaxStreamAge))
 	}
+	errs = append(errs, c.validateLimits()...)
 	if c.Logger == nil {
 		errs = append(errs, errors.New("no logger"))
 	}

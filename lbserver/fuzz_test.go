@@ -11,12 +11,16 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/lookaside-lb/lookaside/discovery"
 )
 
 // FuzzNameMapper: any name a client sends either is rejected or maps to a
-// valid service name without a port, and Map never panics.
+// valid canonical service name whose service part has no empty label, and
+// the same name in upper case maps alike; Map never panics.
 func FuzzNameMapper(f *testing.F) {
-	for _, s := range []string{"user-srv:50051", "user-srv", "[::1]:80", "a.lb.internal.:443", "users", ":1", "", "a/b", "\xff", "x:y:z"} {
+	for _, s := range []string{"user-srv:50051", "user-srv", "[::1]:80", "a.lb.internal.:443", "users", ":1", "", "a/b", "\xff", "x:y:z",
+		"USER-SRV@V2,Srv:80", "Users.LB.Internal:443", "user-srv.@"} {
 		f.Add(s)
 	}
 	m := NameMapper{MaxLength: DefaultMaxNameLength, Zones: []string{"lb.internal"}, Aliases: map[string]string{"users": "user-srv"}}
@@ -30,6 +34,21 @@ func FuzzNameMapper(f *testing.F) {
 		}
 		if strings.HasSuffix(svc, ".") {
 			t.Fatalf("Map(%q) = %q keeps a trailing dot", name, svc)
+		}
+		if c := discovery.Canonical(svc); c != svc {
+			t.Fatalf("Map(%q) = %q, not canonical (%q)", name, svc, c)
+		}
+		if base, _ := discovery.SplitName(svc); strings.HasPrefix(base, ".") || strings.HasSuffix(base, ".") || strings.Contains(base, "..") {
+			t.Fatalf("Map(%q) = %q: the service %q has an empty label", name, svc, base)
+		}
+		upper := []byte(name)
+		for i, b := range upper {
+			if 'a' <= b && b <= 'z' {
+				upper[i] = b - ('a' - 'A')
+			}
+		}
+		if got, err := m.Map(string(upper)); err != nil || got != svc {
+			t.Fatalf("Map(%q) = %q, but Map(%q) = %q, %v", name, svc, upper, got, err)
 		}
 	})
 }

@@ -23,9 +23,17 @@ const DefaultMaxNameLength = 255
 // first, and so is a DNS zone the balancer serves ("user-srv.lb.internal"
 // → "user-srv"), before the host is looked up. A tag filter after the
 // service ("user-srv@srv", see discovery.SplitName) is kept, with its tags
-// sorted. Read-only after construction; safe for concurrent use.
+// sorted.
+//
+// Names are matched and returned in canonical form (discovery.Canonical):
+// Consul matches services and tags case-insensitively, so "USER-SRV:80"
+// maps to "user-srv", and case variants share one watch and the same
+// per-service settings. Read-only after construction; safe for concurrent
+// use.
 type NameMapper struct {
-	// Aliases maps client names to service names.
+	// Aliases maps client names to service names. Keys must be in lower
+	// case without a trailing dot (ParseAliases, CanonicalAliases and New
+	// make them so); they match client names case-insensitively.
 	Aliases map[string]string
 	// Zones are DNS zones (without trailing dot, such as "lb.internal")
 	// whose names map to the service named by their first labels.
@@ -54,49 +62,94 @@ func ValidateName(name string, max int) error {
 	return nil
 }
 
-// Map returns the service for a client name, or an error if the name is
-// invalid. It does not say whether the service exists.
+// Map returns the canonical service for a client name, or an error if the
+// name is invalid. It does not say whether the service exists.
 func (m NameMapper) Map(name string) (string, error) {
 	if err := ValidateName(name, m.MaxLength); err != nil {
 		return "", err
 	}
-	name = strings.TrimSuffix(name, ".")
+	svc, err := m.mapValid(name)
+	if err != nil {
+		return "", err
+	}
+	// Lower case can be longer than the name sent (a few runes grow).
+	if err := ValidateName(svc, m.MaxLength); err != nil {
+		return "", fmt.Errorf("name maps to an invalid service: %w", err)
+	}
+	return svc, nil
+}
+
+func (m NameMapper) mapValid(name string) (string, error) {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	if svc, ok := m.Aliases[name]; ok {
-		return svc, nil
+		return discovery.Canonical(svc), nil
 	}
 	host := name
 	if h, _, err := net.SplitHostPort(name); err == nil {
 		host = strings.TrimSuffix(h, ".")
 	}
 	if svc, ok := m.Aliases[host]; ok {
-		return svc, nil
+		return discovery.Canonical(svc), nil
 	}
 	for _, z := range m.Zones {
-		if svc, ok := strings.CutSuffix(strings.ToLower(host), "."+strings.ToLower(z)); ok && svc != "" {
-			host = host[:len(svc)]
+		if svc, ok := strings.CutSuffix(host, "."+strings.ToLower(z)); ok && svc != "" {
+			host = svc
 			if svc, ok := m.Aliases[host]; ok {
-				return svc, nil
+				return discovery.Canonical(svc), nil
 			}
 			break
 		}
 	}
 	if host == "" {
-		return "", fmt.Errorf("name %q has no host", name)
-	}
-	if strings.HasPrefix(host, ".") || strings.HasSuffix(host, ".") || strings.Contains(host, "..") {
-		return "", fmt.Errorf("name %q has an empty label", name)
+		return "", fmt.Errorf("name has no host")
 	}
 	// A tag filter ("user-srv@srv,v2") is kept, in canonical order, so
 	// that clients asking for the same instances share one watch.
 	base, tags := discovery.SplitName(host)
 	if base == "" {
-		return "", fmt.Errorf("name %q has no service before %q", name, discovery.TagSeparator)
+		return "", fmt.Errorf("name has no service before %q", discovery.TagSeparator)
+	}
+	if strings.HasPrefix(base, ".") || strings.HasSuffix(base, ".") || strings.Contains(base, "..") {
+		return "", fmt.Errorf("name has an empty label")
 	}
 	return discovery.JoinName(base, tags), nil
 }
 
+// CanonicalAliases returns aliases with keys in lower case without a
+// trailing dot, and services in canonical form, as NameMapper needs them.
+// Two names that differ only in case are an error.
+func CanonicalAliases(aliases map[string]string) (map[string]string, error) {
+	out := make(map[string]string, len(aliases))
+	for name, svc := range aliases {
+		key := strings.ToLower(strings.TrimSuffix(name, "."))
+		if prev, dup := out[key]; dup {
+			return nil, fmt.Errorf("alias %q: %q is already mapped (to %q); names match case-insensitively", name, key, prev)
+		}
+		out[key] = discovery.Canonical(svc)
+	}
+	return out, nil
+}
+
+// canonicalServiceKeys returns m with its keys (service names) in
+// canonical form. Two keys that differ only in case are an error naming
+// what (the setting).
+func canonicalServiceKeys[V any](what string, m map[string]V) (map[string]V, error) {
+	out := make(map[string]V, len(m))
+	orig := make(map[string]string, len(m))
+	for k, v := range m {
+		c := discovery.Canonical(k)
+		if prev, dup := orig[c]; dup {
+			return nil, fmt.Errorf("%s: %q and %q are the same service (names match case-insensitively)", what, prev, k)
+		}
+		orig[c] = k
+		out[c] = v
+	}
+	return out, nil
+}
+
 // ParseAliases parses "name=service,name2=service2" into an alias map,
-// validating both sides.
+// validating both sides. Names are returned in lower case without a
+// trailing dot; names that differ only in case are mapped twice, an error.
 func ParseAliases(spec string, max int) (map[string]string, error) {
 	out := map[string]string{}
 	if strings.TrimSpace(spec) == "" {
@@ -113,10 +166,11 @@ func ParseAliases(spec string, max int) (map[string]string, error) {
 		if err := ValidateName(svc, max); err != nil || strings.Contains(svc, ":") {
 			return nil, fmt.Errorf("alias %q: service %q is not a service name", kv, svc)
 		}
-		if _, dup := out[name]; dup {
-			return nil, fmt.Errorf("alias %q: %q is mapped twice", kv, name)
+		key := strings.ToLower(strings.TrimSuffix(name, "."))
+		if _, dup := out[key]; dup {
+			return nil, fmt.Errorf("alias %q: %q is mapped twice (names match case-insensitively)", kv, name)
 		}
-		out[strings.TrimSuffix(name, ".")] = svc
+		out[key] = svc
 	}
 	return out, nil
 }

@@ -46,6 +46,14 @@ func TestNameMapperMap(t *testing.T) {
 		{name: "@srv:80", wantErr: "no service"},
 		{name: ".user-srv:80", wantErr: "empty label"},
 		{name: "user..srv", wantErr: "empty label"},
+		{name: "user-srv.@", wantErr: "empty label"},
+		{name: "user-srv.@srv:80", wantErr: "empty label"},
+		{name: "USER-SRV:50051", want: "user-srv"},
+		{name: "User-Srv@V2,SRV:80", want: "user-srv@srv,v2"},
+		{name: "USERS:443", want: "user-srv"},
+		{name: "Users.LB.Internal:443", want: "user-srv"},
+		{name: "API.Example:8443", want: "api-tls"},
+		{name: strings.Repeat("Ⱥ", 32), wantErr: "longer than 64"}, // 64 bytes; 96 in lower case
 	}
 	for _, tc := range tests {
 		got, err := m.Map(tc.name)
@@ -68,7 +76,10 @@ func TestParseAliases(t *testing.T) {
 	if got, err := ParseAliases("", 255); err != nil || len(got) != 0 {
 		t.Fatalf("ParseAliases(\"\") = %v, %v", got, err)
 	}
-	for _, bad := range []string{"users", "users=", "=svc", "a=b,a=c", "a=svc:80", "a b=c"} {
+	if got, err := ParseAliases("Users.=User-Srv", 255); err != nil || got["users"] != "User-Srv" {
+		t.Errorf("ParseAliases keeps a name's case or trailing dot: %v, %v", got, err)
+	}
+	for _, bad := range []string{"users", "users=", "=svc", "a=b,a=c", "a=svc:80", "a b=c", "a=b,A=c"} {
 		if _, err := ParseAliases(bad, 255); err == nil {
 			t.Errorf("ParseAliases(%q) succeeded", bad)
 		}

@@ -134,7 +134,7 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 15 * time.Second
 	}
-	opts := ServerOptions(o.GRPC...)
+	opts := s.GRPCOptions(o.GRPC...) // ServerOptions and the limits' options
 	if age := s.cfg.MaxStreamAge; age > 0 {
 		// GOAWAY at about the streams' age (grpc adds ± 10 %), so that
 		// clients reconnect, and may pick another replica, when their
@@ -169,7 +169,7 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 		}()
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- gs.Serve(lis) }()
+	go func() { serveErr <- gs.Serve(s.Listener(lis)) }() // with the connection limits
 
 	select {
 	case err := <-serveErr:

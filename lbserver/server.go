@@ -2,8 +2,10 @@ package lbserver
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/lookaside-lb/lookaside/clientstats"
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/logthrottle"
 	"github.com/lookaside-lb/lookaside/loadreport"
 	"github.com/lookaside-lb/lookaside/loadweight"
 	"github.com/lookaside-lb/lookaside/policy"
@@ -35,6 +38,12 @@ type Server struct {
 	clientStats *clientstats.Registry
 	counters    counters
 	streamSeq   atomic.Uint64
+	// dir, when cfg.Source is a discovery.Directory, tells which services
+	// exist: names it does not know start no watch.
+	dir      discovery.Directory
+	slots    *streamSlots
+	conns    *connSlots
+	throttle *logthrottle.Logger // lines a client can trigger, one per kind per second
 
 	mu      sync.Mutex
 	closed  bool           // guarded by mu
@@ -52,6 +61,9 @@ type counters struct {
 	fallbacksSent   atomic.Int64
 	badClientStats  atomic.Int64
 	streamsExpired  atomic.Int64
+	refused         [numLimits]atomic.Int64
+	slowReadersCut  atomic.Int64
+	unknownServices atomic.Int64
 }
 
 // Stats is a copy of the server's counters.
@@ -64,6 +76,20 @@ type Stats struct {
 	FallbacksSent   int64 // FallbackResponse messages sent
 	BadClientStats  int64 // ClientStats messages rejected as implausible
 	StreamsExpired  int64 // streams ended at their maximum age
+	// Refused counts the streams and connections refused per limit.
+	Refused LimitCounts
+	// SlowReadersCut counts streams ended because their client did not
+	// read within SendTimeout.
+	SlowReadersCut int64
+	// UnknownServices counts streams for services the discovery Directory
+	// said do not exist, answered with a fallback and no watch.
+	UnknownServices int64
+	// ConnsOpen is the client connections open now (through Listener).
+	ConnsOpen int64
+	// ServicesWatched is how many services are watched now; WatchesStarted
+	// how many watches were started in all.
+	ServicesWatched int64
+	WatchesStarted  int64
 }
 
 // New validates cfg and returns a Server. It starts no goroutine until a
@@ -80,8 +106,25 @@ func New(cfg Config) (*Server, error) {
 		}
 		policies[name] = p
 	}
+	// Names match case-insensitively (as in Consul): per-service settings
+	// are keyed by canonical names, once.
+	var err error
+	if cfg.Aliases, err = CanonicalAliases(cfg.Aliases); err != nil {
+		return nil, fmt.Errorf("lbserver: invalid config: %w", err)
+	}
+	if cfg.ServicePolicies, err = canonicalServiceKeys("service policies", cfg.ServicePolicies); err != nil {
+		return nil, fmt.Errorf("lbserver: invalid config: %w", err)
+	}
+	if cfg.RateLimits, err = canonicalServiceKeys("rate limits", cfg.RateLimits); err != nil {
+		return nil, fmt.Errorf("lbserver: invalid config: %w", err)
+	}
 	log := cfg.Logger.With("component", "lbserver")
+	dir, _ := cfg.Source.(discovery.Directory)
 	s := &Server{
+		dir:         dir,
+		slots:       newStreamSlots(cfg),
+		conns:       &connSlots{max: cfg.MaxConns, perIP: cfg.MaxConnsPerIP, ips: map[netip.Addr]int{}},
+		throttle:    logthrottle.New(log, time.Second),
 		cfg:         cfg,
 		names:       NameMapper{Aliases: cfg.Aliases, Zones: cfg.Zones, MaxLength: cfg.MaxNameLength},
 		policies:    policies,
@@ -91,6 +134,7 @@ func New(cfg Config) (*Server, error) {
 		closing:     make(chan struct{}),
 	}
 	s.reg = newRegistry(cfg.Source, cfg.WatchLinger, cfg.MaxServices, s.newPlanner, log)
+	s.reg.throttle = s.throttle
 	return s, nil
 }
 
@@ -162,8 +206,25 @@ func (s *Server) Stats() Stats {
 		FallbacksSent:   c.fallbacksSent.Load(),
 		BadClientStats:  c.badClientStats.Load(),
 		StreamsExpired:  c.streamsExpired.Load(),
+		Refused: LimitCounts{
+			Streams:        c.refused[limitStreams].Load(),
+			StreamsPerIP:   c.refused[limitStreamsPerIP].Load(),
+			StreamsPerConn: c.refused[limitStreamsPerConn].Load(),
+			Conns:          c.refused[limitConns].Load(),
+			ConnsPerIP:     c.refused[limitConnsPerIP].Load(),
+		},
+		SlowReadersCut:  c.slowReadersCut.Load(),
+		UnknownServices: c.unknownServices.Load(),
+		ConnsOpen:       int64(s.conns.open()),
+		ServicesWatched: int64(s.reg.watched()),
+		WatchesStarted:  s.reg.started.Load(),
 	}
 }
+
+// Names returns the NameMapper the server maps client names with (its
+// aliases in canonical form). The DNS responder should map names with it,
+// so that aliases apply alike. Safe for concurrent use.
+func (s *Server) Names() NameMapper { return s.names }
 
 // ClientStats returns the registry of ClientStats received from clients.
 func (s *Server) ClientStats() *clientstats.Registry { return s.clientStats }
@@ -193,12 +254,39 @@ func (s *Server) enter() bool {
 	return true
 }
 
-// Endpoints returns the current endpoints of a service, watching it (and
-// keeping the watch warm for WatchLinger) if no stream does yet. For a
-// service not watched before it waits for the first answer, up to
-// FirstListTimeout or ctx; ok is false if none came. For DNS answers and
-// status pages. Safe for concurrent use.
+// Endpoints returns the current endpoints of a service (its name is made
+// canonical first), watching it (and keeping the watch warm for
+// WatchLinger) if no stream does yet. For a service not watched before it
+// waits for the first answer, up to FirstListTimeout or ctx; ok is false
+// if none came. When the source is a discovery.Directory, a service it
+// does not list starts no watch: the answer is an empty snapshot with ok
+// true (no such service), or ok false while the directory has not been
+// read yet (after waiting for it up to FirstListTimeout or ctx). For DNS
+// answers and status pages. Safe for concurrent use.
 func (s *Server) Endpoints(ctx context.Context, service string) (snap discovery.Snapshot, ok bool) {
+	service = discovery.Canonical(service)
+	timer := time.NewTimer(s.cfg.FirstListTimeout)
+	defer timer.Stop()
+	if s.dir != nil {
+		base, _ := discovery.SplitName(service)
+		for {
+			exists, ready, changed := s.dir.Lookup(base)
+			if exists {
+				break
+			}
+			if ready {
+				return discovery.Snapshot{Service: service}, true
+			}
+			select {
+			case <-changed:
+				continue
+			case <-timer.C:
+			case <-ctx.Done():
+			case <-s.closing:
+			}
+			return discovery.Snapshot{}, false
+		}
+	}
 	svc, err := s.reg.acquire(service)
 	if err != nil {
 		return discovery.Snapshot{}, false
@@ -206,8 +294,6 @@ func (s *Server) Endpoints(ctx context.Context, service string) (snap discovery.
 	defer s.reg.release(svc)
 	p := svc.cur.Load()
 	if !p.ready {
-		timer := time.NewTimer(s.cfg.FirstListTimeout)
-		defer timer.Stop()
 		select {
 		case <-p.changed:
 			p = svc.cur.Load()

@@ -11,6 +11,7 @@ import (
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/logthrottle"
 	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/policy"
 )
@@ -146,6 +147,18 @@ type registry struct {
 	closed   bool                // guarded by mu
 	wg       sync.WaitGroup      // counts watcher goroutines
 	stop     context.CancelFunc
+	started  atomic.Int64 // watches started in all
+	// throttle, if set, logs what clients can trigger (names the source
+	// cannot watch).
+	throttle *logthrottle.Logger
+}
+
+// watched returns how many services are watched now. Safe for concurrent
+// use.
+func (r *registry) watched() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.services)
 }
 
 func newRegistry(src discovery.Source, linger time.Duration, max int, newPlanner func(*service, *slog.Logger) *planner, log *slog.Logger) *registry {
@@ -224,14 +237,16 @@ func (r *registry) release(svc *service) {
 func (r *registry) stopLocked(svc *service) {
 	delete(r.services, svc.name)
 	svc.cancel()
-	r.log.Debug("watch stopped", "service", svc.name)
+	r.log.Debug("watch stopped", "service", quote(svc.name))
 }
 
 func (r *registry) startLocked(name string) *service {
 	ctx, cancel := context.WithCancel(r.ctx)
 	svc := &service{name: name, cancel: cancel, assigned: map[string]int{}}
 	svc.cur.Store(&plan{changed: make(chan struct{})})
-	log := r.log.With("service", name)
+	r.started.Add(1)
+	// The name may come from a client (without a discovery.Directory).
+	log := r.log.With("service", quote(name))
 	pl := r.newPlanner(svc, log)
 	box := make(chan discovery.Snapshot, 1)
 	r.wg.Add(2)
@@ -246,7 +261,9 @@ func (r *registry) startLocked(name string) *service {
 		if err != nil && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
 			// The source can never watch this name: answer its streams
 			// with fallback rather than leave them waiting.
-			log.Warn("watch failed", "err", err)
+			if r.throttle != nil {
+				r.throttle.Warn("watch failed", "service", quote(name), "err", err)
+			}
 			offer(box, discovery.Snapshot{Service: name})
 		}
 	}()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/lookaside-lb/lookaside/clientstats"
+	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -29,12 +29,19 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		return status.Error(codes.Unavailable, "lbserver: shutting down")
 	}
 	defer s.streams.Done()
+	ctx := stream.Context()
+	peerAddr := peerOf(ctx)
+	// Refused streams end before anything else runs: they cost the
+	// clients that send them, and nobody else.
+	if lim, ok := s.slots.take(peerAddr); !ok {
+		s.refuse(lim, peerAddr)
+		return s.refusedStatus(lim)
+	}
+	defer s.slots.give(peerAddr)
 	s.counters.streamsStarted.Add(1)
 	s.counters.streamsActive.Add(1)
 	defer s.counters.streamsActive.Add(-1)
 
-	ctx := stream.Context()
-	peerAddr := peerOf(ctx)
 	id := s.streamSeq.Add(1)
 	log := s.log.With("stream", id, "peer", peerAddr.String())
 
@@ -66,33 +73,47 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 	svcName, err := s.names.Map(name)
 	if err != nil {
 		s.counters.invalidRequests.Add(1)
-		log.Info("invalid initial request", "name", name, "err", err)
+		s.throttle.Info("invalid initial request", "stream", id, "peer", peerAddr.String(), "name", quote(name), "err", err)
 		return status.Errorf(codes.InvalidArgument, "lbserver: invalid name: %v", err)
+	}
+	log = log.With("service", quote(svcName))
+	log.Debug("stream started", "name", quote(name))
+
+	st := &streamState{
+		srv:     s,
+		stream:  stream,
+		ctx:     ctx,
+		reqs:    reqs,
+		recvErr: recvErr,
+		client:  policy.Client{Addr: peerAddr.Addr(), Name: name, Seed: s.seed()},
+		key:     clientstats.ClientKey{Service: svcName, Stream: id, Peer: peerAddr.String()},
+		log:     log,
+	}
+	defer st.stopSender()
+	if age := s.cfg.MaxStreamAge; age > 0 {
+		// ± 10 %, from the stream's seed, so streams do not end together.
+		jitter := time.Duration(float64(age) * (float64(st.client.Seed%2001)/10000 - 0.1))
+		timer := time.NewTimer(age + jitter)
+		defer timer.Stop()
+		st.expired = timer.C
+	}
+	if s.dir != nil {
+		if done, err := st.awaitService(svcName); done {
+			return err
+		}
 	}
 	svc, err := s.reg.acquire(svcName)
 	switch {
 	case errors.Is(err, errTooManySvcs):
-		log.Warn("refusing stream: too many services watched", "service", svcName, "max", s.cfg.MaxServices)
+		s.throttle.Warn("refusing stream: too many services watched", "stream", id, "peer", peerAddr.String(), "service", quote(svcName), "max", s.cfg.MaxServices)
 		return status.Errorf(codes.ResourceExhausted, "%v (%d)", err, s.cfg.MaxServices)
 	case err != nil:
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	defer s.reg.release(svc)
-
-	key := clientstats.ClientKey{Service: svcName, Stream: id, Peer: peerAddr.String()}
-	defer s.clientStats.Forget(key)
-	log = log.With("service", svcName)
-	log.Debug("stream started", "name", name)
-
-	st := &streamState{
-		srv:    s,
-		stream: stream,
-		svc:    svc,
-		client: policy.Client{Addr: peerAddr.Addr(), Name: name, Seed: s.seed()},
-		key:    key,
-		log:    log,
-	}
-	return st.run(ctx, reqs, recvErr)
+	defer s.clientStats.Forget(st.key)
+	st.svc = svc
+	return st.run()
 }
 
 // awaitInitial waits for the initial request and returns its name.
@@ -122,32 +143,118 @@ func (s *Server) awaitInitial(ctx context.Context, reqs <-chan *lbpb.LoadBalance
 // streamState is one stream after its initial request. Owned by the
 // handler goroutine.
 type streamState struct {
-	srv    *Server
-	stream balanceStream
-	svc    *service
-	client policy.Client
-	key    clientstats.ClientKey
-	log    *slog.Logger
+	srv     *Server
+	stream  balanceStream
+	ctx     context.Context
+	reqs    <-chan *lbpb.LoadBalanceRequest
+	recvErr <-chan error
+	expired <-chan time.Time // the stream's maximum age; nil for none
+	svc     *service         // nil until the service is acquired
+	client  policy.Client
+	key     clientstats.ClientKey
+	log     *slog.Logger
 
+	// The sender goroutine does the stream's Sends (see send).
+	out       chan *lbpb.LoadBalanceResponse // nil until the sender runs; closed to stop it
+	sendDone  chan error                     // one result per message taken from out
+	sendTimer *time.Timer
+
+	sentInitial  bool
 	sent         []*lbpb.Server // the last list sent, nil if none
 	sentIDs      []string       // endpoint IDs of sent, for policy stickiness
 	sentFallback bool           // the last message sent was a FallbackResponse
 	first        string         // endpoint ID of the first entry of the last list built, counted in svc.assigned
 }
 
-func (st *streamState) run(ctx context.Context, reqs <-chan *lbpb.LoadBalanceRequest, recvErr <-chan error) error {
+// errEnd ends a stream cleanly: the handler returns nil.
+var errEnd = errors.New("lbserver: stream ends")
+
+// event waits for what can happen to a stream besides a new plan (p, or
+// none when nil): a request (handled), the client's end, the server's
+// close or the stream's maximum age. It returns nil after a request or a
+// new plan; otherwise the error the handler returns (errEnd for a clean
+// end).
+func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBalanceRequest)) error {
+	s := st.srv
+	select {
+	case <-changed:
+		return nil
+	case req := <-st.reqs:
+		if handle != nil {
+			handle(req)
+		}
+		return nil
+	case err := <-st.recvErr:
+		if errors.Is(err, io.EOF) {
+			return errEnd
+		}
+		return recvStatus(err)
+	case <-st.ctx.Done():
+		return status.FromContextError(st.ctx.Err()).Err()
+	case <-s.closing:
+		// End cleanly: clients reconnect at once, to another replica
+		// while this one drains, and keep their backends meanwhile.
+		return errEnd
+	case <-st.expired:
+		s.counters.streamsExpired.Add(1)
+		st.log.Debug("stream reached its maximum age")
+		return errEnd
+	}
+}
+
+// endErr maps errEnd to nil.
+func endErr(err error) error {
+	if errors.Is(err, errEnd) {
+		return nil
+	}
+	return err
+}
+
+// awaitService answers a stream for a service the directory says does not
+// exist with a fallback, at once and without a watch, and waits until it
+// appears. done is true when the stream ended meanwhile (with err for the
+// handler to return); false when the caller should acquire the service:
+// it exists, or the directory cannot tell yet.
+func (st *streamState) awaitService(svcName string) (done bool, err error) {
+	s := st.srv
+	base, _ := discovery.SplitName(svcName)
+	counted := false
+	for {
+		exists, ready, changed := s.dir.Lookup(base)
+		if exists || !ready {
+			return false, nil
+		}
+		if !counted {
+			counted = true
+			s.counters.unknownServices.Add(1)
+			st.log.Debug("no such service; sending fallback")
+		}
+		if err := st.sendInitial(); err != nil {
+			return true, err
+		}
+		if err := st.sendFallback(false); err != nil {
+			return true, err
+		}
+		// ClientStats of a service that does not exist count for nothing.
+		if err := st.event(changed, nil); err != nil {
+			return true, endErr(err)
+		}
+	}
+}
+
+func (st *streamState) run() error {
 	s := st.srv
 	defer func() { st.svc.assign(st.first, "") }()
 	p := st.svc.cur.Load()
-	if !p.ready {
+	if !p.ready && !st.sentInitial {
 		timer := time.NewTimer(s.cfg.FirstListTimeout)
 		select {
 		case <-p.changed:
 		case <-timer.C:
-			st.log.Warn("no discovery answer yet; sending fallback", "waited", s.cfg.FirstListTimeout)
-		case <-ctx.Done():
+			s.throttle.Warn("no discovery answer yet; sending fallback", "service", quote(st.key.Service), "waited", s.cfg.FirstListTimeout)
+		case <-st.ctx.Done():
 			timer.Stop()
-			return status.FromContextError(ctx.Err()).Err()
+			return status.FromContextError(st.ctx.Err()).Err()
 		case <-s.closing:
 			timer.Stop()
 			return status.Error(codes.Unavailable, "lbserver: shutting down")
@@ -155,70 +262,130 @@ func (st *streamState) run(ctx context.Context, reqs <-chan *lbpb.LoadBalanceReq
 		timer.Stop()
 		p = st.svc.cur.Load()
 	}
-	init := &lbpb.InitialLoadBalanceResponse{}
-	if d := s.cfg.ClientStatsInterval; d > 0 {
-		init.ClientStatsReportInterval = durationpb.New(d)
-	}
-	if err := st.stream.Send(&lbpb.LoadBalanceResponse{
-		LoadBalanceResponseType: &lbpb.LoadBalanceResponse_InitialResponse{InitialResponse: init},
-	}); err != nil {
+	if err := st.sendInitial(); err != nil {
 		return err
-	}
-	var expired <-chan time.Time
-	if age := s.cfg.MaxStreamAge; age > 0 {
-		// ± 10 %, from the stream's seed, so streams do not end together.
-		jitter := time.Duration(float64(age) * (float64(st.client.Seed%2001)/10000 - 0.1))
-		timer := time.NewTimer(age + jitter)
-		defer timer.Stop()
-		expired = timer.C
 	}
 	// The list goes out right after the initial response: a grpc-go client
 	// that gets the initial response but no list can fail its picks.
 	for {
 		if err := st.update(p); err != nil {
-			return err
+			return endErr(err)
 		}
-		select {
-		case <-p.changed:
-			p = st.svc.cur.Load()
-		case req := <-reqs:
-			st.handleRequest(req)
-		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				return nil
+		if err := st.event(p.changed, st.handleRequest); err != nil {
+			return endErr(err)
+		}
+		p = st.svc.cur.Load()
+	}
+}
+
+// sendInitial sends the initial response, once.
+func (st *streamState) sendInitial() error {
+	if st.sentInitial {
+		return nil
+	}
+	init := &lbpb.InitialLoadBalanceResponse{}
+	if d := st.srv.cfg.ClientStatsInterval; d > 0 {
+		init.ClientStatsReportInterval = durationpb.New(d)
+	}
+	if err := st.send(&lbpb.LoadBalanceResponse{
+		LoadBalanceResponseType: &lbpb.LoadBalanceResponse_InitialResponse{InitialResponse: init},
+	}); err != nil {
+		return endErr(err)
+	}
+	st.sentInitial = true
+	return nil
+}
+
+// sendFallback sends a FallbackResponse unless the last message was one.
+func (st *streamState) sendFallback(ready bool) error {
+	if st.sentFallback {
+		return nil
+	}
+	if err := st.send(&lbpb.LoadBalanceResponse{
+		LoadBalanceResponseType: &lbpb.LoadBalanceResponse_FallbackResponse{FallbackResponse: &lbpb.FallbackResponse{}},
+	}); err != nil {
+		return err
+	}
+	st.srv.counters.fallbacksSent.Add(1)
+	st.sentFallback, st.sent, st.sentIDs = true, nil, nil
+	if st.svc != nil {
+		st.svc.assign(st.first, "")
+	}
+	st.first = ""
+	st.log.Debug("sent fallback", "ready", ready)
+	return nil
+}
+
+// send hands m to the sender goroutine and waits until grpc took it. A
+// client that does not read its lists makes grpc's Send block on flow
+// control until the stream ends; so when m is not taken within
+// SendTimeout, send gives up and returns ResourceExhausted: the handler
+// returns it, grpc ends the stream, and that unblocks the sender. It may
+// return errEnd (the server closes: end cleanly) or the stream's error.
+func (st *streamState) send(m *lbpb.LoadBalanceResponse) error {
+	s := st.srv
+	if st.out == nil {
+		st.startSender()
+	}
+	st.sendTimer.Reset(s.cfg.SendTimeout)
+	defer st.sendTimer.Stop()
+	select {
+	case st.out <- m: // the sender waits for messages whenever it has none
+	case <-st.ctx.Done():
+		return status.FromContextError(st.ctx.Err()).Err()
+	}
+	select {
+	case err := <-st.sendDone:
+		return err
+	case <-st.sendTimer.C:
+		s.counters.slowReadersCut.Add(1)
+		s.throttle.Warn("cutting a client that does not read its lists", "stream", st.key.Stream, "peer", st.key.Peer,
+			"service", quote(st.key.Service), "send_timeout", s.cfg.SendTimeout)
+		return status.Errorf(codes.ResourceExhausted, "lbserver: stream cut: the client did not read its lists within %v (limit send-timeout)", s.cfg.SendTimeout)
+	case <-st.ctx.Done():
+		return status.FromContextError(st.ctx.Err()).Err()
+	case <-s.closing:
+		return errEnd
+	}
+}
+
+// startSender starts the goroutine that sends what send hands it. It
+// counts in the server's stream WaitGroup (the handler's count is held,
+// so adding is safe), so Close waits for it too; it ends when stopSender
+// closes out, after its last Send returned, which the stream's end
+// guarantees.
+func (st *streamState) startSender() {
+	st.out = make(chan *lbpb.LoadBalanceResponse)
+	st.sendDone = make(chan error, 1)
+	st.sendTimer = time.NewTimer(time.Hour)
+	st.sendTimer.Stop()
+	st.srv.streams.Add(1)
+	go func(out <-chan *lbpb.LoadBalanceResponse, done chan<- error) {
+		defer st.srv.streams.Done()
+		for m := range out {
+			err := st.stream.Send(m)
+			done <- err // buffered: send takes each result, or has left
+			if err != nil {
+				// Nothing more can be sent; drain until stopSender.
+				for range out {
+				}
+				return
 			}
-			return recvStatus(err)
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		case <-s.closing:
-			// End cleanly: clients reconnect at once, to another replica
-			// while this one drains, and keep their backends meanwhile.
-			return nil
-		case <-expired:
-			s.counters.streamsExpired.Add(1)
-			st.log.Debug("stream reached its maximum age")
-			return nil
 		}
+	}(st.out, st.sendDone)
+}
+
+// stopSender ends the sender goroutine once its Send returns.
+func (st *streamState) stopSender() {
+	if st.out != nil {
+		close(st.out)
 	}
 }
 
 // update sends what plan p calls for, if it differs from what was sent.
 func (st *streamState) update(p *plan) error {
 	if !p.ready || len(p.snap.Endpoints) == 0 {
-		if st.sentFallback {
-			return nil
-		}
-		if err := st.stream.Send(&lbpb.LoadBalanceResponse{
-			LoadBalanceResponseType: &lbpb.LoadBalanceResponse_FallbackResponse{FallbackResponse: &lbpb.FallbackResponse{}},
-		}); err != nil {
-			return err
-		}
-		st.srv.counters.fallbacksSent.Add(1)
-		st.sentFallback, st.sent, st.sentIDs = true, nil, nil
-		st.svc.assign(st.first, "")
-		st.first = ""
-		st.log.Debug("sent fallback", "ready", p.ready)
-		return nil
+		return st.sendFallback(p.ready)
 	}
 	// The new first entry counts as this stream's from now on, sent or not:
 	// a stream whose send fails ends, and gives it back.
@@ -245,7 +412,7 @@ func (st *streamState) update(p *plan) error {
 	if !st.sentFallback && serverListEqual(st.sent, list) {
 		return nil
 	}
-	if err := st.stream.Send(&lbpb.LoadBalanceResponse{
+	if err := st.send(&lbpb.LoadBalanceResponse{
 		LoadBalanceResponseType: &lbpb.LoadBalanceResponse_ServerList{ServerList: &lbpb.ServerList{Servers: list}},
 	}); err != nil {
 		return err
@@ -303,16 +470,8 @@ func recvStatus(err error) error {
 // AddrPort.
 func peerOf(ctx context.Context) netip.AddrPort {
 	p, ok := peer.FromContext(ctx)
-	if !ok || p.Addr == nil {
+	if !ok {
 		return netip.AddrPort{}
 	}
-	var ap netip.AddrPort
-	if tcp, ok := p.Addr.(*net.TCPAddr); ok {
-		ap = tcp.AddrPort()
-	} else {
-		ap, _ = netip.ParseAddrPort(p.Addr.String())
-	}
-	// A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; unmap so
-	// that every replica hashes a client the same way.
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	return addrPortOf(p.Addr)
 }

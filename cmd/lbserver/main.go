@@ -439,6 +439,11 @@ type dnsOptions struct {
 	lbService   string
 	balancers   string
 	childPolicy string
+	allow       string
+	rateLimit   float64
+	rateBurst   int
+	maxInflight int
+	maxTCPConns int
 
 	// Set by parse.
 	cfg    dnsserver.Config
@@ -452,6 +457,16 @@ func (d *dnsOptions) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&d.lbService, "dns-lb-service", "", "Consul `service` of the balancer replicas the DNS SRV records list (default: -register-service)")
 	fs.StringVar(&d.balancers, "dns-balancers", "", "fixed balancer replicas for the DNS SRV records instead of Consul: `ip:port,...` (default with -static: this replica's address)")
 	fs.StringVar(&d.childPolicy, "dns-child-policy", dnsserver.RoundRobin, "grpclb child policy in the DNS TXT service config: round_robin or pick_first, per service with `service=policy` (comma-separated)")
+	def := dnsserver.DefaultConfig()
+	var allow []string
+	for _, p := range def.Allow {
+		allow = append(allow, p.String())
+	}
+	fs.StringVar(&d.allow, "dns-allow", strings.Join(allow, ","), "source `networks` the DNS responder answers (CIDR prefixes or addresses, comma-separated); UDP questions from elsewhere are dropped and TCP connections closed. Link-local is not in the default; 0.0.0.0/0,::/0 answers everyone")
+	fs.Float64Var(&d.rateLimit, "dns-rate-limit", def.RateLimit, "UDP DNS answers per second per source (an IPv4 address or an IPv6 /64); over it one question in two gets an empty truncated answer (clients retry over TCP, not rate limited) and the others none")
+	fs.IntVar(&d.rateBurst, "dns-rate-burst", def.RateBurst, "burst of -dns-rate-limit: UDP DNS answers a source may get at once")
+	fs.IntVar(&d.maxInflight, "dns-max-inflight", def.MaxInflight, "UDP DNS questions answered at once; more are dropped")
+	fs.IntVar(&d.maxTCPConns, "dns-max-tcp-conns", def.MaxTCPConns, fmt.Sprintf("open DNS TCP connections (at most %d from one IP); more are closed at once", def.MaxTCPConnsPerSource))
 }
 
 // parse checks the DNS flags and adds the zone to the balancer's zones.
@@ -470,6 +485,23 @@ func (d *dnsOptions) parse(o *options) error {
 		cfg.ChildPolicy = def
 	}
 	cfg.ServiceChildPolicies = per
+	if cfg.Allow, err = dnsserver.ParseAllow(d.allow); err != nil {
+		return fmt.Errorf("-dns-allow: %w", err)
+	}
+	cfg.RateLimit, cfg.RateBurst, cfg.MaxInflight, cfg.MaxTCPConns = d.rateLimit, d.rateBurst, d.maxInflight, d.maxTCPConns
+	if d.rateLimit <= 0 || math.IsInf(d.rateLimit, 0) || math.IsNaN(d.rateLimit) {
+		return fmt.Errorf("-dns-rate-limit %v: want a positive number of answers per second", d.rateLimit)
+	}
+	if d.rateBurst < 1 {
+		return fmt.Errorf("-dns-rate-burst %d: want at least 1", d.rateBurst)
+	}
+	if d.maxInflight < 1 {
+		return fmt.Errorf("-dns-max-inflight %d: want at least 1", d.maxInflight)
+	}
+	if d.maxTCPConns < 1 {
+		return fmt.Errorf("-dns-max-tcp-conns %d: want at least 1", d.maxTCPConns)
+	}
+	cfg.MaxTCPConnsPerSource = min(cfg.MaxTCPConnsPerSource, cfg.MaxTCPConns)
 	if d.balancers != "" {
 		if d.static, err = dnsserver.ParseBalancers(d.balancers); err != nil {
 			return fmt.Errorf("-dns-balancers: %w", err)

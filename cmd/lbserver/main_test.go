@@ -97,6 +97,12 @@ func TestDNSBadFlags(t *testing.T) {
 		{[]string{"-dns-zone", "lb internal"}, "zone"},
 		{[]string{"-listen", ":0"}, "-dns-balancers or -advertise"},
 		{[]string{"-dns-listen", "256.0.0.1:53"}, "-dns-listen"},
+		{[]string{"-dns-allow", "10.0.0.1/8"}, "-dns-allow"},
+		{[]string{"-dns-allow", ""}, "-dns-allow"},
+		{[]string{"-dns-rate-limit", "0"}, "-dns-rate-limit"},
+		{[]string{"-dns-rate-burst", "0"}, "-dns-rate-burst"},
+		{[]string{"-dns-max-inflight", "0"}, "-dns-max-inflight"},
+		{[]string{"-dns-max-tcp-conns", "0"}, "-dns-max-tcp-conns"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -124,6 +130,19 @@ func TestDNSFlags(t *testing.T) {
 	}
 	if o.dns.lbService != "lb-replicas" {
 		t.Errorf("-dns-lb-service defaults to %q, want -register-service's lb-replicas", o.dns.lbService)
+	}
+	if def := dnsserver.DefaultConfig(); !slices.Equal(o.dns.cfg.Allow, def.Allow) || o.dns.cfg.RateLimit != def.RateLimit ||
+		o.dns.cfg.MaxInflight != def.MaxInflight || o.dns.cfg.MaxTCPConns != def.MaxTCPConns {
+		t.Errorf("DNS guard config %+v, want the defaults", o.dns.cfg)
+	}
+	o, err = parseFlags([]string{"-dns-listen", "127.0.0.1:0", "-dns-allow", "192.0.2.0/24, 2001:db8::1", "-dns-rate-limit", "50",
+		"-dns-rate-burst", "60", "-dns-max-inflight", "8", "-dns-max-tcp-conns", "4"}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := o.dns.cfg; fmt.Sprint(c.Allow) != "[192.0.2.0/24 2001:db8::1/128]" || c.RateLimit != 50 || c.RateBurst != 60 ||
+		c.MaxInflight != 8 || c.MaxTCPConns != 4 || c.MaxTCPConnsPerSource != 4 {
+		t.Errorf("DNS guard config %+v", c)
 	}
 	// Without -dns-listen the zone is not added.
 	o, err = parseFlags([]string{"-dns-zone", "lb.internal"}, &stderr)
