@@ -3,47 +3,111 @@
 //
 // grpclb clients report deltas since their last report: calls started,
 // finished, failed to send, known received by a backend, and calls dropped by
-// the balancer's drop entries, per drop token. Totals per service live as
-// long as the Registry; per-client totals are forgotten when the stream ends,
-// so memory stays bounded by the number of live streams.
+// the balancer's drop entries, per drop token. grpc-go sends one report per
+// client_stats_report_interval (and skips a report whose counts are all zero
+// when the previous one was zero too); its counts are per ClientConn, so the
+// first report on a new stream may hold calls from before it.
+//
+// Reports are not trusted as sent. Each stream has a budget of calls it can
+// plausibly have started (Config.MaxCallRate per second, Config.Burst of it
+// saved up), and a report claiming more is clamped to the budget; a stream
+// sending reports faster than Config.MaxReportRate has the excess ignored;
+// reports with negative counts are ignored. Each stream's contribution to
+// the offered rate of a rate-limited service (Counters.Offered) is capped
+// at Config.ShareRate(service) calls per second, Config.ShareBurst of it
+// saved up, so no single stream can drive a service's rate limit.
+//
+// Memory is bounded: per-client state lives as long as the stream (Forget),
+// per-service totals until ForgetService, and drop counts are kept only for
+// the tokens this balancer issues (KnownDropTokens) plus one OtherDropToken
+// bucket, never per client-supplied string.
 package clientstats
 
 import (
 	"maps"
+	"math"
 	"slices"
 	"sync"
+	"time"
 
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
+
+	"github.com/lookaside-lb/lookaside/policy"
 )
 
-// Counters are cumulative call counts.
+// OtherDropToken is the key under which Counters.Dropped counts calls
+// dropped with a token this balancer never issues.
+const OtherDropToken = "other"
+
+// KnownDropTokens are the drop tokens this balancer issues; Counters.Dropped
+// keeps these and OtherDropToken only.
+var KnownDropTokens = []string{policy.DropTokenOverload, policy.DropTokenRateLimit}
+
+func dropKey(token string) string {
+	switch token {
+	case policy.DropTokenOverload:
+		return policy.DropTokenOverload
+	case policy.DropTokenRateLimit:
+		return policy.DropTokenRateLimit
+	}
+	return OtherDropToken
+}
+
+// Counters are cumulative call counts, as accepted (after clamping).
 type Counters struct {
-	Reports       int64 // ClientStats messages received
+	Reports       int64 // ClientStats messages accepted (clamped ones included)
 	Started       int64
 	Finished      int64
 	FailedToSend  int64
 	KnownReceived int64
-	// Dropped counts calls dropped by drop entries, per drop token.
+	// Offered counts the started calls that count toward a rate limit:
+	// Started with each stream's contribution capped at
+	// Config.ShareRate. Equal to Started for a service without a cap.
+	Offered int64
+	// Dropped counts calls dropped by drop entries, per drop token: only
+	// KnownDropTokens, and OtherDropToken for every other token.
 	Dropped map[string]int64
-}
-
-func (c *Counters) add(s *lbpb.ClientStats) {
-	c.Reports++
-	c.Started += s.GetNumCallsStarted()
-	c.Finished += s.GetNumCallsFinished()
-	c.FailedToSend += s.GetNumCallsFinishedWithClientFailedToSend()
-	c.KnownReceived += s.GetNumCallsFinishedKnownReceived()
-	for _, d := range s.GetCallsFinishedWithDrop() {
-		if c.Dropped == nil {
-			c.Dropped = make(map[string]int64)
-		}
-		c.Dropped[d.GetLoadBalanceToken()] += d.GetNumCalls()
-	}
 }
 
 func (c Counters) clone() Counters {
 	c.Dropped = maps.Clone(c.Dropped)
 	return c
+}
+
+// addSat adds b ≥ 0 to a without overflowing.
+func addSat(a, b int64) int64 {
+	if b > math.MaxInt64-a {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
+// add takes one accepted (clamped) report into c.
+func (c *Counters) add(r *report) {
+	c.Reports = addSat(c.Reports, 1)
+	c.Started = addSat(c.Started, r.started)
+	c.Finished = addSat(c.Finished, r.finished)
+	c.FailedToSend = addSat(c.FailedToSend, r.failedToSend)
+	c.KnownReceived = addSat(c.KnownReceived, r.knownReceived)
+	c.Offered = addSat(c.Offered, r.offered)
+	for i, n := range r.dropped {
+		if n == 0 {
+			continue
+		}
+		if c.Dropped == nil {
+			c.Dropped = make(map[string]int64, len(dropKeys))
+		}
+		c.Dropped[dropKeys[i]] = addSat(c.Dropped[dropKeys[i]], n)
+	}
+}
+
+// dropKeys are the keys of Counters.Dropped, in report.dropped order.
+var dropKeys = append(slices.Clone(KnownDropTokens), OtherDropToken)
+
+// report is one ClientStats message after clamping.
+type report struct {
+	started, finished, failedToSend, knownReceived, offered int64
+	dropped                                                 [3]int64 // by dropKeys
 }
 
 // ClientKey identifies one client stream.
@@ -55,43 +119,227 @@ type ClientKey struct {
 	Peer string
 }
 
+// Config bounds what one stream's reports count for. The zero value bounds
+// nothing (every count is taken as sent, but for negative ones).
+type Config struct {
+	// MaxCallRate is the most calls per second one stream is believed to
+	// start. A stream may report at most MaxCallRate × the time since its
+	// previous report, plus what it saved up to Burst; counts above that
+	// are clamped to it. 0: no bound.
+	MaxCallRate float64
+	// Burst is how long a stream may save up its MaxCallRate allowance for
+	// a late report; a new stream starts with a full Burst, for the calls
+	// a client made before the stream (grpc-go counts per ClientConn).
+	Burst time.Duration
+	// MaxReportRate is how many reports per second one stream may send on
+	// average, ReportBurst at once; reports beyond it are ignored. 0: no
+	// bound.
+	MaxReportRate float64
+	ReportBurst   int
+	// ShareRate returns the most calls per second one stream of service
+	// counts for in Counters.Offered (0: no cap). Called once per stream,
+	// on its first report. Nil: no cap.
+	ShareRate func(service string) float64
+	// ShareBurst is how long a stream may save up its ShareRate. A new
+	// stream starts with nothing saved, so reconnecting does not raise what
+	// a client counts for: over any period T one stream counts for at most
+	// ShareRate × (T + ShareBurst), and a stream that lived only part of T
+	// for ShareRate × its lifetime within T.
+	ShareBurst time.Duration
+}
+
+// Verdict is what Add did with a report.
+type Verdict int
+
+const (
+	// Accepted: counted as sent.
+	Accepted Verdict = iota
+	// Clamped: counted, with the counts above the stream's allowance (see
+	// Config.MaxCallRate) cut to it.
+	Clamped
+	// TooFrequent: ignored, the stream sent reports faster than
+	// Config.MaxReportRate.
+	TooFrequent
+	// Invalid: ignored, a count was negative.
+	Invalid
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Accepted:
+		return "accepted"
+	case Clamped:
+		return "clamped"
+	case TooFrequent:
+		return "too frequent"
+	case Invalid:
+		return "invalid"
+	}
+	return "unknown"
+}
+
+// Result describes what Add did with one report.
+type Result struct {
+	Verdict Verdict
+	// OtherTokens is how many entries named a drop token this balancer
+	// does not issue (counted under OtherDropToken).
+	OtherTokens int
+	// ShareCapped: the stream offered more calls than Config.ShareRate
+	// lets it count for in Counters.Offered; the excess was not counted
+	// there.
+	ShareCapped bool
+}
+
+// bucket is a token bucket: tokens refill at a rate up to a capacity.
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+// refill brings b to now and returns its tokens.
+func (b *bucket) refill(now time.Time, rate, capacity float64) float64 {
+	if d := now.Sub(b.at).Seconds(); d > 0 {
+		b.tokens = min(b.tokens+d*rate, capacity)
+		b.at = now
+	}
+	return b.tokens
+}
+
+// client is one live stream's state.
+type client struct {
+	Counters
+	calls     bucket // plausible calls
+	reports   bucket // reports
+	share     bucket // calls counted toward the offered rate
+	shareRate float64
+}
+
+// serviceState is one service's totals and how many live streams report to
+// it.
+type serviceState struct {
+	Counters
+	live int
+}
+
 // Registry holds the counters. The zero value is not usable; call New.
 // Safe for concurrent use; no method blocks on I/O.
 type Registry struct {
+	cfg Config // read-only
+
 	mu       sync.Mutex
-	services map[string]*Counters    // guarded by mu
-	clients  map[ClientKey]*Counters // guarded by mu
+	services map[string]*serviceState // guarded by mu
+	clients  map[ClientKey]*client    // guarded by mu
 }
 
-// New returns an empty Registry.
-func New() *Registry {
-	return &Registry{services: map[string]*Counters{}, clients: map[ClientKey]*Counters{}}
+// New returns an empty Registry bounded by cfg.
+func New(cfg Config) *Registry {
+	return &Registry{cfg: cfg, services: map[string]*serviceState{}, clients: map[ClientKey]*client{}}
 }
 
-// Add records one ClientStats message from client k. Negative counts (which
-// no honest client sends) are recorded as they come; callers validate.
-func (r *Registry) Add(k ClientKey, s *lbpb.ClientStats) {
+// Add takes one ClientStats message from client k, received at now, and
+// says what it did with it: see Verdict. Ignored reports change nothing
+// (but the stream's report budget).
+func (r *Registry) Add(k ClientKey, s *lbpb.ClientStats, now time.Time) Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	sc := r.services[k.Service]
-	if sc == nil {
-		sc = &Counters{}
-		r.services[k.Service] = sc
-	}
-	sc.add(s)
+	cfg := &r.cfg
 	cc := r.clients[k]
 	if cc == nil {
-		cc = &Counters{}
+		cc = &client{}
+		cc.calls = bucket{tokens: cfg.MaxCallRate * cfg.Burst.Seconds(), at: now}
+		cc.reports = bucket{tokens: float64(cfg.ReportBurst), at: now}
+		if cfg.ShareRate != nil {
+			cc.shareRate = cfg.ShareRate(k.Service)
+		}
+		cc.share = bucket{at: now}
 		r.clients[k] = cc
+		sc := r.services[k.Service]
+		if sc == nil {
+			sc = &serviceState{}
+			r.services[k.Service] = sc
+		}
+		sc.live++
 	}
-	cc.add(s)
+	if cfg.MaxReportRate > 0 {
+		if cc.reports.refill(now, cfg.MaxReportRate, float64(max(cfg.ReportBurst, 1))) < 1 {
+			return Result{Verdict: TooFrequent}
+		}
+		cc.reports.tokens--
+	}
+	if !Validate(s) {
+		return Result{Verdict: Invalid}
+	}
+	res := Result{Verdict: Accepted}
+	allow := int64(math.MaxInt64)
+	if cfg.MaxCallRate > 0 {
+		allow = int64(cc.calls.refill(now, cfg.MaxCallRate, cfg.MaxCallRate*cfg.Burst.Seconds()))
+	}
+	clamp := func(n int64) int64 {
+		if n > allow {
+			res.Verdict = Clamped
+			return allow
+		}
+		return n
+	}
+	var rep report
+	rep.started = clamp(s.GetNumCallsStarted())
+	rep.finished = clamp(s.GetNumCallsFinished())
+	rep.failedToSend = clamp(s.GetNumCallsFinishedWithClientFailedToSend())
+	rep.knownReceived = clamp(s.GetNumCallsFinishedKnownReceived())
+	var dropped int64
+	for _, d := range s.GetCallsFinishedWithDrop() {
+		i := slices.Index(dropKeys, dropKey(d.GetLoadBalanceToken()))
+		if i == len(dropKeys)-1 {
+			res.OtherTokens++
+		}
+		n := min(d.GetNumCalls(), allow-dropped)
+		if n < d.GetNumCalls() {
+			res.Verdict = Clamped
+		}
+		dropped += n
+		rep.dropped[i] += n
+	}
+	if cfg.MaxCallRate > 0 {
+		cc.calls.tokens -= float64(max(rep.started, rep.finished, dropped))
+	}
+	rep.offered = rep.started
+	if cc.shareRate > 0 {
+		avail := int64(cc.share.refill(now, cc.shareRate, cc.shareRate*cfg.ShareBurst.Seconds()))
+		rep.offered = min(rep.started, avail)
+		res.ShareCapped = rep.offered < rep.started
+		cc.share.tokens -= float64(rep.offered)
+	}
+	cc.add(&rep)
+	r.services[k.Service].add(&rep)
+	return res
 }
 
-// Forget drops the per-client counters of k; the service totals stay.
+// Forget drops the per-client state of k; the service totals stay until
+// ForgetService.
 func (r *Registry) Forget(k ClientKey) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.clients[k]; !ok {
+		return
+	}
 	delete(r.clients, k)
-	r.mu.Unlock()
+	if sc := r.services[k.Service]; sc != nil {
+		sc.live--
+	}
+}
+
+// ForgetService drops the totals of service unless a live stream still
+// reports to it, and reports whether it did. Call it when the service is
+// no longer watched.
+func (r *Registry) ForgetService(service string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sc := r.services[service]
+	if sc == nil || sc.live > 0 {
+		return sc == nil
+	}
+	delete(r.services, service)
+	return true
 }
 
 // Service returns a copy of the totals for one service.
@@ -121,8 +369,14 @@ func (r *Registry) Client(k ClientKey) (Counters, bool) {
 	return Counters{}, false
 }
 
-// Validate reports whether s is a plausible report: no negative counts and
-// no more calls finished in one way than finished in all.
+// Len returns how many services and live clients the registry holds.
+func (r *Registry) Len() (services, clients int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.services), len(r.clients)
+}
+
+// Validate reports whether s has no negative count.
 func Validate(s *lbpb.ClientStats) bool {
 	if s.GetNumCallsStarted() < 0 || s.GetNumCallsFinished() < 0 ||
 		s.GetNumCallsFinishedWithClientFailedToSend() < 0 || s.GetNumCallsFinishedKnownReceived() < 0 {

@@ -22,6 +22,13 @@ import (
 // an unknown name is logged and ignored.
 const PolicyMetaKey = "lb-policy"
 
+// Defaults of the ClientStats and rate-limit settings of Config.
+const (
+	DefaultMaxRateLimitDropShare = 0.9
+	DefaultMaxClientCallRate     = 100000
+	DefaultMaxClientRateShare    = 0.5
+)
+
 // Config configures a Server. Start from DefaultConfig; New validates.
 type Config struct {
 	// Source finds the endpoints of services. Required.
@@ -118,7 +125,37 @@ type Config struct {
 	// service is limited on its own). Above the limit, lists
 	// carry drop entries (token "drop-ratelimit") for the excess share,
 	// measured from the calls clients report in ClientStats.
+	//
+	// The offered rate is measured over max(2 × ClientStatsInterval, 5 s)
+	// from ClientStats, which are not trusted as sent: see
+	// MaxClientCallRate and MaxClientRateShare. A rate limit needs
+	// ClientStatsInterval above 0.
 	RateLimits map[string]float64
+	// MaxRateLimitDropShare bounds the share of calls dropped to keep a
+	// service under its rate limit, so that clients keep reporting what
+	// they offer. Default 0.9; must be in (0, 1] (lists drop at most
+	// policy.MaxDropShare). LoadWeight.MaxDropShare concerns overload drops
+	// only.
+	MaxRateLimitDropShare float64
+	// MaxClientCallRate is the most calls per second one client stream is
+	// believed to start. A ClientStats report claiming more calls than
+	// this rate allows since the stream's previous report (plus up to
+	// 2 × ClientStatsInterval, at least 10 s, saved up: the first report
+	// may hold calls from before the stream, a report may come late) is
+	// clamped to that allowance and counted in Stats.BadClientStats.
+	// Default 100000; must be positive and finite.
+	MaxClientCallRate float64
+	// MaxClientRateShare caps what one client stream counts for in the
+	// offered rate of a rate-limited service: at most this share of the
+	// service's limit per second, one ClientStatsInterval of it saved up
+	// (a new stream starts with nothing saved). Over the measurement
+	// window W = max(2 × ClientStatsInterval, 5 s), N streams raise the
+	// measured rate by at most N × share × limit × (W + interval) / W:
+	// 0.75 × N × limit with the defaults. So one stream alone, honest or
+	// forged, cannot push a service over its limit, and a service whose
+	// calls come from a single client stream is not limited unless this is
+	// raised above 1. Default 0.5; must be in (0, 100].
+	MaxClientRateShare float64
 	// LBTokenKey, when set, makes every list entry carry a keyed lb-token
 	// (lbtoken.Key.ForID of the instance's Consul service ID), which only
 	// holders of the key can compute; backends must hold the same key.
@@ -153,6 +190,9 @@ func DefaultConfig() Config {
 		LoadReport:            loadreport.DefaultConfig(),
 		LoadWeight:            loadweight.DefaultConfig(),
 		RateLimits:            map[string]float64{},
+		MaxRateLimitDropShare: DefaultMaxRateLimitDropShare,
+		MaxClientCallRate:     DefaultMaxClientCallRate,
+		MaxClientRateShare:    DefaultMaxClientRateShare,
 		Logger:                slog.Default(),
 	}
 }
@@ -224,6 +264,18 @@ func (c Config) validate() error {
 		if !(limit > 0) || math.IsInf(limit, 1) {
 			errs = append(errs, fmt.Errorf("rate limit of %q: %v calls/s is not a positive number", svc, limit))
 		}
+	}
+	if len(c.RateLimits) > 0 && c.ClientStatsInterval == 0 {
+		errs = append(errs, errors.New("rate limits need client stats: the client stats interval is 0"))
+	}
+	if !(c.MaxRateLimitDropShare > 0 && c.MaxRateLimitDropShare <= 1) {
+		errs = append(errs, fmt.Errorf("max rate-limit drop share %v is not in (0, 1]", c.MaxRateLimitDropShare))
+	}
+	if !(c.MaxClientCallRate > 0) || math.IsInf(c.MaxClientCallRate, 1) {
+		errs = append(errs, fmt.Errorf("max client call rate %v is not a positive number", c.MaxClientCallRate))
+	}
+	if !(c.MaxClientRateShare > 0 && c.MaxClientRateShare <= 100) {
+		errs = append(errs, fmt.Errorf("max client rate share %v is not in (0, 100]", c.MaxClientRateShare))
 	}
 	if n := len(c.LBTokenKey); n > 0 && (n < lbtoken.MinKeyLength || n > lbtoken.MaxKeyLength) {
 		errs = append(errs, fmt.Errorf("lb-token key has %d bytes, want %d to %d", n, lbtoken.MinKeyLength, lbtoken.MaxKeyLength))

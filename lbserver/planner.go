@@ -58,8 +58,10 @@ func offer(box chan discovery.Snapshot, snap discovery.Snapshot) {
 	box <- snap
 }
 
-// run plans until ctx is done, then closes the collector.
+// run plans until ctx is done, then closes the collector and forgets the
+// service's client stats totals (unless a stream still reports to it).
 func (p *planner) run(ctx context.Context, box <-chan discovery.Snapshot) {
+	defer p.stats.ForgetService(p.svc.name)
 	if p.collector != nil {
 		defer p.collector.Close()
 	}
@@ -151,27 +153,35 @@ func (p *planner) plan(snapChanged bool) {
 	p.svc.publish(np)
 }
 
-// sampleRate records the calls clients reported starting, for the rate
-// limit.
+// sampleRate records the calls clients reported starting (each stream's
+// share capped: clientstats.Counters.Offered), for the rate limit.
 func (p *planner) sampleRate() {
 	if p.rateLimit <= 0 {
 		return
 	}
 	now := p.now()
-	p.rate = append(p.rate, rateSample{at: now, started: p.stats.Service(p.svc.name).Started})
+	offered := p.stats.Service(p.svc.name).Offered
+	if n := len(p.rate); n > 0 && offered < p.rate[n-1].started {
+		// The totals were forgotten and started again: measure afresh.
+		p.rate = p.rate[:0]
+	}
+	p.rate = append(p.rate, rateSample{at: now, started: offered})
 	for len(p.rate) > 2 && now.Sub(p.rate[1].at) >= p.window {
 		p.rate = p.rate[1:]
 	}
 }
 
 // offeredRate is the rate of calls clients started, drops included, over
-// the last window; 0 until the window has two samples.
+// the last window; 0 until the window has two samples. Until the samples
+// span a whole window, the calls are divided by the window all the same
+// (a young service's rate is underestimated, never overestimated), so
+// that the bound of Config.MaxClientRateShare holds from the start.
 func (p *planner) offeredRate() float64 {
 	if len(p.rate) < 2 {
 		return 0
 	}
 	first, last := p.rate[0], p.rate[len(p.rate)-1]
-	d := last.at.Sub(first.at).Seconds()
+	d := max(last.at.Sub(first.at), p.window).Seconds()
 	if d <= 0 {
 		return 0
 	}

@@ -74,7 +74,7 @@ type Stats struct {
 	InitialTimeouts int64 // streams ended for sending no initial request
 	ListsSent       int64 // ServerList messages sent
 	FallbacksSent   int64 // FallbackResponse messages sent
-	BadClientStats  int64 // ClientStats messages rejected as implausible
+	BadClientStats  int64 // ClientStats messages clamped or ignored as implausible (see clientstats.Verdict)
 	StreamsExpired  int64 // streams ended at their maximum age
 	// Refused counts the streams and connections refused per limit.
 	Refused LimitCounts
@@ -130,7 +130,7 @@ func New(cfg Config) (*Server, error) {
 		policies:    policies,
 		log:         log,
 		seed:        rand.Uint64,
-		clientStats: clientstats.New(),
+		clientStats: clientstats.New(clientStatsConfig(cfg)),
 		closing:     make(chan struct{}),
 	}
 	s.reg = newRegistry(cfg.Source, cfg.WatchLinger, cfg.MaxServices, s.newPlanner, log)
@@ -150,7 +150,7 @@ func (s *Server) newPlanner(svc *service, log *slog.Logger) *planner {
 		stats:     s.clientStats,
 		now:       time.Now,
 		rateLimit: s.cfg.RateLimits[base],
-		maxDrop:   s.cfg.LoadWeight.MaxDropShare,
+		maxDrop:   s.cfg.MaxRateLimitDropShare,
 		window:    max(2*s.cfg.ClientStatsInterval, 5*time.Second),
 		tokenKey:  s.cfg.LBTokenKey,
 	}

@@ -424,22 +424,46 @@ func (st *streamState) update(p *plan) error {
 }
 
 // handleRequest takes a message after the initial request: ClientStats are
-// counted; anything else is ignored with a log line.
+// counted within the stream's bounds (see clientstats.Registry.Add);
+// anything else is ignored. Reports that are clamped or ignored are counted
+// in Stats.BadClientStats and logged at most once a second per kind over
+// the whole server.
 func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) {
+	s := st.srv
 	cs := req.GetClientStats()
 	if cs == nil {
-		st.log.Debug("ignoring unexpected request after the initial one")
+		s.throttle.Log(context.Background(), slog.LevelDebug, "ignoring unexpected request after the initial one", "stream", st.key.Stream, "peer", st.key.Peer, "service", st.key.Service)
 		return
 	}
-	if !clientstats.Validate(cs) {
-		st.srv.counters.badClientStats.Add(1)
-		st.log.Info("ignoring implausible client stats")
-		return
+	res := s.clientStats.Add(st.key, cs, time.Now())
+	if res.OtherTokens > 0 {
+		s.throttle.Log(context.Background(), slog.LevelDebug, "client stats name drop tokens this balancer never issued", "stream", st.key.Stream, "peer", st.key.Peer,
+			"service", st.key.Service, "entries", res.OtherTokens)
 	}
-	st.srv.clientStats.Add(st.key, cs)
-	st.log.Debug("client stats", "started", cs.GetNumCallsStarted(), "finished", cs.GetNumCallsFinished(),
-		"known_received", cs.GetNumCallsFinishedKnownReceived(), "failed_to_send", cs.GetNumCallsFinishedWithClientFailedToSend(),
-		"drop_tokens", len(cs.GetCallsFinishedWithDrop()))
+	if res.ShareCapped {
+		s.throttle.Info("client stream offers more than its share of the rate limit; the excess is not counted",
+			"stream", st.key.Stream, "peer", st.key.Peer, "service", st.key.Service,
+			"max_share", s.cfg.MaxClientRateShare, "limit", rateLimitOf(s.cfg, st.key.Service))
+	}
+	switch res.Verdict {
+	case clientstats.Accepted:
+		st.log.Debug("client stats", "started", cs.GetNumCallsStarted(), "finished", cs.GetNumCallsFinished(),
+			"known_received", cs.GetNumCallsFinishedKnownReceived(), "failed_to_send", cs.GetNumCallsFinishedWithClientFailedToSend(),
+			"drop_tokens", len(cs.GetCallsFinishedWithDrop()))
+		return
+	case clientstats.Clamped:
+		s.counters.badClientStats.Add(1)
+		s.throttle.Info("client stats claim more calls than plausible; clamped", "stream", st.key.Stream, "peer", st.key.Peer,
+			"service", st.key.Service, "started", cs.GetNumCallsStarted(), "max_call_rate", s.cfg.MaxClientCallRate)
+	case clientstats.TooFrequent:
+		s.counters.badClientStats.Add(1)
+		s.throttle.Info("client stats sent too often; ignored", "stream", st.key.Stream, "peer", st.key.Peer,
+			"service", st.key.Service, "interval", s.cfg.ClientStatsInterval)
+	default:
+		s.counters.badClientStats.Add(1)
+		s.throttle.Info("client stats with negative counts; ignored", "stream", st.key.Stream, "peer", st.key.Peer,
+			"service", st.key.Service)
+	}
 }
 
 // serverListEqual compares two lists by content.
