@@ -204,34 +204,43 @@ type guardedReader struct {
 
 var _ dns.PacketConnReader = guardedReader{}
 
+// ReadUDP returns the next packet admitted. A dropped packet's buffer is
+// reused for the next read, under the deadline the inner reader set (it
+// sets none once the server shuts down), so that a flood of dropped
+// packets allocates nothing.
 func (g guardedReader) ReadUDP(conn *net.UDPConn, timeout time.Duration) ([]byte, *dns.SessionUDP, error) {
-	for {
-		m, sess, err := g.Reader.ReadUDP(conn, timeout)
-		if err != nil {
-			return m, sess, err
-		}
+	m, sess, err := g.Reader.ReadUDP(conn, timeout)
+	for err == nil {
 		reply := func(b []byte) error { _, err := dns.WriteToSessionUDP(conn, b, sess); return err }
 		if g.s.admitUDP(m, sess.RemoteAddr(), reply) {
 			return m, sess, nil
 		}
+		var n int
+		buf := m[:cap(m)]
+		n, sess, err = dns.ReadFromSessionUDP(conn, buf)
+		m = buf[:max(n, 0)]
 	}
+	return nil, nil, err
 }
 
+// ReadPacketConn is ReadUDP for other net.PacketConns.
 func (g guardedReader) ReadPacketConn(conn net.PacketConn, timeout time.Duration) ([]byte, net.Addr, error) {
 	pcr, ok := g.Reader.(dns.PacketConnReader)
 	if !ok {
 		return nil, nil, &net.OpError{Op: "read", Net: "udp", Err: net.ErrClosed}
 	}
-	for {
-		m, from, err := pcr.ReadPacketConn(conn, timeout)
-		if err != nil {
-			return m, from, err
-		}
+	m, from, err := pcr.ReadPacketConn(conn, timeout)
+	for err == nil {
 		reply := func(b []byte) error { _, err := conn.WriteTo(b, from); return err }
 		if g.s.admitUDP(m, from, reply) {
 			return m, from, nil
 		}
+		var n int
+		buf := m[:cap(m)]
+		n, from, err = conn.ReadFrom(buf)
+		m = buf[:max(n, 0)]
 	}
+	return nil, nil, err
 }
 
 // guardedListener is the TCP side of the guard: it closes at once the

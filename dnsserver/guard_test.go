@@ -781,3 +781,35 @@ func TestConfigGuardBounds(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkAdmitUDP is the work the socket's reader does per packet, for
+// a source under its rate, one over it (slip 0: dropped) and one not
+// allowed.
+func BenchmarkAdmitUDP(b *testing.B) {
+	q := new(dns.Msg)
+	q.SetQuestion("user-srv.lb.internal.", dns.TypeA)
+	raw, err := q.Pack()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		src  string
+		rate float64
+	}{{"admitted", "10.0.0.1", 1e12}, {"over the rate", "10.0.0.1", 1e-9}, {"not allowed", "8.8.8.8", 1}} {
+		b.Run(tc.name, func(b *testing.B) {
+			cfg := testConfig()
+			cfg.RateLimit, cfg.RateBurst, cfg.RateLimitSlip = tc.rate, 1, 0
+			s, err := New(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			from := net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(tc.src), 5353))
+			reply := func([]byte) error { return nil }
+			b.ReportAllocs()
+			for b.Loop() {
+				s.admitUDP(raw, from, reply)
+			}
+		})
+	}
+}
