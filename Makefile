@@ -44,6 +44,7 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; make test runs t
 	$(GO) test -run '^$$' -fuzz '^FuzzServeDNS$$' -fuzztime $(FUZZTIME) ./dnsserver
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSpec$$' -fuzztime $(FUZZTIME) ./discovery/static
 	$(GO) test -run '^$$' -fuzz '^FuzzParseTarget$$' -fuzztime $(FUZZTIME) ./resolver/consul
+	$(GO) test -run '^$$' -fuzz '^FuzzClientStats$$' -fuzztime $(FUZZTIME) ./clientstats
 
 proto: ## regenerate the example service's Go code
 	scripts/gen-proto.sh
