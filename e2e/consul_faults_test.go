@@ -422,12 +422,12 @@ func TestConsulFaultServerKilledUnderLoad(t *testing.T) {
 		}
 	}
 	if !regexp.MustCompile(`level=INFO msg="Consul reachable again after`).MatchString(logs.String()) {
-		t.Errorf("no INFO line \"Consul reachable again after ...\" in the balancer's log:\n%s", tail(logs.String(), 20))
+		t.Errorf("no INFO line \"Consul reachable again after ...\" in the balancer's log:\n%s", lastLines(logs.String(), 20))
 	}
 }
 
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }
@@ -475,10 +475,10 @@ type faultProcess struct {
 	exited chan error
 }
 
-// startLBProcess runs bin with args and waits for its ready line. The
+// startFaultLB runs bin with args and waits for its ready line. The
 // process gets no CONSUL_* variables from the environment, which could lend
 // it a token.
-func startLBProcess(t *testing.T, bin string, args ...string) *faultProcess {
+func startFaultLB(t *testing.T, bin string, args ...string) *faultProcess {
 	t.Helper()
 	p := &faultProcess{exited: make(chan error, 1)}
 	p.cmd = exec.Command(bin, args...)
@@ -597,7 +597,7 @@ func TestConsulFaultACLDeny(t *testing.T) {
 			proxy := startCountingProxy(t, ca.HTTPAddr())
 			args := append([]string{"-listen", "127.0.0.1:0", "-consul", proxy.addr, "-log-level", "info",
 				"-client-stats-interval", "1s", "-shutdown-timeout", "2s"}, tc.args...)
-			p := startLBProcess(t, lbBin, args...)
+			p := startFaultLB(t, lbBin, args...)
 
 			answer := firstAnswerKind(t, p.addr, svc)
 			time.Sleep(2 * time.Second) // past the first retries
@@ -622,7 +622,7 @@ func TestConsulFaultACLDeny(t *testing.T) {
 				}
 			}
 			if len(errorLines) == 0 {
-				t.Errorf("no ERROR line in the replica's log:\n%s", tail(logs, 20))
+				t.Errorf("no ERROR line in the replica's log:\n%s", lastLines(logs, 20))
 			} else if l := errorLines[0]; !regexp.MustCompile(`(?i)acl|token|permission`).MatchString(l) {
 				t.Errorf("first ERROR line does not say it is about ACLs or the token: %s", l)
 			}
@@ -724,5 +724,52 @@ func TestConsulFaultHostnameStopsResolving(t *testing.T) {
 	}
 	if got := watcher.latest(); !got[named.Addr()] || !got[other.Addr()] {
 		t.Errorf("latest list %v, want both %s (last good address) and %s", got, named.Addr(), other.Addr())
+	}
+}
+
+// TestConsulFaultResolverOutage is the consul:// resolver's side of the
+// outage: a client resolving the service straight from Consul (lb=off)
+// keeps calling while the server is killed for 20 s, and after its return
+// a deregistration reaches the client within about a second.
+func TestConsulFaultResolverOutage(t *testing.T) {
+	t.Parallel()
+	outage := min(faultOutage(t), 20*time.Second)
+	svc := serviceName(t)
+	ca := consultest.StartWith(t, consultest.Options{Persistent: true})
+	backends := []*runningBackend{servingBackend(t, svc), servingBackend(t, svc)}
+	for _, b := range backends {
+		registerOnNode(t, ca.Client(), svc, b, "", nil)
+	}
+	_, c := dialConsul(t, fmt.Sprintf("consul://%s/%s?lb=off&wait=1m", ca.HTTPAddr(), svc))
+	waitSeen(t, c, backends...)
+	ld := startFaultLoad(c, 5*time.Millisecond, outage+2*time.Minute)
+	defer ld.finish()
+
+	if err := ca.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(outage)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := ca.Restart(ctx); err != nil {
+		t.Fatalf("restarting Consul: %v", err)
+	}
+	gone := backends[0]
+	if err := deregisterNode(ca.Client(), gone); err != nil {
+		t.Fatal(err)
+	}
+	deregAt := time.Now()
+	waitFor(t, 45*time.Second, "calls to stop reaching the deregistered backend", func() bool {
+		return time.Since(ld.last(gone.ID())) > time.Second
+	})
+	callsEnd := max(ld.last(gone.ID()).Sub(deregAt), 0)
+	counts, errs := ld.finish()
+	t.Logf("outage %v: %d calls, %d failed, per backend %v; last call to the deregistered backend %v after the deregistration",
+		outage, ld.calls.Load(), len(errs), counts, callsEnd)
+	if len(errs) > 0 {
+		t.Errorf("%d calls failed; first: %v", len(errs), errs[0])
+	}
+	if callsEnd > 3*time.Second {
+		t.Errorf("calls reached the deregistered backend until %v after the deregistration, right after Consul's return; want within 3 s", callsEnd)
 	}
 }
