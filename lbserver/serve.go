@@ -85,6 +85,13 @@ func (s *Server) Ready() bool {
 	return ready
 }
 
+// directoryRunner is a discovery.Directory that reads its directory only
+// while Run runs (until ctx ends).
+type directoryRunner interface {
+	discovery.Directory
+	Run(ctx context.Context) error
+}
+
 // awaitReady blocks until Ready, waiting on the directory's changed
 // channel (and polling every readyPoll, in case it stays quiet), and
 // reports whether it became ready before ctx ended. While not ready for
@@ -123,13 +130,16 @@ func (s *Server) awaitReady(ctx context.Context) bool {
 // Serve serves s on lis, with a grpc.health.v1 service, until ctx is done.
 // Health ("" and HealthService) is NOT_SERVING until s is Ready, so that a
 // replica that never read its source fails its health check and is not
-// advertised, then SERVING until shutdown. When ctx ends it shuts down in
-// order: health NOT_SERVING, o.Drain, stop accepting connections (GOAWAY),
-// end every stream cleanly so clients reconnect elsewhere, stop the
-// watchers; the whole shutdown takes at most o.ShutdownTimeout, and what
-// would exceed it is cut (connections closed) and logged. It returns nil
-// after a shutdown caused by ctx, or the error that stopped serving.
-// Blocks.
+// advertised, then SERVING until shutdown. A source that implements
+// discovery.Directory and has a Run method (discovery/consul) runs while
+// Serve does, so that it reads its directory with no stream open.
+//
+// When ctx ends it shuts down in order: health NOT_SERVING, o.Drain, stop
+// accepting connections (GOAWAY), end every stream cleanly so clients
+// reconnect elsewhere, stop the watchers and the directory. The whole
+// shutdown takes at most o.ShutdownTimeout; what would exceed it is cut
+// (connections closed) and logged. It returns nil after a shutdown caused
+// by ctx, or the error that stopped serving. Blocks.
 func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) error {
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 15 * time.Second
@@ -152,6 +162,21 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 		hs.SetServingStatus(HealthService, st)
 	}
 	healthpb.RegisterHealthServer(gs, hs)
+
+	// A source with a directory reads it only while something runs it
+	// (discovery/consul's Source.Run); Ready waits for that read, so the
+	// directory runs for as long as Serve does, even with no stream.
+	dirCtx, stopDir := context.WithCancel(context.Background())
+	defer stopDir()
+	dirDone := make(chan struct{})
+	if r, ok := s.cfg.Source.(directoryRunner); ok {
+		go func() {
+			defer close(dirDone)
+			r.Run(dirCtx)
+		}()
+	} else {
+		close(dirDone)
+	}
 
 	readyCtx, stopReady := context.WithCancel(ctx)
 	defer stopReady()
@@ -176,6 +201,8 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 		stopReady()
 		<-readyDone
 		s.Close()
+		stopDir()
+		<-dirDone
 		return fmt.Errorf("lbserver: serve: %w", err)
 	case <-ctx.Done():
 	}
@@ -211,6 +238,8 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 	go func() {
 		defer close(closed)
 		s.Close() // ends the streams, so GracefulStop can finish; stops the watchers
+		stopDir()
+		<-dirDone
 	}()
 	graceful := make(chan struct{})
 	go func() {

@@ -310,3 +310,51 @@ func TestShutdownClosesConnectionsAtTheBound(t *testing.T) {
 }
 
 func lbClient(sv *served) lbpb.LoadBalancerClient { return lbpb.NewLoadBalancerClient(sv.cc) }
+
+// runDirSource is a dirSource whose directory is read only while Run
+// runs, as discovery/consul's.
+type runDirSource struct {
+	*dirSource
+	mu      sync.Mutex
+	running int // guarded by mu
+}
+
+func (r *runDirSource) Run(ctx context.Context) error {
+	r.mu.Lock()
+	r.running++
+	r.mu.Unlock()
+	r.setReady(true)
+	<-ctx.Done()
+	r.mu.Lock()
+	r.running--
+	r.mu.Unlock()
+	return ctx.Err()
+}
+
+func (r *runDirSource) runs() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.running
+}
+
+// TestServeRunsTheDirectory: with no stream open, Serve runs a source's
+// directory, so the replica becomes ready, and stops it on shutdown.
+func TestServeRunsTheDirectory(t *testing.T) {
+	src := &runDirSource{dirSource: newDirSource()}
+	sv := serveTest(t, testConfig(src), ServeOptions{ShutdownTimeout: time.Second})
+	deadline := time.Now().Add(5 * time.Second)
+	for sv.health(t) != serving {
+		if time.Now().After(deadline) {
+			t.Fatalf("health %v with the directory running, want %v", sv.health(t), serving)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := src.runs(); n != 1 {
+		t.Fatalf("directory running %d times, want 1", n)
+	}
+	sv.cancel()
+	<-sv.done
+	if n := src.runs(); n != 0 {
+		t.Fatalf("directory still running %d times after Serve returned", n)
+	}
+}
