@@ -12,13 +12,16 @@
 // plausibly have started (Config.MaxCallRate per second, Config.Burst of it
 // saved up), and a report claiming more is clamped to the budget; a stream
 // sending reports faster than Config.MaxReportRate has the excess ignored;
-// reports with negative counts are ignored. Each stream's contribution to
-// the offered rate of a rate-limited service (Counters.Offered) is capped
-// at Config.ShareRate(service) calls per second, Config.ShareBurst of it
-// saved up, so no single stream can drive a service's rate limit.
+// reports with negative counts are ignored. What the streams of one client
+// address (an IPv4 address, an IPv6 /64) contribute together to the
+// offered rate of a rate-limited service (Counters.Offered) is capped at
+// Config.ShareRate(service) calls per second, Config.ShareBurst of it saved
+// up, so that no one client, however many streams it opens, can drive a
+// service's rate limit.
 //
 // Memory is bounded: per-client state lives as long as the stream (Forget),
-// per-service totals until ForgetService, and drop counts are kept only for
+// per-address state as long as one of its streams, per-service totals
+// until ForgetService, and drop counts are kept only for
 // the tokens this balancer issues (KnownDropTokens) plus one OtherDropToken
 // bucket, never per client-supplied string.
 package clientstats
@@ -26,6 +29,7 @@ package clientstats
 import (
 	"maps"
 	"math"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -136,15 +140,17 @@ type Config struct {
 	// bound.
 	MaxReportRate float64
 	ReportBurst   int
-	// ShareRate returns the most calls per second one stream of service
-	// counts for in Counters.Offered (0: no cap). Called once per stream,
-	// on its first report. Nil: no cap.
+	// ShareRate returns the most calls per second the streams of service
+	// from one client address (ClientKey.Peer's IPv4 address or IPv6 /64;
+	// the whole Peer string when it does not parse) count for together in
+	// Counters.Offered (0: no cap). Called once per stream, on its first
+	// report. Nil: no cap.
 	ShareRate func(service string) float64
-	// ShareBurst is how long a stream may save up its ShareRate. A new
-	// stream starts with nothing saved, so reconnecting does not raise what
-	// a client counts for: over any period T one stream counts for at most
-	// ShareRate × (T + ShareBurst), and a stream that lived only part of T
-	// for ShareRate × its lifetime within T.
+	// ShareBurst is how long an address may save up its ShareRate. An
+	// address with no live stream starts again with nothing saved, so
+	// reconnecting does not raise what a client counts for: over any period
+	// T the streams of one address count for at most
+	// ShareRate × (T + ShareBurst).
 	ShareBurst time.Duration
 }
 
@@ -208,10 +214,38 @@ func (b *bucket) refill(now time.Time, rate, capacity float64) float64 {
 // client is one live stream's state.
 type client struct {
 	Counters
-	calls     bucket // plausible calls
-	reports   bucket // reports
-	share     bucket // calls counted toward the offered rate
-	shareRate float64
+	calls   bucket      // plausible calls
+	reports bucket      // reports
+	share   *shareState // of its address; nil without a cap
+}
+
+// shareKey is a client address of one service.
+type shareKey struct {
+	service, addr string
+}
+
+// shareState is what the streams of one address count for in the offered
+// rate of their service.
+type shareState struct {
+	key    shareKey
+	bucket bucket // calls counted toward the offered rate
+	rate   float64
+	live   int // streams
+}
+
+// addrOf returns the address a peer's share is kept under: its IPv4
+// address, its IPv6 /64, or the whole string when it does not parse.
+func addrOf(peer string) string {
+	ap, err := netip.ParseAddrPort(peer)
+	if err != nil {
+		return peer
+	}
+	a := ap.Addr().Unmap()
+	if a.Is4() {
+		return a.String()
+	}
+	p, _ := a.WithZone("").Prefix(64)
+	return p.String()
 }
 
 // serviceState is one service's totals and how many live streams report to
@@ -229,11 +263,12 @@ type Registry struct {
 	mu       sync.Mutex
 	services map[string]*serviceState // guarded by mu
 	clients  map[ClientKey]*client    // guarded by mu
+	shares   map[shareKey]*shareState // guarded by mu; only addresses with live streams
 }
 
 // New returns an empty Registry bounded by cfg.
 func New(cfg Config) *Registry {
-	return &Registry{cfg: cfg, services: map[string]*serviceState{}, clients: map[ClientKey]*client{}}
+	return &Registry{cfg: cfg, services: map[string]*serviceState{}, clients: map[ClientKey]*client{}, shares: map[shareKey]*shareState{}}
 }
 
 // Add takes one ClientStats message from client k, received at now, and
@@ -249,9 +284,17 @@ func (r *Registry) Add(k ClientKey, s *lbpb.ClientStats, now time.Time) Result {
 		cc.calls = bucket{tokens: cfg.MaxCallRate * cfg.Burst.Seconds(), at: now}
 		cc.reports = bucket{tokens: float64(cfg.ReportBurst), at: now}
 		if cfg.ShareRate != nil {
-			cc.shareRate = cfg.ShareRate(k.Service)
+			if rate := cfg.ShareRate(k.Service); rate > 0 {
+				sk := shareKey{service: k.Service, addr: addrOf(k.Peer)}
+				sh := r.shares[sk]
+				if sh == nil {
+					sh = &shareState{key: sk, bucket: bucket{at: now}, rate: rate}
+					r.shares[sk] = sh
+				}
+				sh.live++
+				cc.share = sh
+			}
 		}
-		cc.share = bucket{at: now}
 		r.clients[k] = cc
 		sc := r.services[k.Service]
 		if sc == nil {
@@ -303,11 +346,11 @@ func (r *Registry) Add(k ClientKey, s *lbpb.ClientStats, now time.Time) Result {
 		cc.calls.tokens -= float64(max(rep.started, rep.finished, dropped))
 	}
 	rep.offered = rep.started
-	if cc.shareRate > 0 {
-		avail := int64(cc.share.refill(now, cc.shareRate, cc.shareRate*cfg.ShareBurst.Seconds()))
+	if sh := cc.share; sh != nil {
+		avail := int64(sh.bucket.refill(now, sh.rate, sh.rate*cfg.ShareBurst.Seconds()))
 		rep.offered = min(rep.started, avail)
 		res.ShareCapped = rep.offered < rep.started
-		cc.share.tokens -= float64(rep.offered)
+		sh.bucket.tokens -= float64(rep.offered)
 	}
 	cc.add(&rep)
 	r.services[k.Service].add(&rep)
@@ -319,10 +362,16 @@ func (r *Registry) Add(k ClientKey, s *lbpb.ClientStats, now time.Time) Result {
 func (r *Registry) Forget(k ClientKey) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.clients[k]; !ok {
+	cc, ok := r.clients[k]
+	if !ok {
 		return
 	}
 	delete(r.clients, k)
+	if sh := cc.share; sh != nil {
+		if sh.live--; sh.live == 0 {
+			delete(r.shares, sh.key)
+		}
+	}
 	if sc := r.services[k.Service]; sc != nil {
 		sc.live--
 	}
@@ -369,11 +418,12 @@ func (r *Registry) Client(k ClientKey) (Counters, bool) {
 	return Counters{}, false
 }
 
-// Len returns how many services and live clients the registry holds.
-func (r *Registry) Len() (services, clients int) {
+// Len returns how many services, live clients and client addresses (of
+// rate-limited services) the registry holds.
+func (r *Registry) Len() (services, clients, addrs int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.services), len(r.clients)
+	return len(r.services), len(r.clients), len(r.shares)
 }
 
 // Validate reports whether s has no negative count.

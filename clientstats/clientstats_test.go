@@ -76,8 +76,8 @@ func TestPruned(t *testing.T) {
 	if !r.ForgetService("s") {
 		t.Fatal("ForgetService kept the totals of a service without streams")
 	}
-	if s, c := r.Len(); s != 0 || c != 0 {
-		t.Fatalf("Len = %d services, %d clients after every stream and service went, want 0, 0", s, c)
+	if s, c, a := r.Len(); s != 0 || c != 0 || a != 0 {
+		t.Fatalf("Len = %d services, %d clients, %d addresses after every stream and service went, want 0, 0, 0", s, c, a)
 	}
 	if !r.ForgetService("never") {
 		t.Error("ForgetService of an unknown service reported false")
@@ -232,6 +232,40 @@ func TestShareCapReconnect(t *testing.T) {
 	}
 	if got := r.Service("s").Offered; got > 500 {
 		t.Errorf("100 streams in turn over 10 s counted for %d calls, want at most 50/s × 10 s = 500", got)
+	}
+}
+
+// TestShareCapPerAddress: the streams of one address (IPv4 address, IPv6
+// /64) share one cap, however many they are; other addresses have their
+// own. Its state goes with the address's last stream.
+func TestShareCapPerAddress(t *testing.T) {
+	r := New(Config{ShareRate: func(string) float64 { return 50 }, ShareBurst: 10 * time.Second})
+	peers := []string{"10.0.0.1:1000", "10.0.0.1:1001", "[::ffff:10.0.0.1]:1002", // one address
+		"[2001:db8::1]:1", "[2001:db8::2]:2", // one /64
+		"10.0.0.2:1", "[2001:db8:0:1::1]:1", "not an address"} // three more
+	var keys []ClientKey
+	for i, p := range peers {
+		for j := range 10 { // 10 streams per peer
+			k := ClientKey{Service: "s", Stream: uint64(100*i + j), Peer: p}
+			keys = append(keys, k)
+			r.Add(k, &lbpb.ClientStats{}, t0)
+		}
+	}
+	for _, k := range keys {
+		r.Add(k, &lbpb.ClientStats{NumCallsStarted: 1 << 40}, t0.Add(10*time.Second))
+	}
+	if _, _, addrs := r.Len(); addrs != 5 {
+		t.Errorf("%d addresses, want 5", addrs)
+	}
+	// 5 addresses × 50 calls/s × 10 s.
+	if got := r.Service("s").Offered; got != 2500 {
+		t.Errorf("80 streams from 5 addresses counted for %d calls in 10 s, want 5 × 500 = 2500", got)
+	}
+	for _, k := range keys {
+		r.Forget(k)
+	}
+	if _, clients, addrs := r.Len(); clients != 0 || addrs != 0 {
+		t.Errorf("after every stream went: %d clients, %d addresses, want 0, 0", clients, addrs)
 	}
 }
 

@@ -66,7 +66,8 @@ func FuzzClientStats(f *testing.F) {
 		r := New(cfg)
 		tokens := []string{policy.DropTokenOverload, policy.DropTokenRateLimit, "be-x", ""}
 		key := func(s byte) ClientKey {
-			k := ClientKey{Service: "limited", Stream: uint64(s % 4)}
+			// Streams 0 and 1 share an address.
+			k := ClientKey{Service: "limited", Stream: uint64(s % 4), Peer: []string{"10.0.0.1:1", "10.0.0.1:2", "[2001:db8::1]:3", "10.0.0.3:4"}[s%4]}
 			if s%4 == 3 {
 				k.Service = "free"
 			}
@@ -168,8 +169,8 @@ func FuzzClientStats(f *testing.F) {
 		}
 		r.ForgetService("limited")
 		r.ForgetService("free")
-		if ns, nc := r.Len(); ns != 0 || nc != 0 {
-			t.Fatalf("after forgetting all: %d services, %d clients", ns, nc)
+		if ns, nc, na := r.Len(); ns != 0 || nc != 0 || na != 0 {
+			t.Fatalf("after forgetting all: %d services, %d clients, %d addresses", ns, nc, na)
 		}
 	})
 }

@@ -145,16 +145,19 @@ type Config struct {
 	// clamped to that allowance and counted in Stats.BadClientStats.
 	// Default 100000; must be positive and finite.
 	MaxClientCallRate float64
-	// MaxClientRateShare caps what one client stream counts for in the
-	// offered rate of a rate-limited service: at most this share of the
-	// service's limit per second, one ClientStatsInterval of it saved up
-	// (a new stream starts with nothing saved). Over the measurement
-	// window W = max(2 × ClientStatsInterval, 5 s), N streams raise the
-	// measured rate by at most N × share × limit × (W + interval) / W:
-	// 0.75 × N × limit with the defaults. So one stream alone, honest or
-	// forged, cannot push a service over its limit, and a service whose
-	// calls come from a single client stream is not limited unless this is
-	// raised above 1. Default 0.5; must be in (0, 100].
+	// MaxClientRateShare caps what one client counts for in the offered
+	// rate of a rate-limited service: the streams from one address (an
+	// IPv4 address, an IPv6 /64) together count for at most this share of
+	// the service's limit per second, one ClientStatsInterval of it saved
+	// up (an address with no stream left starts again with nothing saved).
+	// Over the measurement window W = max(2 × ClientStatsInterval, 5 s), N
+	// addresses, whatever number of streams they open, raise the measured
+	// rate by at most N × share × limit × (W + interval) / W: 0.75 × N ×
+	// limit with the defaults. So one client alone, honest or forged,
+	// cannot push a service over its limit; a service whose calls come
+	// from a single address is not limited unless this is raised above
+	// 1 (and clients sharing an address, behind NAT, share one cap).
+	// Default 0.5; must be in (0, 100].
 	MaxClientRateShare float64
 	// LBTokenKey, when set, makes every list entry carry a keyed lb-token
 	// (lbtoken.Key.ForID of the instance's Consul service ID), which only

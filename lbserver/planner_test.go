@@ -95,32 +95,37 @@ func newTestPlanner(cfg Config, limit float64) (*planner, *clientstats.Registry,
 
 // TestPlannerForgedStats: forgers sending 2^40 calls in every report, and
 // flooding reports, raise the measured rate of a rate-limited service by
-// at most 0.75 × limit per stream (defaults: share 0.5, interval 10 s,
-// window 20 s). One forger leaves the drop share of honest clients offering
-// 20 % of the limit at 0; three forgers can raise it to no more than
-// 1 − limit / (20 + 3 × 75) = 0.59.
+// at most 0.75 × limit per client address, however many streams it opens
+// (defaults: share 0.5, interval 10 s, window 20 s). One forging address
+// leaves the drop share of honest clients offering 20 % of the limit at 0;
+// three can raise it to no more than 1 − limit / (20 + 3 × 75) = 0.59.
 func TestPlannerForgedStats(t *testing.T) {
 	const limit = 100.0
 	tests := []struct {
-		forgers      int
+		forgers      int // addresses
+		streams      int // per forging address
 		maxOffered   float64 // calls/s: 20 honest + forgers × 75
 		maxDropShare float64
 	}{
-		{0, 20, 0},
-		{1, 95, 0},
-		{3, 245, 1 - limit/245},
+		{0, 0, 20, 0},
+		{1, 1, 95, 0},
+		{1, 50, 95, 0},
+		{3, 1, 245, 1 - limit/245},
+		{3, 20, 245, 1 - limit/245},
 	}
 	for _, tc := range tests {
-		t.Run(fmt.Sprint(tc.forgers, " forgers"), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%d addresses × %d streams", tc.forgers, tc.streams), func(t *testing.T) {
 			cfg := DefaultConfig()
 			p, stats, now := newTestPlanner(cfg, limit)
 			var honest []clientstats.ClientKey
-			for i := range 10 { // 10 honest streams at 2 calls/s each
-				honest = append(honest, clientstats.ClientKey{Service: "svc", Stream: uint64(i + 1)})
+			for i := range 10 { // 10 honest clients at 2 calls/s each
+				honest = append(honest, clientstats.ClientKey{Service: "svc", Stream: uint64(i + 1), Peer: fmt.Sprintf("10.0.0.%d:5000", i+1)})
 			}
 			var forgers []clientstats.ClientKey
 			for i := range tc.forgers {
-				forgers = append(forgers, clientstats.ClientKey{Service: "svc", Stream: uint64(100 + i)})
+				for j := range tc.streams {
+					forgers = append(forgers, clientstats.ClientKey{Service: "svc", Stream: uint64(100 + 100*i + j), Peer: fmt.Sprintf("10.6.6.%d:%d", i+1, 1000+j)})
+				}
 			}
 			var maxOffered, maxShare float64
 			start := *now
