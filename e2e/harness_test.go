@@ -158,7 +158,7 @@ func (l *lb) start() {
 	t := l.t
 	t.Helper()
 	ccfg := consul.DefaultConfig()
-	ccfg.Client = agent.Client().Health()
+	ccfg.Client = consul.API(agent.Client())
 	ccfg.Logger = quietLogger()
 	src, err := consul.New(ccfg)
 	if err != nil {

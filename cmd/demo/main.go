@@ -148,7 +148,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	ccfg := consul.DefaultConfig()
-	ccfg.Client = agent.Client().Health()
+	ccfg.Client = consul.API(agent.Client())
 	ccfg.Logger = log
 	src, err := consul.New(ccfg)
 	if err != nil {

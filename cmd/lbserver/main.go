@@ -76,6 +76,12 @@ type options struct {
 	consulWarning   bool
 	consulWait      time.Duration
 
+	consulMaxConns        int
+	consulMaxFetches      int
+	consulResolveInterval time.Duration
+	consulResyncInterval  time.Duration
+	consulAPI             *api.Client // built once by consulClient and shared
+
 	register        bool
 	registerService string
 	registerID      string
@@ -132,6 +138,10 @@ Flags:
 	fs.BoolVar(&o.consulStale, "consul-stale", false, "allow stale reads from any Consul server")
 	fs.BoolVar(&o.consulWarning, "consul-include-warning", false, "also use instances whose checks are warning (never critical)")
 	fs.DurationVar(&o.consulWait, "consul-wait", time.Minute, "how long one blocking query waits for a change")
+	fs.IntVar(&o.consulMaxConns, "consul-max-conns", consul.DefaultMaxConns, "most TCP connections to Consul, whatever the number of services and clients (Consul refuses more than 200 per client IP by default); at least -consul-max-fetches + 3, + 4 more with -dns-listen")
+	fs.IntVar(&o.consulMaxFetches, "consul-max-fetches", consul.DefaultConfig().MaxFetches, "most fetches of changed services running at once (besides 2 long polls that tell which services changed)")
+	fs.DurationVar(&o.consulResolveInterval, "consul-resolve-interval", consul.DefaultConfig().ResolveInterval, "how often instance addresses that are hostnames are resolved again (a failed lookup keeps the last address)")
+	fs.DurationVar(&o.consulResyncInterval, "consul-resync-interval", consul.DefaultConfig().ResyncInterval, "how often every watched service is fetched again, a safety net besides the change polls")
 
 	fs.BoolVar(&o.register, "register", false, "register this balancer in Consul (with a gRPC health check) so clients and other tools find the replicas")
 	fs.StringVar(&o.registerService, "register-service", "lookaside", "Consul `service` name the balancer replicas register under")
@@ -153,7 +163,7 @@ Flags:
 	fs.Float64Var(&o.lb.LoadWeight.MaxDropShare, "max-drop-share", o.lb.LoadWeight.MaxDropShare, "most calls dropped for overload, as a share (0: never drop for overload; rate limits have -max-rate-limit-drop-share)")
 	fs.StringVar(&o.rateLimits, "rate-limit", "", "per-service call rate limits over all clients: `service=calls/s,...` (excess calls dropped by clients; measured from ClientStats)")
 	fs.Float64Var(&o.lb.MaxRateLimitDropShare, "max-rate-limit-drop-share", o.lb.MaxRateLimitDropShare, "most calls dropped to keep a service under its -rate-limit, as a share in (0, 1]")
-	fs.Float64Var(&o.lb.MaxClientRateShare, "max-client-rate-share", o.lb.MaxClientRateShare, "most the streams of one client address (IPv4 address, IPv6 /64) count for in a rate-limited service's measured rate, as a share of its -rate-limit in (0, 100]: N addresses raise it by at most N × share × 1.5 × limit (with a 10s -client-stats-interval)")
+	fs.Float64Var(&o.lb.MaxClientRateShare, "max-client-rate-share", o.lb.MaxClientRateShare, "most one client stream counts for in a rate-limited service's measured rate, as a share of its -rate-limit in (0, 100]: N streams raise it by at most N × share × 1.5 × limit (with a 10s -client-stats-interval)")
 	fs.Float64Var(&o.lb.MaxClientCallRate, "max-client-call-rate", o.lb.MaxClientCallRate, "most calls per second one client stream is believed to start; ClientStats claiming more are clamped (and counted as bad)")
 	fs.StringVar(&o.aliases, "alias", "", "map client names to services: `name=service,...` (name with or without port)")
 	fs.IntVar(&o.lb.MaxNameLength, "max-name-length", o.lb.MaxNameLength, "longest name accepted in an initial request, in bytes")
@@ -256,11 +266,17 @@ func (o *options) source(log *slog.Logger) (discovery.Source, string, error) {
 		return nil, "", err
 	}
 	cfg := consul.DefaultConfig()
-	cfg.Client = client.Health()
+	cfg.Client = consul.API(client)
 	cfg.Datacenter = o.consulDC
 	cfg.AllowStale = o.consulStale
 	cfg.IncludeWarning = o.consulWarning
 	cfg.WaitTime = o.consulWait
+	cfg.MaxFetches = o.consulMaxFetches
+	cfg.ResolveInterval = o.consulResolveInterval
+	cfg.ResyncInterval = o.consulResyncInterval
+	if need := consul.ConnsNeeded(o.consulMaxFetches); o.consulMaxConns < need {
+		return nil, "", fmt.Errorf("-consul-max-conns %d is below the %d connections that -consul-max-fetches %d needs (fetches + 2 long polls + a probe)", o.consulMaxConns, need, o.consulMaxFetches)
+	}
 	cfg.Logger = log
 	for _, t := range strings.Split(o.consulTags, ",") {
 		if t = strings.TrimSpace(t); t != "" {
@@ -274,8 +290,18 @@ func (o *options) source(log *slog.Logger) (discovery.Source, string, error) {
 	return src, "consul", nil
 }
 
+// consulClient returns the one Consul client of the process, so that its
+// connections stay within -consul-max-conns. Not safe for concurrent use.
 func (o *options) consulClient() (*api.Client, error) {
-	return consul.NewClient(consul.ClientConfig{Address: o.consulAddr, Token: o.consulToken, TokenFile: o.consulTokenFile, Datacenter: o.consulDC})
+	if o.consulAPI != nil {
+		return o.consulAPI, nil
+	}
+	c, err := consul.NewClient(consul.ClientConfig{Address: o.consulAddr, Token: o.consulToken, TokenFile: o.consulTokenFile, Datacenter: o.consulDC, MaxConns: o.consulMaxConns})
+	if err != nil {
+		return nil, fmt.Errorf("-consul-max-conns: %w", err)
+	}
+	o.consulAPI = c
+	return c, nil
 }
 
 // registration returns the Consul registration of this replica listening
@@ -554,10 +580,15 @@ func (d *dnsOptions) start(o *options, srv *lbserver.Server, addr net.Addr, fail
 			return nil, 2, err
 		}
 		ccfg := consul.DefaultConfig()
-		ccfg.Client = client.Health()
+		ccfg.Client = consul.API(client)
 		ccfg.Datacenter = o.consulDC
 		ccfg.AllowStale = o.consulStale
 		ccfg.WaitTime = o.consulWait
+		// One service watched: one fetch at a time is enough, and keeps
+		// this source within 4 of the shared -consul-max-conns.
+		ccfg.MaxFetches = 1
+		ccfg.ResolveInterval = o.consulResolveInterval
+		ccfg.ResyncInterval = o.consulResyncInterval
 		ccfg.Logger = log
 		src, err := consul.New(ccfg)
 		if err != nil {

@@ -87,7 +87,7 @@ func TestWatchRealAgent(t *testing.T) {
 	}
 
 	cfg := DefaultConfig()
-	cfg.Client = client.Health()
+	cfg.Client = API(client)
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -29,17 +30,85 @@ const (
 	MaxBackoff = 10 * time.Minute
 	// MaxResolveTimeout bounds Config.ResolveTimeout.
 	MaxResolveTimeout = time.Minute
+	// MaxMaxFetches bounds Config.MaxFetches.
+	MaxMaxFetches = 256
+	// MinResolveInterval and MaxResolveInterval bound Config.ResolveInterval.
+	MinResolveInterval = time.Second
+	MaxResolveInterval = time.Hour
+	// MinResyncInterval and MaxResyncInterval bound Config.ResyncInterval.
+	MinResyncInterval = 10 * time.Second
+	MaxResyncInterval = 24 * time.Hour
+	// MaxTimeout bounds Config.Timeout.
+	MaxTimeout = 5 * time.Minute
+	// MaxMaxConns bounds ClientConfig.MaxConns.
+	MaxMaxConns = 1024
 )
 
-// Client is the part of the Consul API that a Source uses. *api.Health
-// satisfies it; tests use a fake. ServiceMultipleTags blocks for up to
-// q.WaitTime and must return promptly once q.Context() is done. It is called
-// concurrently when several services are watched.
+// DefaultMaxConns is the default of ClientConfig.MaxConns: well under
+// Consul's default limit of 200 HTTP connections per client IP
+// (limits.http_max_conns_per_client), so that several replicas on one
+// host and the operators' own tools still fit.
+const DefaultMaxConns = 16
+
+// LongPolls is the number of blocking queries a Source holds open while it
+// runs: the catalog's service list and the health state. A Source uses at
+// most LongPolls + MaxFetches + 1 (the probe) connections at once; give
+// its client at least that many (ConnsNeeded).
+const LongPolls = 2
+
+// ConnsNeeded returns the connections a Source with maxFetches fetches can
+// use at once: its long polls, its fetches and a probe.
+func ConnsNeeded(maxFetches int) int { return LongPolls + maxFetches + 1 }
+
+// Client is the part of the Consul API that a Source uses; API adapts an
+// *api.Client, tests use a fake. Every method must return promptly once
+// q.Context() is done, and be safe for concurrent use.
 type Client interface {
+	// Services lists the catalog's services and their tags
+	// (/v1/catalog/services), blocking for up to q.WaitTime.
+	Services(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error)
+	// State lists the checks in a state (/v1/health/state/<state>),
+	// blocking for up to q.WaitTime. The Source asks for every state
+	// (api.HealthAny).
+	State(state string, q *api.QueryOptions) (api.HealthChecks, *api.QueryMeta, error)
+	// ServiceMultipleTags lists the instances of a service
+	// (/v1/health/service/<service>); the Source only asks without
+	// blocking.
 	ServiceMultipleTags(service string, tags []string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error)
+	// LeaderWithQueryOptions is the cheap probe used while queries back off
+	// (/v1/status/leader).
+	LeaderWithQueryOptions(q *api.QueryOptions) (string, error)
 }
 
-var _ Client = (*api.Health)(nil)
+// API returns the Client of c. Build c with NewClient, so that the
+// connections it opens are bounded.
+func API(c *api.Client) Client {
+	return apiClient{c.Catalog(), c.Health(), c.Status()}
+}
+
+type apiClient struct {
+	*api.Catalog
+	*api.Health
+	*api.Status
+}
+
+func (a apiClient) Services(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
+	return a.Catalog.Services(q)
+}
+
+func (a apiClient) State(state string, q *api.QueryOptions) (api.HealthChecks, *api.QueryMeta, error) {
+	return a.Health.State(state, q)
+}
+
+func (a apiClient) ServiceMultipleTags(service string, tags []string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	return a.Health.ServiceMultipleTags(service, tags, passingOnly, q)
+}
+
+func (a apiClient) LeaderWithQueryOptions(q *api.QueryOptions) (string, error) {
+	return a.Status.LeaderWithQueryOptions(q)
+}
+
+var _ Client = apiClient{}
 
 // Resolver resolves the hostnames that instances may register as their
 // address. *net.Resolver satisfies it. It must honour ctx and be safe for
@@ -54,8 +123,7 @@ var _ Resolver = (*net.Resolver)(nil)
 // change what you need; New rejects out-of-range values rather than
 // clamping them. A Config is read once by New.
 type Config struct {
-	// Client queries Consul's health endpoint, usually
-	// NewClient(...).Health(). Required.
+	// Client queries Consul, usually API(NewClient(...)). Required.
 	Client Client
 
 	// Tags filters instances: only those carrying every tag are used.
@@ -76,15 +144,30 @@ type Config struct {
 	// never published. Default: false (passing instances only).
 	IncludeWarning bool
 
+	// MaxFetches bounds the non-blocking fetches of services' instances
+	// running at once, from 1 to MaxMaxFetches; with the LongPolls and the
+	// probe it bounds the connections the Source uses (ConnsNeeded).
+	// Default: 8.
+	MaxFetches int
+	// ResyncInterval is how often every watched service is fetched again
+	// even if neither long poll reported a change, a safety net; from
+	// MinResyncInterval to MaxResyncInterval. Default: 5 minutes.
+	ResyncInterval time.Duration
+	// Timeout bounds a non-blocking fetch, and is added to a blocking
+	// query's wait (and Consul's jitter of wait/16) to get its deadline;
+	// from 1ns to MaxTimeout. Default: 10 s.
+	Timeout time.Duration
+
 	// WaitTime is how long one blocking query may wait for a change, from
 	// MinWaitTime to MaxWaitTime. Consul adds up to WaitTime/16 of its own
-	// jitter. A request that has not returned WaitTime+WaitTime/16+10s
+	// jitter. A request that has not returned WaitTime+WaitTime/16+Timeout
 	// after it started is abandoned as failed, which bounds how long a
 	// silently dead connection goes unnoticed. Default: 1 minute, which also
 	// stays below the idle timeout of most proxies.
 	WaitTime time.Duration
-	// MinInterval is the least time between the starts of two fetches of
-	// the same service; up to 25 % of random jitter is added each time.
+	// MinInterval is the least time between the starts of two queries of
+	// one long poll, and of two fetches of the same service; up to 25 % of
+	// random jitter is added each time.
 	// From 1ns to MaxMinInterval. Default: 100 ms.
 	MinInterval time.Duration
 	// BackoffBase is the delay before the first retry after an error; each
@@ -102,6 +185,12 @@ type Config struct {
 	// ResolveTimeout bounds all the hostname lookups made for one Consul
 	// answer together; from 1ns to MaxResolveTimeout. Default: 5 s.
 	ResolveTimeout time.Duration
+	// ResolveInterval is how often the services whose instances register
+	// a hostname are fetched and resolved again, so that a changed address
+	// is published without a change in Consul; from MinResolveInterval to
+	// MaxResolveInterval. A failed lookup keeps the instance's last good
+	// address. Default: 30 s.
+	ResolveInterval time.Duration
 
 	// Logger receives the source's logs, with the attribute
 	// component=discovery.consul. Nil means slog.Default(). ACL tokens are
@@ -113,13 +202,17 @@ type Config struct {
 // is nil and must be set.
 func DefaultConfig() Config {
 	return Config{
-		WaitTime:       time.Minute,
-		MinInterval:    100 * time.Millisecond,
-		BackoffBase:    250 * time.Millisecond,
-		BackoffMax:     30 * time.Second,
-		Resolver:       net.DefaultResolver,
-		ResolveTimeout: 5 * time.Second,
-		Logger:         slog.Default(),
+		WaitTime:        time.Minute,
+		MinInterval:     100 * time.Millisecond,
+		BackoffBase:     250 * time.Millisecond,
+		BackoffMax:      30 * time.Second,
+		Resolver:        net.DefaultResolver,
+		ResolveTimeout:  5 * time.Second,
+		ResolveInterval: 30 * time.Second,
+		MaxFetches:      8,
+		ResyncInterval:  5 * time.Minute,
+		Timeout:         10 * time.Second,
+		Logger:          slog.Default(),
 	}
 }
 
@@ -148,6 +241,18 @@ func (cfg *Config) validate() error {
 	if cfg.ResolveTimeout <= 0 || cfg.ResolveTimeout > MaxResolveTimeout {
 		return fmt.Errorf("consul: Config.ResolveTimeout %v out of range (0, %v]", cfg.ResolveTimeout, MaxResolveTimeout)
 	}
+	if cfg.ResolveInterval < MinResolveInterval || cfg.ResolveInterval > MaxResolveInterval {
+		return fmt.Errorf("consul: Config.ResolveInterval %v out of range [%v, %v]", cfg.ResolveInterval, MinResolveInterval, MaxResolveInterval)
+	}
+	if cfg.MaxFetches < 1 || cfg.MaxFetches > MaxMaxFetches {
+		return fmt.Errorf("consul: Config.MaxFetches %d out of range [1, %d]", cfg.MaxFetches, MaxMaxFetches)
+	}
+	if cfg.ResyncInterval < MinResyncInterval || cfg.ResyncInterval > MaxResyncInterval {
+		return fmt.Errorf("consul: Config.ResyncInterval %v out of range [%v, %v]", cfg.ResyncInterval, MinResyncInterval, MaxResyncInterval)
+	}
+	if cfg.Timeout <= 0 || cfg.Timeout > MaxTimeout {
+		return fmt.Errorf("consul: Config.Timeout %v out of range (0, %v]", cfg.Timeout, MaxTimeout)
+	}
 	return nil
 }
 
@@ -168,6 +273,11 @@ type ClientConfig struct {
 	TokenFile string
 	// Datacenter is the default datacenter of requests.
 	Datacenter string
+	// MaxConns bounds the TCP connections the client opens to Consul (and
+	// keeps idle), from 1 to MaxMaxConns; requests beyond it wait for a
+	// free connection. 0 means DefaultMaxConns. Over a unix:// address
+	// the API builds its own transport and the bound does not apply.
+	MaxConns int
 }
 
 // LogValue keeps the token out of logs.
@@ -181,15 +291,25 @@ func (c ClientConfig) LogValue() slog.Value {
 		slog.String("token", token),
 		slog.String("token_file", c.TokenFile),
 		slog.String("datacenter", c.Datacenter),
+		slog.Int("max_conns", c.MaxConns),
 	)
 }
 
 // NewClient builds a Consul API client from api.DefaultConfig, so that the
 // standard environment variables are honoured, with the non-empty fields of
-// cfg applied on top. Use its Health() as Config.Client. It does not contact
+// cfg applied on top, and a transport that opens at most cfg.MaxConns
+// connections. Use API(client) as Config.Client. It does not contact
 // Consul.
 func NewClient(cfg ClientConfig) (*api.Client, error) {
+	if cfg.MaxConns < 0 || cfg.MaxConns > MaxMaxConns {
+		return nil, fmt.Errorf("consul: ClientConfig.MaxConns %d out of range [1, %d] (or 0 for %d)", cfg.MaxConns, MaxMaxConns, DefaultMaxConns)
+	}
+	maxConns := cfg.MaxConns
+	if maxConns == 0 {
+		maxConns = DefaultMaxConns
+	}
 	ac := api.DefaultConfig()
+	ac.Transport = boundedTransport(maxConns)
 	if cfg.Address != "" {
 		ac.Address = cfg.Address
 	}
@@ -209,4 +329,24 @@ func NewClient(cfg ClientConfig) (*api.Client, error) {
 		return nil, fmt.Errorf("consul: new client: %w", err)
 	}
 	return c, nil
+}
+
+// boundedTransport is go-cleanhttp's pooled transport with a bound on the
+// connections per host: every blocking query holds one connection (HTTP/1.1
+// does not multiplex), so the bound is the number of queries in flight.
+func boundedTransport(maxConns int) *http.Transport {
+	return &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   30 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		MaxIdleConns:          maxConns,
+		MaxIdleConnsPerHost:   maxConns,
+		MaxConnsPerHost:       maxConns,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:     true,
+	}
 }

@@ -41,9 +41,24 @@ func ValidateServiceName(name string) error {
 	return nil
 }
 
+// converter turns the answers for one watched name into snapshots. It
+// remembers the last good address of each hostname, so that a failed
+// lookup does not take instances out. It is used by one goroutine at a time.
+type converter struct {
+	service        string // the watched name, for snapshots
+	includeWarning bool
+	resolver       Resolver
+	timeout        time.Duration
+	log            *slog.Logger
+
+	lastGood map[string]netip.Addr // hostname → its last resolved address; only the hosts of the last answer
+}
+
 // snapshot turns one Consul answer into a snapshot. Instances that cannot be
-// used are skipped and logged. The only error is ctx's.
-func (w *watcher) snapshot(ctx context.Context, entries []*api.ServiceEntry, index uint64) (discovery.Snapshot, error) {
+// used are skipped and logged. It reports whether any address was a
+// hostname (the caller re-resolves those on a timer). The only error is
+// ctx's.
+func (c *converter) snapshot(ctx context.Context, entries []*api.ServiceEntry, index uint64) (discovery.Snapshot, bool, error) {
 	// Service IDs are unique per agent only: count them to find clashes.
 	ids := make(map[string]int, len(entries))
 	for _, e := range entries {
@@ -51,27 +66,28 @@ func (w *watcher) snapshot(ctx context.Context, entries []*api.ServiceEntry, ind
 			ids[e.Service.ID]++
 		}
 	}
-	res := &lookups{ctx: ctx, resolver: w.cfg.Resolver, timeout: w.cfg.ResolveTimeout}
+	res := &lookups{ctx: ctx, resolver: c.resolver, timeout: c.timeout, lastGood: c.lastGood, log: c.log}
 	defer res.close()
 
 	var eps []discovery.Endpoint
 	for _, e := range entries {
-		ep, skip := w.endpoint(e, ids, res)
+		ep, skip := c.endpoint(e, ids, res)
 		if err := ctx.Err(); err != nil {
-			return discovery.Snapshot{}, err
+			return discovery.Snapshot{}, false, err
 		}
 		if skip != nil {
-			w.log.Log(ctx, skip.level, "skipping instance", "instance", skip.instance, "reason", skip.reason)
+			c.log.Log(ctx, skip.level, "skipping instance", "instance", skip.instance, "reason", skip.reason)
 			continue
 		}
 		eps = append(eps, ep)
 	}
+	c.lastGood = res.good
 	eps = discovery.SortEndpoints(eps)
-	snap := discovery.Snapshot{Service: w.service, Endpoints: eps, Index: index}
+	snap := discovery.Snapshot{Service: c.service, Endpoints: eps, Index: index}
 	if len(eps) > 0 {
 		snap.Meta = eps[0].Meta
 	}
-	return snap, nil
+	return snap, res.hostnames, nil
 }
 
 // skipped says why an instance was left out.
@@ -87,7 +103,7 @@ type skipped struct {
 const WeightMetaKey = "lb-weight"
 
 // endpoint converts one entry, or says why it was skipped.
-func (w *watcher) endpoint(e *api.ServiceEntry, ids map[string]int, res *lookups) (discovery.Endpoint, *skipped) {
+func (c *converter) endpoint(e *api.ServiceEntry, ids map[string]int, res *lookups) (discovery.Endpoint, *skipped) {
 	if e == nil || e.Service == nil || e.Node == nil {
 		return discovery.Endpoint{}, &skipped{instance: "?", reason: "incomplete entry", level: slog.LevelWarn}
 	}
@@ -101,7 +117,7 @@ func (w *watcher) endpoint(e *api.ServiceEntry, ids map[string]int, res *lookups
 	switch status := e.Checks.AggregatedStatus(); status {
 	case api.HealthPassing:
 	case api.HealthWarning:
-		if !w.cfg.IncludeWarning {
+		if !c.includeWarning {
 			return skip(slog.LevelDebug, "health is warning")
 		}
 		weight = svc.Weights.Warning
@@ -112,7 +128,7 @@ func (w *watcher) endpoint(e *api.ServiceEntry, ids map[string]int, res *lookups
 		if n, err := strconv.Atoi(v); err == nil && n >= 1 && n <= MaxWeight {
 			weight = n
 		} else {
-			w.log.Warn("ignoring bad weight in service meta; using Consul's weight", "instance", inst, "key", WeightMetaKey, "value", v)
+			c.log.Warn("ignoring bad weight in service meta; using Consul's weight", "instance", inst, "key", WeightMetaKey, "value", v)
 		}
 	}
 	weight = min(max(weight, 1), MaxWeight)
@@ -120,9 +136,11 @@ func (w *watcher) endpoint(e *api.ServiceEntry, ids map[string]int, res *lookups
 	if svc.ID == "" {
 		return skip(slog.LevelWarn, "no service ID")
 	}
-	id := svc.ID
+	id, instance := svc.ID, ""
 	if ids[svc.ID] > 1 {
-		id = e.Node.Node + "/" + svc.ID
+		// The backend knows itself by its service ID only: its lb-token
+		// derives from Instance.
+		id, instance = e.Node.Node+"/"+svc.ID, svc.ID
 	}
 
 	if svc.Port < 1 || svc.Port > 65535 {
@@ -145,23 +163,29 @@ func (w *watcher) endpoint(e *api.ServiceEntry, ids map[string]int, res *lookups
 		meta = maps.Clone(svc.Meta)
 	}
 	return discovery.Endpoint{
-		ID:     id,
-		Addr:   netip.AddrPortFrom(addr, uint16(svc.Port)),
-		Weight: weight,
-		Meta:   meta,
+		ID:       id,
+		Instance: instance,
+		Addr:     netip.AddrPortFrom(addr, uint16(svc.Port)),
+		Weight:   weight,
+		Meta:     meta,
 	}, nil
 }
 
 // lookups turns the addresses of one answer into IPs, resolving each
-// hostname once, all under one deadline.
+// hostname once, all under one deadline. A hostname whose lookup fails
+// keeps its address from the previous answer (lastGood), if it had one.
 type lookups struct {
 	ctx      context.Context
 	resolver Resolver
 	timeout  time.Duration
+	lastGood map[string]netip.Addr // read only
+	log      *slog.Logger
 
-	rctx   context.Context // created with the first lookup
-	cancel context.CancelFunc
-	cache  map[string]lookup
+	rctx      context.Context // created with the first lookup
+	cancel    context.CancelFunc
+	cache     map[string]lookup
+	good      map[string]netip.Addr // the hostnames of this answer that have an address
+	hostnames bool                  // whether any address was a hostname
 }
 
 type lookup struct {
@@ -170,7 +194,8 @@ type lookup struct {
 }
 
 // addr returns the IP of host: the literal itself (without brackets, zone
-// or IPv4 mapping), or the first address the resolver returns for it.
+// or IPv4 mapping), or the first address the resolver returns for it, or
+// its last good address if the lookup fails.
 func (l *lookups) addr(host string) (netip.Addr, error) {
 	lit := host
 	if len(lit) > 2 && lit[0] == '[' && lit[len(lit)-1] == ']' {
@@ -179,6 +204,7 @@ func (l *lookups) addr(host string) (netip.Addr, error) {
 	if a, err := netip.ParseAddr(lit); err == nil {
 		return a.Unmap().WithZone(""), nil
 	}
+	l.hostnames = true
 	if r, ok := l.cache[host]; ok {
 		return r.addr, r.err
 	}
@@ -195,6 +221,18 @@ func (l *lookups) addr(host string) (netip.Addr, error) {
 		r.err = errors.New("resolve: no address")
 	default:
 		r.addr = addrs[0].Unmap().WithZone("")
+	}
+	if r.err != nil && l.ctx.Err() == nil {
+		if last, ok := l.lastGood[host]; ok {
+			l.log.Warn("hostname lookup failed; keeping its last address", "host", host, "address", last, "error", r.err)
+			r = lookup{addr: last}
+		}
+	}
+	if r.err == nil {
+		if l.good == nil {
+			l.good = make(map[string]netip.Addr)
+		}
+		l.good[host] = r.addr
 	}
 	l.cache[host] = r
 	return r.addr, r.err

@@ -57,6 +57,11 @@ func epw(id, addr string, weight int, meta map[string]string) discovery.Endpoint
 	return discovery.Endpoint{ID: id, Addr: netip.MustParseAddrPort(addr), Weight: weight, Meta: meta}
 }
 
+func withInstance(e discovery.Endpoint, instance string) discovery.Endpoint {
+	e.Instance = instance
+	return e
+}
+
 func TestSnapshot(t *testing.T) {
 	resolver := &fakeResolver{hosts: map[string][]netip.Addr{
 		"one.example":    {netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")},
@@ -201,8 +206,8 @@ func TestSnapshot(t *testing.T) {
 				entry("n1", "10.0.0.1", "only", "", 81),
 			},
 			want: discovery.Snapshot{Service: "svc", Index: 7, Endpoints: []discovery.Endpoint{
-				epw("n1/svc", "10.0.0.1:80", 1, nil),
-				epw("n2/svc", "10.0.0.2:80", 1, nil),
+				withInstance(epw("n1/svc", "10.0.0.1:80", 1, nil), "svc"),
+				withInstance(epw("n2/svc", "10.0.0.2:80", 1, nil), "svc"),
 				epw("only", "10.0.0.1:81", 1, nil),
 			}},
 		},
@@ -233,8 +238,8 @@ func TestSnapshot(t *testing.T) {
 			rec := &recorder{}
 			cfg.Logger = slog.New(rec)
 			s := newTestSource(t, h, cfg, 0.5)
-			w := &watcher{Source: s, service: "svc", log: s.logger}
-			got, err := w.snapshot(context.Background(), tt.entries, 7)
+			w := s.newConverter("svc")
+			got, _, err := w.snapshot(context.Background(), tt.entries, 7)
 			if err != nil {
 				t.Fatalf("snapshot: %v", err)
 			}
@@ -254,14 +259,14 @@ func TestSnapshotResolvesEachHostOnce(t *testing.T) {
 	r := &fakeResolver{hosts: map[string][]netip.Addr{"one.example": {netip.MustParseAddr("192.0.2.1")}}}
 	cfg.Resolver = r
 	s := newTestSource(t, h, cfg, 0.5)
-	w := &watcher{Source: s, service: "svc", log: s.logger}
+	w := s.newConverter("svc")
 	entries := []*api.ServiceEntry{
 		entry("n1", "10.0.0.1", "a", "one.example", 80),
 		entry("n1", "10.0.0.1", "b", "one.example", 81),
 		entry("n1", "10.0.0.1", "c", "two.example", 80),
 		entry("n1", "10.0.0.1", "d", "two.example", 81),
 	}
-	if _, err := w.snapshot(context.Background(), entries, 1); err != nil {
+	if _, _, err := w.snapshot(context.Background(), entries, 1); err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(map[string]int{"one.example": 1, "two.example": 1}, r.calls); diff != "" {
@@ -273,10 +278,10 @@ func TestSnapshotCancelled(t *testing.T) {
 	h := newHarness()
 	cfg := testConfig(h)
 	s := newTestSource(t, h, cfg, 0.5)
-	w := &watcher{Source: s, service: "svc", log: s.logger}
+	w := s.newConverter("svc")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := w.snapshot(ctx, []*api.ServiceEntry{entry("n1", "10.0.0.1", "a", "host.example", 80)}, 1); err != context.Canceled {
+	if _, _, err := w.snapshot(ctx, []*api.ServiceEntry{entry("n1", "10.0.0.1", "a", "host.example", 80)}, 1); err != context.Canceled {
 		t.Errorf("snapshot with a cancelled context: err = %v, want %v", err, context.Canceled)
 	}
 }

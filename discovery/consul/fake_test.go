@@ -1,150 +1,297 @@
 package consul
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/clock"
 )
 
 // testTimeout bounds every wait of a test.
 const testTimeout = 10 * time.Second
 
-// query is what the fake client records of one call.
-type query struct {
-	Service    string
-	Tags       []string
-	Passing    bool
-	WaitIndex  uint64
-	WaitTime   time.Duration
-	AllowStale bool
-	Datacenter string
-	Near       string
+// fakeConsul is an in-memory Consul: a catalog of service entries (with
+// their checks, node checks included) and blocking queries on the
+// catalog's and the checks' indexes, as Consul keeps them.
+type fakeConsul struct {
+	mu           sync.Mutex
+	index        uint64                         // guarded by mu: the last Raft index
+	catalogIndex uint64                         // guarded by mu: of the services table
+	stateIndex   uint64                         // guarded by mu: of the checks table
+	services     map[string][]*api.ServiceEntry // guarded by mu: by name as registered
+	changed      chan struct{}                  // guarded by mu: closed at every change
+	err          error                          // guarded by mu: when set, every query fails with it
+	filtered     bool                           // guarded by mu: answers are marked filtered by ACLs
+	hidden       bool                           // guarded by mu: the catalog and state answers are empty
+	fetches      map[string]int                 // guarded by mu: ServiceMultipleTags calls per service
+	fetchTags    map[string][]string            // guarded by mu: the tags of the last fetch per service
+	inFlight     int                            // guarded by mu: ServiceMultipleTags calls running
+	maxInFlight  int                            // guarded by mu
+	probes       int                            // guarded by mu
+	fetchDelay   time.Duration                  // guarded by mu: how long a fetch takes
 }
 
-// reply answers one fetch.
-type reply struct {
-	entries []*api.ServiceEntry
-	index   uint64
-	err     error
-	noMeta  bool          // answer without QueryMeta
-	took    time.Duration // fake time the query blocked for
-}
-
-type fetchCall struct {
-	q     query
-	reply chan reply
-}
-
-// event is one thing the watcher did, in order: a fetch, a sleep or a
-// publish. The watcher blocks on fetches and sleeps until the test answers,
-// so a test sees every event in order and knows exactly what happened
-// between two of them.
-type event struct {
-	fetch   *fetchCall
-	sleep   time.Duration
-	fire    func() // for sleeps: advance the clock and fire the timer
-	publish *discovery.Snapshot
-}
-
-func (e event) String() string {
-	switch {
-	case e.fetch != nil:
-		return fmt.Sprintf("fetch(index=%d)", e.fetch.q.WaitIndex)
-	case e.publish != nil:
-		return fmt.Sprintf("publish(%+v)", *e.publish)
-	default:
-		return fmt.Sprintf("sleep(%v)", e.sleep)
+func newFake() *fakeConsul {
+	return &fakeConsul{
+		index: 10, catalogIndex: 10, stateIndex: 10,
+		services:  map[string][]*api.ServiceEntry{},
+		changed:   make(chan struct{}),
+		fetches:   map[string]int{},
+		fetchTags: map[string][]string{},
 	}
 }
 
-// harness holds the fakes of one watcher.
-type harness struct {
-	events chan event
-	mu     sync.Mutex
-	now    time.Time // guarded by mu
-}
+// newHarness is a fake with nothing registered.
+func newHarness() *fakeConsul { return newFake() }
 
-func newHarness() *harness {
-	return &harness{
-		events: make(chan event, 100),
-		now:    time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC),
+// change applies f under the lock as one Raft transaction that moves the
+// services table's index (catalog) and/or the checks table's (state).
+func (f *fakeConsul) change(catalog, state bool, fn func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn()
+	f.index++
+	if catalog {
+		f.catalogIndex = f.index
 	}
-}
-
-func (h *harness) advance(d time.Duration) time.Time {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.now = h.now.Add(d)
-	return h.now
-}
-
-// Now implements clock.
-func (h *harness) Now() time.Time {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.now
-}
-
-// NewTimer implements clock.
-func (h *harness) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
-	c := make(chan time.Time, 1)
-	h.events <- event{sleep: d, fire: func() { c <- h.advance(d) }}
-	return c, func() bool { return false }
-}
-
-// ServiceMultipleTags implements Client.
-func (h *harness) ServiceMultipleTags(service string, tags []string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
-	ctx := q.Context()
-	call := &fetchCall{
-		q: query{
-			Service: service, Tags: tags, Passing: passingOnly,
-			WaitIndex: q.WaitIndex, WaitTime: q.WaitTime,
-			AllowStale: q.AllowStale, Datacenter: q.Datacenter, Near: q.Near,
-		},
-		reply: make(chan reply),
+	if state {
+		f.stateIndex = f.index
 	}
-	h.events <- event{fetch: call}
-	select {
-	case r := <-call.reply:
-		h.advance(r.took)
-		if r.err != nil {
-			return nil, nil, r.err
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// set registers the entries of a service (with their checks), replacing
+// its previous ones; no entries deregisters it.
+func (f *fakeConsul) set(service string, entries ...*api.ServiceEntry) {
+	f.change(true, true, func() {
+		if len(entries) == 0 {
+			delete(f.services, service)
+			return
 		}
-		if r.noMeta {
-			return r.entries, nil, nil
-		}
-		return r.entries, &api.QueryMeta{LastIndex: r.index}, nil
-	case <-ctx.Done():
-		return nil, nil, ctx.Err()
-	}
+		f.services[service] = entries
+	})
 }
 
-// next returns the next event, failing the test after testTimeout.
-func (h *harness) next(t *testing.T) event {
-	t.Helper()
-	select {
-	case e := <-h.events:
-		return e
-	case <-time.After(testTimeout):
-		t.Fatalf("no event from the watcher in %v", testTimeout)
-		return event{}
+// setStatus changes the status of every check with the id on node.
+func (f *fakeConsul) setStatus(node, checkID, status string) {
+	f.change(false, true, func() {
+		for name, es := range f.services {
+			for i, e := range es {
+				c := *e
+				c.Checks = slices.Clone(e.Checks)
+				for j, ch := range c.Checks {
+					if ch.Node == node && ch.CheckID == checkID {
+						cc := *ch
+						cc.Status = status
+						c.Checks[j] = &cc
+					}
+				}
+				es[i] = &c
+			}
+			f.services[name] = es
+		}
+	})
+}
+
+func (f *fakeConsul) setErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = err
+}
+
+func (f *fakeConsul) fetchCount(service string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.fetches[service]
+}
+
+func (f *fakeConsul) totalFetches() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, c := range f.fetches {
+		n += c
 	}
+	return n
+}
+
+// block waits, as a blocking query does, until index passes q.WaitIndex,
+// q.WaitTime passes or the context ends. f.mu must be held; it is held
+// again on return.
+func (f *fakeConsul) block(q *api.QueryOptions, index func() uint64) error {
+	if q.WaitIndex == 0 {
+		return nil
+	}
+	timeout := time.NewTimer(q.WaitTime)
+	defer timeout.Stop()
+	for index() <= q.WaitIndex {
+		ch := f.changed
+		f.mu.Unlock()
+		select {
+		case <-ch:
+		case <-timeout.C:
+			f.mu.Lock()
+			return nil
+		case <-q.Context().Done():
+			f.mu.Lock()
+			return q.Context().Err()
+		}
+		f.mu.Lock()
+	}
+	return nil
+}
+
+func (f *fakeConsul) meta(index uint64) *api.QueryMeta {
+	return &api.QueryMeta{LastIndex: index, ResultsFilteredByACLs: f.filtered}
+}
+
+// Services implements Client.
+func (f *fakeConsul) Services(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.block(q, func() uint64 { return f.catalogIndex }); err != nil {
+		return nil, nil, err
+	}
+	if f.err != nil {
+		return nil, nil, f.err
+	}
+	out := map[string][]string{}
+	if !f.hidden {
+		for name := range f.services {
+			out[name] = nil
+		}
+	}
+	return out, f.meta(f.catalogIndex), nil
+}
+
+// State implements Client.
+func (f *fakeConsul) State(state string, q *api.QueryOptions) (api.HealthChecks, *api.QueryMeta, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if state != api.HealthAny {
+		return nil, nil, fmt.Errorf("state %q", state)
+	}
+	if err := f.block(q, func() uint64 { return f.stateIndex }); err != nil {
+		return nil, nil, err
+	}
+	if f.err != nil {
+		return nil, nil, f.err
+	}
+	var out api.HealthChecks
+	seen := map[string]bool{}
+	if !f.hidden {
+		for name, es := range f.services {
+			for _, e := range es {
+				for _, c := range e.Checks {
+					k := c.Node + "\x00" + c.CheckID
+					if seen[k] {
+						continue
+					}
+					seen[k] = true
+					cc := *c
+					if cc.ServiceID != "" {
+						cc.ServiceName = name
+					}
+					out = append(out, &cc)
+				}
+			}
+		}
+	}
+	return out, f.meta(f.stateIndex), nil
+}
+
+// ServiceMultipleTags implements Client: case-insensitive service and tags,
+// like Consul.
+func (f *fakeConsul) ServiceMultipleTags(service string, tags []string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	if q.WaitIndex != 0 {
+		return nil, nil, fmt.Errorf("blocking fetch of %q", service)
+	}
+	f.mu.Lock()
+	f.fetches[service]++
+	f.fetchTags[service] = tags
+	f.inFlight++
+	f.maxInFlight = max(f.maxInFlight, f.inFlight)
+	delay := f.fetchDelay
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.inFlight--
+		f.mu.Unlock()
+	}()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-q.Context().Done():
+			return nil, nil, q.Context().Err()
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return nil, nil, f.err
+	}
+	var out []*api.ServiceEntry
+	for name, es := range f.services {
+		if !strings.EqualFold(name, service) {
+			continue
+		}
+	next:
+		for _, e := range es {
+			for _, t := range tags {
+				if !slices.ContainsFunc(e.Service.Tags, func(x string) bool { return strings.EqualFold(x, t) }) {
+					continue next
+				}
+			}
+			if passingOnly && e.Checks.AggregatedStatus() != api.HealthPassing {
+				continue
+			}
+			out = append(out, e)
+		}
+	}
+	return out, f.meta(max(f.catalogIndex, f.stateIndex)), nil
+}
+
+// LeaderWithQueryOptions implements Client.
+func (f *fakeConsul) LeaderWithQueryOptions(q *api.QueryOptions) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.probes++
+	if f.err != nil {
+		return "", f.err
+	}
+	return "127.0.0.1:8300", nil
 }
 
 // fakeResolver resolves from a map; missing hosts fail.
 type fakeResolver struct {
 	mu    sync.Mutex
-	hosts map[string][]netip.Addr
-	calls map[string]int // guarded by mu
+	hosts map[string][]netip.Addr // guarded by mu
+	calls map[string]int          // guarded by mu
+}
+
+func (r *fakeResolver) set(host string, addrs ...netip.Addr) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.hosts == nil {
+		r.hosts = map[string][]netip.Addr{}
+	}
+	if len(addrs) == 0 {
+		delete(r.hosts, host)
+		return
+	}
+	r.hosts[host] = addrs
 }
 
 func (r *fakeResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
@@ -164,32 +311,36 @@ func (r *fakeResolver) LookupNetIP(ctx context.Context, network, host string) ([
 	if !ok {
 		return nil, fmt.Errorf("lookup %s: no such host", host)
 	}
-	return addrs, nil
+	return slices.Clone(addrs), nil
 }
 
-// testConfig returns a valid config whose client is h.
-func testConfig(h *harness) Config {
+// testConfig returns a valid config whose client is f, with short pauses.
+func testConfig(f *fakeConsul) Config {
 	cfg := DefaultConfig()
-	cfg.Client = h
+	cfg.Client = f
 	cfg.Resolver = &fakeResolver{}
+	cfg.MinInterval = 10 * time.Millisecond
+	cfg.BackoffBase = 10 * time.Millisecond
+	cfg.BackoffMax = 100 * time.Millisecond
+	cfg.WaitTime = 5 * time.Second
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	return cfg
 }
 
-// newTestSource builds a Source on the harness's clock with a constant
-// jitter input.
-func newTestSource(t *testing.T, h *harness, cfg Config, r float64) *Source {
+// newTestSource builds a Source with a constant jitter input.
+func newTestSource(t *testing.T, _ *fakeConsul, cfg Config, r float64) *Source {
 	t.Helper()
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	s.clock = h
+	s.clock = clock.Real{}
 	s.rand = func() float64 { return r }
+	t.Cleanup(s.Close)
 	return s
 }
 
-// entry builds a passing service entry.
+// entry builds a passing service entry with a node check.
 func entry(node, nodeAddr, id, addr string, port int) *api.ServiceEntry {
 	return &api.ServiceEntry{
 		Node: &api.Node{Node: node, Address: nodeAddr},
@@ -202,3 +353,68 @@ func entry(node, nodeAddr, id, addr string, port int) *api.ServiceEntry {
 		},
 	}
 }
+
+// withCheck adds a service check to a copy of e.
+func withCheck(e *api.ServiceEntry, checkID, status string) *api.ServiceEntry {
+	c := *e
+	c.Checks = append(slices.Clone(e.Checks), &api.HealthCheck{
+		Node: e.Node.Node, CheckID: checkID, Status: status, ServiceID: e.Service.ID, ServiceName: e.Service.Service,
+	})
+	return &c
+}
+
+// withTags sets the tags of a copy of e.
+func withTags(e *api.ServiceEntry, tags ...string) *api.ServiceEntry {
+	c := *e
+	s := *e.Service
+	s.Tags = tags
+	c.Service = &s
+	return &c
+}
+
+// recorder is a slog handler that keeps the records.
+type recorder struct {
+	mu      sync.Mutex
+	records []slog.Record // guarded by mu
+}
+
+func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.records = append(r.records, rec)
+	return nil
+}
+func (r *recorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *recorder) WithGroup(string) slog.Handler      { return r }
+
+func (r *recorder) atLeast(level slog.Level) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var msgs []string
+	for _, rec := range r.records {
+		if rec.Level >= level {
+			msgs = append(msgs, rec.Message)
+		}
+	}
+	return msgs
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+

@@ -3,33 +3,97 @@ package consul
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
-
-	"github.com/hashicorp/consul/api"
 
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/internal/clock"
 )
 
-// fetchGrace is added to a blocking query's wait (and Consul's jitter of up
-// to wait/16) to get the deadline after which the request is abandoned.
-const fetchGrace = 10 * time.Second
-
-// Source is the discovery.Source backed by Consul. Create it with New. It is
-// safe for concurrent use; each Watch call runs its own loop.
+// Source is the discovery.Source and discovery.Directory backed by Consul.
+// Create it with New. All its Watch calls share one hub: two long polls
+// (the catalog's service list and the health state of every check) that
+// tell which services changed, and a pool of at most Config.MaxFetches
+// workers that fetch those services. The hub runs while anyone uses it: a
+// Run call, or a Watch call. Safe for concurrent use.
 type Source struct {
-	// Read-only after construction.
+	// Read-only after construction (tests set clock and rand before use).
 	cfg    Config
 	logger *slog.Logger
 	clock  clock.Clock
 	rand   func() float64 // in [0, 1), for jitter
+
+	dir atomic.Pointer[directory] // the latest directory; never nil
+
+	life      sync.Mutex         // serializes starting and stopping the hub
+	users     int                // guarded by life: Run and Watch calls in progress
+	hubCancel context.CancelFunc // guarded by life: stops the running hub; nil when stopped
+	hubWG     *sync.WaitGroup    // guarded by life: the running hub's goroutines
+
+	wake chan struct{} // a token per enqueue, up to MaxFetches: wakes workers
+
+	leased     atomic.Bool   // a Lookup lease holds the hub
+	leaseMu    sync.Mutex    // serializes taking the lease
+	lastLookup atomic.Int64  // clock time of the latest Lookup, in Unix nanoseconds
+	closed     chan struct{} // closed by Close
+	closeOnce  sync.Once
+
+	mu      sync.Mutex
+	entries map[string]*watched              // guarded by mu: watched canonical names
+	byBase  map[string]map[*watched]struct{} // guarded by mu: entries by lowercase service
+	queue   []*watched                       // guarded by mu: entries to fetch, in order
+	health  healthState                    // guarded by mu: what the health-state poll saw
 }
 
-var _ discovery.Source = (*Source)(nil)
+var (
+	_ discovery.Source    = (*Source)(nil)
+	_ discovery.Directory = (*Source)(nil)
+)
+
+// directory is one read of the catalog's service list. Immutable once
+// stored.
+type directory struct {
+	names   map[string]struct{} // lowercase service names
+	index   uint64
+	ready   bool
+	changed chan struct{} // closed when a newer directory is stored
+}
+
+// entryState says where an entry is in the fetch queue.
+type entryState int
+
+const (
+	idle       entryState = iota // nothing owed
+	queued                       // in Source.queue
+	fetching                     // a worker fetches it
+	fetchAgain                   // a worker fetches it, and it changed since the fetch began
+)
+
+// watched is one watched canonical name, shared by the Watch calls that
+// name it in any case or tag order.
+type watched struct {
+	// Read-only after construction.
+	name string   // canonical
+	base string   // lowercase service
+	tags []string // Config.Tags and the name's tags
+
+	// Guarded by Source.mu.
+	subs      map[chan struct{}]struct{} // one per Watch call; signalled on a new snapshot
+	snap      discovery.Snapshot         // latest; Service is the canonical name
+	version   uint64                     // incremented with every new snap; 0: none yet
+	state     entryState
+	index     uint64              // X-Consul-Index of the latest answer
+	nodes     map[string]struct{} // nodes of the instances in the latest answer
+	hostnames bool                // whether the latest answer had hostname addresses
+	removed   bool                // no Watch call names it any more
+
+	conv *converter // used only by the worker that fetches the entry
+}
 
 // New validates cfg and returns a Source. It does not contact Consul.
 func New(cfg Config) (*Source, error) {
@@ -43,172 +107,298 @@ func New(cfg Config) (*Source, error) {
 		cfg.Logger = slog.Default()
 	}
 	cfg.Tags = slices.Clone(cfg.Tags)
-	return &Source{
-		cfg:    cfg,
-		logger: cfg.Logger.With("component", "discovery.consul"),
-		clock:  clock.Real{},
-		rand:   clock.RandFloat,
-	}, nil
+	s := &Source{
+		cfg:     cfg,
+		logger:  cfg.Logger.With("component", "discovery.consul"),
+		clock:   clock.Real{},
+		rand:    clock.RandFloat,
+		wake:    make(chan struct{}, cfg.MaxFetches),
+		entries: make(map[string]*watched),
+		byBase:  make(map[string]map[*watched]struct{}),
+		closed:  make(chan struct{}),
+	}
+	s.dir.Store(&directory{changed: make(chan struct{})})
+	return s, nil
+}
+
+// DirectoryLinger is how long the hub keeps running after the last Lookup
+// when no Run or Watch call holds it.
+const DirectoryLinger = 30 * time.Second
+
+// Lookup implements discovery.Directory: whether Consul's catalog lists
+// service (compared in lower case, as Consul does). ready is false until
+// the hub has read the catalog once; an answer that ACLs filtered down to
+// nothing does not count, since it tells nothing. Once ready, it stays
+// ready, through Consul outages too (the last list read is kept). changed
+// is closed at the next read of the list. Lookup starts the hub if it is
+// not running and keeps it running until DirectoryLinger after the last
+// Lookup (or until Close), so the directory is read without a Run call.
+// Safe for concurrent use; does not block (beyond starting the hub).
+func (s *Source) Lookup(service string) (exists, ready bool, changed <-chan struct{}) {
+	s.touch()
+	d := s.dir.Load()
+	if !d.ready {
+		return false, false, d.changed
+	}
+	_, ok := d.names[strings.ToLower(service)]
+	return ok, true, d.changed
+}
+
+// touch records a Lookup and takes the lease on the hub if nobody holds it.
+func (s *Source) touch() {
+	s.lastLookup.Store(s.clock.Now().UnixNano())
+	if s.leased.Load() {
+		return
+	}
+	s.leaseMu.Lock()
+	defer s.leaseMu.Unlock()
+	select {
+	case <-s.closed:
+		return
+	default:
+	}
+	if s.leased.Load() {
+		return
+	}
+	s.leased.Store(true)
+	s.acquire()
+	go s.holdLease()
+}
+
+// holdLease keeps the hub until DirectoryLinger has passed without a
+// Lookup, or Close.
+func (s *Source) holdLease() {
+	defer func() {
+		s.leaseMu.Lock()
+		s.leased.Store(false)
+		s.leaseMu.Unlock()
+		s.release()
+	}()
+	for {
+		idle := s.clock.Now().Sub(time.Unix(0, s.lastLookup.Load()))
+		if idle >= DirectoryLinger {
+			return
+		}
+		c, stop := s.clock.NewTimer(DirectoryLinger - idle)
+		select {
+		case <-c:
+			stop()
+		case <-s.closed:
+			stop()
+			return
+		}
+	}
+}
+
+// Close ends the hold of Lookup on the hub (the hub stops once no Run or
+// Watch call uses it either) and waits for the hub if nobody else uses it.
+// Lookup after Close answers from the last list read. Safe to call more
+// than once and concurrently.
+func (s *Source) Close() {
+	s.closeOnce.Do(func() { close(s.closed) })
+	// Wait for holdLease to let go.
+	for s.leased.Load() {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Run runs the hub (the long polls, the fetch pool, the timers) until ctx
+// is done, so that Lookup answers before any Watch; without it the hub runs
+// only while a Watch call does. It blocks and returns ctx.Err(). Safe to
+// call concurrently with Watch.
+func (s *Source) Run(ctx context.Context) error {
+	s.acquire()
+	defer s.release()
+	<-ctx.Done()
+	return ctx.Err()
 }
 
 // Watch watches one service until ctx is done, calling publish from the
 // calling goroutine with the first answer and then with every change (see
 // the package documentation for the rules). It blocks, and returns ctx.Err()
 // once ctx is done, or at once an error when service is not a valid name
-// (see ValidateServiceName). Each call runs its own blocking-query loop;
-// callers share one Watch among the users of a service.
+// (see ValidateServiceName). Names that differ only in case or tag order
+// share one entry and one fetch; snapshots carry the name as given.
 //
 // A name may carry a tag filter ("user-srv@srv,v2", see
 // discovery.SplitName): only instances with those tags, and with
-// Config.Tags, are published; snapshots carry the name as given.
+// Config.Tags, are published.
 func (s *Source) Watch(ctx context.Context, service string, publish func(discovery.Snapshot)) error {
-	base, tags := discovery.SplitName(service)
+	base, _ := discovery.SplitName(service)
 	if err := ValidateServiceName(base); err != nil {
 		return err
 	}
 	if publish == nil {
 		return errors.New("consul: Watch: nil publish func")
 	}
-	w := &watcher{
-		Source:  s,
-		service: service,
-		base:    base,
-		tags:    append(slices.Clone(s.cfg.Tags), tags...),
-		publish: publish,
-		log:     s.logger.With("service", service),
-	}
-	return w.run(ctx)
-}
+	s.acquire()
+	defer s.release()
+	e, notify := s.subscribe(discovery.Canonical(service))
+	defer s.unsubscribe(e, notify)
 
-// watcher is the state of one Watch call. It is used by one goroutine only.
-type watcher struct {
-	*Source
-	service string   // as asked, for snapshots and logs
-	base    string   // the Consul service
-	tags    []string // Config.Tags and the name's tag filter
-	publish func(discovery.Snapshot)
-	log     *slog.Logger
-}
-
-func (w *watcher) run(ctx context.Context) error {
 	var (
-		waitIndex uint64             // WaitIndex of the next query; 0 until the first answer
+		seen      uint64             // version last looked at
 		last      discovery.Snapshot // last published
-		published bool               // whether last is set
-		failures  int                // consecutive failed fetches
-		lastStart time.Time          // start of the previous fetch
-		backoff   time.Duration      // owed before the next fetch after a failure
+		published bool
 	)
-	// The loop ends only with ctx; every iteration starts at least
-	// MinInterval after the previous one.
-	for first := true; ; first = false {
-		if !first {
-			wait := max(backoff, lastStart.Add(w.interval()).Sub(w.clock.Now()))
-			if err := w.sleep(ctx, wait); err != nil {
-				return err
-			}
+	for {
+		select {
+		case <-notify:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		lastStart = w.clock.Now()
-		backoff = 0
-
-		entries, meta, err := w.fetch(ctx, waitIndex)
-		if err != nil {
-			if ctxErr := ctx.Err(); ctxErr != nil {
-				return ctxErr
-			}
-			backoff = w.backoff(failures)
-			failures++
-			w.log.Warn("query failed; keeping the last snapshot",
-				"error", err, "failures", failures, "retry_in", backoff)
+		s.mu.Lock()
+		snap, version := e.snap, e.version
+		s.mu.Unlock()
+		if version == seen {
 			continue
 		}
-		failures = 0
-
-		index := meta.LastIndex
-		if index == 0 {
-			// Consul should never answer 0, but some versions did; waiting
-			// on 0 would not block and the loop would spin. Waiting on 1 is
-			// always safe.
-			w.log.Debug("answer with index 0; using 1")
-			index = 1
-		}
-		switch {
-		case index == waitIndex:
-			// The wait timed out: nothing changed.
-			continue
-		case index < waitIndex:
-			// Indexes can go backwards (a snapshot restore, a stale server,
-			// a recreated service). Resetting the watch to 0 would fetch
-			// the current state without blocking, which is what this answer
-			// already is: take it as fresh data and wait on its index.
-			w.log.Info("index went backwards; resetting the watch",
-				"index", index, "previous_index", waitIndex)
-		}
-		waitIndex = index
-
-		snap, err := w.snapshot(ctx, entries, index)
-		if err != nil {
-			return err
-		}
+		seen = version
+		snap.Service = service
 		if published && snap.Equal(last) {
-			w.log.Debug("new index, same endpoints", "index", index)
 			continue
 		}
 		last, published = snap, true
-		w.log.Debug("publishing", "index", index, "endpoints", len(snap.Endpoints))
-		w.publish(snap)
+		publish(snap)
 	}
 }
 
-// fetch runs one (blocking, unless index is 0) health query.
-func (w *watcher) fetch(ctx context.Context, index uint64) ([]*api.ServiceEntry, *api.QueryMeta, error) {
-	ctx, cancel := context.WithTimeout(ctx, w.cfg.WaitTime+w.cfg.WaitTime/16+fetchGrace)
-	defer cancel()
-	q := &api.QueryOptions{
-		Datacenter: w.cfg.Datacenter,
-		AllowStale: w.cfg.AllowStale,
-		Near:       w.cfg.Near,
-		WaitIndex:  index,
-		WaitTime:   w.cfg.WaitTime,
+// subscribe registers a Watch call of name and returns its entry and the
+// channel signalled when the entry has a new snapshot.
+func (s *Source) subscribe(name string) (*watched, chan struct{}) {
+	notify := make(chan struct{}, 1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.entries[name]
+	if e == nil {
+		base, tags := discovery.SplitName(name)
+		e = &watched{
+			name: name,
+			base: base,
+			tags: append(slices.Clone(s.cfg.Tags), tags...),
+			subs: make(map[chan struct{}]struct{}),
+			conv: s.newConverter(name),
+		}
+		s.entries[name] = e
+		if s.byBase[base] == nil {
+			s.byBase[base] = make(map[*watched]struct{})
+		}
+		s.byBase[base][e] = struct{}{}
+		if d := s.dir.Load(); d.ready {
+			s.refreshLocked(e, d)
+		}
+		// Otherwise the first read of the directory starts it.
 	}
-	entries, meta, err := w.cfg.Client.ServiceMultipleTags(w.base, w.tags, !w.cfg.IncludeWarning, q.WithContext(ctx))
-	if err == nil && meta == nil {
-		err = errors.New("answer without query metadata")
+	e.subs[notify] = struct{}{}
+	if e.version > 0 {
+		notify <- struct{}{}
 	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("consul: health query for %q: %w", w.base, err)
-	}
-	return entries, meta, nil
+	return e, notify
 }
 
-// interval returns the least time between the starts of two fetches:
-// MinInterval plus up to 25 % of jitter.
-func (w *watcher) interval() time.Duration {
-	d := w.cfg.MinInterval
-	return d + time.Duration(w.rand()*float64(d)/4)
-}
-
-// backoff returns the delay after the given number of earlier consecutive
-// failures: BackoffBase doubled that many times, capped at BackoffMax, then
-// multiplied by a random factor in [0.8, 1.2).
-func (w *watcher) backoff(failures int) time.Duration {
-	return clock.Backoff(w.cfg.BackoffBase, w.cfg.BackoffMax, failures, w.rand())
-}
-
-// sleep waits for d, or until ctx is done.
-func (w *watcher) sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
+// unsubscribe ends a Watch call; the last one removes the entry.
+func (s *Source) unsubscribe(e *watched, notify chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(e.subs, notify)
+	if len(e.subs) > 0 {
+		return
 	}
-	c, stop := w.clock.NewTimer(d)
-	defer stop()
-	select {
-	case <-c:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	e.removed = true
+	delete(s.entries, e.name)
+	delete(s.byBase[e.base], e)
+	if len(s.byBase[e.base]) == 0 {
+		delete(s.byBase, e.base)
+	}
+	if e.state == queued {
+		s.queue = slices.DeleteFunc(s.queue, func(q *watched) bool { return q == e })
+		e.state = idle
+	}
+}
+
+// refreshLocked brings e up to date with the directory d: a service the
+// catalog lists is fetched; one it does not is positively absent and
+// publishes an empty snapshot without any query. s.mu must be held.
+func (s *Source) refreshLocked(e *watched, d *directory) {
+	if _, ok := d.names[e.base]; ok {
+		s.enqueueLocked(e)
+		return
+	}
+	s.setLocked(e, discovery.Snapshot{Service: e.name, Index: d.index})
+}
+
+// setLocked stores a new snapshot of e and wakes its Watch calls, unless
+// it equals the current one. s.mu must be held.
+func (s *Source) setLocked(e *watched, snap discovery.Snapshot) {
+	if e.removed || (e.version > 0 && snap.Equal(e.snap)) {
+		return
+	}
+	e.snap = snap
+	e.version++
+	for c := range e.subs {
+		select {
+		case c <- struct{}{}:
+		default: // already signalled
+		}
+	}
+}
+
+// enqueueLocked marks e for a fetch. s.mu must be held.
+func (s *Source) enqueueLocked(e *watched) {
+	if e.removed {
+		return
+	}
+	switch e.state {
+	case idle:
+		e.state = queued
+		s.queue = append(s.queue, e)
+		select {
+		case s.wake <- struct{}{}:
+		default: // enough workers are awake already
+		}
+	case fetching:
+		e.state = fetchAgain
+	}
+}
+
+// enqueueAllLocked marks every watched entry for a refresh against the
+// directory. s.mu must be held.
+func (s *Source) enqueueAllLocked(d *directory) {
+	for _, e := range s.entries {
+		s.refreshLocked(e, d)
+	}
+}
+
+// acquire starts the hub if nobody uses it yet.
+func (s *Source) acquire() {
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.users++
+	if s.users == 1 {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.hubCancel, s.hubWG = cancel, s.startHub(ctx)
+	}
+}
+
+// release stops the hub, and waits for it, when its last user leaves.
+func (s *Source) release() {
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.users--
+	if s.users == 0 {
+		s.hubCancel()
+		s.hubWG.Wait()
+		s.hubCancel, s.hubWG = nil, nil
+	}
+}
+
+// newConverter returns the converter of the watched name.
+func (s *Source) newConverter(name string) *converter {
+	return &converter{
+		service:        name,
+		includeWarning: s.cfg.IncludeWarning,
+		resolver:       s.cfg.Resolver,
+		timeout:        s.cfg.ResolveTimeout,
+		log:            s.logger.With("service", name),
 	}
 }

@@ -47,6 +47,8 @@ type Update[T any] struct {
 	// Kicked is set when the answer follows a Kick; it is delivered even
 	// if its index did not change.
 	Kicked bool
+	// Filtered is set when ACLs filtered the answer (Meta.FilteredByACLs).
+	Filtered bool
 }
 
 // Limits of the Options durations, inclusive.
@@ -250,7 +252,7 @@ func (w *Watch[T]) Run(ctx context.Context, deliver func(Update[T]), onError fun
 		if w.opts.WaitTime > 0 {
 			waitIndex = index
 		}
-		u := Update[T]{Value: v, Index: index, Fresh: fresh || forced, Kicked: forced}
+		u := Update[T]{Value: v, Index: index, Fresh: fresh || forced, Kicked: forced, Filtered: meta.FilteredByACLs}
 		fresh, delivered = false, true
 		deliver(u)
 	}
