@@ -163,7 +163,7 @@ Flags:
 	fs.Float64Var(&o.lb.LoadWeight.MaxDropShare, "max-drop-share", o.lb.LoadWeight.MaxDropShare, "most calls dropped for overload, as a share (0: never drop for overload; rate limits have -max-rate-limit-drop-share)")
 	fs.StringVar(&o.rateLimits, "rate-limit", "", "per-service call rate limits over all clients: `service=calls/s,...` (excess calls dropped by clients; measured from ClientStats)")
 	fs.Float64Var(&o.lb.MaxRateLimitDropShare, "max-rate-limit-drop-share", o.lb.MaxRateLimitDropShare, "most calls dropped to keep a service under its -rate-limit, as a share in (0, 1]")
-	fs.Float64Var(&o.lb.MaxClientRateShare, "max-client-rate-share", o.lb.MaxClientRateShare, "most one client stream counts for in a rate-limited service's measured rate, as a share of its -rate-limit in (0, 100]: N streams raise it by at most N × share × 1.5 × limit (with a 10s -client-stats-interval)")
+	fs.Float64Var(&o.lb.MaxClientRateShare, "max-client-rate-share", o.lb.MaxClientRateShare, "most the streams of one client address (IPv4 address, IPv6 /64) count for in a rate-limited service's measured rate, as a share of its -rate-limit in (0, 100]: N addresses raise it by at most N × share × 1.5 × limit (with a 10s -client-stats-interval)")
 	fs.Float64Var(&o.lb.MaxClientCallRate, "max-client-call-rate", o.lb.MaxClientCallRate, "most calls per second one client stream is believed to start; ClientStats claiming more are clamped (and counted as bad)")
 	fs.StringVar(&o.aliases, "alias", "", "map client names to services: `name=service,...` (name with or without port)")
 	fs.IntVar(&o.lb.MaxNameLength, "max-name-length", o.lb.MaxNameLength, "longest name accepted in an initial request, in bytes")
