@@ -109,10 +109,21 @@ func (m NameMapper) mapValid(name string) (string, error) {
 	if base == "" {
 		return "", fmt.Errorf("name has no service before %q", discovery.TagSeparator)
 	}
-	if strings.HasPrefix(base, ".") || strings.HasSuffix(base, ".") || strings.Contains(base, "..") {
+	if emptyLabel(base) {
 		return "", fmt.Errorf("name has an empty label")
 	}
+	for _, t := range tags {
+		if emptyLabel(t) {
+			return "", fmt.Errorf("tag %q has an empty label", t)
+		}
+	}
 	return discovery.JoinName(base, tags), nil
+}
+
+// emptyLabel reports whether a dotted name has an empty label: a leading
+// or trailing dot, or two dots in a row.
+func emptyLabel(s string) bool {
+	return strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..")
 }
 
 // CanonicalAliases returns aliases with keys in lower case without a

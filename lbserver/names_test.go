@@ -48,6 +48,8 @@ func TestNameMapperMap(t *testing.T) {
 		{name: "user..srv", wantErr: "empty label"},
 		{name: "user-srv.@", wantErr: "empty label"},
 		{name: "user-srv.@srv:80", wantErr: "empty label"},
+		{name: "0@.,", wantErr: "empty label"},
+		{name: "user-srv@v1.2,srv", want: "user-srv@srv,v1.2"},
 		{name: "USER-SRV:50051", want: "user-srv"},
 		{name: "User-Srv@V2,SRV:80", want: "user-srv@srv,v2"},
 		{name: "USERS:443", want: "user-srv"},

@@ -362,15 +362,12 @@ func (st *streamState) startSender() {
 	st.srv.streams.Add(1)
 	go func(out <-chan *lbpb.LoadBalanceResponse, done chan<- error) {
 		defer st.srv.streams.Done()
+		var err error
 		for m := range out {
-			err := st.stream.Send(m)
-			done <- err // buffered: send takes each result, or has left
-			if err != nil {
-				// Nothing more can be sent; drain until stopSender.
-				for range out {
-				}
-				return
+			if err == nil { // after a failed Send nothing more can be sent
+				err = st.stream.Send(m)
 			}
+			done <- err // buffered: send takes each result, or has left
 		}
 	}(st.out, st.sendDone)
 }
