@@ -60,7 +60,7 @@ func faultOutage(t *testing.T) time.Duration {
 func faultSource(t *testing.T, client *api.Client, logger *slog.Logger, tweak func(*consul.Config)) *consul.Source {
 	t.Helper()
 	cfg := consul.DefaultConfig()
-	cfg.Client = client.Health()
+	cfg.Client = consul.API(client)
 	cfg.Logger = logger
 	if tweak != nil {
 		tweak(&cfg)
