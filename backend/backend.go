@@ -119,6 +119,9 @@ func New(cfg Config) (*Backend, error) {
 		// Balancers ask for load reports without a token.
 		orcasvc.OpenRcaService_StreamCoreMetrics_FullMethodName: true,
 	})
+	if cfg.AcceptUnkeyedLBToken && cfg.LBTokenKey.Keyed() {
+		v.Accept = []string{lbtoken.ForID(cfg.ID)}
+	}
 	// The recorder comes first, so that it counts every call that reaches
 	// the backend, rejected ones included, and sees the added latency.
 	b.srv = grpc.NewServer(

@@ -399,3 +399,31 @@ func TestShutdownTimeoutCutsLongCalls(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyedVerifierDuringRollout: with AcceptUnkeyedLBToken, a keyed
+// backend accepts its unkeyed token too, and still no other.
+func TestKeyedVerifierDuringRollout(t *testing.T) {
+	key := lbtoken.Key("backend-test-key-0123456789")
+	cfg := testConfig(t)
+	cfg.ID = "user-srv-rollout"
+	cfg.RequireLBToken = true
+	cfg.LBTokenKey = key
+	cfg.AcceptUnkeyedLBToken = true
+	r := serve(t, cfg)
+	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
+	defer cancel()
+	c := userpb.NewUserClient(dial(t, r.Addr()))
+	for _, tc := range []struct {
+		name, token string
+		want        codes.Code
+	}{
+		{"keyed token", key.ForID("user-srv-rollout"), codes.OK},
+		{"unkeyed token", lbtoken.ForID("user-srv-rollout"), codes.OK},
+		{"unkeyed token of another ID", lbtoken.ForID("user-srv-other"), codes.PermissionDenied},
+		{"forged with another key", lbtoken.Key("attacker-guess-0123456789").ForID("user-srv-rollout"), codes.PermissionDenied},
+	} {
+		if _, err := c.GetUserList(withToken(ctx, tc.token), &userpb.PageInfo{}); status.Code(err) != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}

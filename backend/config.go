@@ -75,6 +75,10 @@ type Config struct {
 	// (lbserver -lb-token-key-file), and calls with an unkeyed or forged
 	// token are rejected. Empty expects unkeyed tokens (lbtoken.ForID).
 	LBTokenKey lbtoken.Key
+	// AcceptUnkeyedLBToken, with LBTokenKey, accepts the unkeyed token as
+	// well, while keys roll out: give the backends the key with this set,
+	// then the balancers, then unset it.
+	AcceptUnkeyedLBToken bool
 	// ORCAMinInterval is the shortest interval at which the backend sends
 	// ORCA load reports (loadreport.ReporterConfig.MinInterval): a balancer
 	// that asks for less gets this. Default 1 s; values under 10 ms are

@@ -179,6 +179,10 @@ type Verifier struct {
 	Token string
 	// Required rejects calls that carry no token.
 	Required bool
+	// Accept lists other tokens that pass too, such as the instance's
+	// unkeyed token while keyed tokens roll out (backends first, with both
+	// accepted; then the balancers; then Accept emptied).
+	Accept []string
 	// Exempt lists full method names that are never checked, such as the
 	// health service's.
 	Exempt map[string]bool
@@ -205,12 +209,23 @@ func (v Verifier) Check(ctx context.Context, method string) error {
 		return status.Error(codes.PermissionDenied, "lbtoken: call carries no lb-token")
 	case subtle.ConstantTimeCompare([]byte(got), []byte(v.Token)) == 1:
 		return nil
-	case strings.HasPrefix(v.Token, keyedPrefix) && strings.HasPrefix(got, unkeyedPrefix):
+	case v.accepts(got):
+		return nil
+	case len(v.Accept) == 0 && strings.HasPrefix(v.Token, keyedPrefix) && strings.HasPrefix(got, unkeyedPrefix):
 		return status.Error(codes.PermissionDenied, "lbtoken: lb-token is unkeyed; this backend expects keyed tokens (is the balancer missing the lb-token key?)")
-	case strings.HasPrefix(v.Token, unkeyedPrefix) && strings.HasPrefix(got, keyedPrefix):
+	case len(v.Accept) == 0 && strings.HasPrefix(v.Token, unkeyedPrefix) && strings.HasPrefix(got, keyedPrefix):
 		return status.Error(codes.PermissionDenied, "lbtoken: lb-token is keyed; this backend expects unkeyed tokens (is it missing the lb-token key?)")
 	}
 	return status.Error(codes.PermissionDenied, "lbtoken: lb-token is not this backend's")
+}
+
+func (v Verifier) accepts(got string) bool {
+	for _, a := range v.Accept {
+		if subtle.ConstantTimeCompare([]byte(got), []byte(a)) == 1 {
+			return true
+		}
+	}
+	return false
 }
 
 // UnaryInterceptor returns a server interceptor that rejects calls whose

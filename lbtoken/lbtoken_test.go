@@ -151,6 +151,9 @@ func TestVerifier(t *testing.T) {
 		{"keyed, other instance's token", NewVerifier("x", testKey, true, nil), "/m", metadata.Pairs(MetadataKey, testKey.ForID("y")), codes.PermissionDenied, "not this backend's"},
 		{"keyed, made-up token", NewVerifier("x", testKey, false, nil), "/m", metadata.Pairs(MetadataKey, "bk-"+strings.Repeat("0", 32)), codes.PermissionDenied, "not this backend's"},
 		{"unkeyed, keyed token", NewVerifier("x", nil, true, nil), "/m", metadata.Pairs(MetadataKey, keyed), codes.PermissionDenied, "keyed"},
+		{"keyed, accepting unkeyed, unkeyed token", Verifier{Token: keyed, Required: true, Accept: []string{good}}, "/m", metadata.Pairs(MetadataKey, good), codes.OK, ""},
+		{"keyed, accepting unkeyed, keyed token", Verifier{Token: keyed, Required: true, Accept: []string{good}}, "/m", metadata.Pairs(MetadataKey, keyed), codes.OK, ""},
+		{"keyed, accepting unkeyed, other instance", Verifier{Token: keyed, Required: true, Accept: []string{good}}, "/m", metadata.Pairs(MetadataKey, ForID("y")), codes.PermissionDenied, "not this backend's"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -112,6 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
 	fs.DurationVar(&cfg.DrainDelay, "drain-delay", cfg.DrainDelay, "how long to keep serving after deregistering on shutdown")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "bound on the graceful stop")
 	fs.BoolVar(&cfg.RequireLBToken, "require-lb-token", false, "reject calls without an lb-token")
+	fs.BoolVar(&cfg.AcceptUnkeyedLBToken, "lb-token-accept-unkeyed", false, "with -lb-token-key-file, accept unkeyed lb-tokens too, while the balancers get the key")
 	fs.StringVar(&tokenKeyFile, "lb-token-key-file", "", "`file` holding the secret shared with the balancers (lbserver -lb-token-key-file): expect keyed lb-tokens, which outsiders cannot compute, and reject unkeyed ones (16 to 4096 bytes; default: unkeyed tokens)")
 	fs.DurationVar(&cfg.Latency, "latency", 0, "latency added to every User call, to simulate a slow backend")
 	fs.IntVar(&cfg.Capacity, "capacity", 0, "calls at once the backend is sized for: report application utilization = mean calls in flight / capacity (0: none)")

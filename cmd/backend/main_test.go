@@ -107,8 +107,12 @@ func TestTokenKeyFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg, err := parseFlags([]string{"-no-consul", "-lb-token-key-file", good}, io.Discard)
-	if err != nil || string(cfg.LBTokenKey) != "backend-cmd-test-key-0123" {
-		t.Fatalf("-lb-token-key-file %s: key %q, err %v", good, cfg.LBTokenKey, err)
+	if err != nil || string(cfg.LBTokenKey) != "backend-cmd-test-key-0123" || cfg.AcceptUnkeyedLBToken {
+		t.Fatalf("-lb-token-key-file %s: key %q, accept unkeyed %v, err %v", good, cfg.LBTokenKey, cfg.AcceptUnkeyedLBToken, err)
+	}
+	cfg, err = parseFlags([]string{"-no-consul", "-lb-token-key-file", good, "-lb-token-accept-unkeyed"}, io.Discard)
+	if err != nil || !cfg.AcceptUnkeyedLBToken {
+		t.Fatalf("-lb-token-accept-unkeyed: %v, err %v", cfg.AcceptUnkeyedLBToken, err)
 	}
 	var stderr strings.Builder
 	if code := run([]string{"-no-consul", "-lb-token-key-file", short}, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "at least 16") {
