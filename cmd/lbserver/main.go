@@ -173,6 +173,12 @@ Flags:
 	fs.DurationVar(&o.lb.WatchLinger, "watch-linger", o.lb.WatchLinger, "keep watching a service this long after its last client left")
 	fs.IntVar(&o.lb.MaxServices, "max-services", o.lb.MaxServices, "most services watched at once (streams for more end with ResourceExhausted)")
 	fs.DurationVar(&o.lb.MaxStreamAge, "max-stream-age", o.lb.MaxStreamAge, "end streams and connections after about this long (±10%), so clients re-spread over replicas (0: never)")
+	fs.IntVar(&o.lb.MaxStreams, "max-streams", o.lb.MaxStreams, "most balancer streams open at once; more end with ResourceExhausted (clients retry with backoff)")
+	fs.IntVar(&o.lb.MaxStreamsPerIP, "max-streams-per-ip", o.lb.MaxStreamsPerIP, "most streams open at once from one client IP address (clients behind one NAT share it)")
+	fs.IntVar(&o.lb.MaxStreamsPerConn, "max-streams-per-conn", o.lb.MaxStreamsPerConn, "most streams open at once on one client connection (a grpc-go client uses one)")
+	fs.IntVar(&o.lb.MaxConns, "max-conns", o.lb.MaxConns, "most client connections open at once; more are closed as soon as accepted")
+	fs.IntVar(&o.lb.MaxConnsPerIP, "max-conns-per-ip", o.lb.MaxConnsPerIP, "most client connections open at once from one IP address; more are closed as soon as accepted")
+	fs.DurationVar(&o.lb.SendTimeout, "send-timeout", o.lb.SendTimeout, "end a stream whose client does not read its lists within this time (ResourceExhausted)")
 
 	o.dns.addFlags(fs)
 

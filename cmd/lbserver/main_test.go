@@ -50,6 +50,14 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-hash-subset", "0", "-static", "a=127.0.0.1:1"}, "hash subset"},
 		{[]string{"-zone", "lb..internal/", "-static", "a=127.0.0.1:1"}, "zone"},
 		{[]string{"-listen", "256.0.0.1:99999", "-static", "a=127.0.0.1:1"}, "listen"},
+		{[]string{"-max-streams", "0", "-static", "a=127.0.0.1:1"}, "max streams 0"},
+		{[]string{"-max-streams-per-ip", "60000", "-static", "a=127.0.0.1:1"}, "max streams per IP 60000"},
+		{[]string{"-max-streams-per-conn", "0", "-static", "a=127.0.0.1:1"}, "max streams per connection 0"},
+		{[]string{"-max-conns", "0", "-static", "a=127.0.0.1:1"}, "max connections 0"},
+		{[]string{"-max-conns-per-ip", "30000", "-static", "a=127.0.0.1:1"}, "max connections per IP 30000"},
+		{[]string{"-send-timeout", "10ms", "-static", "a=127.0.0.1:1"}, "send timeout 10ms"},
+		{[]string{"-service-policy", "svc=random,SVC=round_robin", "-static", "a=127.0.0.1:1"}, "case-insensitively"},
+		{[]string{"-rate-limit", "svc=1,SVC=2", "-static", "a=127.0.0.1:1"}, "case-insensitively"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
