@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	_ "strconv"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,7 +44,7 @@ func TestAdversarySuite(t *testing.T) {
 	lbAddr := fmt.Sprintf("127.0.0.1:%d", lbPort)
 	dnsAddr := fmt.Sprintf("127.0.0.1:%d", dnsPort)
 	lbp := startProcess(t, lbBin, "-listen", lbAddr, "-consul", agent.HTTPAddr(),
-		//BUDGET "-consul-max-conns", strconv.Itoa(adversaryConsulBudget),
+		"-consul-max-conns", strconv.Itoa(adversaryConsulBudget),
 		"-client-stats-interval", "1s", "-initial-request-timeout", "1s",
 		"-rate-limit", svc+"=2000", "-log-level", "info",
 		"-dns-listen", dnsAddr, "-dns-balancers", lbAddr)
