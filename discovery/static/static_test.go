@@ -337,3 +337,22 @@ func TestWatchErrors(t *testing.T) {
 		t.Errorf("Watch with a done context: err %v, published %v; want %v and nothing", err, published, context.Canceled)
 	}
 }
+
+func TestDirectoryAndCase(t *testing.T) {
+	ep := discovery.Endpoint{ID: "a", Addr: netip.MustParseAddrPort("10.0.0.1:80"), Weight: 1}
+	s := New(map[string][]discovery.Endpoint{"User-Srv": {ep}})
+	for _, tc := range []struct {
+		name   string
+		exists bool
+	}{{"user-srv", true}, {"USER-SRV", true}, {"other", false}, {"user-srv@tag", false}} {
+		exists, ready, changed := s.Lookup(tc.name)
+		if exists != tc.exists || !ready || changed == nil {
+			t.Errorf("Lookup(%q) = %v, %v, %v; want %v, true, a channel", tc.name, exists, ready, changed, tc.exists)
+		}
+	}
+	got := watch(t, s, "USER-srv")
+	want := []discovery.Snapshot{{Service: "USER-srv", Endpoints: []discovery.Endpoint{ep}}}
+	if diff := cmp.Diff(want, got, cmpAddr); diff != "" {
+		t.Errorf("Watch in another case (-want +got):\n%s", diff)
+	}
+}
