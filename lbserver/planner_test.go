@@ -148,6 +148,7 @@ func TestPlannerForgedStats(t *testing.T) {
 					maxShare = max(maxShare, p.svc.cur.Load().dropShare)
 				}
 			}
+			t.Logf("measured rate at most %.1f calls/s, drop share at most %.3f", maxOffered, maxShare)
 			if maxOffered > tc.maxOffered+1e-9 {
 				t.Errorf("measured rate reached %.1f calls/s, want at most %.1f", maxOffered, tc.maxOffered)
 			}
