@@ -17,6 +17,7 @@ import (
 
 	"github.com/lookaside-lb/lookaside/backend"
 	"github.com/lookaside-lb/lookaside/consulreg"
+	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/discovery/consul"
 	"github.com/lookaside-lb/lookaside/dnsserver"
 	"github.com/lookaside-lb/lookaside/lbserver"
@@ -49,9 +50,16 @@ type dnsResponder struct {
 // in SRV records, the passing instances of lbService.
 func startDNS(t *testing.T, lbService string) *dnsResponder {
 	t.Helper()
+	return startDNSWith(t, lbService, nil, nil)
+}
+
+// startDNSWith is startDNS with the responder's config changed by tweak
+// and the catalog's source wrapped by wrap (either may be nil).
+func startDNSWith(t *testing.T, lbService string, tweak func(*dnsserver.Config), wrap func(discovery.Source) discovery.Source) *dnsResponder {
+	t.Helper()
 	newSource := func() *consul.Source {
 		cfg := consul.DefaultConfig()
-		cfg.Client = agent.Client().Health()
+		cfg.Client = consul.API(agent.Client())
 		cfg.Logger = quietLogger()
 		src, err := consul.New(cfg)
 		if err != nil {
@@ -63,6 +71,9 @@ func startDNS(t *testing.T, lbService string) *dnsResponder {
 	// uses in the command.
 	lcfg := lbserver.DefaultConfig()
 	lcfg.Source = newSource()
+	if wrap != nil {
+		lcfg.Source = wrap(lcfg.Source)
+	}
 	lcfg.Zones = []string{dnsZone}
 	lcfg.Logger = quietLogger()
 	catalog, err := lbserver.New(lcfg)
@@ -76,6 +87,9 @@ func startDNS(t *testing.T, lbService string) *dnsResponder {
 	cfg.Balancers = replicas
 	cfg.Names = lbserver.NameMapper{Zones: []string{dnsZone}, MaxLength: lbserver.DefaultMaxNameLength}
 	cfg.Logger = quietLogger()
+	if tweak != nil {
+		tweak(&cfg)
+	}
 	srv, err := dnsserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
