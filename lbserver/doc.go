@@ -16,8 +16,10 @@
 //     FallbackResponse when the service is unknown or has no usable instance.
 //     It then sends a new list whenever the policy's list for that stream
 //     changes, and never the same list twice in a row.
-//   - ClientStats the client sends are validated and counted in a
-//     clientstats.Registry.
+//   - ClientStats the client sends are counted in a clientstats.Registry,
+//     within bounds: clamped to what the stream can plausibly have started,
+//     ignored when too frequent or negative, and capped per client address
+//     in the rate a service's rate limit is measured from.
 //
 // Streams never hold a lock while sending. Close ends every stream and
 // stops every watcher; Serve wires a Server into a grpc.Server with the
