@@ -429,17 +429,17 @@ func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) {
 	s := st.srv
 	cs := req.GetClientStats()
 	if cs == nil {
-		s.throttle.Log(context.Background(), slog.LevelDebug, "ignoring unexpected request after the initial one", "stream", st.key.Stream, "peer", st.key.Peer, "service", st.key.Service)
+		s.throttle.Log(context.Background(), slog.LevelDebug, "ignoring unexpected request after the initial one", "stream", st.key.Stream, "peer", st.key.Peer, "service", quote(st.key.Service))
 		return
 	}
 	res := s.clientStats.Add(st.key, cs, time.Now())
 	if res.OtherTokens > 0 {
 		s.throttle.Log(context.Background(), slog.LevelDebug, "client stats name drop tokens this balancer never issued", "stream", st.key.Stream, "peer", st.key.Peer,
-			"service", st.key.Service, "entries", res.OtherTokens)
+			"service", quote(st.key.Service), "entries", res.OtherTokens)
 	}
 	if res.ShareCapped {
 		s.throttle.Info("client stream offers more than its share of the rate limit; the excess is not counted",
-			"stream", st.key.Stream, "peer", st.key.Peer, "service", st.key.Service,
+			"stream", st.key.Stream, "peer", st.key.Peer, "service", quote(st.key.Service),
 			"max_share", s.cfg.MaxClientRateShare, "limit", rateLimitOf(s.cfg, st.key.Service))
 	}
 	switch res.Verdict {
@@ -451,15 +451,15 @@ func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) {
 	case clientstats.Clamped:
 		s.counters.badClientStats.Add(1)
 		s.throttle.Info("client stats claim more calls than plausible; clamped", "stream", st.key.Stream, "peer", st.key.Peer,
-			"service", st.key.Service, "started", cs.GetNumCallsStarted(), "max_call_rate", s.cfg.MaxClientCallRate)
+			"service", quote(st.key.Service), "started", cs.GetNumCallsStarted(), "max_call_rate", s.cfg.MaxClientCallRate)
 	case clientstats.TooFrequent:
 		s.counters.badClientStats.Add(1)
 		s.throttle.Info("client stats sent too often; ignored", "stream", st.key.Stream, "peer", st.key.Peer,
-			"service", st.key.Service, "interval", s.cfg.ClientStatsInterval)
+			"service", quote(st.key.Service), "interval", s.cfg.ClientStatsInterval)
 	default:
 		s.counters.badClientStats.Add(1)
 		s.throttle.Info("client stats with negative counts; ignored", "stream", st.key.Stream, "peer", st.key.Peer,
-			"service", st.key.Service)
+			"service", quote(st.key.Service))
 	}
 }
 
