@@ -54,6 +54,14 @@ func TestNewValidates(t *testing.T) {
 		{name: "max too long", change: func(c *Config) { c.BackoffMax = MaxBackoff + 1 }, wantErr: "BackoffMax"},
 		{name: "zero resolve timeout", change: func(c *Config) { c.ResolveTimeout = 0 }, wantErr: "ResolveTimeout"},
 		{name: "resolve timeout too long", change: func(c *Config) { c.ResolveTimeout = MaxResolveTimeout + 1 }, wantErr: "ResolveTimeout"},
+		{name: "resolve interval too short", change: func(c *Config) { c.ResolveInterval = MinResolveInterval - 1 }, wantErr: "ResolveInterval"},
+		{name: "resolve interval too long", change: func(c *Config) { c.ResolveInterval = MaxResolveInterval + 1 }, wantErr: "ResolveInterval"},
+		{name: "no fetches", change: func(c *Config) { c.MaxFetches = 0 }, wantErr: "MaxFetches"},
+		{name: "too many fetches", change: func(c *Config) { c.MaxFetches = MaxMaxFetches + 1 }, wantErr: "MaxFetches"},
+		{name: "resync too often", change: func(c *Config) { c.ResyncInterval = MinResyncInterval - 1 }, wantErr: "ResyncInterval"},
+		{name: "resync too rare", change: func(c *Config) { c.ResyncInterval = MaxResyncInterval + 1 }, wantErr: "ResyncInterval"},
+		{name: "zero timeout", change: func(c *Config) { c.Timeout = 0 }, wantErr: "Timeout"},
+		{name: "timeout too long", change: func(c *Config) { c.Timeout = MaxTimeout + 1 }, wantErr: "Timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -163,6 +171,20 @@ func TestNewClient(t *testing.T) {
 	}
 	if _, err := NewClient(ClientConfig{TokenFile: filepath.Join(t.TempDir(), "missing")}); err == nil {
 		t.Error("NewClient with a missing token file: nil error")
+	}
+}
+
+func TestNewClientMaxConns(t *testing.T) {
+	for _, n := range []int{-1, MaxMaxConns + 1} {
+		if _, err := NewClient(ClientConfig{Address: "127.0.0.1:1", MaxConns: n}); err == nil || !strings.Contains(err.Error(), "MaxConns") {
+			t.Errorf("NewClient with MaxConns %d: %v, want an error about MaxConns", n, err)
+		}
+	}
+	if got := boundedTransport(7); got.MaxConnsPerHost != 7 || got.MaxIdleConnsPerHost != 7 {
+		t.Errorf("transport bounds %d/%d, want 7/7", got.MaxConnsPerHost, got.MaxIdleConnsPerHost)
+	}
+	if ConnsNeeded(8) != 11 || ConnsNeeded(8) > DefaultMaxConns {
+		t.Errorf("ConnsNeeded(8) = %d, want 11, within DefaultMaxConns %d", ConnsNeeded(8), DefaultMaxConns)
 	}
 }
 

@@ -376,7 +376,7 @@ func (s *Source) fetchEntry(ctx context.Context, mon *consulwatch.Monitor, e *wa
 		}
 		kind := mon.Failed(what, err)
 		delay := clock.Backoff(s.cfg.BackoffBase, s.cfg.BackoffMax, failures, s.rand())
-		e.conv.log.Warn("Consul query failed; keeping the last snapshot", "error", err, "failures", failures+1, "retry_in", delay.Round(time.Millisecond))
+		e.conv.log.Debug("Consul query failed; keeping the last snapshot", "error", err, "failures", failures+1, "retry_in", delay.Round(time.Millisecond))
 		if mon.Sleep(ctx, delay, kind == consulwatch.Transient) != nil {
 			s.doneEntry(e)
 			return

@@ -24,6 +24,9 @@ const (
 	ProbeTimeout = time.Second
 	// ErrorEvery is the least time between two ERROR lines of one kind.
 	ErrorEvery = time.Minute
+	// WarnEvery is the least time between two WARN lines about transient
+	// failures; the others go to DEBUG.
+	WarnEvery = 10 * time.Second
 )
 
 // Kind classifies a failed fetch.
@@ -142,18 +145,40 @@ func LeaderProbe(status *api.Status) func(context.Context) error {
 }
 
 // Failed records a failed fetch of what and returns its kind. Errors that
-// need a person are logged at ERROR at most once per ErrorEvery per kind.
+// need a person are logged at ERROR at most once per ErrorEvery per kind;
+// transient ones at WARN at most once per WarnEvery (the others at DEBUG),
+// so an outage of any length logs a bounded number of lines.
 func (m *Monitor) Failed(what string, err error) Kind {
 	k := Classify(err)
+	now := m.clock.Now()
 	m.mu.Lock()
 	if !m.down {
-		m.down, m.downSince = true, m.clock.Now()
+		m.down, m.downSince = true, now
 	}
+	since := m.downSince
 	m.mu.Unlock()
 	if k != Transient {
 		m.errorf(k.String(), k.Advice(), "query", what, "error", err)
+		return k
+	}
+	if m.throttle("transient", now, WarnEvery) {
+		m.logger.Warn("Consul query failed; keeping the last data and retrying", "query", what, "error", err, "down_for", now.Sub(since).Round(time.Millisecond))
+	} else {
+		m.logger.Debug("Consul query failed", "query", what, "error", err)
 	}
 	return k
+}
+
+// throttle reports whether a line of kind may be logged now, at most once
+// per every, and records it if so.
+func (m *Monitor) throttle(kind string, now time.Time, every time.Duration) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if last, ok := m.logged[kind]; ok && now.Sub(last) < every {
+		return false
+	}
+	m.logged[kind] = now
+	return true
 }
 
 // Succeeded records a successful fetch of what. The first success after
@@ -184,16 +209,9 @@ func (m *Monitor) Down() (bool, time.Time) {
 // errorf logs msg at ERROR unless a line of kind was logged less than
 // ErrorEvery ago.
 func (m *Monitor) errorf(kind, msg string, args ...any) {
-	now := m.clock.Now()
-	m.mu.Lock()
-	last, ok := m.logged[kind]
-	if ok && now.Sub(last) < ErrorEvery {
-		m.mu.Unlock()
-		return
+	if m.throttle(kind, m.clock.Now(), ErrorEvery) {
+		m.logger.Error(msg, args...)
 	}
-	m.logged[kind] = now
-	m.mu.Unlock()
-	m.logger.Error(msg, args...)
 }
 
 // Sleep waits for d, or until ctx is done (then it returns ctx.Err()).

@@ -226,7 +226,7 @@ func (w *Watch[T]) Run(ctx context.Context, deliver func(Update[T]), onError fun
 			delay = clock.Backoff(w.opts.BackoffBase, w.opts.BackoffMax, failures, w.opts.Rand())
 			probe = kind == Transient
 			failures++
-			w.log.Warn("Consul query failed; retrying", "error", err, "kind", kind.String(), "failures", failures, "retry_in", delay.Round(time.Millisecond))
+			w.log.Debug("Consul query failed; retrying", "error", err, "kind", kind.String(), "failures", failures, "retry_in", delay.Round(time.Millisecond))
 			if onError != nil {
 				onError(err)
 			}

@@ -328,10 +328,10 @@ func TestPermanentErrorsLoggedOncePerMinuteNoProbe(t *testing.T) {
 func TestFilteredByACLsLogged(t *testing.T) {
 	r := newRig(t, false)
 	r.expectFetch(t, 0, fetchReply{v: "a", meta: Meta{Index: 3, FilteredByACLs: true}})
-	r.expectDeliver(t, Update[string]{Value: "a", Index: 3, Fresh: true})
+	r.expectDeliver(t, Update[string]{Value: "a", Index: 3, Fresh: true, Filtered: true})
 	r.expectSleep(t, pace)
 	r.expectFetch(t, 3, fetchReply{v: "a", meta: Meta{Index: 4, FilteredByACLs: true}})
-	r.expectDeliver(t, Update[string]{Value: "a", Index: 4})
+	r.expectDeliver(t, Update[string]{Value: "a", Index: 4, Filtered: true})
 	r.expectSleep(t, pace)
 	logs := r.logs.String()
 	if n := strings.Count(logs, "level=ERROR"); n != 1 || !strings.Contains(logs, "Filtered-By-ACLs") {
@@ -393,5 +393,23 @@ func TestOptionsRejected(t *testing.T) {
 		if _, err := New(o, func(context.Context, uint64, time.Duration) (string, Meta, error) { return "", Meta{}, nil }); err == nil {
 			t.Errorf("New(%+v) accepted", o)
 		}
+	}
+}
+
+func TestTransientFailuresWarnAtMostEveryTenSeconds(t *testing.T) {
+	r := newRig(t, false)
+	backoffs := []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second}
+	for _, d := range backoffs {
+		r.expectFetch(t, 0, fetchReply{err: errDown})
+		r.expectError(t)
+		r.expectSleep(t, d)
+	}
+	r.expectFetch(t, 0, fetchReply{err: errDown})
+	r.expectError(t)
+	r.expectSleep(t, 30*time.Second)
+	// Failures at 0, .25, .75, 1.75, 3.75, 7.75, 15.75, 31.75 s: WARN at 0,
+	// 15.75 and 31.75.
+	if n := strings.Count(r.logs.String(), "level=WARN"); n != 3 {
+		t.Errorf("%d WARN lines, want 3:\n%s", n, r.logs.String())
 	}
 }
