@@ -64,7 +64,9 @@ func (s *Source) startHub(ctx context.Context) *sync.WaitGroup {
 			f()
 		}()
 	}
-	run(func() { catalog.Run(ctx, func(u consulwatch.Update[map[string][]string]) { s.onServices(ctx, u) }, nil) })
+	run(func() {
+		catalog.Run(ctx, func(u consulwatch.Update[map[string][]string]) { s.onServices(ctx, u) }, nil)
+	})
 	run(func() { state.Run(ctx, s.onState, nil) })
 	for range s.cfg.MaxFetches {
 		run(func() { s.worker(ctx, mon) })

@@ -47,7 +47,7 @@ type Source struct {
 	entries map[string]*watched              // guarded by mu: watched canonical names
 	byBase  map[string]map[*watched]struct{} // guarded by mu: entries by lowercase service
 	queue   []*watched                       // guarded by mu: entries to fetch, in order
-	health  healthState                    // guarded by mu: what the health-state poll saw
+	health  healthState                      // guarded by mu: what the health-state poll saw
 }
 
 var (

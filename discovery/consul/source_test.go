@@ -337,7 +337,7 @@ func TestHostnameKeepsLastGoodAndIsReResolved(t *testing.T) {
 	// The name stops resolving: a change in Consul does not drop it.
 	r.set("backend.example")
 	f.setStatus("n1", "c-h", api.HealthPassing) // same status: no new data
-	f.change(true, false, func() {})             // an unexplained catalog change: refetch
+	f.change(true, false, func() {})            // an unexplained catalog change: refetch
 	w.quiet(t, 300*time.Millisecond)
 
 	// It resolves to a new address: the timer publishes it.
