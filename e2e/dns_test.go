@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -598,5 +599,71 @@ func TestDNSConsulPreparedQueries(t *testing.T) {
 	waitSeen(t, c, bs...)
 	if st := l.server().Stats(); st.StreamsActive != 1 || st.FallbacksSent != 0 {
 		t.Errorf("balancer stats %+v: want 1 stream, no fallback", st)
+	}
+}
+
+// TestDNSAmplificationBinary measures, against the lbserver command, how
+// many bytes the largest UDP answer holds per byte of question, for the
+// questions an attacker would pick (EDNS0 buffer 4096, ANY, the A records
+// of a service with 100 backends, SRV with 3 balancers). Before the size
+// bounds the worst was ×27.9 (ANY and A of that service).
+func TestDNSAmplificationBinary(t *testing.T) {
+	t.Parallel()
+	lbBin, _ := buildCmds(t)
+	pc, lis, err := dnsserver.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dnsAddr := pc.LocalAddr().String()
+	pc.Close()
+	lis.Close()
+	var eps []string
+	for i := range 100 {
+		eps = append(eps, fmt.Sprintf("127.1.%d.%d:50051", i/250, i%250+1))
+	}
+	startProcess(t, lbBin, "-listen", "127.0.0.1:0", "-static", "big="+strings.Join(eps, ","), "-log-level", "error",
+		"-dns-listen", dnsAddr, "-dns-balancers", "127.0.0.1:7000,127.0.0.2:7000,127.0.0.3:7000")
+	waitSRV(t, dnsAddr, "big", 3, "the command's SRV records")
+
+	worst, which := 0.0, ""
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+	}{{"big", dns.TypeANY}, {"big", dns.TypeA}, {"_grpclb._tcp.big", dns.TypeSRV}, {"_grpc_config.big", dns.TypeTXT}, {"nothing.x", dns.TypeANY}} {
+		m := new(dns.Msg)
+		m.SetQuestion(q.name+"."+dnsZone+".", q.qtype)
+		m.SetEdns0(4096, false)
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := net.Dial("udp", dnsAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(b)
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 65536)
+		n, err := c.Read(buf)
+		c.Close()
+		if err != nil {
+			t.Fatalf("%s %s: %v", q.name, dns.TypeToString[q.qtype], err)
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		if q.qtype == dns.TypeANY && len(r.Answer) > 1 {
+			t.Errorf("ANY %s: %d records, want at most RFC 8482's one", q.name, len(r.Answer))
+		}
+		ratio := float64(n) / float64(len(b))
+		t.Logf("%s %s: %d bytes for a %d-byte question (×%.1f), TC %v", q.name, dns.TypeToString[q.qtype], n, len(b), ratio, r.Truncated)
+		if ratio > worst {
+			worst, which = ratio, q.name+" "+dns.TypeToString[q.qtype]
+		}
+	}
+	t.Logf("amplification: at most ×%.1f (%s)", worst, which)
+	if worst > 10 {
+		t.Errorf("an answer ×%.1f its question (%s), over the bound of 10", worst, which)
 	}
 }
