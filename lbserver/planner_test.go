@@ -102,8 +102,8 @@ func newTestPlanner(cfg Config, limit float64) (*planner, *clientstats.Registry,
 func TestPlannerForgedStats(t *testing.T) {
 	const limit = 100.0
 	tests := []struct {
-		forgers      int // addresses
-		streams      int // per forging address
+		forgers      int     // addresses
+		streams      int     // per forging address
 		maxOffered   float64 // calls/s: 20 honest + forgers × 75
 		maxDropShare float64
 	}{
