@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"slices"
 	"sync"
@@ -188,6 +190,18 @@ func TestConsulBudgetThousandServices(t *testing.T) {
 	if sampled.Load() < 10 {
 		t.Errorf("only %d connection samples", sampled.Load())
 	}
+
+	// What one answer of the health-state long poll weighs.
+	resp, err := http.Get("http://" + a.HTTPAddr() + "/v1/health/state/any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("one /v1/health/state/any answer for %d services: %d bytes", services, len(body))
 }
 
 // runParallel runs f(0..n-1) on workers goroutines and fails the test on the

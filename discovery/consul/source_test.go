@@ -400,3 +400,28 @@ func TestWatchBadService(t *testing.T) {
 		t.Error("Watch with a nil publish accepted")
 	}
 }
+
+// BenchmarkLookupUnknown is what a name nobody registered costs.
+func BenchmarkLookupUnknown(b *testing.B) {
+	f := newFake()
+	for i := range 1000 {
+		f.set(fmt.Sprintf("s%d", i), entryA)
+	}
+	s, err := New(testConfig(f))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	for {
+		if _, ready, _ := s.Lookup("s1"); ready {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if exists, _, _ := s.Lookup("no-such-service"); exists {
+			b.Fatal("found")
+		}
+	}
+}
