@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -157,7 +158,7 @@ func TestUnknownServiceCostsNoQuery(t *testing.T) {
 	s := newTestSource(t, f, testConfig(f), 0.5)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	if _, ready, _ := s.Lookup("svc"); ready {
+	if s.dir.Load().ready {
 		t.Fatal("ready before the catalog was read")
 	}
 	go func() { done <- s.Run(ctx) }()
@@ -210,12 +211,23 @@ func TestCaseVariantsShareOneFetch(t *testing.T) {
 	b.expect(t, snapOf("USER-SRV@V2,Srv"))
 	all.expect(t, snapOf("User-Srv", epA, epB))
 	tagged.expect(t, snapOf("user-srv@SRV", epA))
+	s.mu.Lock()
+	var names []string
+	for n := range s.entries {
+		names = append(names, n)
+	}
+	s.mu.Unlock()
+	slices.Sort(names)
+	if diff := cmp.Diff([]string{"user-srv", "user-srv@srv", "user-srv@srv,v2"}, names); diff != "" {
+		t.Errorf("watched entries (-want +got):\n%s", diff)
+	}
 	time.Sleep(50 * time.Millisecond)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if got := f.fetches["user-srv"]; got > 3 {
-		// Three distinct canonical names: user-srv, user-srv@srv, user-srv@srv,v2.
-		t.Errorf("%d fetches, want at most 3 (one per canonical name)", got)
+	// Each canonical name is fetched at most once per long poll's first
+	// answer.
+	if got := f.fetches["user-srv"]; got > 6 {
+		t.Errorf("%d fetches, want at most 6 (three canonical names, two first answers)", got)
 	}
 }
 
