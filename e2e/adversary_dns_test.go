@@ -195,12 +195,12 @@ func (f *udpFlood) String() string {
 		f.sent.Load(), f.sentBytes.Load(), f.got.Load(), f.gotBytes.Load(), f.truncated.Load(), f.maxRatio, f.maxWhat)
 }
 
-// TestAdversaryDNSFlood floods the DNS responder for 5 s from loopback
-// sources (random names from 20 sources, ANY and large answers with
-// EDNS0 4096 from one source far over its rate, a source outside -dns-allow,
-// 40 idle TCP connections from one IP) while an honest client that dialed
-// through DNS keeps calling and a new client dials through DNS every
-// 250 ms. Asserted: no honest call or dial fails; the 500 random names
+// TestAdversaryDNSFlood sends 500 random names from 20 sources, then
+// floods the DNS responder for 5 s from loopback sources (ANY, large
+// answers and random names with EDNS0 4096 from one source far over its
+// rate, a source outside -dns-allow, 40 idle TCP connections from one IP)
+// while an honest client that dialed through DNS keeps calling and a new
+// client dials through DNS every 250 ms. Asserted: no honest call or dial fails; the 500 random names
 // start no watch; no answer is more than 10 times its question; each
 // guard counted its refusals.
 func TestAdversaryDNSFlood(t *testing.T) {
@@ -304,24 +304,30 @@ func TestAdversaryDNSFlood(t *testing.T) {
 		}
 		return m
 	}
-	// 500 random names from 20 sources, 25 each: within their bursts, so
-	// that every one is answered (not dropped by the rate limit).
+	// First, 500 random names from 20 sources, 25 each: within their
+	// bursts, so that every one is answered (not dropped by the rate
+	// limit), and before the flood, so that the kernel loses none.
 	const randomSources, perSource = 20, 25
 	random := make([]*udpFlood, randomSources)
+	var rwg sync.WaitGroup
 	for i := range random {
 		random[i] = &udpFlood{}
 		src := fmt.Sprintf("127.0.0.%d", 10+i)
-		wg.Go(func() {
+		rwg.Go(func() {
 			random[i].run(t, src, d.addr, 100, perSource, stop, func(int) *dns.Msg {
 				return q(fmt.Sprintf("rnd-%016x%s", rand.Uint64(), zone), dns.TypeA, 1232)
 			})
 		})
 	}
-	// One source far over its rate, asking what answers largest.
+	rwg.Wait()
+	// Then the flood. One source far over its rate, asking what answers
+	// largest, and random names.
 	big := &udpFlood{}
 	wg.Go(func() {
 		big.run(t, "127.0.0.40", d.addr, 3000, 0, stop, func(i int) *dns.Msg {
-			switch i % 4 {
+			switch i % 5 {
+			case 4:
+				return q(fmt.Sprintf("rnd-%016x%s", rand.Uint64(), zone), dns.TypeA, 4096)
 			case 0:
 				return q(svc+zone, dns.TypeANY, 4096)
 			case 1:
@@ -348,6 +354,12 @@ func TestAdversaryDNSFlood(t *testing.T) {
 	}
 
 	time.Sleep(5 * time.Second)
+	// Every TCP connection accepted or closed (the accept loop may lag on
+	// a busy machine).
+	deadline := time.Now().Add(10 * time.Second)
+	for d.srv.Stats().TCPRejected-before.TCPRejected < int64(len(tcpOpen)-16) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
 	close(stop)
 	wg.Wait()
 	for _, c := range tcpOpen {
@@ -403,8 +415,8 @@ func TestAdversaryDNSFlood(t *testing.T) {
 	ds := diffStats(before, after)
 	// The kernel may drop some of the outsider's packets before the
 	// responder reads them (its socket buffer fills during the flood).
-	if ds.Denied < outsider.sent.Load()/2 || ds.RateLimited == 0 || ds.Slipped == 0 || ds.TCPRejected < 40-16 || ds.MinimalANY == 0 {
-		t.Errorf("stats %+v: want the outsider's questions denied, questions rate limited and slipped, %d TCP connections rejected, minimal ANY answers", ds, 40-16)
+	if ds.Denied < outsider.sent.Load()/2 || ds.RateLimited == 0 || ds.Slipped == 0 || ds.TCPRejected < int64(len(tcpOpen)-16) || len(tcpOpen) < 30 || ds.MinimalANY == 0 {
+		t.Errorf("stats %+v: want the outsider's questions denied, questions rate limited and slipped, %d TCP connections rejected, minimal ANY answers", ds, len(tcpOpen)-16)
 	}
 	if def := dnsserver.DefaultConfig(); peakHandlers.Load() > int64(def.MaxInflight+def.MaxTCPConns) {
 		t.Errorf("%d DNS handler goroutines during the flood, want at most %d", peakHandlers.Load(), def.MaxInflight+def.MaxTCPConns)
