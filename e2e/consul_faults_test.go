@@ -336,7 +336,8 @@ func (b *logBuffer) logger() *slog.Logger {
 // (SIGKILL) for 60 s while a client calls through the balancer every 5 ms
 // and a second client holds a grpclb stream open, then restarts it and at
 // once deregisters one backend. Asserted: no call fails, no client is sent
-// an empty list or a fallback, and the balancer has seen the
+// an empty list or a fallback, the balancer's health stays SERVING, and the
+// balancer has seen the
 // deregistration within 2 s of Consul's return (the watch recovered), which
 // also ends the calls to that backend.
 func TestConsulFaultServerKilledUnderLoad(t *testing.T) {
@@ -366,7 +367,12 @@ func TestConsulFaultServerKilledUnderLoad(t *testing.T) {
 	}
 	killedAt := time.Now()
 	t.Logf("Consul killed; down for %v", outage)
-	time.Sleep(outage)
+	time.Sleep(outage / 2)
+	// A replica holding good data keeps serving it, and says so.
+	if st := healthStatus(t, lbAddr); st != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("balancer health %v in the middle of the outage, want SERVING: it holds good data", st)
+	}
+	time.Sleep(outage - outage/2)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	if err := ca.Restart(ctx); err != nil {
