@@ -1,6 +1,7 @@
 package lbserver
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -9,8 +10,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	"github.com/lookaside-lb/lookaside/internal/logthrottle"
 )
@@ -106,18 +109,33 @@ func newStreamSlots(cfg Config) *streamSlots {
 func (l *streamSlots) take(peer netip.AddrPort) (exceeded limit, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	switch {
-	case l.streams[peer] >= l.perConn:
-		return limitStreamsPerConn, false
-	case l.ips[peer.Addr()] >= l.perIP:
-		return limitStreamsPerIP, false
-	case l.total >= l.max:
-		return limitStreams, false
+	if lim, full := l.fullLocked(peer); full {
+		return lim, false
 	}
 	l.total++
 	l.ips[peer.Addr()]++
 	l.streams[peer]++
 	return 0, true
+}
+
+// full reports whether a stream from peer would exceed a limit now, and
+// which, without taking a slot.
+func (l *streamSlots) full(peer netip.AddrPort) (exceeded limit, full bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.fullLocked(peer)
+}
+
+func (l *streamSlots) fullLocked(peer netip.AddrPort) (exceeded limit, full bool) {
+	switch {
+	case l.streams[peer] >= l.perConn:
+		return limitStreamsPerConn, true
+	case l.ips[peer.Addr()] >= l.perIP:
+		return limitStreamsPerIP, true
+	case l.total >= l.max:
+		return limitStreams, true
+	}
+	return 0, false
 }
 
 func (l *streamSlots) give(peer netip.AddrPort) {
@@ -213,11 +231,35 @@ func (s *Server) Listener(lis net.Listener) net.Listener {
 	return &limitListener{Listener: lis, srv: s}
 }
 
-// GRPCOptions returns the grpc.ServerOptions that go with s's limits
-// (HTTP/2 MAX_CONCURRENT_STREAMS, see Config.MaxStreamsPerConn), after
-// ServerOptions(extra...). Serve uses them.
+// GRPCOptions returns the grpc.ServerOptions that go with s's limits,
+// after ServerOptions(extra...): HTTP/2 MAX_CONCURRENT_STREAMS (see
+// Config.MaxStreamsPerConn), and a grpc.InTapHandle that refuses a stream
+// beyond the stream limits before grpc starts a handler for it, the
+// cheapest refusal there is (extra must then set no InTapHandle of its
+// own: grpc allows one). Serve uses them.
 func (s *Server) GRPCOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
-	return append(ServerOptions(extra...), grpc.MaxConcurrentStreams(uint32(2*s.cfg.MaxStreamsPerConn)))
+	return append(ServerOptions(extra...),
+		grpc.MaxConcurrentStreams(uint32(2*s.cfg.MaxStreamsPerConn)),
+		grpc.InTapHandle(s.tapStream))
+}
+
+// balanceLoadMethod is the full name of BalanceLoad.
+var balanceLoadMethod = "/" + lbpb.LoadBalancer_ServiceDesc.ServiceName + "/BalanceLoad"
+
+// tapStream refuses a new BalanceLoad stream when its client is already at
+// one of the stream limits, before grpc starts a handler. It only looks:
+// the handler takes the slot (and refuses streams that raced past here).
+// Called by grpc's transport for every new stream; does not block.
+func (s *Server) tapStream(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if info.FullMethodName != balanceLoadMethod {
+		return ctx, nil
+	}
+	peer := peerOf(ctx)
+	if lim, full := s.slots.full(peer); full {
+		s.refuse(lim, peer)
+		return nil, s.refusedStatus(lim)
+	}
+	return ctx, nil
 }
 
 type limitListener struct {

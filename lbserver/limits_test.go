@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -15,7 +16,9 @@ import (
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	"github.com/lookaside-lb/lookaside/discovery"
 )
@@ -503,3 +506,37 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 }
 
 func cmpEqual(a, b []string) bool { return strings.Join(a, ",") == strings.Join(b, ",") }
+
+func TestTapRefusesBeforeTheHandler(t *testing.T) {
+	cfg := testConfig(newFakeSource(snap("svc", ep("a", "127.0.0.1:1"))))
+	cfg.MaxStreams, cfg.MaxStreamsPerIP, cfg.MaxStreamsPerConn = 2, 2, 1
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	from := netip.MustParseAddrPort("10.0.0.1:5000")
+	ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: net.TCPAddrFromAddrPort(from)})
+	info := &tap.Info{FullMethodName: "/grpc.lb.v1.LoadBalancer/BalanceLoad"}
+	if _, err := s.tapStream(ctx, info); err != nil {
+		t.Fatalf("tap refused a stream under the limits: %v", err)
+	}
+	if _, ok := s.slots.take(from); !ok {
+		t.Fatal("no slot")
+	}
+	_, err = s.tapStream(ctx, info)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "limit max-streams-per-conn") {
+		t.Fatalf("tap at the per-connection limit: %v", err)
+	}
+	if _, err := s.tapStream(ctx, &tap.Info{FullMethodName: "/grpc.health.v1.Health/Check"}); err != nil {
+		t.Fatalf("tap refused another method: %v", err)
+	}
+	other := peer.NewContext(context.Background(), &peer.Peer{Addr: net.TCPAddrFromAddrPort(netip.MustParseAddrPort("10.0.0.1:5001"))})
+	if _, err := s.tapStream(other, info); err != nil {
+		t.Fatalf("tap refused another connection of the same IP: %v", err)
+	}
+	if got := s.Stats().Refused.StreamsPerConn; got != 1 {
+		t.Errorf("Refused.StreamsPerConn = %d, want 1", got)
+	}
+	s.slots.give(from)
+}
