@@ -14,6 +14,13 @@ import (
 	"github.com/lookaside-lb/lookaside/internal/consulwatch"
 )
 
+// EmptyCatalogAdvice is the ERROR line for a catalog that lists no
+// service at all.
+const EmptyCatalogAdvice = "Consul's catalog lists no service, not even \"consul\": ACLs hide everything from this replica's token (or it has none); give the token service:read and node:read (for example service_prefix \"\" { policy = \"read\" } and node_prefix \"\" { policy = \"read\" }) with -consul-token-file or CONSUL_HTTP_TOKEN"
+
+// notReadyPoll paces the reads of the catalog while it lists no service.
+const notReadyPoll = time.Second
+
 // explainWait bounds how long a change of the catalog's index waits for
 // the health-state poll to reach the same index before every watched
 // service is fetched again.
@@ -44,7 +51,9 @@ func (s *Source) startHub(ctx context.Context) *sync.WaitGroup {
 			Monitor: mon, Clock: s.clock, Rand: s.rand, Logger: s.logger,
 		}
 	}
-	catalog, err := consulwatch.New(opts("catalog services"), s.fetchServices)
+	copts := opts("catalog services")
+	copts.Urgent = func() bool { return !s.dir.Load().ready }
+	catalog, err := consulwatch.New(copts, s.fetchServices)
 	if err != nil {
 		panic(err) // the options were validated by New
 	}
@@ -65,7 +74,15 @@ func (s *Source) startHub(ctx context.Context) *sync.WaitGroup {
 		}()
 	}
 	run(func() {
-		catalog.Run(ctx, func(u consulwatch.Update[map[string][]string]) { s.onServices(ctx, u) }, nil)
+		catalog.Run(ctx, func(u consulwatch.Update[map[string][]string]) {
+			s.onServices(ctx, mon, u)
+			// An empty catalog blocks until the services table changes,
+			// not when ACLs start to let this token see it: until the
+			// directory is ready, read it afresh about once a second.
+			if !s.dir.Load().ready && consulwatch.Sleep(ctx, s.clock, notReadyPoll) == nil {
+				catalog.Kick()
+			}
+		}, nil)
 	})
 	run(func() { state.Run(ctx, s.onState, nil) })
 	for range s.cfg.MaxFetches {
@@ -120,15 +137,20 @@ func (s *Source) fetchState(ctx context.Context, index uint64, wait time.Duratio
 // fetches those that appeared, and fetches every watched service when the
 // change is not explained by a change of health checks at the same index
 // (a registration without checks, a changed port, address or meta).
-func (s *Source) onServices(ctx context.Context, u consulwatch.Update[map[string][]string]) {
+func (s *Source) onServices(ctx context.Context, mon *consulwatch.Monitor, u consulwatch.Update[map[string][]string]) {
 	names := make(map[string]struct{}, len(u.Value))
 	for n := range u.Value {
 		names[strings.ToLower(n)] = struct{}{}
 	}
 	old := s.dir.Load()
-	// An answer filtered down to nothing tells nothing: the token may read
-	// no service. It does not make the directory ready.
-	ready := old.ready || len(names) > 0 || !u.Filtered
+	// Every Consul server registers the service "consul", so a catalog
+	// without any service means that ACLs hide everything from this token
+	// (without a token Consul does not even set the filtered header): it
+	// tells nothing and does not make the directory ready.
+	ready := old.ready || len(names) > 0
+	if len(names) == 0 {
+		mon.Error("empty catalog", EmptyCatalogAdvice, "query", "catalog services", "filtered_by_acls", u.Filtered)
+	}
 	d := &directory{names: names, index: u.Index, ready: ready, changed: make(chan struct{})}
 	s.dir.Store(d)
 	close(old.changed)

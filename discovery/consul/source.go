@@ -127,8 +127,9 @@ const DirectoryLinger = 30 * time.Second
 
 // Lookup implements discovery.Directory: whether Consul's catalog lists
 // service (compared in lower case, as Consul does). ready is false until
-// the hub has read the catalog once; an answer that ACLs filtered down to
-// nothing does not count, since it tells nothing. Once ready, it stays
+// the hub has read the catalog once; an answer without any service does
+// not count (every Consul lists "consul": ACLs hid everything), since it
+// tells nothing. Once ready, it stays
 // ready, through Consul outages too (the last list read is kept). changed
 // is closed at the next read of the list. Lookup starts the hub if it is
 // not running and keeps it running until DirectoryLinger after the last

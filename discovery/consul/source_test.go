@@ -312,25 +312,47 @@ func TestACLErrorsLogged(t *testing.T) {
 	}
 }
 
-func TestFilteredToNothingIsNotReady(t *testing.T) {
-	f := newFake()
-	f.set("svc", entryA)
-	f.hidden, f.filtered = true, true
-	cfg := testConfig(f)
-	rec := &recorder{}
-	cfg.Logger = slog.New(rec)
-	s := newTestSource(t, f, cfg, 0.5)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	waitUntil(t, "an ERROR line", func() bool { return len(rec.atLeast(slog.LevelError)) > 0 })
-	if _, ready, _ := s.Lookup("svc"); ready {
-		t.Error("ready on an answer that ACLs filtered to nothing")
-	}
-	cancel()
-	<-done
-	if errs := rec.atLeast(slog.LevelError); !strings.Contains(errs[0], "Filtered-By-ACLs") {
-		t.Errorf("ERROR lines %q", errs)
+func TestEmptyCatalogIsNotReady(t *testing.T) {
+	for _, filtered := range []bool{false, true} {
+		t.Run(fmt.Sprint("filtered=", filtered), func(t *testing.T) {
+			f := newFake()
+			f.set("svc", entryA)
+			// Without a token Consul answers {} without the filtered header;
+			// with one it sets the header.
+			f.hidden, f.filtered = true, filtered
+			cfg := testConfig(f)
+			rec := &recorder{}
+			cfg.Logger = slog.New(rec)
+			s := newTestSource(t, f, cfg, 0.5)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- s.Run(ctx) }()
+			waitUntil(t, "an ERROR line", func() bool { return len(rec.atLeast(slog.LevelError)) > 0 })
+			time.Sleep(50 * time.Millisecond)
+			if _, ready, _ := s.Lookup("svc"); ready {
+				t.Error("ready on a catalog without any service")
+			}
+			cancel()
+			<-done
+			if errs := rec.atLeast(slog.LevelError); !strings.Contains(strings.Join(errs, "\n"), "service:read") {
+				t.Errorf("ERROR lines %q", errs)
+			}
+			// Once ACLs let the token see the services (no index moves),
+			// the source is ready within about a second.
+			ctx, cancel = context.WithCancel(context.Background())
+			go func() { done <- s.Run(ctx) }()
+			time.Sleep(100 * time.Millisecond)
+			f.mu.Lock()
+			f.hidden = false
+			f.mu.Unlock()
+			allowed := time.Now()
+			waitUntil(t, "readiness", func() bool { _, ready, _ := s.Lookup("svc"); return ready })
+			if d := time.Since(allowed); d > 2*time.Second {
+				t.Errorf("ready %v after the catalog became visible", d)
+			}
+			cancel()
+			<-done
+		})
 	}
 }
 

@@ -206,6 +206,12 @@ func (m *Monitor) Down() (bool, time.Time) {
 	return m.down, m.downSince
 }
 
+// Error logs msg at ERROR at most once per ErrorEvery per kind (a fixed
+// string chosen by the caller). Safe for concurrent use.
+func (m *Monitor) Error(kind, msg string, args ...any) {
+	m.errorf("caller:"+kind, msg, args...)
+}
+
 // errorf logs msg at ERROR unless a line of kind was logged less than
 // ErrorEvery ago.
 func (m *Monitor) errorf(kind, msg string, args ...any) {

@@ -88,6 +88,12 @@ type Options struct {
 	Rand  func() float64
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// Urgent, if set, is asked after each failure: while it reports true
+	// (for example: nothing was ever read, so nobody can be served), the
+	// backoff is capped at ProbeEvery whatever the error, so that a fix
+	// of the ACLs or the datacenter is seen within about a second, at the
+	// cost of a request a second.
+	Urgent func() bool
 }
 
 // Validate reports the first out-of-range field.
@@ -224,6 +230,9 @@ func (w *Watch[T]) Run(ctx context.Context, deliver func(Update[T]), onError fun
 			}
 			kind := mon.Failed(w.opts.Name, err)
 			delay = clock.Backoff(w.opts.BackoffBase, w.opts.BackoffMax, failures, w.opts.Rand())
+			if w.opts.Urgent != nil && w.opts.Urgent() {
+				delay = min(delay, ProbeEvery)
+			}
 			probe = kind == Transient
 			failures++
 			w.log.Debug("Consul query failed; retrying", "error", err, "kind", kind.String(), "failures", failures, "retry_in", delay.Round(time.Millisecond))

@@ -413,3 +413,14 @@ func TestTransientFailuresWarnAtMostEveryTenSeconds(t *testing.T) {
 		t.Errorf("%d WARN lines, want 3:\n%s", n, r.logs.String())
 	}
 }
+
+func TestUrgentCapsBackoff(t *testing.T) {
+	r := newRig(t, false)
+	urgent := true
+	r.w.opts.Urgent = func() bool { return urgent }
+	for _, d := range []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, time.Second, time.Second} {
+		r.expectFetch(t, 0, fetchReply{err: err403})
+		r.expectError(t)
+		r.expectSleep(t, d)
+	}
+}
