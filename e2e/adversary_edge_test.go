@@ -165,8 +165,9 @@ func TestEdgeCaseVariantsOneWatch(t *testing.T) {
 }
 
 // TestEdgeSilentAndHugeNames: streams that never name a service end after
-// InitialRequestTimeout, streams naming 1 MiB names end with
-// InvalidArgument, and the balancer's log stays small.
+// InitialRequestTimeout, streams naming 1 MiB names end at once with
+// ResourceExhausted (MaxRequestSize) and those naming 60 KB names with
+// InvalidArgument (MaxNameLength), and the balancer's log stays small.
 func TestEdgeSilentAndHugeNames(t *testing.T) {
 	svc := serviceName(t)
 	startBackends(t, svc, 2)
@@ -190,18 +191,25 @@ func TestEdgeSilentAndHugeNames(t *testing.T) {
 			got.add("silent " + status.Code(err).String())
 		})
 	})
-	name := strings.Repeat("a", 1<<20)
-	parallel(50, 10, func(i int) {
+	name, long := strings.Repeat("a", 1<<20), strings.Repeat("b", 60_000)
+	parallel(100, 10, func(i int) {
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		defer cancel()
-		got.add("huge " + firstAnswer(ctx, huge[i%len(huge)], name))
+		if i%2 == 0 {
+			got.add("huge " + firstAnswer(ctx, huge[i%len(huge)], name))
+		} else {
+			got.add("long " + firstAnswer(ctx, huge[i%len(huge)], long))
+		}
 	})
 	wg.Wait()
 	time.Sleep(time.Second) // the honest user goes on with the attack's streams held
 	h.finish().check(t, 100*time.Millisecond)
 	t.Logf("silent and huge names: %v; %d bytes logged", got.get(), logs.len())
-	if got.get()["silent "+codes.DeadlineExceeded.String()] != 500 || got.get()["huge "+codes.InvalidArgument.String()] != 50 {
-		t.Errorf("got %v; want 500 silent DeadlineExceeded and 50 huge InvalidArgument", got.get())
+	// A huge name still arriving after InitialRequestTimeout (1 s here)
+	// ends with DeadlineExceeded instead: refused too.
+	huges := got.get()["huge "+codes.ResourceExhausted.String()] + got.get()["huge "+codes.DeadlineExceeded.String()]
+	if got.get()["silent "+codes.DeadlineExceeded.String()] != 500 || huges != 50 || got.get()["long "+codes.InvalidArgument.String()] != 50 {
+		t.Errorf("got %v; want 500 silent DeadlineExceeded, 50 huge ResourceExhausted (or DeadlineExceeded) and 50 long InvalidArgument", got.get())
 	}
 	if logs.len() > 16<<10 {
 		t.Errorf("the attack logged %d bytes, want at most 16 KiB", logs.len())

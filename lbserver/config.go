@@ -108,6 +108,12 @@ type Config struct {
 	// full) ends the stream with ResourceExhausted. Default 30 s; from 1 s
 	// to 10 min.
 	SendTimeout time.Duration
+	// MaxRequestSize bounds the messages a client sends (its initial
+	// request and ClientStats, a few hundred bytes in grpc-go), in bytes:
+	// a longer message ends its stream with ResourceExhausted before it is
+	// read, so that huge names cost nothing. Default 64 KiB; from 4 KiB to
+	// 4 MiB.
+	MaxRequestSize int
 	// LoadReports makes the balancer collect ORCA load reports from every
 	// endpoint of each watched service (one out-of-band stream per
 	// endpoint), for the least_load policy and for overload drops.
@@ -189,6 +195,7 @@ func DefaultConfig() Config {
 		MaxConns:              20000,
 		MaxConnsPerIP:         500,
 		SendTimeout:           30 * time.Second,
+		MaxRequestSize:        64 << 10,
 		LoadReports:           true,
 		LoadReport:            loadreport.DefaultConfig(),
 		LoadWeight:            loadweight.DefaultConfig(),

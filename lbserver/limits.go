@@ -80,6 +80,9 @@ func (c Config) validateLimits() []error {
 	if c.MaxConnsPerIP < 1 || c.MaxConnsPerIP > c.MaxConns {
 		errs = append(errs, fmt.Errorf("max connections per IP %d is not in [1, max connections %d]", c.MaxConnsPerIP, c.MaxConns))
 	}
+	if c.MaxRequestSize < 4<<10 || c.MaxRequestSize > 4<<20 {
+		errs = append(errs, fmt.Errorf("max request size %d is not in [4096, 4194304] bytes", c.MaxRequestSize))
+	}
 	if c.SendTimeout < time.Second || c.SendTimeout > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("send timeout %v is not in [1s, 10m]", c.SendTimeout))
 	}
@@ -233,13 +236,15 @@ func (s *Server) Listener(lis net.Listener) net.Listener {
 
 // GRPCOptions returns the grpc.ServerOptions that go with s's limits,
 // after ServerOptions(extra...): HTTP/2 MAX_CONCURRENT_STREAMS (see
-// Config.MaxStreamsPerConn), and a grpc.InTapHandle that refuses a stream
+// Config.MaxStreamsPerConn), the largest message received
+// (Config.MaxRequestSize), and a grpc.InTapHandle that refuses a stream
 // beyond the stream limits before grpc starts a handler for it, the
 // cheapest refusal there is (extra must then set no InTapHandle of its
 // own: grpc allows one). Serve uses them.
 func (s *Server) GRPCOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
 	return append(ServerOptions(extra...),
 		grpc.MaxConcurrentStreams(uint32(2*s.cfg.MaxStreamsPerConn)),
+		grpc.MaxRecvMsgSize(s.cfg.MaxRequestSize),
 		grpc.InTapHandle(s.tapStream))
 }
 

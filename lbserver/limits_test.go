@@ -219,6 +219,8 @@ func TestLimitsValidated(t *testing.T) {
 		{func(c *Config) { c.MaxConns = -1 }, "max connections -1"},
 		{func(c *Config) { c.MaxConnsPerIP = c.MaxConns + 1 }, "max connections per IP"},
 		{func(c *Config) { c.SendTimeout = 0 }, "send timeout 0s"},
+		{func(c *Config) { c.MaxRequestSize = 1000 }, "max request size 1000"},
+		{func(c *Config) { c.MaxRequestSize = 5 << 20 }, "max request size 5242880"},
 		{func(c *Config) { c.SendTimeout = time.Hour }, "send timeout 1h0m0s"},
 	}
 	for _, tc := range tests {
@@ -461,9 +463,9 @@ func TestClientStringsLoggedQuotedAndThrottled(t *testing.T) {
 	cfg := testConfig(newFakeSource())
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	_, c := startServer(t, cfg)
-	huge := strings.Repeat("x", 100_000)
+	long := strings.Repeat("x", 60_000) // under MaxRequestSize, over MaxNameLength
 	for range 50 {
-		openRefused(t, c, huge, codes.InvalidArgument, "longer than")
+		openRefused(t, c, long, codes.InvalidArgument, "longer than")
 	}
 	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
 	if len(lines) > 2 {
@@ -539,4 +541,25 @@ func TestTapRefusesBeforeTheHandler(t *testing.T) {
 		t.Errorf("Refused.StreamsPerConn = %d, want 1", got)
 	}
 	s.slots.give(from)
+}
+
+func TestHugeRequestRefusedUnread(t *testing.T) {
+	cfg := testConfig(newFakeSource(snap("svc", ep("a", "127.0.0.1:1"))))
+	s, c := startServer(t, cfg)
+	// grpc ends the stream itself, without reading the message.
+	openRefused(t, c, strings.Repeat("x", 1<<20), codes.ResourceExhausted, "received message larger than max (1048584 vs. 65536)")
+	// ClientStats too.
+	st := openOK(t, c, "svc")
+	recvList(t, st)
+	big := &lbpb.ClientStats{}
+	for i := range 5000 { // about 100 KB
+		big.CallsFinishedWithDrop = append(big.CallsFinishedWithDrop, &lbpb.ClientStatsPerToken{LoadBalanceToken: fmt.Sprintf("token-%d", i), NumCalls: 1})
+	}
+	st.Send(&lbpb.LoadBalanceRequest{LoadBalanceRequestType: &lbpb.LoadBalanceRequest_ClientStats{ClientStats: big}})
+	if _, err := st.Recv(); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "larger than max") {
+		t.Fatalf("a ClientStats over the limit: %v", err)
+	}
+	if got := s.Stats().StreamsActive; got != 0 {
+		waitUntil(t, "the streams to end", func() bool { return s.Stats().StreamsActive == 0 })
+	}
 }

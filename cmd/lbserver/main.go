@@ -179,6 +179,7 @@ Flags:
 	fs.IntVar(&o.lb.MaxConns, "max-conns", o.lb.MaxConns, "most client connections open at once; more are closed as soon as accepted")
 	fs.IntVar(&o.lb.MaxConnsPerIP, "max-conns-per-ip", o.lb.MaxConnsPerIP, "most client connections open at once from one IP address; more are closed as soon as accepted")
 	fs.DurationVar(&o.lb.SendTimeout, "send-timeout", o.lb.SendTimeout, "end a stream whose client does not read its lists within this time (ResourceExhausted)")
+	fs.IntVar(&o.lb.MaxRequestSize, "max-request-size", o.lb.MaxRequestSize, "largest message a client may send, in `bytes`; a larger one ends its stream (ResourceExhausted) unread")
 
 	o.dns.addFlags(fs)
 

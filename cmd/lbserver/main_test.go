@@ -56,6 +56,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-max-conns", "0", "-static", "a=127.0.0.1:1"}, "max connections 0"},
 		{[]string{"-max-conns-per-ip", "30000", "-static", "a=127.0.0.1:1"}, "max connections per IP 30000"},
 		{[]string{"-send-timeout", "10ms", "-static", "a=127.0.0.1:1"}, "send timeout 10ms"},
+		{[]string{"-max-request-size", "100", "-static", "a=127.0.0.1:1"}, "max request size 100"},
 		{[]string{"-service-policy", "svc=random,SVC=round_robin", "-static", "a=127.0.0.1:1"}, "case-insensitively"},
 		{[]string{"-rate-limit", "svc=1,SVC=2", "-static", "a=127.0.0.1:1"}, "case-insensitively"},
 	}
