@@ -47,6 +47,8 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; make test runs t
 	$(GO) test -run '^$$' -fuzz '^FuzzDigest$$' -fuzztime $(FUZZTIME) ./discovery/consul
 	$(GO) test -run '^$$' -fuzz '^FuzzParseTarget$$' -fuzztime $(FUZZTIME) ./resolver/consul
 	$(GO) test -run '^$$' -fuzz '^FuzzClientStats$$' -fuzztime $(FUZZTIME) ./clientstats
+	$(GO) test -run '^$$' -fuzz '^FuzzVerifier$$' -fuzztime $(FUZZTIME) ./lbtoken
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./lbtoken
 
 proto: ## regenerate the example service's Go code
 	scripts/gen-proto.sh
