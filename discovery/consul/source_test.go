@@ -459,3 +459,25 @@ func BenchmarkLookupUnknown(b *testing.B) {
 		}
 	}
 }
+
+func TestRegistrationWithChecksFetchesOnlyItsService(t *testing.T) {
+	f := newFake()
+	f.set("svc", withCheck(entryA, "c-a", api.HealthPassing))
+	f.set("other", withCheck(entryB, "c-b", api.HealthPassing))
+	s := newTestSource(t, f, testConfig(f), 0.5)
+	w := watch(t, s, "svc")
+	o := watch(t, s, "other")
+	w.expect(t, snapOf("svc", epA))
+	o.expect(t, snapOf("other", epB))
+	time.Sleep(100 * time.Millisecond)
+	before := f.fetchCount("other")
+	// One transaction registers an instance and its check: the catalog
+	// and the checks move at the same index, which explains the change.
+	c := withCheck(entry("n3", "10.0.0.3", "c", "", 8080), "c-c", api.HealthPassing)
+	f.set("svc", withCheck(entryA, "c-a", api.HealthPassing), c)
+	w.expect(t, snapOf("svc", epA, ep("c", "10.0.0.3:8080")))
+	time.Sleep(explainWait + 100*time.Millisecond)
+	if got := f.fetchCount("other"); got != before {
+		t.Errorf("other fetched %d more times for a registration in svc", got-before)
+	}
+}
