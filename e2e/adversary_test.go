@@ -39,7 +39,10 @@ func TestAdversarySuite(t *testing.T) {
 	svc := serviceName(t)
 	startBackends(t, svc, 3)
 	waitPassing(t, svc, 3)
-	lbBin, _ := buildCmds(t)
+	// Without the race detector: its shadow memory is never given back,
+	// and its slowdown is not what a deployment sees. The rest of the
+	// suite runs the binaries with it.
+	lbBin, _ := buildCmdsWith(t)
 	lbPort, dnsPort := freePort(t), freePort(t)
 	lbAddr := fmt.Sprintf("127.0.0.1:%d", lbPort)
 	dnsAddr := fmt.Sprintf("127.0.0.1:%d", dnsPort)
@@ -395,8 +398,8 @@ func attackForgedClientStats(t *testing.T, lbAddr, svc string) {
 	t.Logf("forger stream errors: %v", errs.get())
 }
 
-// attackHugeNames: 50 streams naming 1 MiB names end with
-// InvalidArgument, and the names are not logged whole.
+// attackHugeNames: 50 streams naming 1 MiB names are refused, and the
+// names are not logged whole.
 func attackHugeNames(t *testing.T, lbAddr, _ string) {
 	conns := attackerConns(t, lbAddr, "127.0.0.7", 5)
 	var got tally
@@ -406,8 +409,10 @@ func attackHugeNames(t *testing.T, lbAddr, _ string) {
 		defer cancel()
 		got.add(firstAnswer(ctx, conns[i%len(conns)], name))
 	})
-	if n := got.get()[codes.InvalidArgument.String()]; n != 50 {
-		t.Errorf("%d of 50 huge names ended with InvalidArgument: %v", n, got.get())
+	// Refused unread by the request size limit (ResourceExhausted), or by
+	// name validation (InvalidArgument).
+	if n := got.get()[codes.ResourceExhausted.String()] + got.get()[codes.InvalidArgument.String()]; n != 50 {
+		t.Errorf("%d of 50 huge names were refused: %v", n, got.get())
 	}
 }
 

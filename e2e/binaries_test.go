@@ -30,14 +30,22 @@ func (p *process) logBytes() int {
 	return p.stderr.w.(*strings.Builder).Len()
 }
 
-// buildCmds builds cmd/lbserver and cmd/backend into a temporary folder.
+// buildCmds builds cmd/lbserver and cmd/backend with the race detector
+// into a temporary folder.
 func buildCmds(t *testing.T) (lbserverBin, backendBin string) {
+	return buildCmdsWith(t, "-race")
+}
+
+// buildCmdsWith builds cmd/lbserver and cmd/backend with extra go build
+// flags into a temporary folder.
+func buildCmdsWith(t *testing.T, flags ...string) (lbserverBin, backendBin string) {
 	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "build", "-race", "-o", dir+string(filepath.Separator),
-		"github.com/lookaside-lb/lookaside/cmd/lbserver", "github.com/lookaside-lb/lookaside/cmd/backend").CombinedOutput()
+	args := append(append([]string{"build"}, flags...), "-o", dir+string(filepath.Separator),
+		"github.com/lookaside-lb/lookaside/cmd/lbserver", "github.com/lookaside-lb/lookaside/cmd/backend")
+	out, err := exec.CommandContext(ctx, "go", args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
