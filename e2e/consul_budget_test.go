@@ -86,7 +86,6 @@ func TestConsulBudgetThousandServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
 
 	type watchState struct {
 		mu    sync.Mutex

@@ -69,9 +69,11 @@ func startDNSWith(t *testing.T, lbService string, tweak func(*dnsserver.Config),
 		return src
 	}
 	// The catalog is a balancer that serves no stream: what -dns-listen
-	// uses in the command.
+	// uses in the command. Its source's directory is read while Run runs,
+	// as lbserver.Serve runs it in the command.
+	catalogSrc := newSource()
 	lcfg := lbserver.DefaultConfig()
-	lcfg.Source = newSource()
+	lcfg.Source = catalogSrc
 	if wrap != nil {
 		lcfg.Source = wrap(lcfg.Source)
 	}
@@ -101,7 +103,11 @@ func startDNSWith(t *testing.T, lbService string, tweak func(*dnsserver.Config),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		catalogSrc.Run(ctx)
+	}()
 	go func() {
 		defer wg.Done()
 		if err := srv.Serve(ctx, pc, lis); err != nil {

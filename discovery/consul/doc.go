@@ -30,9 +30,12 @@
 // answers that ACLs filtered are logged at ERROR at most once a minute,
 // saying what to do.
 //
-// The hub runs while anything uses it: a Run call, a Watch call, or
-// Lookup (which keeps it for DirectoryLinger after the last call, or until
-// Close). Every goroutine of the hub stops when the last user leaves.
+// The hub runs while a Run or a Watch call holds it, and every goroutine of
+// the hub stops, and is waited for, when the last one returns. Lookup (the
+// Directory) is a pure read of the last service list the hub read: it
+// starts nothing, so whoever asks it with no Watch call open runs the
+// Source with Run (lbserver.Serve does, for as long as it serves). The
+// last list read is kept when the hub stops.
 // NewClient's transport opens at most ClientConfig.MaxConns connections;
 // a Source uses at most ConnsNeeded(MaxFetches) of them at once.
 //

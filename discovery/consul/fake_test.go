@@ -39,6 +39,7 @@ type fakeConsul struct {
 	inFlight     int                            // guarded by mu: ServiceMultipleTags calls running
 	maxInFlight  int                            // guarded by mu
 	probes       int                            // guarded by mu
+	catalogReads int                            // guarded by mu: Services calls
 	fetchDelay   time.Duration                  // guarded by mu: how long a fetch takes
 }
 
@@ -117,6 +118,12 @@ func (f *fakeConsul) fetchCount(service string) int {
 	return f.fetches[service]
 }
 
+func (f *fakeConsul) catalogReadCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.catalogReads
+}
+
 func (f *fakeConsul) totalFetches() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -161,6 +168,7 @@ func (f *fakeConsul) meta(index uint64) *api.QueryMeta {
 func (f *fakeConsul) Services(q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.catalogReads++
 	if err := f.block(q, func() uint64 { return f.catalogIndex }); err != nil {
 		return nil, nil, err
 	}
@@ -336,7 +344,6 @@ func newTestSource(t *testing.T, _ *fakeConsul, cfg Config, r float64) *Source {
 	}
 	s.clock = clock.Real{}
 	s.rand = func() float64 { return r }
-	t.Cleanup(s.Close)
 	return s
 }
 

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/internal/clock"
@@ -20,7 +19,10 @@ import (
 // (the catalog's service list and the health state of every check) that
 // tell which services changed, and a pool of at most Config.MaxFetches
 // workers that fetch those services. The hub runs while anyone uses it: a
-// Run call, or a Watch call. Safe for concurrent use.
+// Run call, or a Watch call; it starts nothing on its own, and Lookup only
+// reads what the hub last stored. Whoever uses the Source as a
+// discovery.Directory runs it with Run (lbserver.Serve does). Safe for
+// concurrent use.
 type Source struct {
 	// Read-only after construction (tests set clock and rand before use).
 	cfg    Config
@@ -36,12 +38,6 @@ type Source struct {
 	hubWG     *sync.WaitGroup    // guarded by life: the running hub's goroutines
 
 	wake chan struct{} // a token per enqueue, up to MaxFetches: wakes workers
-
-	leased     atomic.Bool   // a Lookup lease holds the hub
-	leaseMu    sync.Mutex    // serializes taking the lease
-	lastLookup atomic.Int64  // clock time of the latest Lookup, in Unix nanoseconds
-	closed     chan struct{} // closed by Close
-	closeOnce  sync.Once
 
 	mu      sync.Mutex
 	entries map[string]*watched              // guarded by mu: watched canonical names
@@ -115,28 +111,25 @@ func New(cfg Config) (*Source, error) {
 		wake:    make(chan struct{}, cfg.MaxFetches),
 		entries: make(map[string]*watched),
 		byBase:  make(map[string]map[*watched]struct{}),
-		closed:  make(chan struct{}),
 	}
 	s.dir.Store(&directory{changed: make(chan struct{})})
 	return s, nil
 }
 
-// DirectoryLinger is how long the hub keeps running after the last Lookup
-// when no Run or Watch call holds it.
-const DirectoryLinger = 30 * time.Second
-
 // Lookup implements discovery.Directory: whether Consul's catalog lists
-// service (compared in lower case, as Consul does). ready is false until
-// the hub has read the catalog once; an answer without any service does
-// not count (every Consul lists "consul": ACLs hid everything), since it
-// tells nothing. Once ready, it stays
-// ready, through Consul outages too (the last list read is kept). changed
-// is closed at the next read of the list. Lookup starts the hub if it is
-// not running and keeps it running until DirectoryLinger after the last
-// Lookup (or until Close), so the directory is read without a Run call.
-// Safe for concurrent use; does not block (beyond starting the hub).
+// service (compared in lower case, as Consul does), in the last read of the
+// catalog's service list. It is a pure read: it starts nothing and sends
+// no query. The list is read only while the hub runs, that is while a Run
+// or a Watch call holds it, so a Source used as a Directory must be run
+// with Run (lbserver.Serve does it for as long as it serves).
+//
+// ready is false until the hub has read the catalog once; an answer
+// without any service does not count (every Consul lists "consul": ACLs
+// hid everything), since it tells nothing. Once ready, it stays ready,
+// through Consul outages and while the hub is stopped too (the last list
+// read is kept). changed is closed at the next read of the list, which
+// comes only while the hub runs. Safe for concurrent use; does not block.
 func (s *Source) Lookup(service string) (exists, ready bool, changed <-chan struct{}) {
-	s.touch()
 	d := s.dir.Load()
 	if !d.ready {
 		return false, false, d.changed
@@ -145,68 +138,15 @@ func (s *Source) Lookup(service string) (exists, ready bool, changed <-chan stru
 	return ok, true, d.changed
 }
 
-// touch records a Lookup and takes the lease on the hub if nobody holds it.
-func (s *Source) touch() {
-	s.lastLookup.Store(s.clock.Now().UnixNano())
-	if s.leased.Load() {
-		return
-	}
-	s.leaseMu.Lock()
-	defer s.leaseMu.Unlock()
-	select {
-	case <-s.closed:
-		return
-	default:
-	}
-	if s.leased.Load() {
-		return
-	}
-	s.leased.Store(true)
-	s.acquire()
-	go s.holdLease()
-}
-
-// holdLease keeps the hub until DirectoryLinger has passed without a
-// Lookup, or Close.
-func (s *Source) holdLease() {
-	defer func() {
-		s.leaseMu.Lock()
-		s.leased.Store(false)
-		s.leaseMu.Unlock()
-		s.release()
-	}()
-	for {
-		idle := s.clock.Now().Sub(time.Unix(0, s.lastLookup.Load()))
-		if idle >= DirectoryLinger {
-			return
-		}
-		c, stop := s.clock.NewTimer(DirectoryLinger - idle)
-		select {
-		case <-c:
-			stop()
-		case <-s.closed:
-			stop()
-			return
-		}
-	}
-}
-
-// Close ends the hold of Lookup on the hub (the hub stops once no Run or
-// Watch call uses it either) and waits for the hub if nobody else uses it.
-// Lookup after Close answers from the last list read. Safe to call more
-// than once and concurrently.
-func (s *Source) Close() {
-	s.closeOnce.Do(func() { close(s.closed) })
-	// Wait for holdLease to let go.
-	for s.leased.Load() {
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // Run runs the hub (the long polls, the fetch pool, the timers) until ctx
-// is done, so that Lookup answers before any Watch; without it the hub runs
-// only while a Watch call does. It blocks and returns ctx.Err(). Safe to
-// call concurrently with Watch.
+// is done. The hub reads the catalog's service list only while it runs, so
+// Lookup answers, and its readiness comes, only once something runs it:
+// Run is how an owner that uses the Source as a discovery.Directory keeps
+// it read with no Watch call (lbserver.Serve runs it while it serves).
+// Without Run the hub runs only while a Watch call does. It blocks until
+// ctx is done and returns ctx.Err(); when it was the hub's last user, only
+// after the hub's goroutines have stopped. Safe to call concurrently with
+// Watch and with other Run calls.
 func (s *Source) Run(ctx context.Context) error {
 	s.acquire()
 	defer s.release()

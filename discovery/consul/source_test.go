@@ -288,6 +288,67 @@ func TestOutageKeepsSnapshotAndRecovers(t *testing.T) {
 	waitUntil(t, "the recovery line", func() bool { return strings.Contains(logs.String(), "Consul reachable again") })
 }
 
+func TestLookupIsAPureRead(t *testing.T) {
+	f := newFake()
+	f.set("svc", entryA)
+	s := newTestSource(t, f, testConfig(f), 0.5)
+	hubStopped := func() bool {
+		s.life.Lock()
+		defer s.life.Unlock()
+		return s.users == 0 && s.hubCancel == nil
+	}
+
+	// Without Run or Watch, Lookup reads nothing and starts nothing.
+	for range 100 {
+		if exists, ready, _ := s.Lookup("svc"); exists || ready {
+			t.Fatalf("Lookup before any read = exists %v, ready %v", exists, ready)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := f.catalogReadCount(); n != 0 {
+		t.Errorf("Lookup without Run read the catalog %d times", n)
+	}
+	if !hubStopped() {
+		t.Error("Lookup started the hub")
+	}
+
+	// Run reads the directory.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	waitUntil(t, "the directory", func() bool { _, ready, _ := s.Lookup("svc"); return ready })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("Run returned %v, want %v", err, context.Canceled)
+	}
+	if !hubStopped() {
+		t.Error("hub still running after Run returned")
+	}
+
+	// After Run, Lookup answers from the last read, and reads nothing.
+	reads := f.catalogReadCount()
+	f.set("other", entryB)
+	exists, ready, changed := s.Lookup("svc")
+	if !exists || !ready {
+		t.Errorf(`Lookup("svc") after Run = exists %v, ready %v, want the last read (true, true)`, exists, ready)
+	}
+	if exists, _, _ := s.Lookup("other"); exists {
+		t.Error(`Lookup("other") found a service registered after Run returned`)
+	}
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case <-changed:
+		t.Error("changed closed with no hub running")
+	default:
+	}
+	if n := f.catalogReadCount() - reads; n != 0 {
+		t.Errorf("Lookup after Run read the catalog %d times", n)
+	}
+	if !hubStopped() {
+		t.Error("Lookup started the hub after Run returned")
+	}
+}
+
 func TestACLErrorsLogged(t *testing.T) {
 	f := newFake()
 	f.set("svc", entryA)
@@ -445,7 +506,13 @@ func BenchmarkLookupUnknown(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
 	for {
 		if _, ready, _ := s.Lookup("s1"); ready {
 			break
