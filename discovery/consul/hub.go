@@ -14,6 +14,10 @@ import (
 	"github.com/lookaside-lb/lookaside/internal/consulwatch"
 )
 
+// adviceHints name the settings of lbserver, which a Source serves, in
+// the ERROR lines about errors that retrying cannot fix.
+var adviceHints = consulwatch.Hints{Token: "-consul-token-file or CONSUL_HTTP_TOKEN", Datacenter: "-consul-dc"}
+
 // EmptyCatalogAdvice is the ERROR line for a catalog that lists no
 // service at all.
 const EmptyCatalogAdvice = "Consul's catalog lists no service, not even \"consul\": ACLs hide everything from this replica's token (or it has none); give the token service:read and node:read (for example service_prefix \"\" { policy = \"read\" } and node_prefix \"\" { policy = \"read\" }) with -consul-token-file or CONSUL_HTTP_TOKEN"
@@ -43,7 +47,7 @@ type healthState struct {
 // startHub starts the hub's goroutines under ctx and returns the group to
 // wait for.
 func (s *Source) startHub(ctx context.Context) *sync.WaitGroup {
-	mon := consulwatch.NewMonitor(s.probe, s.clock, s.logger)
+	mon := consulwatch.NewMonitor(s.probe, s.clock, s.logger, adviceHints)
 	opts := func(name string) consulwatch.Options {
 		return consulwatch.Options{
 			Name: name, WaitTime: s.cfg.WaitTime, MinInterval: s.cfg.MinInterval,

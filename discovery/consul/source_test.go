@@ -365,8 +365,8 @@ func TestACLErrorsLogged(t *testing.T) {
 	cancel()
 	<-done
 	errs := rec.atLeast(slog.LevelError)
-	if len(errs) != 1 || !strings.Contains(errs[0], "service:read") {
-		t.Errorf("ERROR lines %q, want one saying what to do", errs)
+	if len(errs) != 1 || !strings.Contains(errs[0], "service:read") || !strings.Contains(errs[0], "-consul-token-file") {
+		t.Errorf("ERROR lines %q, want one saying what to do with lbserver's flags", errs)
 	}
 	if _, ready, _ := s.Lookup("svc"); ready {
 		t.Error("ready without ever reading the catalog")

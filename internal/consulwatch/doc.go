@@ -23,5 +23,7 @@
 // success after an outage is logged at INFO ("Consul reachable again",
 // after=<outage>). Errors that retrying cannot fix (ACL denied, an unknown
 // datacenter) and answers filtered by ACLs are logged at ERROR at most once
-// per ErrorEvery per kind, with what to do.
+// per ErrorEvery per kind, with what to do, naming the settings of the
+// program that uses the Monitor (Hints: lbserver's flags, a resolver
+// target's parameters).
 package consulwatch

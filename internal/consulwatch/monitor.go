@@ -71,13 +71,35 @@ func Classify(err error) Kind {
 	return Transient
 }
 
-// Advice says what to do about a kind of error, for the ERROR line.
-func (k Kind) Advice() string {
+// Hints name, in the terms of the program that uses the Monitor, the
+// settings a person changes to fix an error that retrying cannot fix: the
+// advice of the ERROR lines quotes them. An empty field leaves that part
+// of the advice generic.
+type Hints struct {
+	// Token says how to set the ACL token, for example
+	// "-consul-token-file or CONSUL_HTTP_TOKEN".
+	Token string
+	// Datacenter says how to choose the datacenter, for example
+	// "-consul-dc".
+	Datacenter string
+}
+
+// Advice says what to do about a kind of error, for the ERROR line,
+// naming the settings of h.
+func (k Kind) Advice(h Hints) string {
 	switch k {
 	case ACLDenied:
-		return "Consul's ACLs deny the query: give the token service:read and node:read on the balanced services (for example service_prefix \"\" { policy = \"read\" } and node_prefix \"\" { policy = \"read\" }), or set the right token (-consul-token-file or CONSUL_HTTP_TOKEN)"
+		msg := "Consul's ACLs deny the query: give the token service:read and node:read on the balanced services (for example service_prefix \"\" { policy = \"read\" } and node_prefix \"\" { policy = \"read\" }), or set the right token"
+		if h.Token != "" {
+			msg += " (" + h.Token + ")"
+		}
+		return msg
 	case NoDatacenter:
-		return "Consul does not know the datacenter: check -consul-dc (or CONSUL_HTTP_DATACENTER) against `consul catalog datacenters`"
+		msg := "Consul does not know the datacenter: check the datacenter"
+		if h.Datacenter != "" {
+			msg += " (" + h.Datacenter + ")"
+		}
+		return msg + " against `consul catalog datacenters`"
 	}
 	return ""
 }
@@ -104,6 +126,7 @@ type Monitor struct {
 	probe  func(context.Context) error
 	clock  clock.Clock
 	logger *slog.Logger
+	hints  Hints
 
 	mu        sync.Mutex
 	down      bool                 // guarded by mu: a fetch failed and none succeeded since
@@ -117,15 +140,16 @@ type Monitor struct {
 // NewMonitor returns a Monitor. probe checks cheaply that Consul answers
 // (it must honour ctx); nil disables probing, and watches then only sleep
 // out their backoff. clk nil means clock.Real; logger nil means
-// slog.Default().
-func NewMonitor(probe func(context.Context) error, clk clock.Clock, logger *slog.Logger) *Monitor {
+// slog.Default(). hints name the caller's settings in the advice of the
+// ERROR lines (see Kind.Advice).
+func NewMonitor(probe func(context.Context) error, clk clock.Clock, logger *slog.Logger, hints Hints) *Monitor {
 	if clk == nil {
 		clk = clock.Real{}
 	}
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Monitor{probe: probe, clock: clk, logger: logger, logged: map[string]time.Time{}}
+	return &Monitor{probe: probe, clock: clk, logger: logger, hints: hints, logged: map[string]time.Time{}}
 }
 
 // LeaderProbe returns a probe that asks Consul for its leader
@@ -158,7 +182,7 @@ func (m *Monitor) Failed(what string, err error) Kind {
 	since := m.downSince
 	m.mu.Unlock()
 	if k != Transient {
-		m.errorf(k.String(), k.Advice(), "query", what, "error", err)
+		m.errorf(k.String(), k.Advice(m.hints), "query", what, "error", err)
 		return k
 	}
 	if m.throttle("transient", now, WarnEvery) {

@@ -80,7 +80,7 @@ type Options struct {
 	// non-blocking one. (0, MaxTimeout].
 	Timeout time.Duration
 	// Monitor is shared by the watches of one client; nil makes a private
-	// one without a probe.
+	// one without a probe, whose advice names no setting (empty Hints).
 	Monitor *Monitor
 	// Clock and Rand are the time and jitter seams; nil means clock.Real
 	// and clock.RandFloat.
@@ -144,7 +144,7 @@ func New[T any](opts Options, fetch Fetch[T]) (*Watch[T], error) {
 		opts.Logger = slog.Default()
 	}
 	if opts.Monitor == nil {
-		opts.Monitor = NewMonitor(nil, opts.Clock, opts.Logger)
+		opts.Monitor = NewMonitor(nil, opts.Clock, opts.Logger, Hints{})
 	}
 	return &Watch[T]{opts: opts, fetch: fetch, log: opts.Logger.With("query", opts.Name)}, nil
 }

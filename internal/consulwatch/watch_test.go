@@ -132,7 +132,7 @@ func newRig(t *testing.T, withProbe bool) *rig {
 			}
 		}
 	}
-	mon := NewMonitor(probe, clk, log)
+	mon := NewMonitor(probe, clk, log, Hints{Token: "-test-token-flag"})
 	fetch := func(ctx context.Context, idx uint64, wait time.Duration) (string, Meta, error) {
 		ch := make(chan fetchReply)
 		clk.events <- ev{fetch: idx, wait: wait, reply: ch}
@@ -320,8 +320,36 @@ func TestPermanentErrorsLoggedOncePerMinuteNoProbe(t *testing.T) {
 	if n := strings.Count(logs, "level=ERROR"); n != 2 {
 		t.Errorf("%d ERROR lines, want 2 (once per minute):\n%s", n, logs)
 	}
-	if !strings.Contains(logs, "service:read and node:read") {
-		t.Errorf("the ERROR line does not say what to do:\n%s", logs)
+	if !strings.Contains(logs, "service:read and node:read") || !strings.Contains(logs, "(-test-token-flag)") {
+		t.Errorf("the ERROR line does not say what to do with the caller's hint:\n%s", logs)
+	}
+}
+
+func TestAdviceNamesTheCallersSettings(t *testing.T) {
+	lb := Hints{Token: "-consul-token-file or CONSUL_HTTP_TOKEN", Datacenter: "-consul-dc"}
+	for _, tc := range []struct {
+		kind      Kind
+		hints     Hints
+		want, not []string
+	}{
+		{ACLDenied, lb, []string{"service:read and node:read", "set the right token (-consul-token-file or CONSUL_HTTP_TOKEN)"}, nil},
+		{ACLDenied, Hints{Token: `the target's "token" parameter`}, []string{`set the right token (the target's "token" parameter)`}, []string{"-consul"}},
+		{ACLDenied, Hints{}, []string{"set the right token"}, []string{"-consul", "()"}},
+		{NoDatacenter, lb, []string{"check the datacenter (-consul-dc) against `consul catalog datacenters`"}, nil},
+		{NoDatacenter, Hints{}, []string{"check the datacenter against"}, []string{"-consul", "()"}},
+		{Transient, lb, nil, []string{"-consul"}},
+	} {
+		got := tc.kind.Advice(tc.hints)
+		for _, w := range tc.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%v.Advice(%+v) = %q, want it to contain %q", tc.kind, tc.hints, got, w)
+			}
+		}
+		for _, n := range tc.not {
+			if strings.Contains(got, n) {
+				t.Errorf("%v.Advice(%+v) = %q, want no %q", tc.kind, tc.hints, got, n)
+			}
+		}
 	}
 }
 

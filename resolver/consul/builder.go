@@ -54,6 +54,14 @@ type tuning struct {
 	backoffBase time.Duration
 }
 
+// adviceHints name the target's parameters in the ERROR lines about
+// errors that retrying cannot fix: resolver users set the token and the
+// datacenter there, not with lbserver's flags.
+var adviceHints = consulwatch.Hints{
+	Token:      `the target's "token" parameter, or CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE`,
+	Datacenter: `the target's "dc" parameter`,
+}
+
 var defaultTuning = tuning{minInterval: 100 * time.Millisecond, backoffBase: 250 * time.Millisecond}
 
 // builder builds resolvers. Read-only after construction.
@@ -114,7 +122,7 @@ func (b *builder) Build(rt resolver.Target, cc resolver.ClientConn, opts resolve
 			return nil, fmt.Errorf("consul: service config: %w", r.sc.Err)
 		}
 	}
-	r.monitor = consulwatch.NewMonitor(probe, nil, r.log)
+	r.monitor = consulwatch.NewMonitor(probe, nil, r.log, adviceHints)
 	if r.instances, err = r.newWatcher(instanceList); err == nil && t.LB {
 		r.balancers, err = r.newWatcher(balancerList)
 	}
