@@ -36,6 +36,9 @@ func TestImplausibleClientStats(t *testing.T) {
 	var msgs []string
 	cfg.Logger = slog.New(recordingHandler{&mu, &msgs})
 	cfg.MaxClientCallRate = 1000 // 2 × 10 s saved up: 20,000 calls
+	// Off: the stream would end after 100 ignored reports
+	// (TestIgnoredMessagesEndTheStream); here every report is counted.
+	cfg.MaxIgnoredMessages = 0
 	srv, c := startServer(t, cfg)
 	s := open(t, c, "svc:1")
 	recv(t, s)

@@ -29,6 +29,13 @@ const (
 	DefaultMaxClientRateShare    = 0.5
 )
 
+// Defaults of the rate limits of Config.
+const (
+	DefaultMaxStreamRatePerIP = 100
+	DefaultStreamBurstPerIP   = 200
+	DefaultMaxIgnoredMessages = 100
+)
+
 // Config configures a Server. Start from DefaultConfig; New validates.
 type Config struct {
 	// Source finds the endpoints of services. Required.
@@ -93,6 +100,36 @@ type Config struct {
 	// MAX_CONCURRENT_STREAMS to twice it, a bound on the streams of a
 	// connection that were ended but whose client has not read their end.
 	MaxStreamsPerConn int
+	// MaxStreamRatePerIP bounds how fast one client address (an IPv4
+	// address, an IPv6 /64) opens streams, in streams per second, with
+	// StreamBurstPerIP at once: each stream takes a token from its
+	// address's bucket, and a stream finding none ends at once with
+	// ResourceExhausted, refused before grpc starts a handler. The other
+	// limits bound what a client holds; this one how fast it churns. A
+	// grpc-go client opens one stream per channel and reopens it with
+	// backoff, so honest clients are far below the defaults; clients
+	// behind one NAT share one bucket: N channels there reconnecting at
+	// once (a balancer replica restarting) are all back within
+	// (N − StreamBurstPerIP) / MaxStreamRatePerIP seconds, the refused
+	// ones retrying with backoff and keeping their backends meanwhile.
+	// Raise both for large NATs. At most 32768 addresses are tracked (those
+	// that opened a stream within the last StreamBurstPerIP /
+	// MaxStreamRatePerIP seconds); a new one beyond evicts the least
+	// recently seen. Peers without an IP address (Unix sockets) are not
+	// limited. Default 100 streams/s with a burst of 200; 0 turns the
+	// limit off; at most 1e6, the burst from 1 to 2^20.
+	MaxStreamRatePerIP float64
+	StreamBurstPerIP   int
+	// MaxIgnoredMessages ends a stream (with ResourceExhausted) that sent
+	// more than this many messages within a minute that the balancer
+	// ignores: ClientStats sent more often than twice per
+	// ClientStatsInterval or with negative counts (see
+	// Stats.BadClientStats), and anything but ClientStats after the
+	// initial request. Each still costs a parse; an honest client sends
+	// one report per ClientStatsInterval and none of these. A stream may
+	// have this many at once and this many a minute after that (a token
+	// bucket). Default 100; 0 turns the limit off; at most 2^20.
+	MaxIgnoredMessages int
 	// MaxConns bounds the client connections open at once, and
 	// MaxConnsPerIP those from one IP address; a connection beyond either
 	// is closed as soon as it is accepted (clients see Unavailable and
@@ -192,6 +229,9 @@ func DefaultConfig() Config {
 		MaxStreams:            50000,
 		MaxStreamsPerIP:       1000,
 		MaxStreamsPerConn:     100,
+		MaxStreamRatePerIP:    DefaultMaxStreamRatePerIP,
+		StreamBurstPerIP:      DefaultStreamBurstPerIP,
+		MaxIgnoredMessages:    DefaultMaxIgnoredMessages,
 		MaxConns:              20000,
 		MaxConnsPerIP:         500,
 		SendTimeout:           30 * time.Second,

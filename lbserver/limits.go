@@ -1,8 +1,10 @@
 package lbserver
 
 import (
+	"container/list"
 	"context"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"sync"
@@ -28,6 +30,7 @@ const (
 	limitStreamsPerConn
 	limitConns
 	limitConnsPerIP
+	limitStreamRatePerIP
 	numLimits
 )
 
@@ -37,16 +40,19 @@ var limitNames = [numLimits]string{
 	limitStreamsPerConn: "max-streams-per-conn",
 	limitConns:          "max-conns",
 	limitConnsPerIP:     "max-conns-per-ip",
+	// The rate limit is one setting with its burst (stream-burst-per-ip).
+	limitStreamRatePerIP: "max-stream-rate-per-ip",
 }
 
 // refusedMsgs are the log messages of refusals, one kind per limit for the
 // log throttle.
 var refusedMsgs = [numLimits]string{
-	limitStreams:        "stream refused: too many streams",
-	limitStreamsPerIP:   "stream refused: too many streams from one IP",
-	limitStreamsPerConn: "stream refused: too many streams on one connection",
-	limitConns:          "connection refused: too many connections",
-	limitConnsPerIP:     "connection refused: too many connections from one IP",
+	limitStreams:         "stream refused: too many streams",
+	limitStreamsPerIP:    "stream refused: too many streams from one IP",
+	limitStreamsPerConn:  "stream refused: too many streams on one connection",
+	limitConns:           "connection refused: too many connections",
+	limitConnsPerIP:      "connection refused: too many connections from one IP",
+	limitStreamRatePerIP: "stream refused: one IP opens streams too fast",
 }
 
 func (l limit) String() string { return limitNames[l] }
@@ -58,6 +64,9 @@ type LimitCounts struct {
 	StreamsPerConn int64 // streams refused by MaxStreamsPerConn
 	Conns          int64 // connections closed at accept by MaxConns
 	ConnsPerIP     int64 // connections closed at accept by MaxConnsPerIP
+	// StreamRatePerIP counts streams refused by MaxStreamRatePerIP (their
+	// address opened streams faster than it, beyond StreamBurstPerIP).
+	StreamRatePerIP int64
 }
 
 func (c Config) validateLimits() []error {
@@ -86,8 +95,24 @@ func (c Config) validateLimits() []error {
 	if c.SendTimeout < time.Second || c.SendTimeout > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("send timeout %v is not in [1s, 10m]", c.SendTimeout))
 	}
+	if !(c.MaxStreamRatePerIP >= 0 && c.MaxStreamRatePerIP <= maxStreamRate) {
+		errs = append(errs, fmt.Errorf("max stream rate per IP %v is not in [0 (off), %v] streams/s", c.MaxStreamRatePerIP, maxStreamRate))
+	}
+	if c.MaxStreamRatePerIP > 0 && (c.StreamBurstPerIP < 1 || c.StreamBurstPerIP > maxStreamBurst) {
+		errs = append(errs, fmt.Errorf("stream burst per IP %d is not in [1, %d]", c.StreamBurstPerIP, maxStreamBurst))
+	}
+	if c.MaxIgnoredMessages < 0 || c.MaxIgnoredMessages > maxIgnoredMessages {
+		errs = append(errs, fmt.Errorf("max ignored messages %d is not in [0 (off), %d]", c.MaxIgnoredMessages, maxIgnoredMessages))
+	}
 	return errs
 }
+
+// Bounds of the settings of the rate limits.
+const (
+	maxStreamRate      = 1e6
+	maxStreamBurst     = 1 << 20
+	maxIgnoredMessages = 1 << 20
+)
 
 // streamSlots counts the open streams: in total, per client IP and per
 // connection (told apart by the client's address and port). Safe for
@@ -173,11 +198,19 @@ func (s *Server) limitMax(l limit) int {
 // connection from peer.
 func (s *Server) refuse(l limit, peer netip.AddrPort) {
 	s.counters.refused[l].Add(1)
+	if l == limitStreamRatePerIP {
+		s.throttle.Warn(refusedMsgs[l], "limit", l.String(), "rate", s.cfg.MaxStreamRatePerIP, "burst", s.cfg.StreamBurstPerIP, "peer", peer.String())
+		return
+	}
 	s.throttle.Warn(refusedMsgs[l], "limit", l.String(), "max", s.limitMax(l), "peer", peer.String())
 }
 
 // refusedStatus is the status a stream refused by l ends with.
 func (s *Server) refusedStatus(l limit) error {
+	if l == limitStreamRatePerIP {
+		return status.Errorf(codes.ResourceExhausted, "lbserver: stream refused: your IP address opens streams faster than %v a second (burst %d; limit %s); retry later with backoff",
+			s.cfg.MaxStreamRatePerIP, s.cfg.StreamBurstPerIP, l)
+	}
 	what := map[limit]string{
 		limitStreams:        "streams are open on this balancer",
 		limitStreamsPerIP:   "streams are open from your IP address",
@@ -252,9 +285,13 @@ func (s *Server) GRPCOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
 var balanceLoadMethod = "/" + lbpb.LoadBalancer_ServiceDesc.ServiceName + "/BalanceLoad"
 
 // tapStream refuses a new BalanceLoad stream when its client is already at
-// one of the stream limits, before grpc starts a handler. It only looks:
-// the handler takes the slot (and refuses streams that raced past here).
-// Called by grpc's transport for every new stream; does not block.
+// one of the stream limits, or opens streams faster than
+// MaxStreamRatePerIP, before grpc starts a handler. For the slots it only
+// looks: the handler takes the slot (and refuses streams that raced past
+// here). A stream within the limits takes a token of its address's rate
+// bucket here, and its context says so, so that the handler does not take
+// another. Called by grpc's transport for every new stream, under the
+// transport's lock; does not block.
 func (s *Server) tapStream(ctx context.Context, info *tap.Info) (context.Context, error) {
 	if info.FullMethodName != balanceLoadMethod {
 		return ctx, nil
@@ -264,7 +301,142 @@ func (s *Server) tapStream(ctx context.Context, info *tap.Info) (context.Context
 		s.refuse(lim, peer)
 		return nil, s.refusedStatus(lim)
 	}
-	return ctx, nil
+	if !s.rates.take(peer.Addr()) {
+		s.refuse(limitStreamRatePerIP, peer)
+		return nil, s.refusedStatus(limitStreamRatePerIP)
+	}
+	return context.WithValue(ctx, rateTakenKey{}, true), nil
+}
+
+// rateTakenKey marks the context of a stream that took its rate token in
+// tapStream.
+type rateTakenKey struct{}
+
+// rateTaken reports whether tapStream took the stream's rate token.
+func rateTaken(ctx context.Context) bool {
+	taken, _ := ctx.Value(rateTakenKey{}).(bool)
+	return taken
+}
+
+// maxRateAddrs bounds the addresses streamRates keeps a bucket for.
+const maxRateAddrs = 1 << 15
+
+// streamRates is a token bucket per client address (an IPv4 address, an
+// IPv6 /64, as for ClientStats shares) on the streams it opens: rate
+// tokens a second, burst at most. A full bucket is the same as none, so a
+// bucket is dropped once it has refilled, and the table holds only the
+// addresses that opened a stream within the last burst/rate seconds; at
+// most maxRateAddrs of them, a new one beyond evicting the least recently
+// seen (which then starts again with a full bucket). The zero rate
+// limits nothing. Safe for concurrent use.
+type streamRates struct {
+	rate, burst float64
+	max         int
+	now         func() time.Time
+
+	mu    sync.Mutex
+	addrs map[netip.Prefix]*list.Element // guarded by mu; values *rateBucket
+	lru   list.List                      // guarded by mu; of *rateBucket, most recently seen first
+}
+
+// rateBucket is the bucket of one address.
+type rateBucket struct {
+	key netip.Prefix
+	tokenBucket
+}
+
+// tokenBucket holds tokens that refill at a rate up to a capacity. Not
+// safe for concurrent use.
+type tokenBucket struct {
+	tokens float64
+	at     time.Time // last refill: for a rateBucket, when its address was last seen
+}
+
+// fullBucket returns a bucket holding burst tokens at now.
+func fullBucket(burst float64, now time.Time) tokenBucket {
+	return tokenBucket{tokens: burst, at: now}
+}
+
+// take refills b up to now and takes one token, or reports false when
+// it holds less than one (and takes nothing).
+func (b *tokenBucket) take(now time.Time, rate, burst float64) bool {
+	if d := now.Sub(b.at).Seconds(); d > 0 {
+		b.tokens = min(b.tokens+d*rate, burst)
+		b.at = now
+	}
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+func newStreamRates(cfg Config, now func() time.Time) *streamRates {
+	r := &streamRates{rate: cfg.MaxStreamRatePerIP, burst: float64(cfg.StreamBurstPerIP), max: maxRateAddrs, now: now,
+		addrs: map[netip.Prefix]*list.Element{}}
+	r.lru.Init()
+	return r
+}
+
+// rateKey returns the address a client is rate limited by: its IPv4
+// address or its IPv6 /64.
+func rateKey(a netip.Addr) netip.Prefix {
+	a = a.Unmap().WithZone("")
+	if a.Is4() {
+		return netip.PrefixFrom(a, 32)
+	}
+	p, _ := a.Prefix(64)
+	return p
+}
+
+// take takes a token from the bucket of the client address a and reports
+// true, or reports false when its bucket is empty (a refused stream takes
+// nothing). Peers without an IP address (Unix sockets) are not limited.
+func (r *streamRates) take(a netip.Addr) bool {
+	if r.rate <= 0 || !a.IsValid() {
+		return true
+	}
+	key := rateKey(a)
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pruneLocked(now)
+	var b *rateBucket
+	if e, ok := r.addrs[key]; ok {
+		b = e.Value.(*rateBucket)
+		r.lru.MoveToFront(e)
+	} else {
+		if r.lru.Len() >= r.max {
+			old := r.lru.Remove(r.lru.Back()).(*rateBucket)
+			delete(r.addrs, old.key)
+		}
+		b = &rateBucket{key: key, tokenBucket: fullBucket(r.burst, now)}
+		r.addrs[key] = r.lru.PushFront(b)
+	}
+	ok := b.take(now, r.rate, r.burst)
+	b.at = now // seen, refused or not: the list stays in order
+	return ok
+}
+
+// pruneLocked drops the buckets that have refilled by now: those seen
+// longest ago, from the back of the list.
+func (r *streamRates) pruneLocked(now time.Time) {
+	refill := time.Duration(math.Ceil(r.burst / r.rate * float64(time.Second)))
+	for e := r.lru.Back(); e != nil; e = r.lru.Back() {
+		b := e.Value.(*rateBucket)
+		if now.Sub(b.at) < refill {
+			return
+		}
+		r.lru.Remove(e)
+		delete(r.addrs, b.key)
+	}
+}
+
+// len returns how many addresses have a bucket.
+func (r *streamRates) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lru.Len()
 }
 
 type limitListener struct {

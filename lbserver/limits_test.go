@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"strings"
@@ -24,8 +25,9 @@ import (
 )
 
 // serveAt runs a Server with cfg through Serve on a loopback listener and
-// returns it and its address.
-func serveAt(t *testing.T, cfg Config) (*Server, string) {
+// returns it and its address. The before functions run on the server
+// before it serves.
+func serveAt(t *testing.T, cfg Config, before ...func(*Server)) (*Server, string) {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -35,6 +37,9 @@ func serveAt(t *testing.T, cfg Config) (*Server, string) {
 		t.Fatal(err)
 	}
 	s.seed = func() uint64 { return 0 }
+	for _, f := range before {
+		f(s)
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -222,6 +227,11 @@ func TestLimitsValidated(t *testing.T) {
 		{func(c *Config) { c.MaxRequestSize = 1000 }, "max request size 1000"},
 		{func(c *Config) { c.MaxRequestSize = 5 << 20 }, "max request size 5242880"},
 		{func(c *Config) { c.SendTimeout = time.Hour }, "send timeout 1h0m0s"},
+		{func(c *Config) { c.MaxStreamRatePerIP = -1 }, "max stream rate per IP -1 is not in [0 (off), 1e+06]"},
+		{func(c *Config) { c.MaxStreamRatePerIP = math.NaN() }, "max stream rate per IP NaN"},
+		{func(c *Config) { c.MaxStreamRatePerIP = math.Inf(1) }, "max stream rate per IP +Inf"},
+		{func(c *Config) { c.StreamBurstPerIP = 0 }, "stream burst per IP 0 is not in [1, 1048576]"},
+		{func(c *Config) { c.MaxIgnoredMessages = -1 }, "max ignored messages -1 is not in [0 (off), 1048576]"},
 	}
 	for _, tc := range tests {
 		cfg := testConfig(newFakeSource())
@@ -232,6 +242,12 @@ func TestLimitsValidated(t *testing.T) {
 	}
 	if _, err := New(testConfig(newFakeSource())); err != nil {
 		t.Errorf("defaults rejected: %v", err)
+	}
+	// 0 turns the rate limits off; the burst then does not matter.
+	cfg := testConfig(newFakeSource())
+	cfg.MaxStreamRatePerIP, cfg.StreamBurstPerIP, cfg.MaxIgnoredMessages = 0, 0, 0
+	if _, err := New(cfg); err != nil {
+		t.Errorf("rate limits off rejected: %v", err)
 	}
 }
 

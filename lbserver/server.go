@@ -33,6 +33,10 @@ type Server struct {
 	policies map[string]policy.Policy
 	log      *slog.Logger
 	seed     func() uint64
+	now      func() time.Time // the clock of the rate limits
+	// reportRate and reportBurst bound the ClientStats rate of a stream
+	// (see clientStatsConfig).
+	reportRate, reportBurst float64
 
 	reg         *registry
 	clientStats *clientstats.Registry
@@ -42,6 +46,7 @@ type Server struct {
 	// exist: names it does not know start no watch.
 	dir      discovery.Directory
 	slots    *streamSlots
+	rates    *streamRates
 	conns    *connSlots
 	throttle *logthrottle.Logger // lines a client can trigger, one per kind per second
 
@@ -63,6 +68,7 @@ type counters struct {
 	streamsExpired  atomic.Int64
 	refused         [numLimits]atomic.Int64
 	slowReadersCut  atomic.Int64
+	floodsCut       atomic.Int64
 	unknownServices atomic.Int64
 }
 
@@ -81,6 +87,9 @@ type Stats struct {
 	// SlowReadersCut counts streams ended because their client did not
 	// read within SendTimeout.
 	SlowReadersCut int64
+	// FloodingStreamsCut counts streams ended because more than
+	// MaxIgnoredMessages of their messages were ignored within a minute.
+	FloodingStreamsCut int64
 	// UnknownServices counts streams for services the discovery Directory
 	// said do not exist, answered with a fallback and no watch.
 	UnknownServices int64
@@ -120,9 +129,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	log := cfg.Logger.With("component", "lbserver")
 	dir, _ := cfg.Source.(discovery.Directory)
+	csCfg := clientStatsConfig(cfg)
 	s := &Server{
 		dir:         dir,
 		slots:       newStreamSlots(cfg),
+		now:         time.Now,
+		reportRate:  csCfg.MaxReportRate,
+		reportBurst: float64(csCfg.ReportBurst),
 		conns:       &connSlots{max: cfg.MaxConns, perIP: cfg.MaxConnsPerIP, ips: map[netip.Addr]int{}},
 		throttle:    logthrottle.New(log, time.Second),
 		cfg:         cfg,
@@ -130,9 +143,10 @@ func New(cfg Config) (*Server, error) {
 		policies:    policies,
 		log:         log,
 		seed:        rand.Uint64,
-		clientStats: clientstats.New(clientStatsConfig(cfg)),
+		clientStats: clientstats.New(csCfg),
 		closing:     make(chan struct{}),
 	}
+	s.rates = newStreamRates(cfg, func() time.Time { return s.now() })
 	s.reg = newRegistry(cfg.Source, cfg.WatchLinger, cfg.MaxServices, s.newPlanner, log)
 	s.reg.throttle = s.throttle
 	return s, nil
@@ -207,17 +221,19 @@ func (s *Server) Stats() Stats {
 		BadClientStats:  c.badClientStats.Load(),
 		StreamsExpired:  c.streamsExpired.Load(),
 		Refused: LimitCounts{
-			Streams:        c.refused[limitStreams].Load(),
-			StreamsPerIP:   c.refused[limitStreamsPerIP].Load(),
-			StreamsPerConn: c.refused[limitStreamsPerConn].Load(),
-			Conns:          c.refused[limitConns].Load(),
-			ConnsPerIP:     c.refused[limitConnsPerIP].Load(),
+			Streams:         c.refused[limitStreams].Load(),
+			StreamsPerIP:    c.refused[limitStreamsPerIP].Load(),
+			StreamsPerConn:  c.refused[limitStreamsPerConn].Load(),
+			Conns:           c.refused[limitConns].Load(),
+			ConnsPerIP:      c.refused[limitConnsPerIP].Load(),
+			StreamRatePerIP: c.refused[limitStreamRatePerIP].Load(),
 		},
-		SlowReadersCut:  c.slowReadersCut.Load(),
-		UnknownServices: c.unknownServices.Load(),
-		ConnsOpen:       int64(s.conns.open()),
-		ServicesWatched: int64(s.reg.watched()),
-		WatchesStarted:  s.reg.started.Load(),
+		SlowReadersCut:     c.slowReadersCut.Load(),
+		FloodingStreamsCut: c.floodsCut.Load(),
+		UnknownServices:    c.unknownServices.Load(),
+		ConnsOpen:          int64(s.conns.open()),
+		ServicesWatched:    int64(s.reg.watched()),
+		WatchesStarted:     s.reg.started.Load(),
 	}
 }
 

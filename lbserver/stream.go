@@ -38,6 +38,11 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		return s.refusedStatus(lim)
 	}
 	defer s.slots.give(peerAddr)
+	// A stream that came through tapStream took its rate token there.
+	if !rateTaken(ctx) && !s.rates.take(peerAddr.Addr()) {
+		s.refuse(limitStreamRatePerIP, peerAddr)
+		return s.refusedStatus(limitStreamRatePerIP)
+	}
 	s.counters.streamsStarted.Add(1)
 	s.counters.streamsActive.Add(1)
 	defer s.counters.streamsActive.Add(-1)
@@ -88,6 +93,8 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		client:  policy.Client{Addr: peerAddr.Addr(), Name: name, Seed: s.seed()},
 		key:     clientstats.ClientKey{Service: svcName, Stream: id, Peer: peerAddr.String()},
 		log:     log,
+		ignored: fullBucket(float64(s.cfg.MaxIgnoredMessages), s.now()),
+		reports: fullBucket(s.reportBurst, s.now()),
 	}
 	defer st.stopSender()
 	if age := s.cfg.MaxStreamAge; age > 0 {
@@ -153,6 +160,8 @@ type streamState struct {
 	client  policy.Client
 	key     clientstats.ClientKey
 	log     *slog.Logger
+	ignored tokenBucket // messages ignored (see ignore)
+	reports tokenBucket // ClientStats while the service does not exist (see handleUnknown)
 
 	// The sender goroutine does the stream's Sends (see send).
 	out       chan *lbpb.LoadBalanceResponse // nil until the sender runs; closed to stop it
@@ -173,17 +182,14 @@ var errEnd = errors.New("lbserver: stream ends")
 // none when nil): a request (handled), the client's end, the server's
 // close or the stream's maximum age. It returns nil after a request or a
 // new plan; otherwise the error the handler returns (errEnd for a clean
-// end).
-func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBalanceRequest)) error {
+// end), which may come from handle.
+func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBalanceRequest) error) error {
 	s := st.srv
 	select {
 	case <-changed:
 		return nil
 	case req := <-st.reqs:
-		if handle != nil {
-			handle(req)
-		}
-		return nil
+		return handle(req)
 	case err := <-st.recvErr:
 		if errors.Is(err, io.EOF) {
 			return errEnd
@@ -236,7 +242,7 @@ func (st *streamState) awaitService(svcName string) (done bool, err error) {
 			return true, err
 		}
 		// ClientStats of a service that does not exist count for nothing.
-		if err := st.event(changed, nil); err != nil {
+		if err := st.event(changed, st.handleUnknown); err != nil {
 			return true, endErr(err)
 		}
 	}
@@ -424,13 +430,14 @@ func (st *streamState) update(p *plan) error {
 // counted within the stream's bounds (see clientstats.Registry.Add);
 // anything else is ignored. Reports that are clamped or ignored are counted
 // in Stats.BadClientStats and logged at most once a second per kind over
-// the whole server.
-func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) {
+// the whole server. Ignored messages count toward MaxIgnoredMessages: it
+// returns the error that ends the stream when there were too many.
+func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) error {
 	s := st.srv
 	cs := req.GetClientStats()
 	if cs == nil {
 		s.throttle.Log(context.Background(), slog.LevelDebug, "ignoring unexpected request after the initial one", "stream", st.key.Stream, "peer", st.key.Peer, "service", quote(st.key.Service))
-		return
+		return st.ignore()
 	}
 	res := s.clientStats.Add(st.key, cs, time.Now())
 	if res.OtherTokens > 0 {
@@ -447,11 +454,13 @@ func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) {
 		st.log.Debug("client stats", "started", cs.GetNumCallsStarted(), "finished", cs.GetNumCallsFinished(),
 			"known_received", cs.GetNumCallsFinishedKnownReceived(), "failed_to_send", cs.GetNumCallsFinishedWithClientFailedToSend(),
 			"drop_tokens", len(cs.GetCallsFinishedWithDrop()))
-		return
+		return nil
 	case clientstats.Clamped:
+		// Counted (within the allowance), at a plausible rate: not ignored.
 		s.counters.badClientStats.Add(1)
 		s.throttle.Info("client stats claim more calls than plausible; clamped", "stream", st.key.Stream, "peer", st.key.Peer,
 			"service", quote(st.key.Service), "started", cs.GetNumCallsStarted(), "max_call_rate", s.cfg.MaxClientCallRate)
+		return nil
 	case clientstats.TooFrequent:
 		s.counters.badClientStats.Add(1)
 		s.throttle.Info("client stats sent too often; ignored", "stream", st.key.Stream, "peer", st.key.Peer,
@@ -461,6 +470,39 @@ func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) {
 		s.throttle.Info("client stats with negative counts; ignored", "stream", st.key.Stream, "peer", st.key.Peer,
 			"service", quote(st.key.Service))
 	}
+	return st.ignore()
+}
+
+// handleUnknown takes a message after the initial request on a stream for
+// a service that does not exist: ClientStats count for nothing, but those
+// sent at the rate a stream may send them (as for a service that exists,
+// see clientStatsConfig) are not ignored either; anything else is, and
+// counts toward MaxIgnoredMessages like in handleRequest.
+func (st *streamState) handleUnknown(req *lbpb.LoadBalanceRequest) error {
+	s := st.srv
+	if req.GetClientStats() != nil && (s.reportRate == 0 || st.reports.take(s.now(), s.reportRate, s.reportBurst)) {
+		return nil
+	}
+	return st.ignore()
+}
+
+// ignore counts one ignored message of the stream. When the stream had
+// more than MaxIgnoredMessages of them within a minute (its bucket holds
+// that many, refilled at that many a minute), it counts and logs
+// (throttled) the stream's end and returns the ResourceExhausted status
+// that ends it: each message costs a parse, and a client that floods them
+// is broken or hostile.
+func (st *streamState) ignore() error {
+	s := st.srv
+	n := s.cfg.MaxIgnoredMessages
+	if n == 0 || st.ignored.take(s.now(), float64(n)/60, float64(n)) {
+		return nil
+	}
+	s.counters.floodsCut.Add(1)
+	s.throttle.Warn("ending a stream that floods messages the balancer ignores", "stream", st.key.Stream, "peer", st.key.Peer,
+		"service", quote(st.key.Service), "max", n, "per", time.Minute)
+	return status.Errorf(codes.ResourceExhausted,
+		"lbserver: stream ended: more than %d of its messages within a minute were ignored (ClientStats more often than twice per interval or with negative counts, or messages other than ClientStats; limit max-ignored-messages)", n)
 }
 
 // serverListEqual compares two lists by content.
