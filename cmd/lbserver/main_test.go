@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/lookaside-lb/lookaside/dnsserver"
+	"github.com/lookaside-lb/lookaside/lbserver"
 )
 
 func TestBadFlags(t *testing.T) {
@@ -57,6 +58,10 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-max-conns-per-ip", "30000", "-static", "a=127.0.0.1:1"}, "max connections per IP 30000"},
 		{[]string{"-send-timeout", "10ms", "-static", "a=127.0.0.1:1"}, "send timeout 10ms"},
 		{[]string{"-max-request-size", "100", "-static", "a=127.0.0.1:1"}, "max request size 100"},
+		{[]string{"-max-stream-rate-per-ip", "-1", "-static", "a=127.0.0.1:1"}, "max stream rate per IP -1"},
+		{[]string{"-max-stream-rate-per-ip", "fast", "-static", "a=127.0.0.1:1"}, "-max-stream-rate-per-ip"},
+		{[]string{"-stream-burst-per-ip", "0", "-static", "a=127.0.0.1:1"}, "stream burst per IP 0"},
+		{[]string{"-max-ignored-messages", "-1", "-static", "a=127.0.0.1:1"}, "max ignored messages -1"},
 		{[]string{"-service-policy", "svc=random,SVC=round_robin", "-static", "a=127.0.0.1:1"}, "case-insensitively"},
 		{[]string{"-rate-limit", "svc=1,SVC=2", "-static", "a=127.0.0.1:1"}, "case-insensitively"},
 	}
@@ -68,6 +73,29 @@ func TestBadFlags(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want non-zero and %q", code, stderr.String(), tc.want)
 			}
 		})
+	}
+}
+
+func TestRateLimitFlags(t *testing.T) {
+	var stderr bytes.Buffer
+	o, err := parseFlags(nil, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.lb.MaxStreamRatePerIP != lbserver.DefaultMaxStreamRatePerIP || o.lb.StreamBurstPerIP != lbserver.DefaultStreamBurstPerIP ||
+		o.lb.MaxIgnoredMessages != lbserver.DefaultMaxIgnoredMessages {
+		t.Errorf("defaults: rate %v, burst %d, ignored %d", o.lb.MaxStreamRatePerIP, o.lb.StreamBurstPerIP, o.lb.MaxIgnoredMessages)
+	}
+	o, err = parseFlags([]string{"-max-stream-rate-per-ip", "2.5", "-stream-burst-per-ip", "7", "-max-ignored-messages", "0"}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.lb.MaxStreamRatePerIP != 2.5 || o.lb.StreamBurstPerIP != 7 || o.lb.MaxIgnoredMessages != 0 {
+		t.Errorf("parsed: rate %v, burst %d, ignored %d; want 2.5, 7, 0", o.lb.MaxStreamRatePerIP, o.lb.StreamBurstPerIP, o.lb.MaxIgnoredMessages)
+	}
+	// 0 turns the rate off: the burst is not checked then.
+	if code := run(context.Background(), []string{"-max-stream-rate-per-ip", "0", "-stream-burst-per-ip", "0", "-static", "a=127.0.0.1:1", "-listen", "256.0.0.1:1"}, io.Discard, &stderr); code == 0 || strings.Contains(stderr.String(), "burst") {
+		t.Errorf("exit %d, stderr %q; want only the bad -listen refused", code, stderr.String())
 	}
 }
 
