@@ -24,12 +24,16 @@ import (
 // how many watches started.
 
 // edgeLB starts an in-process balancer with tweak and reports whether its
-// source is a discovery.Directory.
+// source is a discovery.Directory. Each edge test isolates one defence:
+// the rate of new streams per IP is off unless tweak turns it on
+// (TestEdgeStreamRate), as it would refuse most of the other attacks'
+// streams before the defence under test sees them.
 func edgeLB(t *testing.T, tweak func(*lbserver.Config)) (l *lb, dir bool) {
 	t.Helper()
 	l = startLB(t, func(c *lbserver.Config) {
 		_, dir = c.Source.(discovery.Directory)
 		c.InitialRequestTimeout = time.Second
+		c.MaxStreamRatePerIP = 0
 		if tweak != nil {
 			tweak(c)
 		}
@@ -54,7 +58,7 @@ func TestEdgeStreamsOnOneConnection(t *testing.T) {
 	})
 	// The accepted streams stay open until ctx ends; those refused ended.
 	time.Sleep(time.Second) // the honest user goes on with the attack's streams held
-	h.finish().check(t, 100*time.Millisecond)
+	h.finish().check(t, inProcessP99)
 	t.Logf("500 streams on one connection: %v; refused %+v", got.get(), l.server().Stats().Refused)
 	if got.get()["list"] != 50 || got.get()[codes.ResourceExhausted.String()] != 450 {
 		t.Errorf("500 streams on one connection with max-streams-per-conn 50: %v; want 50 lists and 450 ResourceExhausted", got.get())
@@ -82,10 +86,46 @@ func TestEdgeOneIPFlood(t *testing.T) {
 	})
 	took := time.Since(start)
 	time.Sleep(time.Second) // the honest user goes on with the attack's streams held
-	h.finish().check(t, 100*time.Millisecond)
+	h.finish().check(t, inProcessP99)
 	t.Logf("3000 streams from one IP answered in %v: %v; refused %+v", took, got.get(), l.server().Stats().Refused)
 	if got.get()["list"] != 200 || got.get()[codes.ResourceExhausted.String()] != 2800 {
 		t.Errorf("3000 streams from one IP with max-streams-per-ip 200: %v; want 200 lists and 2800 ResourceExhausted", got.get())
+	}
+}
+
+// TestEdgeStreamRate: 3,000 streams from one IP on 30 connections, held
+// open, with the default rate of new streams per IP (100/s, burst 200):
+// at most the burst plus the rate over the attack's time are served, all
+// the others are refused with ResourceExhausted, counted as refused by
+// the rate, and the honest user sees nothing.
+func TestEdgeStreamRate(t *testing.T) {
+	svc := serviceName(t)
+	startBackends(t, svc, 2)
+	def := lbserver.DefaultConfig()
+	l, _ := edgeLB(t, func(c *lbserver.Config) {
+		c.MaxStreamRatePerIP, c.StreamBurstPerIP = def.MaxStreamRatePerIP, def.StreamBurstPerIP
+	})
+	h := startHonest(t, l.addr, svc)
+	conns := attackerConns(t, l.addr, "127.0.0.17", 30)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	var got tally
+	start := time.Now()
+	parallel(3000, 100, func(i int) {
+		got.add(firstAnswer(ctx, conns[i%len(conns)], svc+":50051"))
+	})
+	took := time.Since(start)
+	time.Sleep(time.Second) // the honest user goes on with the attack's streams held
+	h.finish().check(t, 100*time.Millisecond)
+	refused := l.server().Stats().Refused
+	t.Logf("3000 streams from one IP answered in %v: %v; refused %+v", took, got.get(), refused)
+	lists, exhausted := got.get()["list"], got.get()[codes.ResourceExhausted.String()]
+	if most := def.StreamBurstPerIP + int(def.MaxStreamRatePerIP*took.Seconds()) + 1; lists < def.StreamBurstPerIP || lists > most || lists+exhausted != 3000 {
+		t.Errorf("3000 streams from one IP at %v/s, burst %d, in %v: %v; want %d to %d lists, the rest ResourceExhausted",
+			def.MaxStreamRatePerIP, def.StreamBurstPerIP, took, got.get(), def.StreamBurstPerIP, most)
+	}
+	if refused.StreamRatePerIP != int64(exhausted) {
+		t.Errorf("Stats().Refused = %+v, want all %d refusals by the rate", refused, exhausted)
 	}
 }
 
@@ -116,7 +156,7 @@ func TestEdgeUnknownNamesNoWatch(t *testing.T) {
 		}
 	}
 	time.Sleep(time.Second) // the honest user goes on with the attack's streams held
-	h.finish().check(t, 100*time.Millisecond)
+	h.finish().check(t, inProcessP99)
 	after := l.server().Stats()
 	t.Logf("1000 unknown names answered in %v: %v; watches started %d", took, got.get(), after.WatchesStarted-before.WatchesStarted)
 	if got.get()["fallback"] != 1000 {
@@ -154,7 +194,7 @@ func TestEdgeCaseVariantsOneWatch(t *testing.T) {
 		got.add(firstAnswer(ctx, conns[i%len(conns)], string(b)+":50051"))
 	})
 	time.Sleep(time.Second) // the honest user goes on with the attack's streams held
-	h.finish().check(t, 100*time.Millisecond)
+	h.finish().check(t, inProcessP99)
 	after := l.server().Stats()
 	if got.get()["list"] != 32 {
 		t.Errorf("32 case variants: %v; want 32 lists", got.get())
@@ -203,7 +243,7 @@ func TestEdgeSilentAndHugeNames(t *testing.T) {
 	})
 	wg.Wait()
 	time.Sleep(time.Second) // the honest user goes on with the attack's streams held
-	h.finish().check(t, 100*time.Millisecond)
+	h.finish().check(t, inProcessP99)
 	t.Logf("silent and huge names: %v; %d bytes logged", got.get(), logs.len())
 	// A huge name still arriving after InitialRequestTimeout (1 s here)
 	// ends with DeadlineExceeded instead: refused too.

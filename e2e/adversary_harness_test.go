@@ -38,6 +38,13 @@ type honest struct {
 	errs   []error         // guarded by mu: failed probes
 }
 
+// inProcessP99 bounds the honest first list in adversary tests whose
+// balancer runs in the test process, under the race detector and beside
+// the attackers: it is several times slower there than alone. The 100 ms
+// a deployment must see is asserted by TestAdversarySuite, against the
+// lbserver binary.
+const inProcessP99 = 500 * time.Millisecond
+
 // probeEvery is how often the prober opens a stream; probeLimit bounds the
 // prober's life whatever the test does.
 const (
