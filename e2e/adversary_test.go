@@ -150,6 +150,18 @@ func attackerConns(t *testing.T, lbAddr, ip string, n int, opts ...grpc.DialOpti
 	return out
 }
 
+// spreadConns dials n connections to the balancer, the i-th from the
+// loopback address prefix+(i+1) (prefix like "127.0.2."): an attacker
+// with many addresses, each under the rate of new streams per IP.
+func spreadConns(t *testing.T, lbAddr, prefix string, n int) []lbpb.LoadBalancerClient {
+	t.Helper()
+	var out []lbpb.LoadBalancerClient
+	for i := range n {
+		out = append(out, attackerConns(t, lbAddr, prefix+strconv.Itoa(i+1), 1)...)
+	}
+	return out
+}
+
 // initial is the first message of a stream naming name.
 func initial(name string) *lbpb.LoadBalanceRequest {
 	return &lbpb.LoadBalanceRequest{LoadBalanceRequestType: &lbpb.LoadBalanceRequest_InitialRequest{
@@ -221,9 +233,11 @@ func (c *tally) get() map[string]int {
 }
 
 // attackDistinctNames: 2,000 streams each naming a service that does not
-// exist. Each is answered with fallback at once, without a watch.
+// exist, from 20 addresses (100 each, within the burst of new streams per
+// IP: one address alone would mostly be refused by that rate). Each is
+// answered with fallback at once, without a watch.
 func attackDistinctNames(t *testing.T, lbAddr, _ string) {
-	conns := attackerConns(t, lbAddr, "127.0.0.2", 20)
+	conns := spreadConns(t, lbAddr, "127.0.2.", 20)
 	var got tally
 	start := time.Now()
 	parallel(2000, 100, func(i int) {
@@ -259,7 +273,9 @@ func attackCaseVariants(t *testing.T, lbAddr, svc string) {
 }
 
 // attackStreamFlood: 5,000 streams from one IP on 50 connections, held
-// open for 2 s. Limits refuse the excess with ResourceExhausted.
+// open for 2 s. Limits refuse the excess with ResourceExhausted: the rate
+// of new streams per IP (100/s, burst 200) before the 1,000 streams an IP
+// may hold.
 func attackStreamFlood(t *testing.T, lbAddr, svc string) {
 	conns := attackerConns(t, lbAddr, "127.0.0.3", 50)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
@@ -267,6 +283,7 @@ func attackStreamFlood(t *testing.T, lbAddr, svc string) {
 	var got tally
 	var open sync.WaitGroup
 	hold := make(chan struct{})
+	start := time.Now()
 	parallel(5000, 200, func(i int) {
 		stream, err := conns[i%len(conns)].BalanceLoad(ctx)
 		if err == nil {
@@ -287,13 +304,15 @@ func attackStreamFlood(t *testing.T, lbAddr, svc string) {
 			}
 		})
 	})
+	took := time.Since(start)
 	time.Sleep(2 * time.Second)
 	close(hold)
 	open.Wait()
 	cancel()
-	t.Logf("5000 streams from one IP: %v", got.get())
-	if got.get()["accepted"] == 5000 {
-		t.Errorf("all 5000 streams from one IP were accepted: no limit applied")
+	t.Logf("5000 streams from one IP in %v: %v", took, got.get())
+	// The default -max-stream-rate-per-ip and -stream-burst-per-ip.
+	if most := 200 + int(100*took.Seconds()) + 1; got.get()["accepted"] > most {
+		t.Errorf("%d of 5000 streams from one IP accepted in %v, want at most %d (burst 200 + 100/s)", got.get()["accepted"], took, most)
 	}
 	if n := got.get()["accepted"] + got.get()[codes.ResourceExhausted.String()]; n != 5000 {
 		t.Errorf("streams neither accepted nor refused with ResourceExhausted: %v", got.get())
@@ -314,10 +333,11 @@ func attackNeverRead(t *testing.T, lbAddr, svc string) {
 	time.Sleep(2 * time.Second)
 }
 
-// attackSilent: 1,000 streams that never send their initial request end
-// with DeadlineExceeded after -initial-request-timeout (1 s here).
+// attackSilent: 1,000 streams that never send their initial request, from
+// 10 addresses (within the burst of new streams per IP), end with
+// DeadlineExceeded after -initial-request-timeout (1 s here).
 func attackSilent(t *testing.T, lbAddr, _ string) {
-	conns := attackerConns(t, lbAddr, "127.0.0.5", 10)
+	conns := spreadConns(t, lbAddr, "127.0.5.", 10)
 	var got tally
 	start := time.Now()
 	parallel(1000, 200, func(i int) {
