@@ -44,6 +44,7 @@ FUZZTIME ?= 30s
 fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; make test runs their seeds
 	$(GO) test -run '^$$' -fuzz '^FuzzBalanceLoad$$' -fuzztime $(FUZZTIME) ./lbserver
 	$(GO) test -run '^$$' -fuzz '^FuzzNameMapper$$' -fuzztime $(FUZZTIME) ./lbserver
+	$(GO) test -run '^$$' -fuzz '^FuzzStreamMessages$$' -fuzztime $(FUZZTIME) ./lbserver
 	$(GO) test -run '^$$' -fuzz '^FuzzServeDNS$$' -fuzztime $(FUZZTIME) ./dnsserver
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSpec$$' -fuzztime $(FUZZTIME) ./discovery/static
 	$(GO) test -run '^$$' -fuzz '^FuzzSnapshot$$' -fuzztime $(FUZZTIME) ./discovery/consul

@@ -2,6 +2,7 @@ package lbserver
 
 import (
 	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -125,6 +126,103 @@ func FuzzBalanceLoad(f *testing.F) {
 		if st.sent[0].GetInitialResponse() == nil || len(st.sent) != 2 ||
 			(st.sent[1].GetServerList() == nil && st.sent[1].GetFallbackResponse() == nil) {
 			t.Fatalf("stream for %v sent %v", req, st.sent)
+		}
+	})
+}
+
+// seqStream is a balancer stream that delivers its requests in order and
+// then ends (io.EOF), recording what the server sends.
+type seqStream struct {
+	grpc.ServerStream
+	ctx  context.Context
+	reqs []*lbpb.LoadBalanceRequest
+	sent []*lbpb.LoadBalanceResponse
+}
+
+func (s *seqStream) Context() context.Context { return s.ctx }
+func (s *seqStream) Recv() (*lbpb.LoadBalanceRequest, error) {
+	if len(s.reqs) == 0 {
+		return nil, io.EOF
+	}
+	r := s.reqs[0]
+	s.reqs = s.reqs[1:]
+	return r, nil
+}
+func (s *seqStream) Send(r *lbpb.LoadBalanceResponse) error {
+	s.sent = append(s.sent, r)
+	return nil
+}
+
+// FuzzStreamMessages: after its initial request, a stream sends n
+// messages alternating between a and b (ClientStats or anything else).
+// It is served (the initial response, then a list or a fallback while the
+// first watch has no answer) and then ends cleanly,
+// or, only when it sent more messages than MaxIgnoredMessages, with
+// ResourceExhausted naming max-ignored-messages; the server never panics
+// or hangs.
+func FuzzStreamMessages(f *testing.F) {
+	const maxIgnored = 5
+	for _, seed := range []struct {
+		a, b *lbpb.LoadBalanceRequest
+		n    uint8
+	}{
+		{clientStatsMsg(&lbpb.ClientStats{NumCallsStarted: 1}), clientStatsMsg(&lbpb.ClientStats{NumCallsStarted: 2}), 20},
+		{clientStatsMsg(&lbpb.ClientStats{NumCallsStarted: -1}), &lbpb.LoadBalanceRequest{}, 7},
+		{initial("svc:80"), clientStatsMsg(&lbpb.ClientStats{NumCallsStarted: 1 << 40}), 3},
+		{clientStatsMsg(&lbpb.ClientStats{CallsFinishedWithDrop: []*lbpb.ClientStatsPerToken{{LoadBalanceToken: "drop-ratelimit", NumCalls: 5}}}), &lbpb.LoadBalanceRequest{}, 255},
+	} {
+		a, err := proto.Marshal(seed.a)
+		if err != nil {
+			f.Fatal(err)
+		}
+		b, err := proto.Marshal(seed.b)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(a, b, seed.n)
+	}
+	cfg := testConfig(newFakeSource(snap("svc", ep("a", "127.0.0.1:1"))))
+	cfg.FirstListTimeout = 10 * time.Millisecond
+	cfg.WatchLinger = time.Minute
+	cfg.LoadReports = false
+	cfg.MaxIgnoredMessages = maxIgnored
+	cfg.RateLimits = map[string]float64{"svc": 100}
+	s, err := New(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(s.Close)
+	f.Fuzz(func(t *testing.T, rawA, rawB []byte, n uint8) {
+		a, b := &lbpb.LoadBalanceRequest{}, &lbpb.LoadBalanceRequest{}
+		if proto.Unmarshal(rawA, a) != nil || proto.Unmarshal(rawB, b) != nil {
+			return
+		}
+		reqs := []*lbpb.LoadBalanceRequest{initial("svc:80")}
+		for i := range int(n) {
+			if i%2 == 0 {
+				reqs = append(reqs, a)
+			} else {
+				reqs = append(reqs, b)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st := &seqStream{ctx: ctx, reqs: reqs}
+		err := s.BalanceLoad(st)
+		if ctx.Err() == context.DeadlineExceeded {
+			t.Fatalf("stream of %d messages (%v, %v) hung", n, a, b)
+		}
+		if len(st.sent) < 2 || st.sent[0].GetInitialResponse() == nil || (st.sent[1].GetServerList() == nil && st.sent[1].GetFallbackResponse() == nil) {
+			t.Fatalf("stream of %d messages (%v, %v) sent %v", n, a, b, st.sent)
+		}
+		switch {
+		case err == nil:
+		case status.Code(err) == codes.ResourceExhausted && strings.Contains(err.Error(), "limit max-ignored-messages"):
+			if n <= maxIgnored {
+				t.Fatalf("stream of %d messages (%v, %v) ended with %v; at most %d can be ignored", n, a, b, err, n)
+			}
+		default:
+			t.Fatalf("stream of %d messages (%v, %v) ended with %v", n, a, b, err)
 		}
 	})
 }
