@@ -189,6 +189,8 @@ func (s *Server) limitMax(l limit) int {
 		return s.cfg.MaxStreamsPerConn
 	case limitConns:
 		return s.cfg.MaxConns
+	case limitStreamRatePerIP:
+		return s.cfg.StreamBurstPerIP
 	default:
 		return s.cfg.MaxConnsPerIP
 	}
