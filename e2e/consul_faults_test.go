@@ -40,7 +40,6 @@ import (
 	"github.com/lookaside-lb/lookaside/internal/consultest"
 	"github.com/lookaside-lb/lookaside/internal/lbdial"
 	"github.com/lookaside-lb/lookaside/lbserver"
-	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
 )
 
 // faultOutage is how long TestConsulFaultServerKilledUnderLoad keeps Consul
@@ -135,68 +134,6 @@ func registerOnNode(t *testing.T, c *api.Client, service string, b *runningBacke
 func deregisterNode(c *api.Client, b *runningBackend) error {
 	_, err := c.Catalog().Deregister(&api.CatalogDeregistration{Node: "node-" + b.ID()}, nil)
 	return err
-}
-
-// faultLoad calls c from one goroutine every `every` until stopped or limit
-// passes, recording the last call each backend served and every failure.
-type faultLoad struct {
-	mu       sync.Mutex
-	lastSeen map[string]time.Time // guarded by mu
-	counts   map[string]int       // guarded by mu
-	errs     []error              // guarded by mu
-	calls    atomic.Int64
-	stop     chan struct{}
-	done     chan struct{}
-}
-
-func startFaultLoad(c userpb.UserClient, every, limit time.Duration) *faultLoad {
-	l := &faultLoad{lastSeen: map[string]time.Time{}, counts: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(l.done)
-		end := time.After(limit)
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		for {
-			select {
-			case <-l.stop:
-				return
-			case <-end:
-				return
-			case <-tick.C:
-			}
-			r, err := call(context.Background(), c)
-			l.calls.Add(1)
-			l.mu.Lock()
-			if err != nil {
-				l.errs = append(l.errs, err)
-			} else {
-				l.lastSeen[r.BackendId] = time.Now()
-				l.counts[r.BackendId]++
-			}
-			l.mu.Unlock()
-		}
-	}()
-	return l
-}
-
-// finish stops the load (once) and returns the calls per backend and every
-// failure.
-func (l *faultLoad) finish() (map[string]int, []error) {
-	select {
-	case <-l.stop:
-	default:
-		close(l.stop)
-	}
-	<-l.done
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.counts, l.errs
-}
-
-func (l *faultLoad) last(id string) time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.lastSeen[id]
 }
 
 // listWatcher holds one grpclb stream for a service open, as a client
@@ -358,7 +295,7 @@ func TestConsulFaultServerKilledUnderLoad(t *testing.T) {
 	watcher := watchLists(t, lbAddr, svc)
 	waitFor(t, 10*time.Second, "the watching stream's first list", func() bool { return len(watcher.latest()) == 3 })
 
-	ld := startFaultLoad(c, 5*time.Millisecond, outage+2*time.Minute)
+	ld := startLoadFor(context.Background(), c, 5*time.Millisecond, outage+2*time.Minute)
 	defer ld.finish()
 	time.Sleep(time.Second)
 
@@ -401,7 +338,8 @@ func TestConsulFaultServerKilledUnderLoad(t *testing.T) {
 	})
 	callsEnd := max(ld.last(gone.ID()).Sub(deregAt), 0)
 	time.Sleep(time.Second) // calls keep going on the new list
-	counts, errs := ld.finish()
+	counts, _ := ld.finish()
+	errs := ld.failed()
 	fallbacks, empty, lists, streamErr := watcher.verdict()
 
 	t.Logf("list without %s %v after the deregistration (%v after Consul's return); last call to it %v after",
@@ -715,7 +653,7 @@ func TestConsulFaultHostnameStopsResolving(t *testing.T) {
 	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{lbAddr}})
 	waitSeen(t, c, named)
 	watcher := watchLists(t, lbAddr, svc)
-	ld := startFaultLoad(c, 5*time.Millisecond, time.Minute)
+	ld := startLoadFor(context.Background(), c, 5*time.Millisecond, time.Minute)
 	defer ld.finish()
 
 	res.breakNow()
@@ -727,7 +665,8 @@ func TestConsulFaultHostnameStopsResolving(t *testing.T) {
 	})
 	time.Sleep(5 * time.Second) // and longer than a re-resolve period, if short
 	lastNamed := ld.last(named.ID())
-	counts, errs := ld.finish()
+	counts, _ := ld.finish()
+	errs := ld.failed()
 	fallbacks, empty, lists, streamErr := watcher.verdict()
 	t.Logf("%d failed lookups; %d calls, %d failed, per backend %v; stream: %d lists, %d empty, %d fallbacks",
 		res.failedLookups(), ld.calls.Load(), len(errs), counts, lists, empty, fallbacks)
@@ -763,7 +702,7 @@ func TestConsulFaultResolverOutage(t *testing.T) {
 	}
 	_, c := dialConsul(t, fmt.Sprintf("consul://%s/%s?lb=off&wait=1m", ca.HTTPAddr(), svc))
 	waitSeen(t, c, backends...)
-	ld := startFaultLoad(c, 5*time.Millisecond, outage+2*time.Minute)
+	ld := startLoadFor(context.Background(), c, 5*time.Millisecond, outage+2*time.Minute)
 	defer ld.finish()
 
 	if err := ca.Kill(); err != nil {
@@ -784,7 +723,8 @@ func TestConsulFaultResolverOutage(t *testing.T) {
 		return time.Since(ld.last(gone.ID())) > time.Second
 	})
 	callsEnd := max(ld.last(gone.ID()).Sub(deregAt), 0)
-	counts, errs := ld.finish()
+	counts, _ := ld.finish()
+	errs := ld.failed()
 	t.Logf("outage %v: %d calls, %d failed, per backend %v; last call to the deregistered backend %v after the deregistration",
 		outage, ld.calls.Load(), len(errs), counts, callsEnd)
 	if len(errs) > 0 {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -272,8 +273,9 @@ func waitSeen(t testing.TB, c userpb.UserClient, want ...*runningBackend) {
 	})
 }
 
-// load calls c from one goroutine until stop is closed (or 60 s pass),
-// recording which backend served each call and when, and every failure.
+// load calls c from one goroutine until stopped (or its time limit
+// passes), recording which backend served each call and when, and every
+// failure.
 type load struct {
 	mu       sync.Mutex
 	lastSeen map[string]time.Time // guarded by mu
@@ -284,11 +286,17 @@ type load struct {
 	done     chan struct{}
 }
 
+// startLoad calls c every `every` for at most 60 s.
 func startLoad(ctx context.Context, c userpb.UserClient, every time.Duration) *load {
+	return startLoadFor(ctx, c, every, 60*time.Second)
+}
+
+// startLoadFor calls c every `every` for at most limit.
+func startLoadFor(ctx context.Context, c userpb.UserClient, every, limit time.Duration) *load {
 	l := &load{lastSeen: map[string]time.Time{}, counts: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
-		limit := time.After(60 * time.Second)
+		limit := time.After(limit)
 		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
@@ -314,12 +322,25 @@ func startLoad(ctx context.Context, c userpb.UserClient, every time.Duration) *l
 	return l
 }
 
+// finish stops the calls and returns the counts per backend and every
+// failure, joined. Safe to call more than once.
 func (l *load) finish() (counts map[string]int, err error) {
-	close(l.stop)
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
 	<-l.done
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.counts, errors.Join(l.errs...)
+}
+
+// failed returns the failures so far.
+func (l *load) failed() []error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.errs)
 }
 
 func (l *load) last(id string) time.Time {
