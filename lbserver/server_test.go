@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -93,39 +92,16 @@ func snap(service string, eps ...discovery.Endpoint) discovery.Snapshot {
 	return discovery.Snapshot{Service: service, Endpoints: discovery.SortEndpoints(eps)}
 }
 
-// startServer runs a Server with cfg on a loopback listener and returns a
-// client connection to it.
+// startServer runs a Server with cfg through Serve on a loopback listener
+// (see serveAt) and returns it and a client connection to it.
 func startServer(t *testing.T, cfg Config, before ...func(*Server)) (*Server, lbpb.LoadBalancerClient) {
 	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	s, err := New(cfg)
+	s, addr := serveAt(t, cfg, before...)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.seed = func() uint64 { return 0 }
-	for _, f := range before {
-		f(s)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, lis, s, ServeOptions{ShutdownTimeout: 5 * time.Second}) }()
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cc.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	t.Cleanup(func() { cc.Close() })
 	return s, lbpb.NewLoadBalancerClient(cc)
 }
 
