@@ -1,7 +1,6 @@
 package lbserver
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -266,7 +265,7 @@ func TestSlowReaderCut(t *testing.T) {
 	cfg := testConfig(src)
 	cfg.SendTimeout = time.Second
 	cfg.LoadReports = false
-	var logs lockedBuffer
+	var logs syncBuffer
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	s, addr := serveAt(t, cfg)
 
@@ -475,7 +474,7 @@ func TestDirectoryNotReady(t *testing.T) {
 }
 
 func TestClientStringsLoggedQuotedAndThrottled(t *testing.T) {
-	var logs lockedBuffer
+	var logs syncBuffer
 	cfg := testConfig(newFakeSource())
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	_, c := startServer(t, cfg)
@@ -492,24 +491,6 @@ func TestClientStringsLoggedQuotedAndThrottled(t *testing.T) {
 			t.Errorf("log line of %d bytes: %.200s…", len(l), l)
 		}
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent use.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func waitUntil(t *testing.T, what string, cond func() bool) {

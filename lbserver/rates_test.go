@@ -260,7 +260,7 @@ func TestIgnoredMessagesEndTheStream(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig(dirSrc{newFakeSource(snap("svc", ep("a", "127.0.0.1:1"))), newFakeDir(true, "svc")})
 			cfg.MaxIgnoredMessages = maxIgnored
-			var logs lockedBuffer
+			var logs syncBuffer
 			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			s, c := startServer(t, cfg)
 			honest := openOK(t, c, "svc")
