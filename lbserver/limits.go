@@ -399,9 +399,10 @@ func (r *streamRates) take(a netip.Addr) bool {
 		return true
 	}
 	key := rateKey(a)
-	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Read under the lock, so that buckets only see time move forward.
+	now := r.now()
 	r.pruneLocked(now)
 	var b *rateBucket
 	if e, ok := r.addrs[key]; ok {
@@ -415,9 +416,7 @@ func (r *streamRates) take(a netip.Addr) bool {
 		b = &rateBucket{key: key, tokenBucket: fullBucket(r.burst, now)}
 		r.addrs[key] = r.lru.PushFront(b)
 	}
-	ok := b.take(now, r.rate, r.burst)
-	b.at = now // seen, refused or not: the list stays in order
-	return ok
+	return b.take(now, r.rate, r.burst) // at is now, refused or not: the list stays in order
 }
 
 // pruneLocked drops the buckets that have refilled by now: those seen

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -369,5 +370,27 @@ func TestIgnoredMessagesBucket(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestStreamRatesTimeNeverGoesBack: takes that see the clock out of order
+// (as goroutines that read it before waiting for the lock would) never
+// refill a bucket twice for the same time.
+func TestStreamRatesTimeNeverGoesBack(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	times := []time.Time{t0, t0.Add(time.Second), t0.Add(500 * time.Millisecond), t0.Add(1500 * time.Millisecond)}
+	i := 0
+	cfg := DefaultConfig()
+	cfg.MaxStreamRatePerIP, cfg.StreamBurstPerIP = 1, 1
+	r := newStreamRates(cfg, func() time.Time { i++; return times[i-1] })
+	a := netip.MustParseAddr("192.0.2.1")
+	var got []bool
+	for range times {
+		got = append(got, r.take(a))
+	}
+	// The burst, one refilled second later, then nothing: at 1.5 s only
+	// half a token has refilled since the second take.
+	if want := []bool{true, true, false, false}; !slices.Equal(got, want) {
+		t.Errorf("takes at 0, 1, 0.5 and 1.5 s with 1/s and burst 1 = %v, want %v", got, want)
 	}
 }
