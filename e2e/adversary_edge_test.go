@@ -75,8 +75,19 @@ func TestEdgeOneIPFlood(t *testing.T) {
 	svc := serviceName(t)
 	startBackends(t, svc, 2)
 	l, _ := edgeLB(t, func(c *lbserver.Config) { c.MaxStreamsPerIP = 200 })
+	got, _ := floodFromOneIP(t, l, svc, "127.0.0.12")
+	if got["list"] != 200 || got[codes.ResourceExhausted.String()] != 2800 {
+		t.Errorf("3000 streams from one IP with max-streams-per-ip 200: %v; want 200 lists and 2800 ResourceExhausted", got)
+	}
+}
+
+// floodFromOneIP opens 3,000 streams for svc from ip on 30 connections,
+// held open, while the honest user works, and checks what the honest user
+// saw. It returns the streams' first answers and how long they took.
+func floodFromOneIP(t *testing.T, l *lb, svc, ip string) (map[string]int, time.Duration) {
+	t.Helper()
 	h := startHonest(t, l.addr, svc)
-	conns := attackerConns(t, l.addr, "127.0.0.12", 30)
+	conns := attackerConns(t, l.addr, ip, 30)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	var got tally
@@ -88,9 +99,7 @@ func TestEdgeOneIPFlood(t *testing.T) {
 	time.Sleep(time.Second) // the honest user goes on with the attack's streams held
 	h.finish().check(t, inProcessP99)
 	t.Logf("3000 streams from one IP answered in %v: %v; refused %+v", took, got.get(), l.server().Stats().Refused)
-	if got.get()["list"] != 200 || got.get()[codes.ResourceExhausted.String()] != 2800 {
-		t.Errorf("3000 streams from one IP with max-streams-per-ip 200: %v; want 200 lists and 2800 ResourceExhausted", got.get())
-	}
+	return got.get(), took
 }
 
 // TestEdgeStreamRate: 3,000 streams from one IP on 30 connections, held
@@ -105,24 +114,12 @@ func TestEdgeStreamRate(t *testing.T) {
 	l, _ := edgeLB(t, func(c *lbserver.Config) {
 		c.MaxStreamRatePerIP, c.StreamBurstPerIP = def.MaxStreamRatePerIP, def.StreamBurstPerIP
 	})
-	h := startHonest(t, l.addr, svc)
-	conns := attackerConns(t, l.addr, "127.0.0.17", 30)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	var got tally
-	start := time.Now()
-	parallel(3000, 100, func(i int) {
-		got.add(firstAnswer(ctx, conns[i%len(conns)], svc+":50051"))
-	})
-	took := time.Since(start)
-	time.Sleep(time.Second) // the honest user goes on with the attack's streams held
-	h.finish().check(t, inProcessP99)
+	got, took := floodFromOneIP(t, l, svc, "127.0.0.17")
 	refused := l.server().Stats().Refused
-	t.Logf("3000 streams from one IP answered in %v: %v; refused %+v", took, got.get(), refused)
-	lists, exhausted := got.get()["list"], got.get()[codes.ResourceExhausted.String()]
+	lists, exhausted := got["list"], got[codes.ResourceExhausted.String()]
 	if most := def.StreamBurstPerIP + int(def.MaxStreamRatePerIP*took.Seconds()) + 1; lists < def.StreamBurstPerIP || lists > most || lists+exhausted != 3000 {
 		t.Errorf("3000 streams from one IP at %v/s, burst %d, in %v: %v; want %d to %d lists, the rest ResourceExhausted",
-			def.MaxStreamRatePerIP, def.StreamBurstPerIP, took, got.get(), def.StreamBurstPerIP, most)
+			def.MaxStreamRatePerIP, def.StreamBurstPerIP, took, got, def.StreamBurstPerIP, most)
 	}
 	if refused.StreamRatePerIP != int64(exhausted) {
 		t.Errorf("Stats().Refused = %+v, want all %d refusals by the rate", refused, exhausted)
