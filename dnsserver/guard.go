@@ -107,17 +107,19 @@ func (r *rateLimiter) source(ip netip.Addr) netip.Prefix {
 // block.
 func (r *rateLimiter) take(ip netip.Addr) (verdict, netip.Prefix) {
 	key := r.source(ip)
-	now := r.clock.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Read under the lock, so that a bucket's time only moves forward and
+	// no interval is refilled twice.
+	now := r.clock.Now()
 	var b *bucket
 	if e := r.buckets[key]; e != nil {
 		b = e.Value.(*bucket)
 		r.lru.MoveToFront(e)
 		if d := now.Sub(b.last); d > 0 {
 			b.tokens = min(r.burst, b.tokens+d.Seconds()*r.rate)
+			b.last = now
 		}
-		b.last = now
 	} else {
 		for len(r.buckets) >= r.max {
 			old := r.lru.Back()
