@@ -118,6 +118,12 @@ backends' ORCA load reports feed least_load and overload drops. -register
 makes this replica findable in Consul, and -dns-listen answers the DNS
 records (SRV, A/AAAA, TXT) that let clients find it with no configuration.
 
+What one client can make the balancer hold is bounded (-max-streams*,
+-max-conns*, -max-stream-rate-per-ip, -send-timeout, -max-request-size), and
+names Consul does not list cost no watch: Consul is read over at most
+-consul-max-conns connections, whatever the number of services and clients.
+The replica reports NOT_SERVING until it has read Consul once.
+
 Flags:
 `)
 		fs.PrintDefaults()
