@@ -30,6 +30,14 @@ const notReadyPoll = time.Second
 // service is fetched again.
 const explainWait = 250 * time.Millisecond
 
+// explainedSweep bounds how long a catalog change can go unseen when a
+// change of checks at the same index seemed to explain it: two changes
+// between two reads of the catalog show as one, so a registration with
+// checks can hide an earlier change without any (a port, an address, meta
+// of another service). Such a catalog change owes a fetch of every watched
+// service, made at most once per explainedSweep. A variable for tests.
+var explainedSweep = 10 * time.Second
+
 // keptChanges is how many indexes of health-state changes are remembered
 // to explain catalog changes.
 const keptChanges = 64
@@ -92,8 +100,16 @@ func (s *Source) startHub(ctx context.Context) *sync.WaitGroup {
 	for range s.cfg.MaxFetches {
 		run(func() { s.worker(ctx, mon) })
 	}
-	run(func() { s.every(ctx, s.cfg.ResyncInterval, func(*watched) bool { return true }) })
-	run(func() { s.every(ctx, s.cfg.ResolveInterval, func(e *watched) bool { return e.hostnames }) })
+	all := func(*watched) bool { return true }
+	run(func() { s.every(ctx, s.cfg.ResyncInterval, nil, all) })
+	run(func() { s.every(ctx, s.cfg.ResolveInterval, nil, func(e *watched) bool { return e.hostnames }) })
+	run(func() {
+		s.every(ctx, explainedSweep, func() bool {
+			owed := s.owed
+			s.owed = false
+			return owed
+		}, all)
+	})
 	return &wg
 }
 
@@ -177,11 +193,14 @@ func (s *Source) onServices(ctx context.Context, mon *consulwatch.Monitor, u con
 	}
 	s.mu.Unlock()
 
-	if !s.explained(ctx, u.Index) {
-		s.mu.Lock()
+	explained := s.explained(ctx, u.Index)
+	s.mu.Lock()
+	if explained {
+		s.owed = true
+	} else {
 		s.enqueueAllLocked(d)
-		s.mu.Unlock()
 	}
+	s.mu.Unlock()
 }
 
 // explained waits (up to explainWait) for the health-state poll to reach
@@ -423,11 +442,15 @@ func (s *Source) doneEntry(e *watched) {
 	}
 }
 
-// every marks the entries that match for a fetch every d, until ctx is
-// done.
-func (s *Source) every(ctx context.Context, d time.Duration, match func(*watched) bool) {
+// every marks the entries that match for a fetch every d, when due (nil:
+// always; called under s.mu) says so, until ctx is done.
+func (s *Source) every(ctx context.Context, d time.Duration, due func() bool, match func(*watched) bool) {
 	for consulwatch.Sleep(ctx, s.clock, d) == nil {
 		s.mu.Lock()
+		if due != nil && !due() {
+			s.mu.Unlock()
+			continue
+		}
 		for _, e := range s.entries {
 			if match(e) {
 				s.enqueueLocked(e)

@@ -44,6 +44,7 @@ type Source struct {
 	byBase  map[string]map[*watched]struct{} // guarded by mu: entries by lowercase service
 	queue   []*watched                       // guarded by mu: entries to fetch, in order
 	health  healthState                      // guarded by mu: what the health-state poll saw
+	owed    bool                             // guarded by mu: a sweep of every watched service is owed (see explainedSweep)
 }
 
 var (

@@ -548,3 +548,42 @@ func TestRegistrationWithChecksFetchesOnlyItsService(t *testing.T) {
 		t.Errorf("other fetched %d more times for a registration in svc", got-before)
 	}
 }
+
+// TestHiddenCatalogChangeSeenWithinASweep: two changes between two reads
+// of the catalog look like one. Here one service's port changes (no check
+// moves), and at the next index another service gains an instance with a
+// check, which explains the catalog's new index. The first change is still
+// published, within explainedSweep.
+func TestHiddenCatalogChangeSeenWithinASweep(t *testing.T) {
+	old := explainedSweep
+	explainedSweep = 300 * time.Millisecond
+	defer func() { explainedSweep = old }()
+	f := newFake()
+	f.set("svc", withCheck(entryA, "c-a", api.HealthPassing))
+	f.set("other", entry("n3", "10.0.0.3", "o", "", 80))
+	s := newTestSource(t, f, testConfig(f), 0.5)
+	w := watch(t, s, "svc")
+	o := watch(t, s, "other")
+	w.expect(t, snapOf("svc", epA))
+	o.expect(t, snapOf("other", ep("o", "10.0.0.3:80")))
+
+	// Both changes in one hold of the fake's lock, so that the long polls
+	// only see the second index.
+	f.mu.Lock()
+	f.services["other"] = []*api.ServiceEntry{entry("n3", "10.0.0.3", "o", "", 81)}
+	f.index++
+	f.catalogIndex = f.index
+	f.services["svc"] = append(f.services["svc"], withCheck(entryB, "c-b", api.HealthPassing))
+	f.index++
+	f.catalogIndex, f.stateIndex = f.index, f.index
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+
+	w.expect(t, snapOf("svc", epA, epB))
+	start := time.Now()
+	o.expect(t, snapOf("other", ep("o", "10.0.0.3:81")))
+	if d := time.Since(start); d > explainedSweep+time.Second {
+		t.Errorf("the hidden port change was published %v after the explained one, want within about %v", d, explainedSweep)
+	}
+}
