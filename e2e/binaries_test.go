@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,34 @@ func (p *process) logBytes() int {
 	p.stderr.mu.Lock()
 	defer p.stderr.mu.Unlock()
 	return p.stderr.w.(*strings.Builder).Len()
+}
+
+// logs returns what the process has written to stderr.
+func (p *process) logs() string {
+	p.stderr.mu.Lock()
+	defer p.stderr.mu.Unlock()
+	return p.stderr.w.(*strings.Builder).String()
+}
+
+// wait waits up to limit for the process to exit and returns its exit code
+// and how long it took from since.
+func (p *process) wait(t *testing.T, since time.Time, limit time.Duration) (code int, took time.Duration) {
+	t.Helper()
+	select {
+	case err := <-p.exited:
+		took = time.Since(since)
+		var ee *exec.ExitError
+		switch {
+		case err == nil:
+			return 0, took
+		case errors.As(err, &ee):
+			return ee.ExitCode(), took
+		}
+		t.Fatalf("%s: %v", p.cmd.Path, err)
+	case <-time.After(limit):
+		t.Fatalf("%s still running %v after SIGTERM\n%s", p.cmd.Path, limit, p.logs())
+	}
+	return -1, 0
 }
 
 // buildCmds builds cmd/lbserver and cmd/backend with the race detector
@@ -56,7 +85,15 @@ func buildCmdsWith(t *testing.T, flags ...string) (lbserverBin, backendBin strin
 // with "listening on <addr>".
 func startProcess(t *testing.T, bin string, args ...string) *process {
 	t.Helper()
+	return startProcessEnv(t, nil, bin, args...)
+}
+
+// startProcessEnv is startProcess with the environment env (nil: this
+// process's).
+func startProcessEnv(t *testing.T, env []string, bin string, args ...string) *process {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
+	cmd.Env = env
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -89,9 +126,9 @@ func startProcess(t *testing.T, bin string, args ...string) *process {
 	case r := <-ready:
 		p.name, p.addr = r[0], r[1]
 	case err := <-p.exited:
-		t.Fatalf("%s exited before it was ready: %v\n%s", filepath.Base(bin), err, stderr.String())
+		t.Fatalf("%s exited before it was ready: %v\n%s", filepath.Base(bin), err, p.logs())
 	case <-time.After(30 * time.Second):
-		t.Fatalf("%s not ready after 30 s\n%s", filepath.Base(bin), stderr.String())
+		t.Fatalf("%s not ready after 30 s\n%s", filepath.Base(bin), p.logs())
 	}
 	return p
 }

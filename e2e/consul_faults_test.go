@@ -6,7 +6,6 @@ package e2e
 // so that killing it does not disturb the other tests.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -19,7 +18,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -418,58 +416,16 @@ func startCountingProxy(t *testing.T, target string) *countingProxy {
 	return p
 }
 
-// faultProcess is the lbserver binary run with its stderr kept.
-type faultProcess struct {
-	cmd    *exec.Cmd
-	addr   string
-	stderr logBuffer
-	exited chan error
-}
-
-// startFaultLB runs bin with args and waits for its ready line. The
-// process gets no CONSUL_* variables from the environment, which could lend
-// it a token.
-func startFaultLB(t *testing.T, bin string, args ...string) *faultProcess {
-	t.Helper()
-	p := &faultProcess{exited: make(chan error, 1)}
-	p.cmd = exec.Command(bin, args...)
+// withoutConsulEnv is this process's environment without the CONSUL_*
+// variables, which could lend a binary a token.
+func withoutConsulEnv() []string {
+	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "CONSUL_") {
-			p.cmd.Env = append(p.cmd.Env, kv)
+			env = append(env, kv)
 		}
 	}
-	p.cmd.Stderr = &p.stderr
-	stdout, err := p.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if _, addr, ok := strings.Cut(sc.Text(), " listening on "); ok {
-				ready <- addr
-			}
-		}
-		io.Copy(io.Discard, stdout)
-		p.exited <- p.cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.exited
-	})
-	select {
-	case p.addr = <-ready:
-	case err := <-p.exited:
-		p.exited <- err
-		t.Fatalf("lbserver exited before it was ready: %v\n%s", err, p.stderr.String())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("lbserver not ready after 30 s\n%s", p.stderr.String())
-	}
-	return p
+	return env
 }
 
 // healthStatus asks addr's grpc.health.v1 for the overall status.
@@ -553,14 +509,14 @@ func TestConsulFaultACLDeny(t *testing.T) {
 			proxy := startCountingProxy(t, ca.HTTPAddr())
 			args := append([]string{"-listen", "127.0.0.1:0", "-consul", proxy.addr, "-log-level", "info",
 				"-client-stats-interval", "1s", "-shutdown-timeout", "2s"}, tc.args...)
-			p := startFaultLB(t, lbBin, args...)
+			p := startProcessEnv(t, withoutConsulEnv(), lbBin, args...)
 
 			answer := firstAnswerKind(t, p.addr, svc)
 			time.Sleep(2 * time.Second) // past the first retries
-			logs0, reqs0 := strings.Count(p.stderr.String(), "level=ERROR"), proxy.requests.Load()
+			logs0, reqs0 := strings.Count(p.logs(), "level=ERROR"), proxy.requests.Load()
 			const window = 10 * time.Second
 			time.Sleep(window)
-			logs := p.stderr.String()
+			logs := p.logs()
 			errLines, reqs := strings.Count(logs, "level=ERROR")-logs0, proxy.requests.Load()-reqs0
 			status := healthStatus(t, p.addr)
 			t.Logf("first answer for %s: %s; health %v; over %v: %d requests to Consul, %d ERROR lines", svc, answer, status, window, reqs, errLines)

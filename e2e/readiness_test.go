@@ -84,7 +84,7 @@ func TestReadinessBinaryACLDenied(t *testing.T) {
 	lbService := serviceName(t) + "-lb"
 	proxy := startDenyingProxy(t)
 	proxy.deny.Store(true)
-	p := startLBProcess(t, lbBin, "-listen", "127.0.0.1:0", "-consul", proxy.addr,
+	p := startProcessEnv(t, noRaceExitSleep(), lbBin, "-listen", "127.0.0.1:0", "-consul", proxy.addr,
 		"-register", "-register-service", lbService, "-check-interval", "1s", "-shutdown-timeout", "2s")
 	cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -1,93 +1,12 @@
 package e2e
 
 import (
-	"bufio"
-	"errors"
-	"io"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
-
-// lbProcess is the lbserver binary, its stderr kept for the test.
-type lbProcess struct {
-	cmd    *exec.Cmd
-	addr   string
-	stderr *lockedWriter // over a *strings.Builder
-	exited chan error
-}
-
-func (p *lbProcess) logs() string {
-	p.stderr.mu.Lock()
-	defer p.stderr.mu.Unlock()
-	return p.stderr.w.(*strings.Builder).String()
-}
-
-func startLBProcess(t *testing.T, bin string, args ...string) *lbProcess {
-	t.Helper()
-	cmd := exec.Command(bin, args...)
-	// The race detector sleeps 1 s at exit by default; the test times
-	// the shutdown itself.
-	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &lbProcess{cmd: cmd, stderr: &lockedWriter{w: &strings.Builder{}}, exited: make(chan error, 1)}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if _, addr, ok := strings.Cut(sc.Text(), " listening on "); ok {
-				ready <- addr
-			}
-		}
-		io.Copy(io.Discard, stdout)
-		p.exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-p.exited
-		}
-	})
-	select {
-	case p.addr = <-ready:
-	case err := <-p.exited:
-		t.Fatalf("lbserver exited before it was ready: %v\n%s", err, p.logs())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("lbserver not ready after 30 s\n%s", p.logs())
-	}
-	return p
-}
-
-// wait waits up to limit for the process to exit and returns its exit code
-// and how long it took from since.
-func (p *lbProcess) wait(t *testing.T, since time.Time, limit time.Duration) (code int, took time.Duration) {
-	t.Helper()
-	select {
-	case err := <-p.exited:
-		took = time.Since(since)
-		var ee *exec.ExitError
-		switch {
-		case err == nil:
-			return 0, took
-		case errors.As(err, &ee):
-			return ee.ExitCode(), took
-		}
-		t.Fatalf("lbserver: %v", err)
-	case <-time.After(limit):
-		t.Fatalf("lbserver still running %v after SIGTERM\n%s", limit, p.logs())
-	}
-	return -1, 0
-}
 
 // TestBinariesShutdownBounded: the lbserver binary, registered in Consul
 // with a -drain-delay far longer than its -shutdown-timeout, exits 0 within
@@ -97,8 +16,8 @@ func (p *lbProcess) wait(t *testing.T, since time.Time, limit time.Duration) (co
 func TestBinariesShutdownBounded(t *testing.T) {
 	lbBin, _ := buildCmds(t)
 	lbService := serviceName(t) + "-lb"
-	start := func(t *testing.T, shutdownTimeout string) *lbProcess {
-		p := startLBProcess(t, lbBin, "-listen", "127.0.0.1:0", "-consul", agent.HTTPAddr(),
+	start := func(t *testing.T, shutdownTimeout string) *process {
+		p := startProcessEnv(t, noRaceExitSleep(), lbBin, "-listen", "127.0.0.1:0", "-consul", agent.HTTPAddr(),
 			"-register", "-register-service", lbService, "-check-interval", "1s",
 			"-drain-delay", "30s", "-shutdown-timeout", shutdownTimeout)
 		waitPassing(t, lbService, 1)
@@ -154,4 +73,10 @@ func TestBinariesShutdownBounded(t *testing.T) {
 			t.Errorf("no line on stderr says why:\n%s", p.logs())
 		}
 	})
+}
+
+// noRaceExitSleep is this process's environment for a binary whose exit
+// is timed: the race detector sleeps 1 s at exit by default.
+func noRaceExitSleep() []string {
+	return append(os.Environ(), "GORACE=atexit_sleep_ms=0")
 }
