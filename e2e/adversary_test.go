@@ -124,8 +124,12 @@ func TestAdversarySuite(t *testing.T) {
 		})
 	}
 
+	// An idle Go process collects its heap at least every 2 minutes, and
+	// only then gives back what the attack's peak made it keep: wait up to
+	// that long.
 	var rss int64
-	deadline := time.Now().Add(60 * time.Second)
+	attacked := time.Now()
+	deadline := attacked.Add(150 * time.Second)
 	for {
 		rss, _ = rssBytes(pid)
 		if rss <= 2*baseline || time.Now().After(deadline) {
@@ -133,9 +137,9 @@ func TestAdversarySuite(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	t.Logf("RSS after the attacks: %.1f MiB (baseline %.1f MiB)", float64(rss)/(1<<20), float64(baseline)/(1<<20))
+	t.Logf("RSS %v after the attacks: %.1f MiB (baseline %.1f MiB)", time.Since(attacked).Round(time.Second), float64(rss)/(1<<20), float64(baseline)/(1<<20))
 	if rss > 2*baseline {
-		t.Errorf("RSS %.1f MiB 60 s after the attacks, more than twice the baseline %.1f MiB", float64(rss)/(1<<20), float64(baseline)/(1<<20))
+		t.Errorf("RSS %.1f MiB 150 s after the attacks, more than twice the baseline %.1f MiB", float64(rss)/(1<<20), float64(baseline)/(1<<20))
 	}
 }
 
@@ -294,13 +298,16 @@ func attackStreamFlood(t *testing.T, lbAddr, svc string) {
 	parallel(5000, 200, func(i int) {
 		stream, err := conns[i%len(conns)].BalanceLoad(ctx)
 		if err == nil {
-			err = stream.Send(initial(svc + ":50051"))
-		}
-		if err == nil {
+			// A Send on a stream the balancer already refused fails with
+			// io.EOF; Recv then returns the stream's status.
+			stream.Send(initial(svc + ":50051"))
 			_, err = stream.Recv()
 		}
 		if err != nil {
 			got.add(status.Code(err).String())
+			if status.Code(err) != codes.ResourceExhausted {
+				t.Logf("stream %d: %v", i, err)
+			}
 			return
 		}
 		got.add("accepted")
