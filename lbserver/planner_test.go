@@ -19,31 +19,15 @@ import (
 // TestPlannerRateLimit: calls offered above a service's rate limit turn
 // into a drop share, capped, which goes away when the rate falls.
 func TestPlannerRateLimit(t *testing.T) {
-	now := time.Unix(1000, 0)
 	stats := clientstats.New(clientstats.Config{})
-	svc := &service{name: "svc", assigned: map[string]int{}}
-	svc.cur.Store(&plan{changed: make(chan struct{})})
-	rr, _ := policy.Build(roundrobin.Name, policy.DefaultOptions())
-	p := &planner{
-		svc:       svc,
-		choose:    func(discovery.Snapshot) (string, policy.Policy, string) { return roundrobin.Name, rr, "" },
-		log:       slog.New(slog.DiscardHandler),
-		stats:     stats,
-		now:       func() time.Time { return now },
-		rateLimit: 10,
-		maxDrop:   0.5,
-		window:    5 * time.Second,
-	}
-	p.snap, p.have = snap("svc", ep("a", "127.0.0.1:1"), ep("b", "127.0.0.1:2")), true
-	p.choosePolicy()
-	p.plan(true)
+	p, clock := plannerFixture(stats, 10, 0.5, 5*time.Second)
 	key := clientstats.ClientKey{Service: "svc", Stream: 1}
 	step := func(d time.Duration, started int64) *plan {
-		now = now.Add(d)
-		stats.Add(key, &lbpb.ClientStats{NumCallsStarted: started}, now)
+		*clock = clock.Add(d)
+		stats.Add(key, &lbpb.ClientStats{NumCallsStarted: started}, *clock)
 		p.sampleRate()
 		p.plan(false)
-		return svc.cur.Load()
+		return p.svc.cur.Load()
 	}
 	if got := step(0, 0).dropShare; got != 0 {
 		t.Fatalf("drop share %v with one sample, want 0", got)
@@ -71,9 +55,17 @@ func TestPlannerRateLimit(t *testing.T) {
 // robin) with rate limit limit, whose stats are bounded as cfg says, and
 // its clock.
 func newTestPlanner(cfg Config, limit float64) (*planner, *clientstats.Registry, *time.Time) {
-	now := time.Unix(1000, 0)
 	cfg.RateLimits = map[string]float64{"svc": limit}
 	stats := clientstats.New(clientStatsConfig(cfg))
+	p, now := plannerFixture(stats, limit, cfg.MaxRateLimitDropShare, max(2*cfg.ClientStatsInterval, 5*time.Second))
+	return p, stats, now
+}
+
+// plannerFixture returns a planner of service "svc" (two endpoints, round
+// robin) reading stats, with the given rate limit, cap on its drop share
+// and measuring window, after its first plan; and its clock.
+func plannerFixture(stats *clientstats.Registry, limit, maxDrop float64, window time.Duration) (*planner, *time.Time) {
+	now := time.Unix(1000, 0)
 	svc := &service{name: "svc", assigned: map[string]int{}}
 	svc.cur.Store(&plan{changed: make(chan struct{})})
 	rr, _ := policy.Build(roundrobin.Name, policy.DefaultOptions())
@@ -84,13 +76,13 @@ func newTestPlanner(cfg Config, limit float64) (*planner, *clientstats.Registry,
 		stats:     stats,
 		now:       func() time.Time { return now },
 		rateLimit: limit,
-		maxDrop:   cfg.MaxRateLimitDropShare,
-		window:    max(2*cfg.ClientStatsInterval, 5*time.Second),
+		maxDrop:   maxDrop,
+		window:    window,
 	}
 	p.snap, p.have = snap("svc", ep("a", "127.0.0.1:1"), ep("b", "127.0.0.1:2")), true
 	p.choosePolicy()
 	p.plan(true)
-	return p, stats, &now
+	return p, &now
 }
 
 // TestPlannerForgedStats: forgers sending 2^40 calls in every report, and
