@@ -1,10 +1,8 @@
 package dnsserver
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -18,6 +16,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 )
 
 // manualClock is a clock.Clock that moves only when told. Safe for
@@ -718,10 +717,9 @@ func TestDirectory(t *testing.T) {
 // TestLogsThrottled: a flood from sources not allowed writes one line per
 // second, not one per question.
 func TestLogsThrottled(t *testing.T) {
-	var buf bytes.Buffer
-	var mu sync.Mutex
+	var buf syncbuf.Buffer
 	cfg := testConfig()
-	cfg.Logger = slog.New(slog.NewTextHandler(&lockedWriter{w: &buf, mu: &mu}, nil))
+	cfg.Logger = slog.New(slog.NewTextHandler(&buf, nil))
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -732,25 +730,12 @@ func TestLogsThrottled(t *testing.T) {
 		req.SetQuestion(strings.Repeat("x", 60)+".lb.internal.", dns.TypeA)
 		s.ServeDNS(w, req)
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	if n := strings.Count(buf.String(), "\n"); n != 1 {
 		t.Errorf("%d log lines for 1000 denied questions, want 1:\n%s", n, buf.String())
 	}
 	if st := s.Stats(); st.Denied != 1000 {
 		t.Errorf("Denied = %d, want 1000", st.Denied)
 	}
-}
-
-type lockedWriter struct {
-	w  io.Writer
-	mu *sync.Mutex
-}
-
-func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
 }
 
 func TestConfigGuardBounds(t *testing.T) {

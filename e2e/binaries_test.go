@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lookaside-lb/lookaside/internal/lbdial"
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 )
 
 // process is a command of this repository run as its own process.
@@ -21,22 +22,14 @@ type process struct {
 	name   string // from its ready line: "<kind> <name> listening on <addr>"
 	addr   string // from its ready line
 	exited chan error
-	stderr *lockedWriter // over a *strings.Builder
+	stderr *syncbuf.Buffer
 }
 
 // logBytes returns how many bytes the process has written to stderr.
-func (p *process) logBytes() int {
-	p.stderr.mu.Lock()
-	defer p.stderr.mu.Unlock()
-	return p.stderr.w.(*strings.Builder).Len()
-}
+func (p *process) logBytes() int { return p.stderr.Len() }
 
 // logs returns what the process has written to stderr.
-func (p *process) logs() string {
-	p.stderr.mu.Lock()
-	defer p.stderr.mu.Unlock()
-	return p.stderr.w.(*strings.Builder).String()
-}
+func (p *process) logs() string { return p.stderr.String() }
 
 // wait waits up to limit for the process to exit and returns its exit code
 // and how long it took from since.
@@ -98,8 +91,7 @@ func startProcessEnv(t *testing.T, env []string, bin string, args ...string) *pr
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr strings.Builder
-	p := &process{cmd: cmd, exited: make(chan error, 1), stderr: &lockedWriter{w: &stderr}}
+	p := &process{cmd: cmd, exited: make(chan error, 1), stderr: &syncbuf.Buffer{}}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ package e2e
 // so that killing it does not disturb the other tests.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -37,6 +36,7 @@ import (
 	"github.com/lookaside-lb/lookaside/discovery/consul"
 	"github.com/lookaside-lb/lookaside/internal/consultest"
 	"github.com/lookaside-lb/lookaside/internal/lbdial"
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 	"github.com/lookaside-lb/lookaside/lbserver"
 )
 
@@ -241,25 +241,9 @@ func (w *listWatcher) verdict() (fallbacks, empty, lists int, err error) {
 	return w.fallbacks, w.empty, len(w.lists), w.err
 }
 
-// logBuffer collects a logger's text output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) logger() *slog.Logger {
+// bufLogger returns a logger writing text lines into b (and to stderr
+// with LOOKASIDE_E2E_LOG), for assertions on what was logged.
+func bufLogger(b *syncbuf.Buffer) *slog.Logger {
 	var w io.Writer = b
 	if os.Getenv("LOOKASIDE_E2E_LOG") != "" {
 		w = io.MultiWriter(b, os.Stderr)
@@ -280,8 +264,8 @@ func TestConsulFaultServerKilledUnderLoad(t *testing.T) {
 	outage := faultOutage(t)
 	svc := serviceName(t)
 	ca := consultest.StartWith(t, consultest.Options{Persistent: true})
-	var logs logBuffer
-	logger := logs.logger()
+	var logs syncbuf.Buffer
+	logger := bufLogger(&logs)
 
 	backends := []*runningBackend{servingBackend(t, svc), servingBackend(t, svc), servingBackend(t, svc)}
 	for _, b := range backends {
@@ -598,8 +582,8 @@ func TestConsulFaultHostnameStopsResolving(t *testing.T) {
 	t.Parallel()
 	svc := serviceName(t)
 	ca := consultest.StartWith(t, consultest.Options{})
-	var logs logBuffer
-	logger := logs.logger()
+	var logs syncbuf.Buffer
+	logger := bufLogger(&logs)
 	named, other := servingBackend(t, svc), servingBackend(t, svc)
 	const host = "user-srv-1.lookaside.test"
 	res := &flakyResolver{hosts: map[string]netip.Addr{host: netip.MustParseAddr("127.0.0.1")}}

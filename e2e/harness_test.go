@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -347,16 +346,4 @@ func (l *load) last(id string) time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lastSeen[id]
-}
-
-// lockedWriter makes a writer safe for the concurrent writes of exec.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }

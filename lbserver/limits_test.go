@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/tap"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 )
 
 // serveAt runs a Server with cfg through Serve on a loopback listener and
@@ -265,7 +266,7 @@ func TestSlowReaderCut(t *testing.T) {
 	cfg := testConfig(src)
 	cfg.SendTimeout = time.Second
 	cfg.LoadReports = false
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	s, addr := serveAt(t, cfg)
 
@@ -474,7 +475,7 @@ func TestDirectoryNotReady(t *testing.T) {
 }
 
 func TestClientStringsLoggedQuotedAndThrottled(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	cfg := testConfig(newFakeSource())
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	_, c := startServer(t, cfg)

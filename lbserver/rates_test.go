@@ -1,6 +1,8 @@
 package lbserver
 
 import (
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
+
 	"context"
 	"io"
 	"log/slog"
@@ -261,7 +263,7 @@ func TestIgnoredMessagesEndTheStream(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig(dirSrc{newFakeSource(snap("svc", ep("a", "127.0.0.1:1"))), newFakeDir(true, "svc")})
 			cfg.MaxIgnoredMessages = maxIgnored
-			var logs syncBuffer
+			var logs syncbuf.Buffer
 			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			s, c := startServer(t, cfg)
 			honest := openOK(t, c, "svc")

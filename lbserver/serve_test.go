@@ -15,6 +15,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 )
 
 // dirSource is a fakeSource with a discovery.Directory whose ready flag
@@ -48,38 +49,20 @@ func (d *dirSource) setReady(r bool) {
 	d.changed = make(chan struct{})
 }
 
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 type served struct {
 	srv    *Server
 	cc     *grpc.ClientConn
 	cancel context.CancelFunc
 	done   chan struct{} // closed when Serve returned
 	err    error         // what Serve returned; read after done
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 }
 
 // serveTest runs Serve with cfg and o on a loopback listener; the cleanup
 // stops it if the test did not.
 func serveTest(t *testing.T, cfg Config, o ServeOptions) *served {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	s, err := New(cfg)
 	if err != nil {
@@ -205,7 +188,7 @@ func TestNotReadyLogsErrorRateLimited(t *testing.T) {
 	waitLog(t, sv.logs, "ready: read the service directory")
 }
 
-func waitLog(t *testing.T, logs *syncBuffer, want string) {
+func waitLog(t *testing.T, logs *syncbuf.Buffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(logs.String(), want) {

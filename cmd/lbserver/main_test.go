@@ -7,13 +7,13 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
 	"github.com/lookaside-lb/lookaside/dnsserver"
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 	"github.com/lookaside-lb/lookaside/lbserver"
 )
 
@@ -204,24 +204,6 @@ func TestHelpMentionsDNS(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // freeDNSAddr returns a loopback address whose UDP and TCP ports were both
 // free a moment ago.
 func freeDNSAddr(t *testing.T) string {
@@ -243,7 +225,7 @@ func TestDNSServes(t *testing.T) {
 	dnsAddr := freeDNSAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stdout := &syncBuffer{}
+	stdout := &syncbuf.Buffer{}
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-static", "user-srv=10.0.0.1:50051,10.0.0.2:50051",

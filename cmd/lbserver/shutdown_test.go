@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
+
 	"bytes"
 	"context"
 	"os"
@@ -17,7 +19,7 @@ func TestOnSignals(t *testing.T) {
 	sigs := make(chan os.Signal, 2)
 	cancelled := make(chan struct{})
 	exited := make(chan int, 1)
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -74,7 +76,7 @@ func TestTokenKeyFileFlag(t *testing.T) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-static", "a=127.0.0.1:1", "-lb-token-key-file", good}, &stdout, &stderr)
@@ -96,7 +98,7 @@ func TestTokenKeyFileFlag(t *testing.T) {
 // long the shutdown took.
 func TestShutdownLogged(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-static", "a=127.0.0.1:1", "-shutdown-timeout", "2s"}, &stdout, &stderr)

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) {
@@ -274,7 +275,7 @@ func TestOutageKeepsSnapshotAndRecovers(t *testing.T) {
 	f := newFake()
 	f.set("svc", withCheck(entryA, "c-a", api.HealthPassing), entryB)
 	cfg := testConfig(f)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	s := newTestSource(t, f, cfg, 0.5)
 	w := watch(t, s, "svc")

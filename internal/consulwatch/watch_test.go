@@ -1,7 +1,8 @@
 package consulwatch
 
 import (
-	"bytes"
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
+
 	"context"
 	"errors"
 	"fmt"
@@ -91,33 +92,16 @@ func (c *fakeClock) next(t *testing.T) ev {
 
 type rig struct {
 	clk    *fakeClock
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 	w      *Watch[string]
 	cancel context.CancelFunc
 	done   chan error
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func newRig(t *testing.T, withProbe bool) *rig {
 	t.Helper()
 	clk := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), events: make(chan ev, 16)}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	var probe func(context.Context) error
 	if withProbe {
