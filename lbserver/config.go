@@ -209,6 +209,9 @@ type Config struct {
 	LBTokenKey lbtoken.Key
 	// Logger receives the server's logs. Default slog.Default().
 	Logger *slog.Logger
+	// Observer is told of streams, lists, fallbacks and refusals, for
+	// metrics; see Observer. Nil observes nothing.
+	Observer Observer
 }
 
 // DefaultConfig returns a Config with every field but Source set to its

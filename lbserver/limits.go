@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,6 +57,9 @@ var refusedMsgs = [numLimits]string{
 }
 
 func (l limit) String() string { return limitNames[l] }
+
+// label is the limit's name for Observer.Refused: its name in snake case.
+func (l limit) label() string { return strings.ReplaceAll(limitNames[l], "-", "_") }
 
 // LimitCounts counts refusals per limit.
 type LimitCounts struct {
