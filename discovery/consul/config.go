@@ -191,6 +191,10 @@ type Config struct {
 	// address. Default: 30 s.
 	ResolveInterval time.Duration
 
+	// Observer, if set, is told of every request sent to Consul, for
+	// metrics (see Observer). Default: nil.
+	Observer Observer
+
 	// Logger receives the source's logs, with the attribute
 	// component=discovery.consul. Nil means slog.Default(). ACL tokens are
 	// never logged.

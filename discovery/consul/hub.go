@@ -389,6 +389,7 @@ func (s *Source) fetchEntry(ctx context.Context, mon *consulwatch.Monitor, e *wa
 			s.doneEntry(e)
 			return
 		}
+		started := s.clock.Now()
 		fctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 		q := &api.QueryOptions{Datacenter: s.cfg.Datacenter, AllowStale: s.cfg.AllowStale, Near: s.cfg.Near}
 		entries, qm, err := s.cfg.Client.ServiceMultipleTags(e.base, e.tags, !s.cfg.IncludeWarning, q.WithContext(fctx))
@@ -409,6 +410,7 @@ func (s *Source) fetchEntry(ctx context.Context, mon *consulwatch.Monitor, e *wa
 				}
 				s.mu.Lock()
 				e.nodes, e.hostnames, e.index = nodes, hostnames, meta.Index
+				e.lastGood = started
 				s.setLocked(e, snap)
 				s.mu.Unlock()
 				s.doneEntry(e)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/internal/clock"
@@ -45,6 +46,9 @@ type Source struct {
 	queue   []*watched                       // guarded by mu: entries to fetch, in order
 	health  healthState                      // guarded by mu: what the health-state poll saw
 	owed    bool                             // guarded by mu: a sweep of every watched service is owed (see explainedSweep)
+
+	hmu     sync.Mutex
+	contact contact // guarded by hmu: what requests told of Consul (see Health)
 }
 
 var (
@@ -88,6 +92,8 @@ type watched struct {
 	nodes     map[string]struct{} // nodes of the instances in the latest answer
 	hostnames bool                // whether the latest answer had hostname addresses
 	removed   bool                // no Watch call names it any more
+	since     time.Time           // when the first Watch call named it
+	lastGood  time.Time           // start of the latest successful fetch, or the directory read that found it absent
 
 	conv *converter // used only by the worker that fetches the entry
 }
@@ -114,6 +120,9 @@ func New(cfg Config) (*Source, error) {
 		byBase:  make(map[string]map[*watched]struct{}),
 	}
 	s.dir.Store(&directory{changed: make(chan struct{})})
+	// Every request goes through the observed client: Health and
+	// Config.Observer see them all.
+	s.cfg.Client = observedClient{inner: cfg.Client, s: s}
 	return s, nil
 }
 
@@ -215,11 +224,12 @@ func (s *Source) subscribe(name string) (*watched, chan struct{}) {
 	if e == nil {
 		base, tags := discovery.SplitName(name)
 		e = &watched{
-			name: name,
-			base: base,
-			tags: append(slices.Clone(s.cfg.Tags), tags...),
-			subs: make(map[chan struct{}]struct{}),
-			conv: s.newConverter(name),
+			name:  name,
+			base:  base,
+			tags:  append(slices.Clone(s.cfg.Tags), tags...),
+			subs:  make(map[chan struct{}]struct{}),
+			conv:  s.newConverter(name),
+			since: s.clock.Now(),
 		}
 		s.entries[name] = e
 		if s.byBase[base] == nil {
@@ -266,6 +276,7 @@ func (s *Source) refreshLocked(e *watched, d *directory) {
 		s.enqueueLocked(e)
 		return
 	}
+	e.lastGood = s.clock.Now()
 	s.setLocked(e, discovery.Snapshot{Service: e.name, Index: d.index})
 }
 
