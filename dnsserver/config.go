@@ -130,6 +130,9 @@ type Config struct {
 	MaxTCPConns, MaxTCPConnsPerSource int
 	// Clock is the time seam of the rate limiter. Default clock.Real{}.
 	Clock clock.Clock
+	// Observer, if set, is told of every answer and of every question or
+	// connection the guard stops, for metrics (see Observer). Default nil.
+	Observer Observer
 }
 
 // DefaultAllow is the default of Config.Allow: loopback and the private

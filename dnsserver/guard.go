@@ -158,6 +158,7 @@ func (s *Server) admitUDP(m []byte, from net.Addr, reply func([]byte) error) boo
 	ip, ok := addrOf(from)
 	if !ok || !s.allowed(ip) {
 		s.counters.denied.Add(1)
+		s.guard(GuardDenied)
 		s.tlog.Warn("DNS question from a source not allowed: dropped (see -dns-allow)", "source", ip.String())
 		return false
 	}
@@ -169,10 +170,12 @@ func (s *Server) admitUDP(m []byte, from net.Addr, reply func([]byte) error) boo
 	if v == slip {
 		if b := truncatedReply(m, s.cfg.MaxUDPSize); b != nil && reply(b) == nil {
 			s.counters.slipped.Add(1)
+			s.guard(GuardSlipped)
 			return false
 		}
 	}
 	s.counters.rateLimited.Add(1)
+	s.guard(GuardRateLimited)
 	return false
 }
 
@@ -272,6 +275,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		if !ok || !l.s.allowed(ip) {
 			c.Close()
 			l.s.counters.denied.Add(1)
+			l.s.guard(GuardDenied)
 			l.s.tlog.Warn("DNS TCP connection from a source not allowed: closed (see -dns-allow)", "source", ip.String())
 			continue
 		}
@@ -286,6 +290,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		if full {
 			c.Close()
 			l.s.counters.tcpRejected.Add(1)
+			l.s.guard(GuardTCPRejected)
 			l.s.tlog.Warn("DNS TCP connection over the limit: closed", "source", ip.String(), "open", open, "open_from_source", mine)
 			continue
 		}

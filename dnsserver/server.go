@@ -122,6 +122,7 @@ func (s *Server) handle(ctx context.Context, w dns.ResponseWriter, req *dns.Msg)
 	// check is for handlers run outside Serve.
 	if ip, ok := addrOf(w.RemoteAddr()); !ok || !s.allowed(ip) {
 		s.counters.denied.Add(1)
+		s.guard(GuardDenied)
 		s.tlog.Warn("DNS question from a source not allowed: dropped (see -dns-allow)", "source", ip.String())
 		return
 	}
@@ -133,6 +134,7 @@ func (s *Server) handle(ctx context.Context, w dns.ResponseWriter, req *dns.Msg)
 			defer func() { <-s.inflight }()
 		default:
 			s.counters.overloaded.Add(1)
+			s.guard(GuardOverloaded)
 			s.tlog.Warn("DNS questions over the in-flight bound: dropped", "max_inflight", s.cfg.MaxInflight)
 			return
 		}
@@ -142,8 +144,12 @@ func (s *Server) handle(ctx context.Context, w dns.ResponseWriter, req *dns.Msg)
 	if udp {
 		limit = s.udpLimit(req)
 	}
-	if s.fit(m, limit) && udp {
+	truncated := s.fit(m, limit) && udp
+	if truncated {
 		s.counters.truncated.Add(1)
+	}
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.DNSAnswer(qtypeLabel(req), rcodeLabel(m.Rcode), truncated)
 	}
 	if err := w.WriteMsg(m); err != nil {
 		s.log.Debug("writing answer", "err", err)
