@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -17,8 +18,9 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // String formats d as time.Duration does.
 func (d Duration) String() string { return time.Duration(d).String() }
 
-// MarshalYAML writes d as a duration string.
-func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+// MarshalYAML writes d as a duration string, without zero units ("2m",
+// not "2m0s").
+func (d Duration) MarshalYAML() (any, error) { return compact(time.Duration(d)), nil }
 
 // UnmarshalYAML reads a duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
@@ -35,4 +37,17 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// compact formats d as time.Duration does, without the zero units it
+// appends: "2m" rather than "2m0s", "1h" rather than "1h0m0s".
+func compact(d time.Duration) string {
+	s := d.String()
+	if t, ok := strings.CutSuffix(s, "m0s"); ok {
+		s = t + "m"
+	}
+	if t, ok := strings.CutSuffix(s, "h0m"); ok {
+		s = t + "h"
+	}
+	return s
 }
