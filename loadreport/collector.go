@@ -16,6 +16,7 @@ import (
 	orcasvc "github.com/cncf/xds/go/xds/service/orca/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
@@ -46,9 +47,11 @@ const keepaliveTime = 5 * time.Minute
 // Config configures a Collector. Start from DefaultConfig; NewCollector
 // also gives zero fields their defaults. Negative durations are rejected.
 type Config struct {
-	// Interval is the report_interval each stream asks for. Default 1 s;
-	// clamped to [10 ms, 1 min]. Reporters may grant a longer one (the
-	// Reporter's floor defaults to 1 s, grpc-go's orca service's is 30 s).
+	// Interval is the report_interval each stream asks for, from
+	// MinCollectInterval to MaxCollectInterval (10 ms to 1 min); values
+	// outside are rejected. Default 1 s. Reporters may grant a longer one
+	// (the Reporter's floor defaults to 1 s, grpc-go's orca service's is
+	// 30 s).
 	Interval time.Duration
 	// TTL is how long a report stays fresh after it arrived. Default
 	// 3×Interval, at least 3 s; values under 2×Interval are raised to
@@ -67,8 +70,15 @@ type Config struct {
 	// endpoint that answered Unimplemented (it serves no ORCA). Default
 	// 5 min. An endpoint whose address changes is asked at once.
 	UnimplementedRetry time.Duration
+	// Credentials secure each stream's connection, for backends that
+	// serve ORCA over TLS: for example tlsfiles.Store.ClientCredentials,
+	// which verifies each backend (dialed by IP address) against the
+	// store's CA bundle and server name and offers its client certificate,
+	// reloading them as their files change; or credentials.NewTLS.
+	// Nil means plaintext (insecure credentials), the default.
+	Credentials credentials.TransportCredentials
 	// DialOptions are added to the options of each stream's connection,
-	// after the defaults (insecure credentials, keepalive every 5 min).
+	// after the defaults (Credentials, keepalive every 5 min).
 	DialOptions []grpc.DialOption
 	// Logger receives the collector's logs (component=loadreport). Default
 	// slog.Default().
@@ -96,8 +106,9 @@ func (c Config) Validate() error {
 	return err
 }
 
-// withDefaults returns c with zero fields defaulted and values clamped, or
-// an error naming the first invalid field.
+// withDefaults returns c with zero fields defaulted and TTL and
+// BackoffMax raised as their documentation says, or an error naming the
+// first invalid field and its value.
 func (c Config) withDefaults() (Config, error) {
 	for _, f := range []struct {
 		name string
@@ -113,7 +124,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Interval == 0 {
 		c.Interval = DefaultInterval
 	}
-	c.Interval = min(max(c.Interval, MinCollectInterval), MaxCollectInterval)
+	if c.Interval < MinCollectInterval || c.Interval > MaxCollectInterval {
+		return c, fmt.Errorf("loadreport: interval %v is outside [%v, %v]", c.Interval, MinCollectInterval, MaxCollectInterval)
+	}
 	if c.TTL == 0 {
 		c.TTL = max(3*c.Interval, MinDefaultTTL)
 	}
@@ -308,8 +321,12 @@ func (c *Collector) run(ctx context.Context, s *stream) {
 	c.running.Add(1)
 	defer c.running.Add(-1)
 	log := c.log.With("endpoint", s.id, "addr", s.addr.String())
+	creds := c.cfg.Credentials
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
 	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 20 * time.Second}),
 	}, c.cfg.DialOptions...)
 	cc, err := grpc.NewClient("passthrough:///"+s.addr.String(), opts...)

@@ -37,15 +37,15 @@ func TestCollectorConfig(t *testing.T) {
 			Interval: 10 * time.Second, TTL: 30 * time.Second, BackoffBase: 250 * time.Millisecond,
 			BackoffMax: 30 * time.Second, UnimplementedRetry: 5 * time.Minute,
 		}},
-		{"clamped", Config{Interval: time.Nanosecond, TTL: time.Nanosecond, BackoffBase: time.Minute, BackoffMax: time.Second},
+		{"TTL and backoff max raised", Config{Interval: 10 * time.Millisecond, TTL: time.Nanosecond, BackoffBase: time.Minute, BackoffMax: time.Second},
 			Config{Interval: 10 * time.Millisecond, TTL: 20 * time.Millisecond, BackoffBase: time.Minute,
 				BackoffMax: time.Minute, UnimplementedRetry: 5 * time.Minute}},
-		{"interval over a minute", Config{Interval: time.Hour, TTL: time.Minute}, Config{
+		{"interval of a minute", Config{Interval: time.Minute, TTL: time.Minute}, Config{
 			Interval: time.Minute, TTL: 2 * time.Minute, BackoffBase: 250 * time.Millisecond,
 			BackoffMax: 30 * time.Second, UnimplementedRetry: 5 * time.Minute,
 		}},
 	}
-	ignore := cmpopts.IgnoreFields(Config{}, "Logger", "DialOptions")
+	ignore := cmpopts.IgnoreFields(Config{}, "Logger", "DialOptions", "Credentials")
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := tc.in.withDefaults()
@@ -73,6 +73,25 @@ func TestCollectorConfig(t *testing.T) {
 	}
 	if err := (Config{}).Validate(); err != nil {
 		t.Errorf("the zero Config: Validate() = %v, want nil (defaults)", err)
+	}
+	// Out-of-range intervals are rejected with the value, never clamped.
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{time.Nanosecond, "loadreport: interval 1ns is outside [10ms, 1m0s]"},
+		{9 * time.Millisecond, "loadreport: interval 9ms is outside [10ms, 1m0s]"},
+		{time.Minute + time.Millisecond, "loadreport: interval 1m0.001s is outside [10ms, 1m0s]"},
+		{2 * time.Minute, "loadreport: interval 2m0s is outside [10ms, 1m0s]"},
+	} {
+		cfg := Config{Interval: tc.d}
+		if err := cfg.Validate(); err == nil || err.Error() != tc.want {
+			t.Errorf("Config{Interval: %v}.Validate() = %v, want %q", tc.d, err, tc.want)
+		}
+		if c, err := NewCollector(cfg); err == nil {
+			c.Close()
+			t.Errorf("NewCollector(Config{Interval: %v}) accepted it", tc.d)
+		}
 	}
 }
 

@@ -22,8 +22,9 @@
 // # Balancer side
 //
 // A Collector follows one service: Update, called with each discovery
-// snapshot, opens one out-of-band stream per endpoint ID (an insecure
-// connection to the endpoint's address asking for Config.Interval) and
+// snapshot, opens one out-of-band stream per endpoint ID (a connection to
+// the endpoint's address, plaintext unless Config.Credentials secures it,
+// asking for Config.Interval) and
 // closes the streams of endpoints that left. It keeps the freshest report
 // of each endpoint; a report expires Config.TTL after it arrived (default
 // 3×Interval, at least 3 s), and an expired, never-reported or
