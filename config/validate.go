@@ -472,8 +472,10 @@ func (v *validator) balancer() {
 		v.add("balancer.policy", q(b.Policy), msg)
 	}
 	v.intRange("balancer.max_list_entries", b.MaxListEntries, 1, policy.MaxMaxEntries)
-	if b.HashSubset < 1 || b.HashSubset > max(b.MaxListEntries, 1) {
-		v.add("balancer.hash_subset", inum(b.HashSubset), fmt.Sprintf("is not in [1, balancer.max_list_entries %d]", b.MaxListEntries))
+	if b.MaxListEntries <= policy.MaxMaxEntries {
+		v.boundedBy("balancer.hash_subset", b.HashSubset, "balancer.max_list_entries", b.MaxListEntries)
+	} else {
+		v.atLeastOne("balancer.hash_subset", b.HashSubset)
 	}
 	if msg := childPolicy(b.ChildPolicy); msg != "" {
 		v.add("balancer.child_policy", q(b.ChildPolicy), msg)
@@ -556,15 +558,17 @@ func (v *validator) rateLimits() {
 
 func (v *validator) limits() {
 	l := v.cfg.Limits
-	if l.MaxStreams < 1 {
-		v.add("limits.max_streams", inum(l.MaxStreams), "is under 1")
+	// A bound that is itself invalid is reported once, not again through
+	// the limits it bounds.
+	v.atLeastOne("limits.max_streams", l.MaxStreams)
+	v.boundedBy("limits.max_streams_per_ip", l.MaxStreamsPerIP, "limits.max_streams", l.MaxStreams)
+	perIPOK := l.MaxStreamsPerIP >= 1 && (l.MaxStreams < 1 || l.MaxStreamsPerIP <= l.MaxStreams)
+	if perIPOK {
+		v.boundedBy("limits.max_streams_per_conn", l.MaxStreamsPerConn, "limits.max_streams_per_ip", l.MaxStreamsPerIP)
+	} else {
+		v.atLeastOne("limits.max_streams_per_conn", l.MaxStreamsPerConn)
 	}
-	if l.MaxStreamsPerIP < 1 || l.MaxStreamsPerIP > max(l.MaxStreams, 1) {
-		v.add("limits.max_streams_per_ip", inum(l.MaxStreamsPerIP), fmt.Sprintf("is not in [1, limits.max_streams %d]", l.MaxStreams))
-	}
-	if l.MaxStreamsPerConn < 1 || l.MaxStreamsPerConn > max(l.MaxStreamsPerIP, 1) {
-		v.add("limits.max_streams_per_conn", inum(l.MaxStreamsPerConn), fmt.Sprintf("is not in [1, limits.max_streams_per_ip %d]", l.MaxStreamsPerIP))
-	} else if l.MaxStreamsPerConn > maxStreamsPerConn {
+	if l.MaxStreamsPerConn > maxStreamsPerConn && !(perIPOK && l.MaxStreamsPerConn > l.MaxStreamsPerIP) {
 		v.add("limits.max_streams_per_conn", inum(l.MaxStreamsPerConn), fmt.Sprintf("is over %d", maxStreamsPerConn))
 	}
 	if !(l.MaxStreamRatePerIP >= 0 && l.MaxStreamRatePerIP <= maxStreamRatePerIP) {
@@ -576,14 +580,29 @@ func (v *validator) limits() {
 	if l.MaxIgnoredMessages < 0 || l.MaxIgnoredMessages > maxIgnoredMessages {
 		v.add("limits.max_ignored_messages", inum(l.MaxIgnoredMessages), fmt.Sprintf("is not in [0 (off), %d]", maxIgnoredMessages))
 	}
-	if l.MaxConns < 1 {
-		v.add("limits.max_conns", inum(l.MaxConns), "is under 1")
-	}
-	if l.MaxConnsPerIP < 1 || l.MaxConnsPerIP > max(l.MaxConns, 1) {
-		v.add("limits.max_conns_per_ip", inum(l.MaxConnsPerIP), fmt.Sprintf("is not in [1, limits.max_conns %d]", l.MaxConns))
-	}
+	v.atLeastOne("limits.max_conns", l.MaxConns)
+	v.boundedBy("limits.max_conns_per_ip", l.MaxConnsPerIP, "limits.max_conns", l.MaxConns)
 	v.durRange("limits.send_timeout", l.SendTimeout, time.Second, 10*time.Minute)
 	v.intRange("limits.max_request_size", l.MaxRequestSize, minRequestSize, maxRequestSize)
+}
+
+// atLeastOne rejects n under 1.
+func (v *validator) atLeastOne(path string, n int) {
+	if n < 1 {
+		v.add(path, inum(n), "is under 1")
+	}
+}
+
+// boundedBy rejects n outside [1, bound], or only under 1 when the bound
+// is itself under 1 (and reported there).
+func (v *validator) boundedBy(path string, n int, boundPath string, bound int) {
+	if bound < 1 {
+		v.atLeastOne(path, n)
+		return
+	}
+	if n < 1 || n > bound {
+		v.add(path, inum(n), fmt.Sprintf("is not in [1, %s %d]", boundPath, bound))
+	}
 }
 
 func (v *validator) dns() {
@@ -592,7 +611,12 @@ func (v *validator) dns() {
 	if d.Listen != "" {
 		v.hostPort("dns.listen", d.Listen)
 	}
-	if msg := zoneName(d.Zone, v.nameMax()); msg != "" {
+	// The zone is a balancer zone only while the responder is on.
+	zoneMax := maxNameLength
+	if d.Listen != "" {
+		zoneMax = v.nameMax()
+	}
+	if msg := zoneName(d.Zone, zoneMax); msg != "" {
 		v.add("dns.zone", q(d.Zone), msg)
 	}
 	if d.TTL < Duration(time.Second) || d.TTL > Duration(time.Hour) || d.TTL%Duration(time.Second) != 0 {
