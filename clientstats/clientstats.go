@@ -194,6 +194,9 @@ type Result struct {
 	// lets it count for in Counters.Offered; the excess was not counted
 	// there.
 	ShareCapped bool
+	// Started is the calls started the report was counted for (after
+	// clamping); 0 for an ignored report.
+	Started int64
 }
 
 // bucket is a token bucket: tokens refill at a rate up to a capacity.
@@ -258,7 +261,7 @@ type serviceState struct {
 // Registry holds the counters. The zero value is not usable; call New.
 // Safe for concurrent use; no method blocks on I/O.
 type Registry struct {
-	cfg Config // read-only
+	cfg Config // guarded by mu (SetMaxCallRate changes it)
 
 	mu       sync.Mutex
 	services map[string]*serviceState // guarded by mu
@@ -354,7 +357,17 @@ func (r *Registry) Add(k ClientKey, s *lbpb.ClientStats, now time.Time) Result {
 	}
 	cc.add(&rep)
 	r.services[k.Service].add(&rep)
+	res.Started = rep.started
 	return res
+}
+
+// SetMaxCallRate changes Config.MaxCallRate for the reports that follow
+// (0: no bound). Streams keep the allowance they saved up, within the new
+// Burst.
+func (r *Registry) SetMaxCallRate(rate float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cfg.MaxCallRate = rate
 }
 
 // Forget drops the per-client state of k; the service totals stay until

@@ -54,7 +54,7 @@ func TestAdversaryForgedClientStats(t *testing.T) {
 	waitPassing(t, svc, 3)
 	var logged atomic.Int64
 	l := startLB(t, func(c *lbserver.Config) {
-		c.RateLimits = map[string]float64{svc: limit}
+		c.Services = map[string]lbserver.ServiceSettings{svc: {RateLimit: limit}}
 		c.Logger = slog.New(countingHandler{&logged})
 	})
 	srv := l.server()

@@ -186,7 +186,7 @@ func FuzzStreamMessages(f *testing.F) {
 	cfg.WatchLinger = time.Minute
 	cfg.LoadReports = false
 	cfg.MaxIgnoredMessages = maxIgnored
-	cfg.RateLimits = map[string]float64{"svc": 100}
+	cfg.Services = map[string]ServiceSettings{"svc": {RateLimit: 100}}
 	s, err := New(cfg)
 	if err != nil {
 		f.Fatal(err)

@@ -73,7 +73,7 @@ type LimitCounts struct {
 	StreamRatePerIP int64
 }
 
-func (c Config) validateLimits() []error {
+func (c Settings) validateLimits() []error {
 	var errs []error
 	if c.MaxStreams < 1 {
 		errs = append(errs, fmt.Errorf("max streams %d is under 1", c.MaxStreams))
@@ -92,9 +92,6 @@ func (c Config) validateLimits() []error {
 	}
 	if c.MaxConnsPerIP < 1 || c.MaxConnsPerIP > c.MaxConns {
 		errs = append(errs, fmt.Errorf("max connections per IP %d is not in [1, max connections %d]", c.MaxConnsPerIP, c.MaxConns))
-	}
-	if c.MaxRequestSize < 4<<10 || c.MaxRequestSize > 4<<20 {
-		errs = append(errs, fmt.Errorf("max request size %d is not in [4096, 4194304] bytes", c.MaxRequestSize))
 	}
 	if c.SendTimeout < time.Second || c.SendTimeout > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("send timeout %v is not in [1s, 10m]", c.SendTimeout))
@@ -122,15 +119,14 @@ const (
 // connection (told apart by the client's address and port). Safe for
 // concurrent use.
 type streamSlots struct {
-	max, perIP, perConn int
-
-	mu      sync.Mutex
-	total   int                    // guarded by mu
-	ips     map[netip.Addr]int     // guarded by mu; no zero counts
-	streams map[netip.AddrPort]int // guarded by mu; no zero counts
+	mu                  sync.Mutex
+	max, perIP, perConn int                    // guarded by mu
+	total               int                    // guarded by mu
+	ips                 map[netip.Addr]int     // guarded by mu; no zero counts
+	streams             map[netip.AddrPort]int // guarded by mu; no zero counts
 }
 
-func newStreamSlots(cfg Config) *streamSlots {
+func newStreamSlots(cfg Settings) *streamSlots {
 	return &streamSlots{max: cfg.MaxStreams, perIP: cfg.MaxStreamsPerIP, perConn: cfg.MaxStreamsPerConn,
 		ips: map[netip.Addr]int{}, streams: map[netip.AddrPort]int{}}
 }
@@ -170,6 +166,14 @@ func (l *streamSlots) fullLocked(peer netip.AddrPort) (exceeded limit, full bool
 	return 0, false
 }
 
+// set changes the bounds. Streams over a lowered bound stay; new ones are
+// refused until enough have left.
+func (l *streamSlots) set(max, perIP, perConn int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.max, l.perIP, l.perConn = max, perIP, perConn
+}
+
 func (l *streamSlots) give(peer netip.AddrPort) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -182,21 +186,22 @@ func (l *streamSlots) give(peer netip.AddrPort) {
 	}
 }
 
-// limitMax returns the configured bound of a limit.
+// limitMax returns the bound of a limit in force.
 func (s *Server) limitMax(l limit) int {
+	set := s.live()
 	switch l {
 	case limitStreams:
-		return s.cfg.MaxStreams
+		return set.MaxStreams
 	case limitStreamsPerIP:
-		return s.cfg.MaxStreamsPerIP
+		return set.MaxStreamsPerIP
 	case limitStreamsPerConn:
-		return s.cfg.MaxStreamsPerConn
+		return set.MaxStreamsPerConn
 	case limitConns:
-		return s.cfg.MaxConns
+		return set.MaxConns
 	case limitStreamRatePerIP:
-		return s.cfg.StreamBurstPerIP
+		return set.StreamBurstPerIP
 	default:
-		return s.cfg.MaxConnsPerIP
+		return set.MaxConnsPerIP
 	}
 }
 
@@ -204,8 +209,10 @@ func (s *Server) limitMax(l limit) int {
 // connection from peer.
 func (s *Server) refuse(l limit, peer netip.AddrPort) {
 	s.counters.refused[l].Add(1)
+	s.obs.Refused(l.label())
 	if l == limitStreamRatePerIP {
-		s.throttle.Warn(refusedMsgs[l], "limit", l.String(), "rate", s.cfg.MaxStreamRatePerIP, "burst", s.cfg.StreamBurstPerIP, "peer", peer.String())
+		set := s.live()
+		s.throttle.Warn(refusedMsgs[l], "limit", l.String(), "rate", set.MaxStreamRatePerIP, "burst", set.StreamBurstPerIP, "peer", peer.String())
 		return
 	}
 	s.throttle.Warn(refusedMsgs[l], "limit", l.String(), "max", s.limitMax(l), "peer", peer.String())
@@ -214,8 +221,9 @@ func (s *Server) refuse(l limit, peer netip.AddrPort) {
 // refusedStatus is the status a stream refused by l ends with.
 func (s *Server) refusedStatus(l limit) error {
 	if l == limitStreamRatePerIP {
+		set := s.live()
 		return status.Errorf(codes.ResourceExhausted, "lbserver: stream refused: your IP address opens streams faster than %v a second (burst %d; limit %s); retry later with backoff",
-			s.cfg.MaxStreamRatePerIP, s.cfg.StreamBurstPerIP, l)
+			set.MaxStreamRatePerIP, set.StreamBurstPerIP, l)
 	}
 	what := map[limit]string{
 		limitStreams:        "streams are open on this balancer",
@@ -228,9 +236,9 @@ func (s *Server) refusedStatus(l limit) error {
 // connSlots counts the open client connections, in total and per IP.
 // Safe for concurrent use.
 type connSlots struct {
-	max, perIP int
-
 	mu    sync.Mutex
+	max   int                // guarded by mu
+	perIP int                // guarded by mu
 	total int                // guarded by mu
 	ips   map[netip.Addr]int // guarded by mu; no zero counts
 }
@@ -247,6 +255,13 @@ func (c *connSlots) take(ip netip.Addr) (exceeded limit, ok bool) {
 	c.total++
 	c.ips[ip]++
 	return 0, true
+}
+
+// set changes the bounds; connections over a lowered bound stay.
+func (c *connSlots) set(max, perIP int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.max, c.perIP = max, perIP
 }
 
 func (c *connSlots) give(ip netip.Addr) {
@@ -275,7 +290,7 @@ func (s *Server) Listener(lis net.Listener) net.Listener {
 
 // GRPCOptions returns the grpc.ServerOptions that go with s's limits,
 // after ServerOptions(extra...): HTTP/2 MAX_CONCURRENT_STREAMS (see
-// Config.MaxStreamsPerConn), the largest message received
+// Settings.MaxStreamsPerConn; from its value at New), the largest message received
 // (Config.MaxRequestSize), and a grpc.InTapHandle that refuses a stream
 // beyond the stream limits before grpc starts a handler for it, the
 // cheapest refusal there is (extra must then set no InTapHandle of its
@@ -336,13 +351,13 @@ const maxRateAddrs = 1 << 15
 // seen (which then starts again with a full bucket). The zero rate
 // limits nothing. Safe for concurrent use.
 type streamRates struct {
-	rate, burst float64
-	max         int
-	now         func() time.Time
+	max int
+	now func() time.Time
 
-	mu    sync.Mutex
-	addrs map[netip.Prefix]*list.Element // guarded by mu; values *rateBucket
-	lru   list.List                      // guarded by mu; of *rateBucket, most recently seen first
+	mu          sync.Mutex
+	rate, burst float64                        // guarded by mu
+	addrs       map[netip.Prefix]*list.Element // guarded by mu; values *rateBucket
+	lru         list.List                      // guarded by mu; of *rateBucket, most recently seen first
 }
 
 // rateBucket is the bucket of one address.
@@ -377,7 +392,7 @@ func (b *tokenBucket) take(now time.Time, rate, burst float64) bool {
 	return true
 }
 
-func newStreamRates(cfg Config, now func() time.Time) *streamRates {
+func newStreamRates(cfg Settings, now func() time.Time) *streamRates {
 	r := &streamRates{rate: cfg.MaxStreamRatePerIP, burst: float64(cfg.StreamBurstPerIP), max: maxRateAddrs, now: now,
 		addrs: map[netip.Prefix]*list.Element{}}
 	r.lru.Init()
@@ -399,12 +414,15 @@ func rateKey(a netip.Addr) netip.Prefix {
 // true, or reports false when its bucket is empty (a refused stream takes
 // nothing). Peers without an IP address (Unix sockets) are not limited.
 func (r *streamRates) take(a netip.Addr) bool {
-	if r.rate <= 0 || !a.IsValid() {
+	if !a.IsValid() {
 		return true
 	}
 	key := rateKey(a)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.rate <= 0 {
+		return true
+	}
 	// Read under the lock, so that buckets only see time move forward.
 	now := r.now()
 	r.pruneLocked(now)
@@ -434,6 +452,23 @@ func (r *streamRates) pruneLocked(now time.Time) {
 		}
 		r.lru.Remove(e)
 		delete(r.addrs, b.key)
+	}
+}
+
+// set changes the rate and burst (rate 0: off). Buckets keep their
+// tokens, up to the new burst.
+func (r *streamRates) set(rate, burst float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rate, r.burst = rate, burst
+	if rate <= 0 {
+		r.addrs = map[netip.Prefix]*list.Element{}
+		r.lru.Init()
+		return
+	}
+	for e := r.lru.Front(); e != nil; e = e.Next() {
+		b := e.Value.(*rateBucket)
+		b.tokens = min(b.tokens, burst)
 	}
 }
 

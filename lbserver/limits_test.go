@@ -309,8 +309,7 @@ func TestCanonicalNamesShareOneWatch(t *testing.T) {
 	src := newFakeSource(snap("user-srv", ep("a", "127.0.0.1:1")))
 	cfg := testConfig(src)
 	cfg.LoadReports = false
-	cfg.ServicePolicies = map[string]string{"USER-SRV": "random"}
-	cfg.RateLimits = map[string]float64{"User-Srv": 10}
+	cfg.Services = map[string]ServiceSettings{"USER-SRV": {Policy: "random", RateLimit: 10}}
 	cfg.Aliases = map[string]string{"Users": "USER-SRV"}
 	s, c := startServer(t, cfg)
 	base := "user-srv"
@@ -345,15 +344,14 @@ func TestCanonicalNamesShareOneWatch(t *testing.T) {
 	if name, _, _ := s.choosePolicy(snap("user-srv")); name != "random" {
 		t.Errorf("policy of user-srv = %q, want random, configured for USER-SRV", name)
 	}
-	if got := s.cfg.RateLimits["user-srv"]; got != 10 {
+	if got := s.live().rateLimit("user-srv@x"); got != 10 {
 		t.Errorf("rate limit of user-srv = %v, want the one configured for User-Srv", got)
 	}
 }
 
 func TestCanonicalSettingsCollide(t *testing.T) {
 	for _, tweak := range []func(*Config){
-		func(c *Config) { c.ServicePolicies = map[string]string{"a": "round_robin", "A": "random"} },
-		func(c *Config) { c.RateLimits = map[string]float64{"a": 1, "A": 2} },
+		func(c *Config) { c.Services = map[string]ServiceSettings{"a": {Policy: "round_robin"}, "A": {Policy: "random"}} },
 		func(c *Config) { c.Aliases = map[string]string{"x": "a", "X": "b"} },
 	} {
 		cfg := testConfig(newFakeSource())

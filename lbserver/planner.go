@@ -19,11 +19,12 @@ import (
 // goroutine (run), which owns every field below; the registry starts it
 // and waits for it.
 type planner struct {
-	svc    *service
-	choose chooser
-	log    *slog.Logger
-	stats  *clientstats.Registry
-	now    func() time.Time
+	svc      *service
+	settings func() *live // the settings in force
+	log      *slog.Logger
+	ops      *serviceLog
+	stats    *clientstats.Registry
+	now      func() time.Time
 
 	collector *loadreport.Collector // nil without load reports
 	weigher   *loadweight.Weigher   // nil without load reports
@@ -32,15 +33,18 @@ type planner struct {
 	window    time.Duration         // over which the offered call rate is measured
 	tokenKey  lbtoken.Key           // derives the entries' lb-tokens
 
-	snap     discovery.Snapshot
-	have     bool // snap holds a first answer
-	polName  string
-	pol      policy.Policy
-	lastBad  string
-	res      loadweight.Result
-	rate     []rateSample // ring of client stats samples, oldest first
-	rateDrop float64      // published rate-limit drop share
-	next     time.Time    // when the weigher wants to be asked again
+	snap      discovery.Snapshot
+	arrived   time.Time // when snap arrived from the watcher
+	have      bool      // snap holds a first answer
+	polName   string
+	polSource string
+	pol       policy.Policy
+	maxList   int // the policy's MaxEntries
+	lastBad   string
+	res       loadweight.Result
+	rate      []rateSample // ring of client stats samples, oldest first
+	rateDrop  float64      // published rate-limit drop share
+	next      time.Time    // when the weigher wants to be asked again
 }
 
 type rateSample struct {
@@ -48,34 +52,54 @@ type rateSample struct {
 	started int64
 }
 
+// arrival is a snapshot and when the watcher received it.
+type arrival struct {
+	snap discovery.Snapshot
+	at   time.Time
+}
+
 // offer hands a new snapshot to the planner: a mailbox of one, where a
 // newer snapshot replaces one not yet taken. Only the watcher calls it.
-func offer(box chan discovery.Snapshot, snap discovery.Snapshot) {
+func offer(box chan arrival, snap discovery.Snapshot) {
 	select {
 	case <-box:
 	default:
 	}
-	box <- snap
+	box <- arrival{snap: snap, at: time.Now()}
 }
 
 // run plans until ctx is done, then closes the collector and forgets the
 // service's client stats totals (unless a stream still reports to it).
-func (p *planner) run(ctx context.Context, box <-chan discovery.Snapshot) {
+func (p *planner) run(ctx context.Context, box <-chan arrival) {
 	defer p.stats.ForgetService(p.svc.name)
 	if p.collector != nil {
 		defer p.collector.Close()
 	}
-	var tick <-chan time.Time
-	if p.weigher != nil || p.rateLimit > 0 {
-		// Smoothing and rate measurement move on with time even when no
-		// report differs from the last.
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		tick = t.C
-	}
+	p.applySettings()
+	// Smoothing and rate measurement move on with time even when no
+	// report differs from the last: a tick while there are load weights
+	// or a rate limit (which a reconfiguration may add or remove).
+	var ticker *time.Ticker
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+	}()
 	next := time.NewTimer(time.Hour)
 	defer next.Stop()
 	for {
+		var tick <-chan time.Time
+		switch ticking := p.weigher != nil || p.rateLimit > 0; {
+		case ticking && ticker == nil:
+			ticker = time.NewTicker(time.Second)
+		case !ticking && ticker != nil:
+			ticker.Stop()
+			ticker = nil
+			p.rate = p.rate[:0]
+		}
+		if ticker != nil {
+			tick = ticker.C
+		}
 		var loadsChanged <-chan struct{}
 		if p.collector != nil {
 			loadsChanged = p.collector.Changed()
@@ -84,56 +108,86 @@ func (p *planner) run(ctx context.Context, box <-chan discovery.Snapshot) {
 			next.Reset(max(p.next.Sub(p.now()), 0))
 		}
 		select {
-		case snap := <-box:
-			p.snap, p.have = snap, true
+		case a := <-box:
+			p.snap, p.arrived, p.have = a.snap, a.at, true
 			if p.collector != nil {
-				p.collector.Update(snap)
+				p.collector.Update(a.snap)
 			}
 			p.choosePolicy()
-			p.plan(true)
+			p.plan(true, false)
+		case <-p.svc.reconf:
+			p.applySettings()
+			p.plan(false, true)
 		case <-loadsChanged:
-			p.plan(false)
+			p.plan(false, false)
 		case <-tick:
 			p.sampleRate()
-			p.plan(false)
+			p.plan(false, false)
 		case <-next.C:
 			p.next = time.Time{}
-			p.plan(false)
+			p.plan(false, false)
 		case <-ctx.Done():
 			return
 		}
 	}
 }
 
+// applySettings takes the service's settings in force: rate limit, drop
+// bounds, load-weight config, policy.
+func (p *planner) applySettings() {
+	l := p.settings()
+	if limit := l.rateLimit(p.svc.name); limit != p.rateLimit {
+		if p.rateLimit > 0 || limit > 0 {
+			p.log.Info("rate limit", "limit", limit, "was", p.rateLimit)
+		}
+		p.rateLimit = limit
+	}
+	p.maxDrop = l.maxRateLimitDrop(p.svc.name)
+	if p.weigher != nil {
+		if err := p.weigher.SetConfig(l.weightConfig(p.svc.name)); err != nil {
+			// Reconfigure validated it.
+			p.log.Error("load-weight settings refused; keeping the previous ones", "err", err)
+		}
+	}
+	if p.have {
+		p.choosePolicy()
+	}
+}
+
 func (p *planner) choosePolicy() {
-	name, pol, bad := p.choose(p.snap)
+	l := p.settings()
+	name, source, pol, bad := l.choosePolicy(p.snap)
 	if bad != "" && bad != p.lastBad {
 		p.log.Warn("ignoring unknown policy in Consul meta", "key", PolicyMetaKey, "policy", bad, "using", name)
 	}
 	if name != p.polName {
-		p.log.Info("service policy", "policy", name)
+		p.log.Info("service policy", "policy", name, "source", source)
 	}
-	p.lastBad, p.polName, p.pol = bad, name, pol
+	p.lastBad, p.polName, p.polSource, p.pol = bad, name, source, pol
+	p.maxList = l.service(p.svc.name).options(l.PolicyOptions).MaxEntries
 }
 
-// plan publishes a new plan when the snapshot changed, or when the load
-// weights or a drop share changed enough to be worth new lists.
-func (p *planner) plan(snapChanged bool) {
+// plan publishes a new plan when the snapshot changed (snapChanged), the
+// settings changed (force), or the load weights or a drop share changed
+// enough to be worth new lists.
+func (p *planner) plan(snapChanged, force bool) {
 	if !p.have {
 		return
 	}
-	changed := snapChanged
+	changed := snapChanged || force
 	if p.weigher != nil {
 		res, published := p.weigher.Update(p.now(), p.snap.Endpoints, p.collector.Loads().Reports)
 		p.next = res.NextUpdate
-		if published || snapChanged {
+		if published || snapChanged || force {
 			p.res = res
 			changed = true
 		}
 	}
-	if share := loadweight.RateLimitShare(p.rateLimit, p.offeredRate(), p.maxDrop); math.Abs(share-p.rateDrop) > 0.01 || (share == 0) != (p.rateDrop == 0) {
+	offered := p.offeredRate()
+	p.svc.offered.Store(math.Float64bits(offered))
+	if share := loadweight.RateLimitShare(p.rateLimit, offered, p.maxDrop); math.Abs(share-p.rateDrop) > 0.01 || (share == 0) != (p.rateDrop == 0) {
 		if share > 0 || p.rateDrop > 0 {
-			p.log.Info("rate limit drop share", "share", share, "limit", p.rateLimit, "offered", p.offeredRate())
+			p.log.Info("rate limit drop share", "share", share, "limit", p.rateLimit, "offered", offered)
 		}
 		p.rateDrop = share
 		changed = true
@@ -142,13 +196,20 @@ func (p *planner) plan(snapChanged bool) {
 		return
 	}
 	np := newPlan(p.snap, p.polName, p.pol, p.tokenKey)
+	np.policySource, np.maxEntries = p.polSource, p.maxList
+	np.arrived, np.fromSnap = p.arrived, snapChanged
+	np.rateLimit = p.rateLimit
 	if len(p.res.Weights) == len(p.snap.Endpoints) {
 		np.loadWeights = p.res.Weights
 	}
+	np.overloadDrop, np.rateDrop = p.res.DropShare, p.rateDrop
 	// One token per list: the larger cause of drops names them.
 	np.dropShare, np.dropToken = p.res.DropShare, policy.DropTokenOverload
 	if p.rateDrop > np.dropShare {
 		np.dropShare, np.dropToken = p.rateDrop, policy.DropTokenRateLimit
+	}
+	if snapChanged && len(p.snap.Endpoints) == 0 {
+		p.ops.info(p.svc.name, "no passing instance: clients get fallback", "service", quote(p.svc.name), "index", p.snap.Index)
 	}
 	p.svc.publish(np)
 }

@@ -11,7 +11,6 @@ import (
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 
 	"github.com/lookaside-lb/lookaside/clientstats"
-	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/policy"
 	"github.com/lookaside-lb/lookaside/policy/roundrobin"
 )
@@ -26,7 +25,7 @@ func TestPlannerRateLimit(t *testing.T) {
 		*clock = clock.Add(d)
 		stats.Add(key, &lbpb.ClientStats{NumCallsStarted: started}, *clock)
 		p.sampleRate()
-		p.plan(false)
+		p.plan(false, false)
 		return p.svc.cur.Load()
 	}
 	if got := step(0, 0).dropShare; got != 0 {
@@ -55,8 +54,12 @@ func TestPlannerRateLimit(t *testing.T) {
 // robin) with rate limit limit, whose stats are bounded as cfg says, and
 // its clock.
 func newTestPlanner(cfg Config, limit float64) (*planner, *clientstats.Registry, *time.Time) {
-	cfg.RateLimits = map[string]float64{"svc": limit}
-	stats := clientstats.New(clientStatsConfig(cfg))
+	cfg.Services = map[string]ServiceSettings{"svc": {RateLimit: limit}}
+	l, err := newLive(cfg.Settings, cfg.MaxNameLength)
+	if err != nil {
+		panic(err)
+	}
+	stats := clientstats.New(clientStatsConfig(cfg, func() *live { return l }))
 	p, now := plannerFixture(stats, limit, cfg.MaxRateLimitDropShare, max(2*cfg.ClientStatsInterval, 5*time.Second))
 	return p, stats, now
 }
@@ -66,13 +69,20 @@ func newTestPlanner(cfg Config, limit float64) (*planner, *clientstats.Registry,
 // and measuring window, after its first plan; and its clock.
 func plannerFixture(stats *clientstats.Registry, limit, maxDrop float64, window time.Duration) (*planner, *time.Time) {
 	now := time.Unix(1000, 0)
-	svc := &service{name: "svc", assigned: map[string]int{}}
+	svc := &service{name: "svc", assigned: map[string]int{}, attributed: map[string]float64{}, reconf: make(chan struct{}, 1)}
 	svc.cur.Store(&plan{changed: make(chan struct{})})
-	rr, _ := policy.Build(roundrobin.Name, policy.DefaultOptions())
+	set := DefaultSettings()
+	set.Policy = roundrobin.Name
+	set.Services = map[string]ServiceSettings{"svc": {RateLimit: limit, MaxRateLimitDropShare: maxDrop}}
+	l, err := newLive(set, DefaultMaxNameLength)
+	if err != nil {
+		panic(err)
+	}
 	p := &planner{
 		svc:       svc,
-		choose:    func(discovery.Snapshot) (string, policy.Policy, string) { return roundrobin.Name, rr, "" },
+		settings:  func() *live { return l },
 		log:       slog.New(slog.DiscardHandler),
+		ops:       newServiceLog(slog.New(slog.DiscardHandler), time.Minute),
 		stats:     stats,
 		now:       func() time.Time { return now },
 		rateLimit: limit,
@@ -81,7 +91,7 @@ func plannerFixture(stats *clientstats.Registry, limit, maxDrop float64, window 
 	}
 	p.snap, p.have = snap("svc", ep("a", "127.0.0.1:1"), ep("b", "127.0.0.1:2")), true
 	p.choosePolicy()
-	p.plan(true)
+	p.plan(true, false)
 	return p, &now
 }
 
@@ -135,7 +145,7 @@ func TestPlannerForgedStats(t *testing.T) {
 				}
 				if ms%1000 == 0 {
 					p.sampleRate()
-					p.plan(false)
+					p.plan(false, false)
 					maxOffered = max(maxOffered, p.offeredRate())
 					maxShare = max(maxShare, p.svc.cur.Load().dropShare)
 				}
@@ -174,7 +184,7 @@ func TestPlannerRateLimitDropShare(t *testing.T) {
 		*now = now.Add(time.Second)
 		stats.Add(k, &lbpb.ClientStats{NumCallsStarted: 1000}, *now)
 		p.sampleRate()
-		p.plan(false)
+		p.plan(false, false)
 	}
 	if pl := p.svc.cur.Load(); pl.dropShare != 0.8 || pl.dropToken != policy.DropTokenRateLimit {
 		t.Errorf("share %v token %q, want 0.8 %q", pl.dropShare, pl.dropToken, policy.DropTokenRateLimit)
@@ -193,7 +203,7 @@ func TestPlannerForgetsService(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		p.run(ctx, make(chan discovery.Snapshot))
+		p.run(ctx, make(chan arrival))
 		if got, want := stats.Services(), map[bool][]string{false: nil, true: {"svc"}}[live]; !slices.Equal(got, want) {
 			t.Errorf("live stream %v: services %q after the planner stopped, want %q", live, got, want)
 		}

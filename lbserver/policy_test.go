@@ -20,7 +20,7 @@ import (
 
 func TestChoosePolicy(t *testing.T) {
 	cfg := testConfig(newFakeSource())
-	cfg.ServicePolicies = map[string]string{"configured": leastconn.Name}
+	cfg.Services = map[string]ServiceSettings{"configured": {Policy: leastconn.Name}}
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +46,7 @@ func TestChoosePolicy(t *testing.T) {
 			t.Errorf("%s: choosePolicy = %q, %v, bad %q; want %q, bad %q", tc.name, name, p, bad, tc.want, tc.wantBad)
 		}
 	}
-	cfg.ServicePolicies = map[string]string{"x": "fastest"}
+	cfg.Services = map[string]ServiceSettings{"x": {Policy: "fastest"}}
 	if _, err := New(cfg); err == nil {
 		t.Error("New accepted an unknown per-service policy")
 	}

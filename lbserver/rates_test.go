@@ -104,7 +104,7 @@ func TestStreamRates(t *testing.T) {
 			clk := newFakeClock()
 			cfg := DefaultConfig()
 			cfg.MaxStreamRatePerIP, cfg.StreamBurstPerIP = tc.rate, tc.burst
-			r := newStreamRates(cfg, clk.Now)
+			r := newStreamRates(cfg.Settings, clk.Now)
 			if tc.max > 0 {
 				r.max = tc.max
 			}
@@ -132,7 +132,7 @@ func TestStreamRates(t *testing.T) {
 // buckets.
 func TestStreamRatesBounded(t *testing.T) {
 	clk := newFakeClock()
-	r := newStreamRates(DefaultConfig(), clk.Now)
+	r := newStreamRates(DefaultSettings(), clk.Now)
 	for i := range 1 << 20 {
 		r.take(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
 	}
@@ -384,7 +384,7 @@ func TestStreamRatesTimeNeverGoesBack(t *testing.T) {
 	i := 0
 	cfg := DefaultConfig()
 	cfg.MaxStreamRatePerIP, cfg.StreamBurstPerIP = 1, 1
-	r := newStreamRates(cfg, func() time.Time { i++; return times[i-1] })
+	r := newStreamRates(cfg.Settings, func() time.Time { i++; return times[i-1] })
 	a := netip.MustParseAddr("192.0.2.1")
 	var got []bool
 	for range times {

@@ -26,14 +26,16 @@ import (
 type Server struct {
 	lbpb.UnimplementedLoadBalancerServer
 
-	// Read-only after construction.
-	cfg   Config
-	names NameMapper
-	// policies holds every registered policy, built with cfg.PolicyOptions.
-	policies map[string]policy.Policy
-	log      *slog.Logger
-	seed     func() uint64
-	now      func() time.Time // the clock of the rate limits
+	// Read-only after construction. cfg is the Config given to New: its
+	// Settings are those at start; the ones in force are set's.
+	cfg Config
+	log *slog.Logger
+	// base is cfg.Logger, for the loggers of other packages, which add
+	// their own component.
+	base *slog.Logger
+	obs  Observer
+	seed func() uint64
+	now  func() time.Time // the clock of the rate limits
 	// reportRate and reportBurst bound the ClientStats rate of a stream
 	// (see clientStatsConfig).
 	reportRate, reportBurst float64
@@ -49,6 +51,14 @@ type Server struct {
 	rates    *streamRates
 	conns    *connSlots
 	throttle *logthrottle.Logger // lines a client can trigger, one per kind per second
+
+	// set holds the Settings in force; Reconfigure swaps it. Never nil.
+	set atomic.Pointer[live]
+	// reconfMu serializes Reconfigure.
+	reconfMu sync.Mutex
+	// opsLog logs what operators must hear of once per service and kind
+	// (unknown services, no instance, fallback).
+	opsLog *serviceLog
 
 	mu      sync.Mutex
 	closed  bool           // guarded by mu
@@ -107,105 +117,88 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	policies := map[string]policy.Policy{}
-	for _, name := range policy.Names() {
-		p, err := policy.Build(name, cfg.PolicyOptions)
-		if err != nil {
-			return nil, err
-		}
-		policies[name] = p
-	}
+	cfg, _ = cfg.mergeDeprecated() // validate checked it
 	// Names match case-insensitively (as in Consul): per-service settings
 	// are keyed by canonical names, once.
-	var err error
-	if cfg.Aliases, err = CanonicalAliases(cfg.Aliases); err != nil {
-		return nil, fmt.Errorf("lbserver: invalid config: %w", err)
-	}
-	if cfg.ServicePolicies, err = canonicalServiceKeys("service policies", cfg.ServicePolicies); err != nil {
-		return nil, fmt.Errorf("lbserver: invalid config: %w", err)
-	}
-	if cfg.RateLimits, err = canonicalServiceKeys("rate limits", cfg.RateLimits); err != nil {
+	l, err := newLive(cfg.Settings, cfg.MaxNameLength)
+	if err != nil {
 		return nil, fmt.Errorf("lbserver: invalid config: %w", err)
 	}
 	log := cfg.Logger.With("component", "lbserver")
 	dir, _ := cfg.Source.(discovery.Directory)
-	csCfg := clientStatsConfig(cfg)
-	s := &Server{
-		dir:         dir,
-		slots:       newStreamSlots(cfg),
-		now:         time.Now,
-		reportRate:  csCfg.MaxReportRate,
-		reportBurst: float64(csCfg.ReportBurst),
-		conns:       &connSlots{max: cfg.MaxConns, perIP: cfg.MaxConnsPerIP, ips: map[netip.Addr]int{}},
-		throttle:    logthrottle.New(log, time.Second),
-		cfg:         cfg,
-		names:       NameMapper{Aliases: cfg.Aliases, Zones: cfg.Zones, MaxLength: cfg.MaxNameLength},
-		policies:    policies,
-		log:         log,
-		seed:        rand.Uint64,
-		clientStats: clientstats.New(csCfg),
-		closing:     make(chan struct{}),
+	obs := cfg.Observer
+	if obs == nil {
+		obs = nopObserver{}
 	}
-	s.rates = newStreamRates(cfg, func() time.Time { return s.now() })
+	s := &Server{
+		dir:      dir,
+		slots:    newStreamSlots(cfg.Settings),
+		now:      time.Now,
+		conns:    &connSlots{max: cfg.MaxConns, perIP: cfg.MaxConnsPerIP, ips: map[netip.Addr]int{}},
+		throttle: logthrottle.New(log, time.Second),
+		opsLog:   newServiceLog(log, time.Minute),
+		cfg:      cfg,
+		log:      log,
+		base:     cfg.Logger,
+		obs:      obs,
+		seed:     rand.Uint64,
+		closing:  make(chan struct{}),
+	}
+	s.set.Store(l)
+	csCfg := clientStatsConfig(cfg, s.live)
+	s.reportRate, s.reportBurst = csCfg.MaxReportRate, float64(csCfg.ReportBurst)
+	s.clientStats = clientstats.New(csCfg)
+	s.rates = newStreamRates(cfg.Settings, func() time.Time { return s.now() })
 	s.reg = newRegistry(cfg.Source, cfg.WatchLinger, cfg.MaxServices, s.newPlanner, log)
 	s.reg.throttle = s.throttle
 	return s, nil
 }
 
+// live returns the settings in force. Safe for concurrent use.
+func (s *Server) live() *live { return s.set.Load() }
+
 // newPlanner makes the planner of one service, with its load collector
 // and weigher when load reports are on. Called under the registry's lock;
 // it starts nothing but the collector's expiry loop.
 func (s *Server) newPlanner(svc *service, log *slog.Logger) *planner {
-	base, _ := discovery.SplitName(svc.name)
 	p := &planner{
-		svc:       svc,
-		choose:    s.choosePolicy,
-		log:       log,
-		stats:     s.clientStats,
-		now:       time.Now,
-		rateLimit: s.cfg.RateLimits[base],
-		maxDrop:   s.cfg.MaxRateLimitDropShare,
-		window:    max(2*s.cfg.ClientStatsInterval, 5*time.Second),
-		tokenKey:  s.cfg.LBTokenKey,
+		svc:      svc,
+		settings: s.live,
+		log:      log,
+		ops:      s.opsLog,
+		stats:    s.clientStats,
+		now:      time.Now,
+		window:   max(2*s.cfg.ClientStatsInterval, 5*time.Second),
+		tokenKey: s.cfg.LBTokenKey,
 	}
 	if !s.cfg.LoadReports {
 		return p
 	}
 	lc := s.cfg.LoadReport
-	lc.Logger = log
+	// The collector adds its own component.
+	lc.Logger = s.base.With("service", quote(svc.name))
 	c, err := loadreport.NewCollector(lc)
 	if err != nil {
 		// validate built one with the same config.
 		log.Error("no load reports for this service", "err", err)
 		return p
 	}
-	w, err := loadweight.New(s.cfg.LoadWeight)
+	w, err := loadweight.New(s.live().weightConfig(svc.name))
 	if err != nil {
 		c.Close()
 		log.Error("no load reports for this service", "err", err)
 		return p
 	}
 	p.collector, p.weigher = c, w
+	svc.collector = c
 	return p
 }
 
-// choosePolicy picks the policy of a service's snapshot: Consul meta
-// PolicyMetaKey, else the configured per-service policy, else the default.
-// bad is the meta value that was rejected, if any.
+// choosePolicy picks the policy of a service's snapshot with the settings
+// in force: see live.choosePolicy.
 func (s *Server) choosePolicy(snap discovery.Snapshot) (name string, p policy.Policy, bad string) {
-	name = s.cfg.Policy
-	base, _ := discovery.SplitName(snap.Service)
-	if n, ok := s.cfg.ServicePolicies[base]; ok {
-		name = n
-	}
-	if n, ok := snap.Meta[PolicyMetaKey]; ok {
-		if _, known := s.policies[n]; known {
-			name = n
-		} else {
-			bad = n
-		}
-	}
-	return name, s.policies[name], bad
+	name, _, p, bad = s.live().choosePolicy(snap)
+	return name, p, bad
 }
 
 // Stats returns the server's counters.
@@ -237,10 +230,11 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-// Names returns the NameMapper the server maps client names with (its
-// aliases in canonical form). The DNS responder should map names with it,
-// so that aliases apply alike. Safe for concurrent use.
-func (s *Server) Names() NameMapper { return s.names }
+// Names returns the NameMapper the server maps client names with now (its
+// aliases in canonical form; Reconfigure may change it). The DNS responder
+// should map names with it, and call it again after a Reconfigure, so that
+// aliases apply alike. Safe for concurrent use.
+func (s *Server) Names() NameMapper { return s.live().names }
 
 // ClientStats returns the registry of ClientStats received from clients.
 func (s *Server) ClientStats() *clientstats.Registry { return s.clientStats }

@@ -13,6 +13,7 @@ import (
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/internal/logthrottle"
 	"github.com/lookaside-lb/lookaside/lbtoken"
+	"github.com/lookaside-lb/lookaside/loadreport"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -25,9 +26,23 @@ type plan struct {
 	// servers[i] is the grpclb entry of snap.Endpoints[i], shared by all
 	// streams (proto messages are only read once built).
 	servers []*lbpb.Server
-	// policyName and policy are the service's policy for this snapshot.
-	policyName string
-	policy     policy.Policy
+	// policyName and policy are the service's policy for this snapshot,
+	// policySource where its name came from (PolicyFrom*), maxEntries its
+	// list bound (for drops too).
+	policyName   string
+	policy       policy.Policy
+	policySource string
+	maxEntries   int
+	// arrived is when snap arrived from the watcher; fromSnap whether this
+	// plan was made because it did (not for load weights, drop shares or
+	// settings).
+	arrived  time.Time
+	fromSnap bool
+	// rateLimit is the service's rate limit (calls/s, 0 for none);
+	// overloadDrop and rateDrop the drop shares for overload and for the
+	// rate limit, the larger of which is dropShare.
+	rateLimit              float64
+	overloadDrop, rateDrop float64
 	// loadWeights, aligned with snap.Endpoints, are the weights derived
 	// from load reports (policy.Input.LoadWeights); nil without them.
 	loadWeights []float64
@@ -40,7 +55,8 @@ type plan struct {
 
 func newPlan(snap discovery.Snapshot, policyName string, pol policy.Policy, key lbtoken.Key) *plan {
 	p := &plan{ready: true, snap: snap, changed: make(chan struct{}),
-		servers: make([]*lbpb.Server, len(snap.Endpoints)), policyName: policyName, policy: pol}
+		servers: make([]*lbpb.Server, len(snap.Endpoints)), policyName: policyName, policy: pol,
+		maxEntries: policy.DefaultMaxEntries}
 	for i, ep := range snap.Endpoints {
 		p.servers[i] = serverEntry(ep, key)
 	}
@@ -72,12 +88,37 @@ type service struct {
 	cur    atomic.Pointer[plan]
 	cancel context.CancelFunc // stops the watcher and the planner
 
+	// reconf wakes the planner to take the settings in force (a mailbox
+	// of one).
+	reconf chan struct{}
+	// collector is the planner's, nil without load reports; read-only
+	// after the planner is made.
+	collector *loadreport.Collector
+	// offered is the offered call rate the planner measured last, as
+	// math.Float64bits.
+	offered atomic.Uint64
+	// streams counts the client streams on the service now.
+	streams atomic.Int64
+
 	// Guarded by registry.mu.
 	refs   int
 	linger *time.Timer
 
 	assignMu sync.Mutex
 	assigned map[string]int // guarded by assignMu: endpoint ID → streams whose first entry it is
+	// attributed, guarded by assignMu: endpoint ID → calls clients
+	// reported starting, attributed by the lists they were sent (see
+	// attribute). Endpoints that left are dropped as plans are published.
+	attributed map[string]float64
+}
+
+// wake asks the planner to take the settings in force. Safe for concurrent
+// use; does not block.
+func (s *service) wake() {
+	select {
+	case s.reconf <- struct{}{}:
+	default:
+	}
 }
 
 // assign moves one stream's first entry from endpoint ID from to to ("" for
@@ -242,13 +283,14 @@ func (r *registry) stopLocked(svc *service) {
 
 func (r *registry) startLocked(name string) *service {
 	ctx, cancel := context.WithCancel(r.ctx)
-	svc := &service{name: name, cancel: cancel, assigned: map[string]int{}}
+	svc := &service{name: name, cancel: cancel, assigned: map[string]int{}, attributed: map[string]float64{},
+		reconf: make(chan struct{}, 1)}
 	svc.cur.Store(&plan{changed: make(chan struct{})})
 	r.started.Add(1)
 	// The name may come from a client (without a discovery.Directory).
 	log := r.log.With("service", quote(name))
 	pl := r.newPlanner(svc, log)
-	box := make(chan discovery.Snapshot, 1)
+	box := make(chan arrival, 1)
 	r.wg.Add(2)
 	go func() {
 		defer r.wg.Done()
@@ -275,6 +317,26 @@ func (r *registry) startLocked(name string) *service {
 func (s *service) publish(p *plan) {
 	old := s.cur.Swap(p)
 	close(old.changed)
+	if p.fromSnap {
+		s.assignMu.Lock()
+		for id := range s.attributed {
+			if policy.IndexOf(p.snap.Endpoints, id) < 0 {
+				delete(s.attributed, id)
+			}
+		}
+		s.assignMu.Unlock()
+	}
+}
+
+// all returns the services watched now. Safe for concurrent use.
+func (r *registry) all() []*service {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*service, 0, len(r.services))
+	for _, svc := range r.services {
+		out = append(out, svc)
+	}
+	return out
 }
 
 // close stops every watcher and waits for them. Safe to call twice.
@@ -290,4 +352,28 @@ func (r *registry) close() {
 	r.mu.Unlock()
 	r.stop()
 	r.wg.Wait()
+}
+
+// attribute adds calls that a stream's client reported starting to the
+// endpoints of the list it was last sent (n entries, drop entries
+// included; ids the endpoint IDs of its other entries, in order), by the
+// child policy its client runs: round_robin spreads calls over every
+// entry in turn, so an endpoint gets calls × its entries / n; pick_first
+// sends every call that is not dropped to the first endpoint, which gets
+// calls × len(ids) / n. An estimate: the list may have changed within the
+// report's interval. Safe for concurrent use.
+func (s *service) attribute(child string, n int, ids []string, calls int64) {
+	if n == 0 || len(ids) == 0 || calls <= 0 {
+		return
+	}
+	s.assignMu.Lock()
+	defer s.assignMu.Unlock()
+	if child == ChildPickFirst {
+		s.attributed[ids[0]] += float64(calls) * float64(len(ids)) / float64(n)
+		return
+	}
+	per := float64(calls) / float64(n)
+	for _, id := range ids {
+		s.attributed[id] += per
+	}
 }

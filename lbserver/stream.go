@@ -17,6 +17,7 @@ import (
 
 	"github.com/lookaside-lb/lookaside/clientstats"
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/logattr"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -70,31 +71,35 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		}
 	}()
 
-	name, err := s.awaitInitial(ctx, reqs, recvErr)
+	name, outcome, err := s.awaitInitial(ctx, reqs, recvErr)
 	if err != nil {
 		log.Debug("stream rejected", "err", err)
+		s.obs.StreamStarted(NoServiceLabel)
+		s.obs.StreamEnded(NoServiceLabel, outcome)
 		return err
 	}
-	svcName, err := s.names.Map(name)
+	set := s.live()
+	svcName, err := set.names.Map(name)
 	if err != nil {
 		s.counters.invalidRequests.Add(1)
 		s.throttle.Info("invalid initial request", "stream", id, "peer", peerAddr.String(), "name", quote(name), "err", err)
+		s.obs.StreamStarted(NoServiceLabel)
+		s.obs.StreamEnded(NoServiceLabel, OutcomeInvalid)
 		return status.Errorf(codes.InvalidArgument, "lbserver: invalid name: %v", err)
 	}
-	log = log.With("service", quote(svcName))
-	log.Debug("stream started", "name", quote(name))
+	log.Debug("stream started", "name", quote(name), "service", quote(svcName))
 
 	st := &streamState{
-		srv:     s,
-		stream:  stream,
-		ctx:     ctx,
-		reqs:    reqs,
-		recvErr: recvErr,
-		client:  policy.Client{Addr: peerAddr.Addr(), Name: name, Seed: s.seed()},
-		key:     clientstats.ClientKey{Service: svcName, Stream: id, Peer: peerAddr.String()},
-		log:     log,
-		ignored: fullBucket(float64(s.cfg.MaxIgnoredMessages), s.now()),
-		reports: fullBucket(s.reportBurst, s.now()),
+		srv:       s,
+		stream:    stream,
+		ctx:       ctx,
+		reqs:      reqs,
+		recvErr:   recvErr,
+		client:    policy.Client{Addr: peerAddr.Addr(), Name: name, Seed: s.seed()},
+		baseLog:   log,
+		ignored:   fullBucket(float64(set.MaxIgnoredMessages), s.now()),
+		reports:   fullBucket(s.reportBurst, s.now()),
+		setChange: set.changed,
 	}
 	defer st.stopSender()
 	if age := s.cfg.MaxStreamAge; age > 0 {
@@ -104,6 +109,37 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		defer timer.Stop()
 		st.expired = timer.C
 	}
+	// A reconfiguration may map the stream's name to another service: the
+	// stream moves there (serve returns errMoved).
+	for {
+		st.key = clientstats.ClientKey{Service: svcName, Stream: id, Peer: peerAddr.String()}
+		st.log = log.With("service", quote(svcName))
+		st.label = s.serviceLabel(svcName)
+		st.outcome = ""
+		s.obs.StreamStarted(st.label)
+		err := st.serve(svcName)
+		if errors.Is(err, errMoved) {
+			s.obs.StreamEnded(st.label, OutcomeMoved)
+			st.log.Info("stream moves to another service after a reconfiguration", "to", quote(st.movedTo))
+			svcName = st.movedTo
+			continue
+		}
+		if st.outcome == "" {
+			st.outcome = OutcomeOK
+			if err != nil {
+				st.outcome = outcomeOf(err)
+			}
+		}
+		s.obs.StreamEnded(st.label, st.outcome)
+		return err
+	}
+}
+
+// serve serves the stream for service svcName until it ends, or returns
+// errMoved when a reconfiguration maps its name to another service
+// (st.movedTo), having given back what it held of svcName.
+func (st *streamState) serve(svcName string) error {
+	s := st.srv
 	if s.dir != nil {
 		if done, err := st.awaitService(svcName); done {
 			return err
@@ -112,19 +148,40 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 	svc, err := s.reg.acquire(svcName)
 	switch {
 	case errors.Is(err, errTooManySvcs):
-		s.throttle.Warn("refusing stream: too many services watched", "stream", id, "peer", peerAddr.String(), "service", quote(svcName), "max", s.cfg.MaxServices)
+		st.outcome = OutcomeRefused
+		s.throttle.Warn("refusing stream: too many services watched", "stream", st.key.Stream, "peer", st.key.Peer, "service", quote(svcName), "max", s.cfg.MaxServices)
 		return status.Errorf(codes.ResourceExhausted, "%v (%d)", err, s.cfg.MaxServices)
 	case err != nil:
+		st.outcome = OutcomeShutdown
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	defer s.reg.release(svc)
 	defer s.clientStats.Forget(st.key)
+	svc.streams.Add(1)
+	defer svc.streams.Add(-1)
 	st.svc = svc
+	defer func() {
+		svc.assign(st.first, "")
+		st.svc, st.first, st.sentIDs, st.prevPlan = nil, "", nil, nil
+	}()
 	return st.run()
 }
 
-// awaitInitial waits for the initial request and returns its name.
-func (s *Server) awaitInitial(ctx context.Context, reqs <-chan *lbpb.LoadBalanceRequest, recvErr <-chan error) (string, error) {
+// outcomeOf maps the error a stream ended with to its Observer outcome,
+// when nothing more specific was recorded.
+func outcomeOf(err error) string {
+	switch status.Code(err) {
+	case codes.OK, codes.Canceled:
+		return OutcomeOK
+	case codes.InvalidArgument:
+		return OutcomeInvalid
+	}
+	return OutcomeError
+}
+
+// awaitInitial waits for the initial request and returns its name, or the
+// error that ends the stream with its Observer outcome.
+func (s *Server) awaitInitial(ctx context.Context, reqs <-chan *lbpb.LoadBalanceRequest, recvErr <-chan error) (name, outcome string, err error) {
 	timer := time.NewTimer(s.cfg.InitialRequestTimeout)
 	defer timer.Stop()
 	select {
@@ -132,18 +189,19 @@ func (s *Server) awaitInitial(ctx context.Context, reqs <-chan *lbpb.LoadBalance
 		init := req.GetInitialRequest()
 		if init == nil {
 			s.counters.invalidRequests.Add(1)
-			return "", status.Error(codes.InvalidArgument, "lbserver: first message must be an initial_request")
+			return "", OutcomeInvalid, status.Error(codes.InvalidArgument, "lbserver: first message must be an initial_request")
 		}
-		return init.GetName(), nil
+		return init.GetName(), "", nil
 	case err := <-recvErr:
-		return "", recvStatus(err)
+		err = recvStatus(err)
+		return "", outcomeOf(err), err
 	case <-timer.C:
 		s.counters.initialTimeouts.Add(1)
-		return "", status.Errorf(codes.DeadlineExceeded, "lbserver: no initial request within %v", s.cfg.InitialRequestTimeout)
+		return "", OutcomeInitialTimeout, status.Errorf(codes.DeadlineExceeded, "lbserver: no initial request within %v", s.cfg.InitialRequestTimeout)
 	case <-ctx.Done():
-		return "", status.FromContextError(ctx.Err()).Err()
+		return "", OutcomeOK, status.FromContextError(ctx.Err()).Err()
 	case <-s.closing:
-		return "", status.Error(codes.Unavailable, "lbserver: shutting down")
+		return "", OutcomeShutdown, status.Error(codes.Unavailable, "lbserver: shutting down")
 	}
 }
 
@@ -159,9 +217,16 @@ type streamState struct {
 	svc     *service         // nil until the service is acquired
 	client  policy.Client
 	key     clientstats.ClientKey
+	baseLog *slog.Logger // without the service
 	log     *slog.Logger
 	ignored tokenBucket // messages ignored (see ignore)
 	reports tokenBucket // ClientStats while the service does not exist (see handleUnknown)
+	// setChange is closed when the settings it was read from are replaced.
+	setChange <-chan struct{}
+	// label is the Observer label of the stream's service; outcome, when
+	// set, why the stream ended; movedTo the service a reconfiguration
+	// maps it to (see errMoved).
+	label, outcome, movedTo string
 
 	// The sender goroutine does the stream's Sends (see send).
 	out       chan *lbpb.LoadBalanceResponse // nil until the sender runs; closed to stop it
@@ -173,16 +238,32 @@ type streamState struct {
 	sentIDs      []string       // endpoint IDs of sent, for policy stickiness
 	sentFallback bool           // the last message sent was a FallbackResponse
 	first        string         // endpoint ID of the first entry of the last list built, counted in svc.assigned
+	prevPlan     *plan          // the plan the stream last answered from, nil before its first answer
 }
 
-// errEnd ends a stream cleanly: the handler returns nil.
-var errEnd = errors.New("lbserver: stream ends")
+var (
+	// errEnd ends a stream cleanly: the handler returns nil.
+	errEnd = errors.New("lbserver: stream ends")
+	// errMoved: a reconfiguration maps the stream's name to another
+	// service, st.movedTo.
+	errMoved = errors.New("lbserver: stream moves to another service")
+)
+
+// end records why the stream ends, unless already recorded, and returns
+// err.
+func (st *streamState) end(outcome string, err error) error {
+	if st.outcome == "" {
+		st.outcome = outcome
+	}
+	return err
+}
 
 // event waits for what can happen to a stream besides a new plan (p, or
 // none when nil): a request (handled), the client's end, the server's
-// close or the stream's maximum age. It returns nil after a request or a
-// new plan; otherwise the error the handler returns (errEnd for a clean
-// end), which may come from handle.
+// close, the stream's maximum age, or new settings. It returns nil after a
+// request, a new plan or new settings; errMoved when the new settings map
+// the stream's name to another service; otherwise the error the handler
+// returns (errEnd for a clean end), which may come from handle.
 func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBalanceRequest) error) error {
 	s := st.srv
 	select {
@@ -192,19 +273,28 @@ func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBala
 		return handle(req)
 	case err := <-st.recvErr:
 		if errors.Is(err, io.EOF) {
-			return errEnd
+			return st.end(OutcomeOK, errEnd)
 		}
-		return recvStatus(err)
+		err = recvStatus(err)
+		return st.end(outcomeOf(err), err)
 	case <-st.ctx.Done():
-		return status.FromContextError(st.ctx.Err()).Err()
+		return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
 	case <-s.closing:
 		// End cleanly: clients reconnect at once, to another replica
 		// while this one drains, and keep their backends meanwhile.
-		return errEnd
+		return st.end(OutcomeShutdown, errEnd)
 	case <-st.expired:
 		s.counters.streamsExpired.Add(1)
 		st.log.Debug("stream reached its maximum age")
-		return errEnd
+		return st.end(OutcomeExpired, errEnd)
+	case <-st.setChange:
+		set := s.live()
+		st.setChange = set.changed
+		if svc, err := set.names.Map(st.client.Name); err == nil && svc != st.key.Service {
+			st.movedTo = svc
+			return errMoved
+		}
+		return nil
 	}
 }
 
@@ -219,8 +309,9 @@ func endErr(err error) error {
 // awaitService answers a stream for a service the directory says does not
 // exist with a fallback, at once and without a watch, and waits until it
 // appears. done is true when the stream ended meanwhile (with err for the
-// handler to return); false when the caller should acquire the service:
-// it exists, or the directory cannot tell yet.
+// handler to return; errMoved when it moves to another service); false
+// when the caller should acquire the service: it exists, or the directory
+// cannot tell yet.
 func (st *streamState) awaitService(svcName string) (done bool, err error) {
 	s := st.srv
 	base, _ := discovery.SplitName(svcName)
@@ -228,21 +319,33 @@ func (st *streamState) awaitService(svcName string) (done bool, err error) {
 	for {
 		exists, ready, changed := s.dir.Lookup(base)
 		if exists || !ready {
+			if counted {
+				// The service appeared: label it by its name from now on.
+				s.obs.StreamEnded(st.label, OutcomeMoved)
+				st.label = s.serviceLabel(svcName)
+				s.obs.StreamStarted(st.label)
+			}
 			return false, nil
 		}
 		if !counted {
 			counted = true
 			s.counters.unknownServices.Add(1)
-			st.log.Debug("no such service; sending fallback")
+			// One line a minute for all unknown names: they come from
+			// clients.
+			s.opsLog.info(UnknownServiceLabel, "unknown service: the directory does not list it; clients get fallback",
+				"service", quote(svcName), "name", quote(st.client.Name), "peer", st.key.Peer)
 		}
 		if err := st.sendInitial(); err != nil {
 			return true, err
 		}
-		if err := st.sendFallback(false); err != nil {
+		if err := st.sendFallback(FallbackUnknownService); err != nil {
 			return true, err
 		}
 		// ClientStats of a service that does not exist count for nothing.
 		if err := st.event(changed, st.handleUnknown); err != nil {
+			if errors.Is(err, errMoved) {
+				return true, err
+			}
 			return true, endErr(err)
 		}
 	}
@@ -250,20 +353,19 @@ func (st *streamState) awaitService(svcName string) (done bool, err error) {
 
 func (st *streamState) run() error {
 	s := st.srv
-	defer func() { st.svc.assign(st.first, "") }()
 	p := st.svc.cur.Load()
 	if !p.ready && !st.sentInitial {
 		timer := time.NewTimer(s.cfg.FirstListTimeout)
 		select {
 		case <-p.changed:
 		case <-timer.C:
-			s.throttle.Warn("no discovery answer yet; sending fallback", "service", quote(st.key.Service), "waited", s.cfg.FirstListTimeout)
+			s.throttle.Warn("no discovery answer yet; sending fallback", "service", quote(st.key.Service), logattr.Duration("waited", s.cfg.FirstListTimeout))
 		case <-st.ctx.Done():
 			timer.Stop()
-			return status.FromContextError(st.ctx.Err()).Err()
+			return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
 		case <-s.closing:
 			timer.Stop()
-			return status.Error(codes.Unavailable, "lbserver: shutting down")
+			return st.end(OutcomeShutdown, status.Error(codes.Unavailable, "lbserver: shutting down"))
 		}
 		timer.Stop()
 		p = st.svc.cur.Load()
@@ -278,6 +380,9 @@ func (st *streamState) run() error {
 			return endErr(err)
 		}
 		if err := st.event(p.changed, st.handleRequest); err != nil {
+			if errors.Is(err, errMoved) {
+				return err
+			}
 			return endErr(err)
 		}
 		p = st.svc.cur.Load()
@@ -302,8 +407,9 @@ func (st *streamState) sendInitial() error {
 	return nil
 }
 
-// sendFallback sends a FallbackResponse unless the last message was one.
-func (st *streamState) sendFallback(ready bool) error {
+// sendFallback sends a FallbackResponse, for reason (one of
+// FallbackReasons), unless the last message was one.
+func (st *streamState) sendFallback(reason string) error {
 	if st.sentFallback {
 		return nil
 	}
@@ -312,13 +418,17 @@ func (st *streamState) sendFallback(ready bool) error {
 	}); err != nil {
 		return err
 	}
-	st.srv.counters.fallbacksSent.Add(1)
+	s := st.srv
+	s.counters.fallbacksSent.Add(1)
+	s.obs.FallbackSent(st.label, reason)
 	st.sentFallback, st.sent, st.sentIDs = true, nil, nil
 	if st.svc != nil {
 		st.svc.assign(st.first, "")
+		// Unknown services are logged once for all in awaitService.
+		s.opsLog.info(st.key.Service, "answering with fallback", "service", quote(st.key.Service), "reason", reason)
 	}
 	st.first = ""
-	st.log.Debug("sent fallback", "ready", ready)
+	st.log.Debug("sent fallback", "reason", reason)
 	return nil
 }
 
@@ -333,25 +443,29 @@ func (st *streamState) send(m *lbpb.LoadBalanceResponse) error {
 	if st.out == nil {
 		st.startSender()
 	}
-	st.sendTimer.Reset(s.cfg.SendTimeout)
+	timeout := s.live().SendTimeout
+	st.sendTimer.Reset(timeout)
 	defer st.sendTimer.Stop()
 	select {
 	case st.out <- m: // the sender waits for messages whenever it has none
 	case <-st.ctx.Done():
-		return status.FromContextError(st.ctx.Err()).Err()
+		return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
 	}
 	select {
 	case err := <-st.sendDone:
-		return err
+		if err != nil {
+			return st.end(outcomeOf(err), err)
+		}
+		return nil
 	case <-st.sendTimer.C:
 		s.counters.slowReadersCut.Add(1)
 		s.throttle.Warn("cutting a client that does not read its lists", "stream", st.key.Stream, "peer", st.key.Peer,
-			"service", quote(st.key.Service), "send_timeout", s.cfg.SendTimeout)
-		return status.Errorf(codes.ResourceExhausted, "lbserver: stream cut: the client did not read its lists within %v (limit send-timeout)", s.cfg.SendTimeout)
+			"service", quote(st.key.Service), logattr.Duration("send_timeout", timeout))
+		return st.end(OutcomeSlowReader, status.Errorf(codes.ResourceExhausted, "lbserver: stream cut: the client did not read its lists within %v (limit send-timeout)", timeout))
 	case <-st.ctx.Done():
-		return status.FromContextError(st.ctx.Err()).Err()
+		return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
 	case <-s.closing:
-		return errEnd
+		return st.end(OutcomeShutdown, errEnd)
 	}
 }
 
@@ -387,8 +501,18 @@ func (st *streamState) stopSender() {
 
 // update sends what plan p calls for, if it differs from what was sent.
 func (st *streamState) update(p *plan) error {
-	if !p.ready || len(p.snap.Endpoints) == 0 {
-		return st.sendFallback(p.ready)
+	// The list reflects a discovery change when p was made for a new
+	// snapshot and the stream answered from an older plan before.
+	sinceChange := time.Duration(-1)
+	if p.fromSnap && st.prevPlan != nil && st.prevPlan != p {
+		sinceChange = max(time.Since(p.arrived), 0)
+	}
+	st.prevPlan = p
+	if !p.ready {
+		return st.sendFallback(FallbackFirstListTimeout)
+	}
+	if len(p.snap.Endpoints) == 0 {
+		return st.sendFallback(FallbackNoInstances)
 	}
 	// The new first entry counts as this stream's from now on, sent or not:
 	// a stream whose send fails ends, and gives it back.
@@ -400,7 +524,7 @@ func (st *streamState) update(p *plan) error {
 	}, st.first)
 	st.first = first
 	if p.dropShare > 0 {
-		entries = policy.AddDrops(entries, p.dropShare, p.dropToken, st.srv.cfg.PolicyOptions.MaxEntries)
+		entries = policy.AddDrops(entries, p.dropShare, p.dropToken, p.maxEntries)
 	}
 	list := make([]*lbpb.Server, 0, len(entries))
 	ids := make([]string, 0, len(entries))
@@ -421,17 +545,20 @@ func (st *streamState) update(p *plan) error {
 		return err
 	}
 	st.srv.counters.listsSent.Add(1)
+	st.srv.obs.ListSent(st.label, len(list), len(list)-len(ids), sinceChange)
 	st.sent, st.sentIDs, st.sentFallback = list, ids, false
 	st.log.Debug("sent list", "entries", len(list), "policy", p.policyName, "index", p.snap.Index)
 	return nil
 }
 
 // handleRequest takes a message after the initial request: ClientStats are
-// counted within the stream's bounds (see clientstats.Registry.Add);
-// anything else is ignored. Reports that are clamped or ignored are counted
-// in Stats.BadClientStats and logged at most once a second per kind over
-// the whole server. Ignored messages count toward MaxIgnoredMessages: it
-// returns the error that ends the stream when there were too many.
+// counted within the stream's bounds (see clientstats.Registry.Add), and
+// the calls they report started are attributed to the endpoints of the
+// list last sent (see service.attribute); anything else is ignored.
+// Reports that are clamped or ignored are counted in Stats.BadClientStats
+// and logged at most once a second per kind over the whole server. Ignored
+// messages count toward MaxIgnoredMessages: it returns the error that
+// ends the stream when there were too many.
 func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) error {
 	s := st.srv
 	cs := req.GetClientStats()
@@ -440,14 +567,18 @@ func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) error {
 		return st.ignore()
 	}
 	res := s.clientStats.Add(st.key, cs, time.Now())
+	if res.Started > 0 && st.svc != nil && len(st.sent) > 0 {
+		st.svc.attribute(s.live().childPolicy(st.key.Service), len(st.sent), st.sentIDs, res.Started)
+	}
 	if res.OtherTokens > 0 {
 		s.throttle.Log(context.Background(), slog.LevelDebug, "client stats name drop tokens this balancer never issued", "stream", st.key.Stream, "peer", st.key.Peer,
 			"service", quote(st.key.Service), "entries", res.OtherTokens)
 	}
 	if res.ShareCapped {
+		set := s.live()
 		s.throttle.Info("client stream offers more than its share of the rate limit; the excess is not counted",
 			"stream", st.key.Stream, "peer", st.key.Peer, "service", quote(st.key.Service),
-			"max_share", s.cfg.MaxClientRateShare, "limit", rateLimitOf(s.cfg, st.key.Service))
+			"max_share", set.MaxClientRateShare, "limit", set.rateLimit(st.key.Service))
 	}
 	switch res.Verdict {
 	case clientstats.Accepted:
@@ -459,12 +590,12 @@ func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) error {
 		// Counted (within the allowance), at a plausible rate: not ignored.
 		s.counters.badClientStats.Add(1)
 		s.throttle.Info("client stats claim more calls than plausible; clamped", "stream", st.key.Stream, "peer", st.key.Peer,
-			"service", quote(st.key.Service), "started", cs.GetNumCallsStarted(), "max_call_rate", s.cfg.MaxClientCallRate)
+			"service", quote(st.key.Service), "started", cs.GetNumCallsStarted(), "max_call_rate", s.live().MaxClientCallRate)
 		return nil
 	case clientstats.TooFrequent:
 		s.counters.badClientStats.Add(1)
 		s.throttle.Info("client stats sent too often; ignored", "stream", st.key.Stream, "peer", st.key.Peer,
-			"service", quote(st.key.Service), "interval", s.cfg.ClientStatsInterval)
+			"service", quote(st.key.Service), logattr.Duration("interval", s.cfg.ClientStatsInterval))
 	default:
 		s.counters.badClientStats.Add(1)
 		s.throttle.Info("client stats with negative counts; ignored", "stream", st.key.Stream, "peer", st.key.Peer,
@@ -494,15 +625,15 @@ func (st *streamState) handleUnknown(req *lbpb.LoadBalanceRequest) error {
 // is broken or hostile.
 func (st *streamState) ignore() error {
 	s := st.srv
-	n := s.cfg.MaxIgnoredMessages
+	n := s.live().MaxIgnoredMessages
 	if n == 0 || st.ignored.take(s.now(), float64(n)/60, float64(n)) {
 		return nil
 	}
 	s.counters.floodsCut.Add(1)
 	s.throttle.Warn("ending a stream that floods messages the balancer ignores", "stream", st.key.Stream, "peer", st.key.Peer,
-		"service", quote(st.key.Service), "max", n, "per", time.Minute)
-	return status.Errorf(codes.ResourceExhausted,
-		"lbserver: stream ended: more than %d of its messages within a minute were ignored (ClientStats more often than twice per interval or with negative counts, or messages other than ClientStats; limit max-ignored-messages)", n)
+		"service", quote(st.key.Service), "max", n, logattr.Duration("per", time.Minute))
+	return st.end(OutcomeFlooding, status.Errorf(codes.ResourceExhausted,
+		"lbserver: stream ended: more than %d of its messages within a minute were ignored (ClientStats more often than twice per interval or with negative counts, or messages other than ClientStats; limit max-ignored-messages)", n))
 }
 
 // serverListEqual compares two lists by content.

@@ -314,3 +314,15 @@ func RateLimitShare(limitQPS, observedQPS, maxShare float64) float64 {
 	}
 	return min(1-limitQPS/observedQPS, maxShare, 1)
 }
+
+// SetConfig validates cfg and makes it the Weigher's from the next Update,
+// or returns the error and changes nothing. The endpoints' smoothed state
+// is kept. Not safe for concurrent use (a Weigher is owned by one
+// goroutine).
+func (w *Weigher) SetConfig(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	w.cfg = cfg
+	return nil
+}
