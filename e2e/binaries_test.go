@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,7 @@ type process struct {
 	addr   string // from its ready line
 	exited chan error
 	stderr *syncbuf.Buffer
+	stdout *syncbuf.Buffer // every line written to stdout
 }
 
 // logBytes returns how many bytes the process has written to stderr.
@@ -30,6 +32,23 @@ func (p *process) logBytes() int { return p.stderr.Len() }
 
 // logs returns what the process has written to stderr.
 func (p *process) logs() string { return p.stderr.String() }
+
+// waitLine waits up to limit for a line of the process's stdout that
+// starts with prefix, and returns the rest of the line.
+func (p *process) waitLine(t *testing.T, prefix string, limit time.Duration) string {
+	t.Helper()
+	var rest string
+	waitFor(t, limit, fmt.Sprintf("a line %q on stdout", prefix), func() bool {
+		for _, l := range strings.Split(p.stdout.String(), "\n") {
+			if r, ok := strings.CutPrefix(l, prefix); ok {
+				rest = r
+				return true
+			}
+		}
+		return false
+	})
+	return rest
+}
 
 // wait waits up to limit for the process to exit and returns its exit code
 // and how long it took from since.
@@ -91,7 +110,7 @@ func startProcessEnv(t *testing.T, env []string, bin string, args ...string) *pr
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &process{cmd: cmd, exited: make(chan error, 1), stderr: &syncbuf.Buffer{}}
+	p := &process{cmd: cmd, exited: make(chan error, 1), stderr: &syncbuf.Buffer{}, stdout: &syncbuf.Buffer{}}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -100,6 +119,7 @@ func startProcessEnv(t *testing.T, env []string, bin string, args ...string) *pr
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			p.stdout.Write([]byte(sc.Text() + "\n"))
 			if head, addr, ok := strings.Cut(sc.Text(), " listening on "); ok {
 				_, name, _ := strings.Cut(head, " ")
 				ready <- [2]string{name, addr}
