@@ -1,9 +1,13 @@
 package metrics
 
 import (
+	"context"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -11,10 +15,15 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/lookaside-lb/lookaside/clientstats"
+	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/discovery/consul"
+	"github.com/lookaside-lb/lookaside/discovery/static"
 	"github.com/lookaside-lb/lookaside/lbserver"
 	"github.com/lookaside-lb/lookaside/policy"
 )
@@ -396,3 +405,152 @@ func TestHandler(t *testing.T) {
 }
 
 func prometheusDefaultGatherer() prometheus.Gatherer { return prometheus.DefaultGatherer }
+
+// statusBalancer is a fakeBalancer with a Status.
+type statusBalancer struct {
+	fakeBalancer
+	status []lbserver.ServiceStatus
+}
+
+func (b *statusBalancer) Status() []lbserver.ServiceStatus { return b.status }
+
+func TestStatusGauges(t *testing.T) {
+	b := &statusBalancer{fakeBalancer: fakeBalancer{reg: clientstats.New(clientstats.Config{})}}
+	b.status = []lbserver.ServiceStatus{
+		{Service: "made-up", Endpoints: []lbserver.EndpointStatus{{ID: "x", HasReport: true, Utilization: 1}}},
+		{Service: "orders", Fallback: true, FallbackReason: lbserver.FallbackNoInstances},
+		{Service: "user-srv", OverloadDropShare: 0.25, LoadReports: true, Endpoints: []lbserver.EndpointStatus{
+			{ID: "a", HasReport: true, Utilization: 0.5, ReportAge: 1500 * time.Millisecond, LoadWeight: 1.2},
+			{ID: "n2/b", HasReport: true, Utilization: 0.9, ReportAge: 250 * time.Millisecond, LoadWeight: 0.8},
+			{ID: "c"}, // no report yet
+		}},
+		// Another tag filter of user-srv: the unfiltered name speaks for it.
+		{Service: "user-srv@v2", RateLimitDropShare: 0.5, Endpoints: []lbserver.EndpointStatus{{ID: "a", HasReport: true, Utilization: 0.7}}},
+	}
+	m, _ := newTestMetrics(Sources{Balancer: b, Directory: directory{"user-srv": true, "orders": true}})
+	compare(t, m, `
+# HELP lookaside_lb_drop_share Share of calls the service's lists drop, by cause (overload, rate_limit).
+# TYPE lookaside_lb_drop_share gauge
+lookaside_lb_drop_share{cause="overload",service="orders"} 0
+lookaside_lb_drop_share{cause="overload",service="user-srv"} 0.25
+lookaside_lb_drop_share{cause="rate_limit",service="orders"} 0
+lookaside_lb_drop_share{cause="rate_limit",service="user-srv"} 0
+# HELP lookaside_lb_service_endpoints Usable endpoints of the service now (passing instances).
+# TYPE lookaside_lb_service_endpoints gauge
+lookaside_lb_service_endpoints{service="orders"} 0
+lookaside_lb_service_endpoints{service="user-srv"} 3
+# HELP lookaside_lb_service_fallback 1 when new streams of the service get a FallbackResponse instead of a list, else 0.
+# TYPE lookaside_lb_service_fallback gauge
+lookaside_lb_service_fallback{service="orders"} 1
+lookaside_lb_service_fallback{service="user-srv"} 0
+# HELP lookaside_orca_load_weight Weight derived from the endpoint's load reports in use, relative to the service's other endpoints (mean 1; absent without one).
+# TYPE lookaside_orca_load_weight gauge
+lookaside_orca_load_weight{endpoint="a",service="user-srv"} 1.2
+lookaside_orca_load_weight{endpoint="n2/b",service="user-srv"} 0.8
+# HELP lookaside_orca_report_age_seconds Age of the endpoint's freshest ORCA load report (absent without a fresh one).
+# TYPE lookaside_orca_report_age_seconds gauge
+lookaside_orca_report_age_seconds{endpoint="a",service="user-srv"} 1.5
+lookaside_orca_report_age_seconds{endpoint="n2/b",service="user-srv"} 0.25
+# HELP lookaside_orca_utilization_ratio Utilization the endpoint last reported over ORCA (application utilization, else CPU; absent without a fresh report).
+# TYPE lookaside_orca_utilization_ratio gauge
+lookaside_orca_utilization_ratio{endpoint="a",service="user-srv"} 0.5
+lookaside_orca_utilization_ratio{endpoint="n2/b",service="user-srv"} 0.9
+`, "lookaside_lb_drop_share", "lookaside_lb_service_endpoints", "lookaside_lb_service_fallback",
+		"lookaside_orca_load_weight", "lookaside_orca_report_age_seconds", "lookaside_orca_utilization_ratio")
+
+	// A service no longer watched has no gauge at the next scrape.
+	b.status = b.status[1:2]
+	compare(t, m, `
+# HELP lookaside_lb_service_endpoints Usable endpoints of the service now (passing instances).
+# TYPE lookaside_lb_service_endpoints gauge
+lookaside_lb_service_endpoints{service="orders"} 0
+`, "lookaside_lb_service_endpoints", "lookaside_orca_utilization_ratio")
+}
+
+// TestWithServer wires the metrics to a real lbserver.Server over a
+// static source (a discovery.Directory) and a real grpclb stream: the
+// server's Observer calls and its Stats, Status and ClientStats show in
+// the metrics.
+func TestWithServer(t *testing.T) {
+	src := static.New(map[string][]discovery.Endpoint{"user-srv": {
+		{ID: "a", Addr: netip.MustParseAddrPort("127.0.0.1:1001"), Weight: 1},
+		{ID: "b", Addr: netip.MustParseAddrPort("127.0.0.1:1002"), Weight: 1},
+	}})
+	m := New(Sources{})
+	cfg := lbserver.DefaultConfig()
+	cfg.Source = src
+	cfg.LoadReports = false
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg.Observer = m
+	srv, err := lbserver.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Attach(Sources{Balancer: srv, Directory: src})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	go gs.Serve(lis)
+	defer func() { gs.Stop(); srv.Close() }()
+
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	stream, err := lbpb.NewLoadBalancerClient(cc).BalanceLoad(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&lbpb.LoadBalanceRequest{LoadBalanceRequestType: &lbpb.LoadBalanceRequest_InitialRequest{
+		InitialRequest: &lbpb.InitialLoadBalanceRequest{Name: "user-srv:50051"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the initial response and the list
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := stream.Send(&lbpb.LoadBalanceRequest{LoadBalanceRequestType: &lbpb.LoadBalanceRequest_ClientStats{
+		ClientStats: &lbpb.ClientStats{NumCallsStarted: 300, NumCallsFinished: 300}}}); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"lookaside_lb_streams_open", "lookaside_lb_lists_sent_total", "lookaside_lb_service_endpoints",
+		"lookaside_clientstats_calls_started_total", "lookaside_lb_services_watched"}
+	want := `
+# HELP lookaside_clientstats_calls_started_total Calls grpclb clients reported starting (ClientStats, as accepted), by service.
+# TYPE lookaside_clientstats_calls_started_total counter
+lookaside_clientstats_calls_started_total{service="user-srv"} 300
+# HELP lookaside_lb_lists_sent_total Server lists sent to clients, by service.
+# TYPE lookaside_lb_lists_sent_total counter
+lookaside_lb_lists_sent_total{service="user-srv"} 1
+# HELP lookaside_lb_service_endpoints Usable endpoints of the service now (passing instances).
+# TYPE lookaside_lb_service_endpoints gauge
+lookaside_lb_service_endpoints{service="user-srv"} 2
+# HELP lookaside_lb_services_watched Services watched now (bounded by max services).
+# TYPE lookaside_lb_services_watched gauge
+lookaside_lb_services_watched 1
+# HELP lookaside_lb_streams_open BalanceLoad streams open now, by service.
+# TYPE lookaside_lb_streams_open gauge
+lookaside_lb_streams_open{service="user-srv"} 1
+`
+	// The report is counted as the server reads it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), names...)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
