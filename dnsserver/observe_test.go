@@ -116,9 +116,9 @@ func TestObserverTruncated(t *testing.T) {
 }
 
 func TestLabelsBounded(t *testing.T) {
-	for qt := range dns.TypeToString {
+	for qt := range 1 << 16 { // every type a client can send
 		m := new(dns.Msg)
-		m.SetQuestion("x.lb.internal.", qt)
+		m.SetQuestion("x.lb.internal.", uint16(qt))
 		if l := qtypeLabel(m); !slices.Contains(QTypes, l) {
 			t.Errorf("qtype %d labelled %q, not in QTypes", qt, l)
 		}
