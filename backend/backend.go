@@ -14,6 +14,7 @@ import (
 	orcasvc "github.com/cncf/xds/go/xds/service/orca/v3"
 
 	"github.com/lookaside-lb/lookaside/consulreg"
+	"github.com/lookaside-lb/lookaside/internal/tlsfiles"
 	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/loadreport"
 	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
@@ -32,6 +33,7 @@ type Backend struct {
 	health *health.Server
 	rec    *loadreport.Recorder
 	orca   *loadreport.Reporter
+	tls    *tlsfiles.Store // nil without TLS
 	log    *slog.Logger
 	ready  chan struct{} // closed by Serve once serving and registered
 
@@ -95,8 +97,38 @@ func New(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("backend: %w", err)
 	}
 
+	var store *tlsfiles.Store
+	var extra []grpc.ServerOption
+	unaryChain := []grpc.UnaryServerInterceptor{rec.UnaryServerInterceptor()}
+	streamChain := []grpc.StreamServerInterceptor{rec.StreamServerInterceptor()}
+	if cfg.TLS.CertFile != "" {
+		tcfg := cfg.TLS
+		tcfg.ClientCertOptional = cfg.HealthWithoutClientCert
+		if tcfg.Logger == nil {
+			tcfg.Logger = cfg.Logger.With("id", cfg.ID)
+		}
+		if store, err = tlsfiles.New(tcfg); err != nil {
+			lis.Close()
+			reporter.Close()
+			return nil, fmt.Errorf("backend: %w", err)
+		}
+		creds, err := store.ServerCredentials()
+		if err != nil {
+			lis.Close()
+			reporter.Close()
+			return nil, fmt.Errorf("backend: %w", err)
+		}
+		extra = append(extra, grpc.Creds(creds))
+		if cfg.HealthWithoutClientCert {
+			u, st := tlsfiles.RequireVerifiedClient(healthpb.Health_Check_FullMethodName, healthpb.Health_Watch_FullMethodName)
+			unaryChain = append(unaryChain, u)
+			streamChain = append(streamChain, st)
+		}
+	}
+
 	b := &Backend{
 		cfg:      cfg,
+		tls:      store,
 		lis:      lis,
 		health:   health.NewServer(),
 		rec:      rec,
@@ -124,15 +156,32 @@ func New(cfg Config) (*Backend, error) {
 	}
 	// The recorder comes first, so that it counts every call that reaches
 	// the backend, rejected ones included, and sees the added latency.
-	b.srv = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(rec.UnaryServerInterceptor(), v.UnaryInterceptor(), b.latencyInterceptor),
-		grpc.ChainStreamInterceptor(rec.StreamServerInterceptor(), v.StreamInterceptor()),
-	)
+	// With HealthWithoutClientCert, the certificate check comes after it
+	// and before the lb-token check.
+	b.srv = grpc.NewServer(append(extra,
+		grpc.ChainUnaryInterceptor(append(unaryChain, v.UnaryInterceptor(), b.latencyInterceptor)...),
+		grpc.ChainStreamInterceptor(append(streamChain, v.StreamInterceptor())...),
+	)...)
 	healthpb.RegisterHealthServer(b.srv, b.health)
 	reporter.Register(b.srv)
 	userpb.RegisterUserServer(b.srv, &UserService{ID: cfg.ID, Addr: cfg.Advertise})
 	return b, nil
 }
+
+// ReloadTLS reads the TLS files again and puts a good new certificate
+// (and client CA bundle) in force for new connections; on error the
+// material in force stays and the error names the file. It does nothing
+// without TLS. cmd/backend calls it on SIGHUP; Serve also polls the files.
+// It blocks while it reads them and is safe for concurrent use.
+func (b *Backend) ReloadTLS() error {
+	if b.tls == nil {
+		return nil
+	}
+	return b.tls.Reload()
+}
+
+// TLS returns the store of the backend's TLS files, or nil without TLS.
+func (b *Backend) TLS() *tlsfiles.Store { return b.tls }
 
 // ID returns the instance's Consul service ID.
 func (b *Backend) ID() string { return b.cfg.ID }
@@ -197,6 +246,18 @@ func (b *Backend) Serve(ctx context.Context) error {
 		stopBurn()
 		<-burnDone
 	}()
+	if b.tls != nil {
+		pollCtx, stopPoll := context.WithCancel(context.Background())
+		pollDone := make(chan struct{})
+		go func() {
+			defer close(pollDone)
+			b.tls.Run(pollCtx)
+		}()
+		defer func() {
+			stopPoll()
+			<-pollDone
+		}()
+	}
 
 	if err := b.register(ctx); err != nil {
 		b.srv.Stop()
@@ -207,7 +268,8 @@ func (b *Backend) Serve(ctx context.Context) error {
 		return err
 	}
 	close(b.ready)
-	b.log.Info("serving", "addr", b.cfg.Advertise, "listen", b.lis.Addr().String(), "consul", b.cfg.Consul != nil)
+	b.log.Info("serving", "addr", b.cfg.Advertise, "listen", b.lis.Addr().String(), "consul", b.cfg.Consul != nil,
+		"tls", b.tls != nil, "mtls", b.tls != nil && b.cfg.TLS.CAFile != "")
 
 	var serveErr error
 	select {
@@ -273,6 +335,11 @@ func (b *Backend) register(ctx context.Context) error {
 		Weight:                  b.cfg.Weight,
 		CheckInterval:           b.cfg.CheckInterval,
 		DeregisterCriticalAfter: b.cfg.DeregisterCriticalAfter,
+	}
+	if b.tls != nil {
+		in.CheckTLS = true
+		in.CheckTLSSkipVerify = !b.cfg.CheckTLSVerify
+		in.CheckTLSServerName = b.cfg.CheckTLSServerName
 	}
 	if err := consulreg.Register(ctx, b.cfg.Consul, in); err != nil {
 		return fmt.Errorf("backend: %w", err)

@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/lookaside-lb/lookaside/consulreg"
+	"github.com/lookaside-lb/lookaside/internal/tlsfiles"
 	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/loadreport"
 )
@@ -108,6 +110,34 @@ type Config struct {
 	// slow backend holds more calls at once for the same rate, so it
 	// reports itself busier. 0 (the default) reports none.
 	Capacity int
+	// TLS serves every service of the backend (User, health, ORCA) over
+	// TLS with the certificate of TLS.CertFile and TLS.KeyFile; with
+	// TLS.CAFile, clients must present a certificate signed by one of
+	// its CAs (mutual TLS). The files are read again on ReloadTLS and
+	// every TLS.PollInterval (default 10 s) while the backend serves; a
+	// bad file keeps the certificate in force (see package tlsfiles).
+	// Zero (no CertFile): plaintext. TLS.ServerName and
+	// TLS.ClientCertOptional are set by New (see HealthWithoutClientCert)
+	// and must be left empty.
+	TLS tlsfiles.Config
+	// HealthWithoutClientCert, with TLS.CAFile, lets health checks
+	// (grpc.health.v1 Check and Watch) in without a client certificate,
+	// so that a Consul agent that presents none (no
+	// enable_agent_tls_for_checks) can check the backend; every other
+	// call still needs a verified client certificate and is otherwise
+	// refused with Unauthenticated. Default false: every connection needs
+	// a client certificate.
+	HealthWithoutClientCert bool
+	// CheckTLSVerify makes Consul verify the backend's certificate in its
+	// gRPC check (TLSSkipVerify false): the agent then needs the CA
+	// (tls.defaults.ca_file with enable_agent_tls_for_checks). Default
+	// false: with TLS the check skips verification, since it carries no
+	// secret and agents seldom hold the backends' CA.
+	CheckTLSVerify bool
+	// CheckTLSServerName is the name Consul verifies the certificate
+	// against with CheckTLSVerify (TLSServerName); empty: the advertised
+	// host.
+	CheckTLSServerName string
 	// Logger receives the backend's logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -208,12 +238,40 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("backend: advertise address: %w", err)
 		}
 	}
+	if err := c.validateTLS(); err != nil {
+		return c, err
+	}
 	return c, nil
 }
 
 func validID(id string) error {
 	if i := strings.IndexAny(id, "/?#% \t\r\n"); i >= 0 {
 		return fmt.Errorf("backend: ID %q contains %q", id, id[i])
+	}
+	return nil
+}
+
+// validateTLS checks the TLS fields against each other, without reading
+// the files (New does).
+func (c Config) validateTLS() error {
+	t := c.TLS
+	switch {
+	case t.CertFile == "" && t.KeyFile == "" && t.CAFile == "":
+		if c.HealthWithoutClientCert || c.CheckTLSVerify || c.CheckTLSServerName != "" {
+			return errors.New("backend: HealthWithoutClientCert, CheckTLSVerify and CheckTLSServerName need TLS")
+		}
+		return nil
+	case t.CertFile == "":
+		return errors.New("backend: TLS needs a certificate and key file")
+	case t.ServerName != "" || t.ClientCertOptional:
+		return errors.New("backend: TLS.ServerName and TLS.ClientCertOptional are not for a server's Config")
+	case c.HealthWithoutClientCert && t.CAFile == "":
+		return errors.New("backend: HealthWithoutClientCert needs a TLS client CA file")
+	case c.CheckTLSServerName != "" && !c.CheckTLSVerify:
+		return errors.New("backend: CheckTLSServerName needs CheckTLSVerify")
+	}
+	if err := t.Validate(); err != nil {
+		return fmt.Errorf("backend: %w", err)
 	}
 	return nil
 }

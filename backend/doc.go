@@ -19,4 +19,9 @@
 // slow or busy, Latency (SetLatency) delays every User call and CPUBurn
 // (SetCPUBurn) keeps a share of a core spinning; SetAppUtilization sets the
 // application utilization it reports. All three can change while it serves.
+//
+// With Config.TLS it serves every service over TLS (mutual TLS with a
+// client CA), the certificate reloaded by ReloadTLS and by polling its
+// files (package tlsfiles); its Consul check then speaks TLS (see
+// Config.CheckTLSVerify and Config.HealthWithoutClientCert).
 package backend

@@ -40,6 +40,17 @@ type Instance struct {
 	// DeregisterCriticalAfter makes Consul drop an instance whose check
 	// stayed critical this long (a crashed instance leaves by itself).
 	DeregisterCriticalAfter time.Duration
+	// CheckTLS makes the gRPC check speak TLS (Consul's GRPCUseTLS), for
+	// instances that serve TLS. CheckTLSServerName is the name Consul
+	// verifies the instance's certificate against (TLSServerName; empty:
+	// the host of Addr), and CheckTLSSkipVerify makes Consul accept any
+	// certificate (TLSSkipVerify): an agent verifies with its own CA
+	// (tls.defaults.ca_file, with enable_agent_tls_for_checks), which
+	// seldom holds the instances' CA. The agent presents its own
+	// certificate only with enable_agent_tls_for_checks.
+	CheckTLS           bool
+	CheckTLSServerName string
+	CheckTLSSkipVerify bool
 }
 
 // Validate checks the instance's fields.
@@ -56,6 +67,9 @@ func (in Instance) Validate() error {
 	}
 	if in.Weight < 0 {
 		errs = append(errs, fmt.Errorf("consulreg: weight %d is negative", in.Weight))
+	}
+	if !in.CheckTLS && (in.CheckTLSServerName != "" || in.CheckTLSSkipVerify) {
+		errs = append(errs, errors.New("consulreg: CheckTLSServerName and CheckTLSSkipVerify need CheckTLS"))
 	}
 	return errors.Join(errs...)
 }
@@ -97,7 +111,9 @@ func Register(ctx context.Context, c *api.Client, in Instance) error {
 			CheckID:                        in.ID + ":grpc-health",
 			Name:                           "gRPC health",
 			GRPC:                           in.Addr,
-			GRPCUseTLS:                     false,
+			GRPCUseTLS:                     in.CheckTLS,
+			TLSServerName:                  in.CheckTLSServerName,
+			TLSSkipVerify:                  in.CheckTLSSkipVerify,
 			Interval:                       interval.String(),
 			Timeout:                        min(interval, Timeout).String(),
 			DeregisterCriticalServiceAfter: max(in.DeregisterCriticalAfter, time.Minute).String(),

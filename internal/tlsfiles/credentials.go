@@ -6,8 +6,11 @@ import (
 	"errors"
 	"net"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 )
 
 // ServerCredentials returns gRPC transport credentials serving
@@ -98,4 +101,37 @@ func peerTLS(ctx context.Context) (credentials.TLSInfo, bool) {
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	return info, ok
+}
+
+// RequireVerifiedClient returns server interceptors that end every call
+// whose peer presented no verified client certificate with
+// Unauthenticated, except calls to the exempt methods (full names, such
+// as healthpb.Health_Check_FullMethodName). With a Store whose
+// ClientCertOptional is set, they make a server mutual-TLS for all but
+// those methods: a Consul agent that presents no certificate can still
+// run its gRPC health check.
+func RequireVerifiedClient(exempt ...string) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	skip := make(map[string]bool, len(exempt))
+	for _, m := range exempt {
+		skip[m] = true
+	}
+	check := func(ctx context.Context, method string) error {
+		if skip[method] || VerifiedClient(ctx) {
+			return nil
+		}
+		return status.Error(codes.Unauthenticated, "a client certificate signed by the server's client CA is required")
+	}
+	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if err := check(ctx, info.FullMethod); err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
+	}
+	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if err := check(ss.Context(), info.FullMethod); err != nil {
+			return err
+		}
+		return h(srv, ss)
+	}
+	return unary, stream
 }

@@ -8,9 +8,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/lookaside-lb/lookaside/internal/tlsfiles/tlstest"
 )
@@ -96,4 +98,55 @@ func checkHealth(t *testing.T, screds, ccreds credentials.TransportCredentials) 
 	defer cancel()
 	_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(false))
 	return err
+}
+
+// TestRequireVerifiedClient: with an optional client certificate, the
+// exempt health check answers anyone, every other method only clients
+// with a verified certificate.
+func TestRequireVerifiedClient(t *testing.T) {
+	ca := tlstest.NewCA(t, "ca")
+	sf := tlstest.WriteFiles(t, mkdir(t, t.TempDir(), "s"), ca.Issue(t, tlstest.Options{Names: []string{"127.0.0.1"}}), ca.PEM)
+	srv := mustStore(t, Config{CertFile: sf.Cert, KeyFile: sf.Key, CAFile: sf.CA, ClientCertOptional: true})
+	screds, err := srv.ServerCredentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unary, stream := RequireVerifiedClient(healthpb.Health_Check_FullMethodName)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.Creds(screds), grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream))
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go gs.Serve(lis)
+	defer gs.Stop()
+
+	cf := tlstest.WriteFiles(t, mkdir(t, t.TempDir(), "c"), ca.Issue(t, tlstest.Options{CommonName: "client"}), ca.PEM)
+	for _, tc := range []struct {
+		name                string
+		cfg                 Config
+		wantCheck, wantList codes.Code
+	}{
+		{"no client certificate", Config{CAFile: cf.CA}, codes.OK, codes.Unauthenticated},
+		{"client certificate", Config{CAFile: cf.CA, CertFile: cf.Cert, KeyFile: cf.Key}, codes.OK, codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(mustStore(t, tc.cfg).ClientCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			hc := healthpb.NewHealthClient(cc)
+			_, err = hc.Check(ctx, &healthpb.HealthCheckRequest{})
+			if status.Code(err) != tc.wantCheck {
+				t.Errorf("Check: %v, want %v", err, tc.wantCheck)
+			}
+			_, err = hc.List(ctx, &healthpb.HealthListRequest{})
+			if status.Code(err) != tc.wantList {
+				t.Errorf("List: %v, want %v", err, tc.wantList)
+			}
+		})
+	}
 }
