@@ -354,7 +354,10 @@ func (st *streamState) awaitService(svcName string) (done bool, err error) {
 func (st *streamState) run() error {
 	s := st.srv
 	p := st.svc.cur.Load()
-	if !p.ready && !st.sentInitial {
+	// A stream waits for the service's first answer (keeping the list it
+	// has, when it moved here), unless it is answered with fallback
+	// already.
+	if !p.ready && !st.sentFallback {
 		timer := time.NewTimer(s.cfg.FirstListTimeout)
 		select {
 		case <-p.changed:
