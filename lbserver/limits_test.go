@@ -351,7 +351,9 @@ func TestCanonicalNamesShareOneWatch(t *testing.T) {
 
 func TestCanonicalSettingsCollide(t *testing.T) {
 	for _, tweak := range []func(*Config){
-		func(c *Config) { c.Services = map[string]ServiceSettings{"a": {Policy: "round_robin"}, "A": {Policy: "random"}} },
+		func(c *Config) {
+			c.Services = map[string]ServiceSettings{"a": {Policy: "round_robin"}, "A": {Policy: "random"}}
+		},
 		func(c *Config) { c.Aliases = map[string]string{"x": "a", "X": "b"} },
 	} {
 		cfg := testConfig(newFakeSource())
