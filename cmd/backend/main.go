@@ -16,6 +16,18 @@
 // -orca-min-interval, averaged over -load-window). -latency delays every
 // call and -cpu-burn keeps a share of a core busy, to make an instance slow
 // or busy in tests and the demo.
+//
+// With -tls-cert and -tls-key it serves TLS (User, health and ORCA alike),
+// and with -tls-client-ca mutual TLS. The files are read again on SIGHUP
+// and when they change (checked every -tls-poll-interval); a bad file
+// keeps the certificate in force and is logged. Its Consul check then
+// speaks TLS without verifying the certificate (-consul-check-tls-verify
+// to verify); under mTLS the agent must present a certificate signed by
+// the client CA (enable_agent_tls_for_checks), or
+// -tls-health-without-client-cert lets health checks in without one.
+// -consul-ca-file, -consul-cert-file, -consul-key-file and
+// -consul-tls-server-name reach a Consul agent over HTTPS (the CONSUL_*
+// variables work as well; flags win).
 package main
 
 import (
@@ -32,6 +44,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/lookaside-lb/lookaside/backend"
+	"github.com/lookaside-lb/lookaside/discovery/consul"
+	"github.com/lookaside-lb/lookaside/internal/tlsfiles"
 	"github.com/lookaside-lb/lookaside/lbtoken"
 )
 
@@ -67,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	hupDone := reloadOnSIGHUP(ctx, b, cfg.Logger)
+	defer func() { <-hupDone }()
 	errc := make(chan error, 1)
 	go func() { errc <- b.Serve(ctx) }()
 	select {
@@ -80,6 +96,36 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// reloadOnSIGHUP reloads b's TLS files at each SIGHUP until ctx is done;
+// the returned channel is closed when it has stopped.
+func reloadOnSIGHUP(ctx context.Context, b *backend.Backend, log *slog.Logger) <-chan struct{} {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			switch {
+			case b.TLS() == nil:
+				log.Info("SIGHUP: no TLS files to reload")
+			default:
+				if err := b.ReloadTLS(); err != nil {
+					log.Error("SIGHUP: TLS files not reloaded; keeping the certificate in force", "err", err)
+				} else {
+					log.Info("SIGHUP: TLS files read again")
+				}
+			}
+		}
+	}()
+	return done
 }
 
 // parseFlags maps the command line onto a backend.Config. Usage and flag
@@ -98,6 +144,7 @@ func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
 		tokenKeyFile         string
 		noConsul             bool
 		consulAddr           = api.DefaultConfig().Address
+		consulTLS            consul.ClientConfig
 	)
 	fs.StringVar(&cfg.Service, "service", cfg.Service, "Consul service name")
 	fs.StringVar(&cfg.ID, "id", "", "instance ID (Consul service ID); default service-host-port")
@@ -119,6 +166,17 @@ func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
 	fs.Float64Var(&cfg.CPUBurn, "cpu-burn", 0, "share of one CPU core to keep busy (0 to 1), to simulate a busy backend")
 	fs.DurationVar(&cfg.ORCAMinInterval, "orca-min-interval", cfg.ORCAMinInterval, "shortest interval of ORCA load reports granted to balancers (at least 10ms)")
 	fs.DurationVar(&cfg.LoadWindow, "load-window", cfg.LoadWindow, "span over which reported QPS, errors and CPU are averaged (100ms to 1m)")
+	fs.StringVar(&cfg.TLS.CertFile, "tls-cert", "", "certificate `file` (PEM, leaf first, then its chain): serve TLS; re-read on SIGHUP and when it changes")
+	fs.StringVar(&cfg.TLS.KeyFile, "tls-key", "", "private key `file` (PEM) of -tls-cert")
+	fs.StringVar(&cfg.TLS.CAFile, "tls-client-ca", "", "CA certificates `file` (PEM): clients (balancers' ORCA streams included) must present a certificate one of them signed (mTLS)")
+	fs.DurationVar(&cfg.TLS.PollInterval, "tls-poll-interval", tlsfiles.DefaultPollInterval, "how often the TLS files are checked for changes")
+	fs.BoolVar(&cfg.HealthWithoutClientCert, "tls-health-without-client-cert", false, "with -tls-client-ca: let health checks (Consul's) in without a client certificate; every other call still needs one")
+	fs.BoolVar(&cfg.CheckTLSVerify, "consul-check-tls-verify", false, "with TLS: make Consul verify the certificate in its gRPC check (the agent needs the CA: enable_agent_tls_for_checks); default: the check skips verification")
+	fs.StringVar(&cfg.CheckTLSServerName, "consul-check-tls-server-name", "", "with -consul-check-tls-verify: the `name` Consul expects in the certificate (default: the advertised host)")
+	fs.StringVar(&consulTLS.CAFile, "consul-ca-file", "", "CA certificate `file` to verify Consul's HTTPS certificate (default $CONSUL_CACERT); implies HTTPS")
+	fs.StringVar(&consulTLS.CertFile, "consul-cert-file", "", "client certificate `file` for Consul (default $CONSUL_CLIENT_CERT); implies HTTPS")
+	fs.StringVar(&consulTLS.KeyFile, "consul-key-file", "", "client key `file` for Consul (default $CONSUL_CLIENT_KEY)")
+	fs.StringVar(&consulTLS.ServerName, "consul-tls-server-name", "", "server `name` expected in Consul's certificate (default $CONSUL_TLS_SERVER_NAME, else the host of -consul); implies HTTPS")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 
 	if err := fs.Parse(args); err != nil {
@@ -153,11 +211,12 @@ func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
 	}
 
 	if !noConsul && consulAddr != "" {
-		// DefaultConfig takes the token and TLS settings from the
-		// environment (CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...).
-		ac := api.DefaultConfig()
-		ac.Address = consulAddr
-		c, err := api.NewClient(ac)
+		// NewClient takes the token and TLS settings from the
+		// environment (CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...), with
+		// the flags over them.
+		cc := consulTLS
+		cc.Address = consulAddr
+		c, err := consul.NewClient(cc)
 		if err != nil {
 			return cfg, fmt.Errorf("backend: -consul: %w", err)
 		}

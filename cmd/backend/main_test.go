@@ -137,6 +137,12 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"-orca-min-interval", "-1s"},
 		{"-load-window", "-1s"},
 		{"-lb-token-key-file", "/nonexistent/lb-token.key"},
+		{"-no-consul", "-tls-cert", "c.pem"},
+		{"-no-consul", "-tls-client-ca", "ca.pem"},
+		{"-no-consul", "-tls-health-without-client-cert"},
+		{"-no-consul", "-tls-cert", "c.pem", "-tls-key", "k.pem", "-tls-poll-interval", "-1s"},
+		{"-consul", "127.0.0.1:8501", "-consul-cert-file", "c.pem"},
+		{"-consul", "http://127.0.0.1:8501", "-consul-ca-file", "ca.pem"},
 		{"extra"},
 	} {
 		var stderr strings.Builder
