@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -27,8 +28,8 @@ const deployDir = "../examples/deploy"
 // examples/deploy/backend-service.json (its address, port and ID replaced
 // by a running backend's, with `consul services register`, the command the
 // docs show) passes its gRPC check; the lbserver binary, given a token of
-// the policy in examples/deploy/lookaside-acl.hcl and nothing else,
-// becomes ready, serves lists that a grpclb client calls the backend with
+// the policy in examples/deploy/lookaside-acl.hcl and nothing else, and
+// run as the systemd unit runs it (-validate, then -config), becomes ready, serves lists that a grpclb client calls the backend with
 // (the backend requires lb-tokens, so the ID in the definition must be the
 // backend's), registers itself as "lookaside", and deregisters on SIGTERM,
 // with no ERROR logged. A token without the policy's node read sees no
@@ -86,10 +87,27 @@ func TestDeployACLPolicy(t *testing.T) {
 		t.Errorf("a token of lookaside-acl.hcl sees %d passing instances of %s, want 1", n, svc)
 	}
 
+	// The replica as the unit runs it: a config file, checked first.
 	lbBin, _ := buildCmdsWith(t) // without -race: this checks permissions, not timing
-	p := startProcessEnv(t, withoutConsulEnv(), lbBin, "-listen", "127.0.0.1:0", "-consul", ca.HTTPAddr(),
-		"-consul-token-file", tokenFile, "-register", "-check-interval", "1s", "-drain-delay", "100ms",
-		"-shutdown-timeout", "5s", "-client-stats-interval", "1s")
+	conf := filepath.Join(t.TempDir(), "lookaside.yaml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`listen: 127.0.0.1:0
+shutdown_timeout: 5s
+consul:
+  address: %s
+  token_file: %s
+register:
+  enabled: true
+  check_interval: 1s
+  drain_delay: 100ms
+balancer:
+  client_stats_interval: 1s
+`, ca.HTTPAddr(), tokenFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.CommandContext(ctx, lbBin, "-validate", "-config", conf).CombinedOutput(); err != nil {
+		t.Fatalf("lbserver -validate -config: %v\n%s", err, out)
+	}
+	p := startProcessEnv(t, withoutConsulEnv(), lbBin, "-config", conf)
 
 	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{p.addr}})
 	waitSeen(t, c, b)
