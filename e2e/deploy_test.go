@@ -29,10 +29,11 @@ const deployDir = "../examples/deploy"
 // by a running backend's, with `consul services register`, the command the
 // docs show) passes its gRPC check; the lbserver binary, given a token of
 // the policy in examples/deploy/lookaside-acl.hcl and nothing else, and
-// run as the systemd unit runs it (-validate, then -config), becomes ready, serves lists that a grpclb client calls the backend with
-// (the backend requires lb-tokens, so the ID in the definition must be the
-// backend's), registers itself as "lookaside", and deregisters on SIGTERM,
-// with no ERROR logged. A token without the policy's node read sees no
+// run as the systemd unit runs it (-validate, then -config), becomes
+// ready, serves lists that a grpclb client calls the backend with (the
+// backend requires lb-tokens, so the ID in the definition must be the
+// backend's), registers itself as "lookaside", and deregisters on
+// SIGTERM, with no ERROR logged. A token without the policy's node read sees no
 // instance, which is why the policy has it.
 func TestDeployACLPolicy(t *testing.T) {
 	t.Parallel()
