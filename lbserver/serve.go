@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/logattr"
 )
 
 // KeepaliveEnforcement is the keepalive policy grpclb clients need: grpc-go
@@ -44,7 +45,8 @@ type ServeOptions struct {
 	// every stream, stopping the watchers. Drain may use all of it but a
 	// reserve of a quarter (at most 5 s) kept for ending the streams;
 	// streams still open shortly before the bound have their connections
-	// closed. Each phase cut short is logged. Default 15 s.
+	// closed. Each phase cut short is logged. Default (0) 15 s; negative
+	// is an error.
 	ShutdownTimeout time.Duration
 	// Drain, if set, runs first when ctx ends, after the health service
 	// turned NOT_SERVING and before any stream ends: deregister from
@@ -109,14 +111,14 @@ func (s *Server) awaitReady(ctx context.Context) bool {
 		_, ready, changed := dir.Lookup("")
 		if ready {
 			if !logged.IsZero() {
-				s.log.Info("ready: read the service directory; health SERVING", "after", time.Since(start).Round(time.Millisecond))
+				s.log.Info("ready: read the service directory; health SERVING", logattr.Duration("after", time.Since(start).Round(time.Millisecond)))
 			}
 			return true
 		}
 		if since := time.Since(start); since >= notReadyLogAfter && time.Since(logged) >= notReadyLogPeriod {
 			logged = time.Now()
 			s.log.Error("not ready: discovery has not read the service directory yet; health NOT_SERVING, clients get fallback; check that Consul is reachable and that the ACL token may read the catalog",
-				"for", since.Round(time.Second))
+				logattr.Duration("for", since.Round(time.Second)))
 		}
 		select {
 		case <-ctx.Done():
@@ -141,7 +143,10 @@ func (s *Server) awaitReady(ctx context.Context) bool {
 // (connections closed) and logged. It returns nil after a shutdown caused
 // by ctx, or the error that stopped serving. Blocks.
 func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) error {
-	if o.ShutdownTimeout <= 0 {
+	switch {
+	case o.ShutdownTimeout < 0:
+		return fmt.Errorf("lbserver: serve: shutdown timeout %v is negative", o.ShutdownTimeout)
+	case o.ShutdownTimeout == 0:
 		o.ShutdownTimeout = 15 * time.Second
 	}
 	opts := s.GRPCOptions(o.GRPC...) // ServerOptions and the limits' options
@@ -229,7 +234,7 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 			case <-time.After(reserve / 10):
 			}
 			s.log.Warn("shutdown: drain cut at its share of the shutdown timeout; ending streams now",
-				"drain_budget", o.ShutdownTimeout-reserve, "timeout", o.ShutdownTimeout)
+				logattr.Duration("drain_budget", o.ShutdownTimeout-reserve), logattr.Duration("timeout", o.ShutdownTimeout))
 		}
 		cancel()
 	}
@@ -264,14 +269,14 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 		}
 		if !stopped {
 			stopped = true
-			s.log.Warn("shutdown: streams still open near the shutdown timeout; closing their connections", "timeout", o.ShutdownTimeout)
+			s.log.Warn("shutdown: streams still open near the shutdown timeout; closing their connections", logattr.Duration("timeout", o.ShutdownTimeout))
 			gs.Stop() // cancels the remaining streams
 			timer.Reset(time.Until(deadline))
 		}
 		select {
 		case <-step.done:
 		case <-timer.C:
-			s.log.Error("shutdown: still stopping at the shutdown timeout; returning without waiting", "what", step.name, "timeout", o.ShutdownTimeout)
+			s.log.Error("shutdown: still stopping at the shutdown timeout; returning without waiting", "what", step.name, logattr.Duration("timeout", o.ShutdownTimeout))
 			return nil
 		}
 	}
