@@ -21,6 +21,24 @@
 //     ignored when too frequent or negative, and capped per client address
 //     in the rate a service's rate limit is measured from.
 //
+// Settings, the reloadable part of Config (default policy, per-service
+// Services, aliases, zones, limits, load-weight and rate-limit knobs), are
+// held in one immutable value behind an atomic pointer. Reconfigure
+// validates new settings whole and swaps them in without dropping a
+// stream: limits apply to what comes next, every planner is woken to take
+// its service's settings (new lists where they change), and a stream whose
+// name now maps to another service moves there. Settings returns what is
+// in force.
+//
+// An Observer (Config.Observer) is told of stream starts and ends (with an
+// outcome), every list and fallback sent, and every refusal by a limit,
+// with label values from fixed sets and service names the directory
+// lists, for metrics. Status returns a copy of every watched service:
+// policy and its source, endpoints with their loads, the calls ClientStats
+// attribute to them, and the list a new client would get. Operators hear
+// once a minute per service, at INFO, of unknown services, services
+// without passing instances and fallback answers.
+//
 // Streams never hold a lock while sending. Close ends every stream and
 // stops every watcher; Serve wires a Server into a grpc.Server with the
 // keepalive policy grpclb clients need and shuts both down in order.
