@@ -56,6 +56,7 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; make test runs t
 	$(GO) test -run '^$$' -fuzz '^FuzzClientStats$$' -fuzztime $(FUZZTIME) ./clientstats
 	$(GO) test -run '^$$' -fuzz '^FuzzVerifier$$' -fuzztime $(FUZZTIME) ./lbtoken
 	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./lbtoken
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./config
 
 proto: ## regenerate the example service's Go code
 	scripts/gen-proto.sh

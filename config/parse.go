@@ -15,8 +15,12 @@ import (
 )
 
 // maxVisits bounds the values Parse looks at, aliases expanded, so that a
-// small file of nested aliases cannot make it work for long.
-const maxVisits = 200_000
+// small file of nested aliases cannot make it work for long; maxDepth
+// bounds the nesting (the tree is 4 deep, merge keys add to it).
+const (
+	maxVisits = 100_000
+	maxDepth  = 64
+)
 
 // Parse decodes a YAML file on top of Default: keys the file sets replace
 // the defaults, the others keep them; an empty file (or one with only
@@ -44,7 +48,7 @@ func Parse(data []byte) (Config, error) {
 	default:
 		return Default(), Errors{{Line: second.Line, Msg: "a second YAML document: a config file holds one (remove the ---)"}}
 	}
-	p := parser{visits: maxVisits}
+	p := parser{visits: maxVisits, expanding: map[*yaml.Node]bool{}}
 	p.walk(&root, reflect.TypeFor[Config](), "")
 	if err := p.errs.sorted(); err != nil {
 		return Default(), err
@@ -91,6 +95,10 @@ func syntaxError(err error) FieldError {
 type parser struct {
 	errs   Errors
 	visits int
+	depth  int
+	// expanding holds the anchored nodes being walked through an alias,
+	// to reject an anchor that contains itself.
+	expanding map[*yaml.Node]bool
 }
 
 func (p *parser) fail(n *yaml.Node, path, value, msg string) {
@@ -123,11 +131,24 @@ func (p *parser) walk(n *yaml.Node, t reflect.Type, path string) {
 		}
 		return
 	case yaml.AliasNode:
-		if n.Alias != nil {
-			p.walk(n.Alias, t, path)
+		if n.Alias == nil {
+			return
 		}
+		if p.expanding[n.Alias] {
+			p.fail(n, path, "", fmt.Sprintf("*%s refers to the value that holds it", n.Value))
+			return
+		}
+		p.expanding[n.Alias] = true
+		p.walk(n.Alias, t, path)
+		delete(p.expanding, n.Alias)
 		return
 	}
+	if p.depth >= maxDepth {
+		p.fail(n, path, "", fmt.Sprintf("nests more than %d deep", maxDepth))
+		return
+	}
+	p.depth++
+	defer func() { p.depth-- }()
 	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
 		return // keeps the default (or zero for a pointer)
 	}
@@ -191,7 +212,13 @@ func (p *parser) mapping(n *yaml.Node, path string, seen map[string]int, field f
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge" {
-			merge(v)
+			if v.Kind == yaml.SequenceNode {
+				for _, e := range v.Content {
+					merge(e)
+				}
+			} else {
+				merge(v)
+			}
 			continue
 		}
 		if k.Kind != yaml.ScalarNode {

@@ -2,9 +2,9 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -192,24 +192,33 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
-func TestParseAliasBomb(t *testing.T) {
-	// Each level doubles the values: 2^30 once expanded.
-	var b strings.Builder
-	b.WriteString("a0: &a0 [x, x]\n")
+func TestParseAliases(t *testing.T) {
+	// Each service merges the previous one twice: 2^30 values expanded.
+	var bomb strings.Builder
+	bomb.WriteString("services:\n  s0: &s0 {policy: random}\n")
 	for i := 1; i <= 30; i++ {
-		b.WriteString("a" + itoa(i) + ": &a" + itoa(i) + " [*a" + itoa(i-1) + ", *a" + itoa(i-1) + "]\n")
+		fmt.Fprintf(&bomb, "  s%d: &s%d {<<: [*s%d, *s%d]}\n", i, i, i-1, i-1)
 	}
-	start := time.Now()
-	_, err := Parse([]byte(b.String()))
-	if err == nil {
-		t.Fatal("Parse of an alias bomb succeeded")
+	tests := []struct {
+		name, in, want string
+	}{
+		{"bomb", bomb.String(), "line 3: services.s14: the file expands to more than 100000 values (aliases): too many"},
+		{"merge of itself", "consul: &a\n  <<: *a\n", "line 2: consul: *a refers to the value that holds it"},
+		{"merge of itself in a list", "consul: &a\n  <<: [*a]\n", "line 2: consul: *a refers to the value that holds it"},
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("Parse of an alias bomb took %v", d)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			_, err := Parse([]byte(tt.in))
+			if err == nil || err.Error() != tt.want {
+				t.Errorf("Parse error:\n got: %v\nwant: %s", err, tt.want)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("Parse took %v", d)
+			}
+		})
 	}
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }
 
 func TestLoad(t *testing.T) {
 	dir := t.TempDir()

@@ -62,7 +62,9 @@ func (c Config) Reloadable(next Config) (restart []string) {
 	dnsOn := c.DNS.Listen != "" || next.DNS.Listen != ""
 	for _, p := range Diff(c, next) {
 		switch {
-		case dnsOn && (p == "balancer.child_policy" || strings.HasPrefix(p, "services.") && strings.HasSuffix(p, ".child_policy")):
+		case dnsOn && strings.HasPrefix(p, "services.") && strings.HasSuffix(p, ".child_policy"):
+			// Listed below, by canonical name.
+		case dnsOn && p == "balancer.child_policy":
 			restart = append(restart, p)
 		case p == "limits.max_streams_per_conn" && next.Limits.MaxStreamsPerConn > c.Limits.MaxStreamsPerConn:
 			restart = append(restart, p)
@@ -70,7 +72,23 @@ func (c Config) Reloadable(next Config) (restart []string) {
 			restart = append(restart, p)
 		}
 	}
-	return restart
+	if dnsOn {
+		// A service added or removed with a child policy changes the TXT
+		// records as much as a changed one.
+		cur, nxt := c.ChildPolicies(), next.ChildPolicies()
+		for name := range cur {
+			if _, ok := nxt[name]; !ok {
+				nxt[name] = ""
+			}
+		}
+		for _, name := range sortedKeys(nxt) {
+			if cur[name] != nxt[name] {
+				restart = append(restart, joinPath("services", name)+".child_policy")
+			}
+		}
+	}
+	slices.Sort(restart)
+	return slices.Compact(restart)
 }
 
 // Diff returns the paths of the fields that differ between a and b, sorted:

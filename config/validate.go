@@ -149,18 +149,19 @@ func (v *validator) readable(path, file string) {
 }
 
 func checkReadable(file string) string {
-	f, err := os.Open(file)
-	if err != nil {
-		return "cannot be read: " + pathErr(err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
+	// Stat first: opening a FIFO or a device could block.
+	fi, err := os.Stat(file)
 	if err != nil {
 		return "cannot be read: " + pathErr(err)
 	}
 	if !fi.Mode().IsRegular() {
 		return "is not a regular file"
 	}
+	f, err := os.Open(file)
+	if err != nil {
+		return "cannot be read: " + pathErr(err)
+	}
+	f.Close()
 	return ""
 }
 
