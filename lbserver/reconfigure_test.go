@@ -1,6 +1,7 @@
 package lbserver
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -276,5 +277,39 @@ func TestReconfigureValidates(t *testing.T) {
 		if diff := cmp.Diff(before, s.Settings()); diff != "" {
 			t.Errorf("%s: settings changed though refused (-before +after):\n%s", tc.name, diff)
 		}
+	}
+}
+
+// TestReconfigureReachesStreamsPromptly: a policy change reaches 200 live
+// streams of the service as new lists within a second (it logs how long
+// the last one took: docs/RELIABILITY.md).
+func TestReconfigureReachesStreamsPromptly(t *testing.T) {
+	a, b := ep("a", "127.0.0.1:1"), ep("b", "127.0.0.1:2")
+	b.Weight = 3
+	cfg := testConfig(newFakeSource(snap("svc", a, b)))
+	cfg.LoadReports = false
+	cfg.MaxStreamsPerConn = 300
+	s, client := startServer(t, cfg)
+	const n = 200
+	var ws []*listWatcher
+	for i := range n {
+		st := openOK(t, client, "svc")
+		w := watchLists(t, fmt.Sprint(i), st)
+		w.next(t, "a first list", func([]string) bool { return true })
+		ws = append(ws, w)
+	}
+	set := s.Settings()
+	set.Services = map[string]ServiceSettings{"svc": {Policy: weightedroundrobin.Name}}
+	start := time.Now()
+	if err := s.Reconfigure(set); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range ws {
+		w.next(t, "the weighted list", func(l []string) bool { return len(l) == 4 })
+	}
+	took := time.Since(start)
+	t.Logf("a policy change reached %d streams in %v", n, took)
+	if took > time.Second {
+		t.Errorf("a policy change took %v to reach %d streams, want under 1s", took, n)
 	}
 }
