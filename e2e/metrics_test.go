@@ -1,0 +1,170 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lookaside-lb/lookaside/discovery/consul"
+	"github.com/lookaside-lb/lookaside/internal/lbdial"
+	"github.com/lookaside-lb/lookaside/lbserver"
+	"github.com/lookaside-lb/lookaside/metrics"
+)
+
+// scrape fetches the text exposition at url and returns every sample by
+// its series ("name{label=\"value\",...}", labels in the order Prometheus
+// writes them: sorted by name).
+func scrape(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %v\n%s", url, resp.StatusCode, err, body)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if i < 0 || err != nil {
+			t.Fatalf("GET %s: bad line %q", url, line)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+// series names a sample: name{k1="v1",...} with the labels sorted.
+func series(name string, labels ...string) string {
+	if len(labels) == 0 {
+		return name
+	}
+	var kv []string
+	for i := 0; i+1 < len(labels); i += 2 {
+		kv = append(kv, fmt.Sprintf("%s=%q", labels[i], labels[i+1]))
+	}
+	sort.Strings(kv)
+	return name + "{" + strings.Join(kv, ",") + "}"
+}
+
+// TestMetricsInProcess runs the balancer in this process against the real
+// Consul agent, with three backends and a grpclb client, its metrics
+// wired as docs/metrics.md says (the Consul source's and the server's
+// observers, and the scrape-time sources), and reads /metrics as
+// Prometheus would (see checkMetrics).
+func TestMetricsInProcess(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	backends := startBackends(t, svc, 3)
+	m := metrics.New(metrics.Sources{})
+	var src *consul.Source
+	l := startLB(t, func(cfg *lbserver.Config) {
+		ccfg := consul.DefaultConfig()
+		ccfg.Client = consul.API(agent.Client())
+		ccfg.Logger = quietLogger()
+		ccfg.Observer = m
+		var err error
+		if src, err = consul.New(ccfg); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Source = src
+		cfg.Observer = m
+	})
+	m.Attach(metrics.Sources{Balancer: l.server(), Consul: src, Directory: src})
+	hs := httptest.NewServer(m.Handler())
+	defer hs.Close()
+	checkMetrics(t, hs.URL, svc, l.addr, func() {
+		if err := backends[0].Deregister(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// checkMetrics makes exactly 300 calls with a grpclb client of svc
+// through the balancer at lbAddr (which asks for ClientStats every second)
+// and checks what metricsURL says: the calls clients reported, the lists
+// and the one stream, Consul's requests and freshness; then it has a
+// backend leave (leave) and checks the time from the Consul change to the
+// list it caused.
+func checkMetrics(t *testing.T, metricsURL, svc, lbAddr string, leave func()) {
+	t.Helper()
+	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{lbAddr}})
+	counts := spread(t, c, 300) // fails the test on any failed call
+	t.Logf("300 calls: %v", counts)
+
+	// Clients report every second: wait for the 300th call to be reported.
+	started := series("lookaside_clientstats_calls_started_total", "service", svc)
+	var m map[string]float64
+	waitFor(t, 15*time.Second, "ClientStats of 300 calls in /metrics", func() bool {
+		m = scrape(t, metricsURL)
+		return m[started] >= 300
+	})
+	for _, tc := range []struct {
+		series string
+		want   float64
+	}{
+		{started, 300},
+		{series("lookaside_clientstats_calls_finished_total", "service", svc), 300},
+		{series("lookaside_clientstats_calls_known_received_total", "service", svc), 300},
+		{series("lookaside_clientstats_calls_failed_to_send_total", "service", svc), 0},
+		{series("lookaside_clientstats_calls_dropped_total", "service", svc, "token", "drop-overload"), 0},
+		{series("lookaside_lb_streams_open", "service", svc), 1},
+		{series("lookaside_lb_streams_started_total", "service", svc), 1},
+		{series("lookaside_lb_service_endpoints", "service", svc), 3},
+		{series("lookaside_lb_service_fallback", "service", svc), 0},
+		{series("lookaside_consul_catalog_ready"), 1},
+		{series("lookaside_consul_reachable"), 1},
+	} {
+		if got, ok := m[tc.series]; !ok || got != tc.want {
+			t.Errorf("%s = %v (present: %v), want %v", tc.series, got, ok, tc.want)
+		}
+	}
+	for _, s := range []string{
+		series("lookaside_lb_lists_sent_total", "service", svc),
+		series("lookaside_consul_requests_total", "kind", "catalog_services"),
+		series("lookaside_consul_requests_total", "kind", "health_state"),
+		series("lookaside_consul_requests_total", "kind", "health_service"),
+	} {
+		if m[s] < 1 {
+			t.Errorf("%s = %v, want at least 1", s, m[s])
+		}
+	}
+	if age, ok := m[series("lookaside_consul_answer_age_seconds", "service", svc)]; !ok || age > 5 {
+		t.Errorf("Consul answer age of %s = %v (present: %v), want a few seconds at most", svc, age, ok)
+	}
+	for _, s := range []string{"go_goroutines", "process_resident_memory_bytes"} {
+		if _, ok := m[s]; !ok {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
+
+	// A backend leaves: the change reaches the stream as a new list, timed
+	// from the Consul answer that brought it.
+	pushes := series("lookaside_lb_change_to_list_seconds_count", "service", svc)
+	before := m[pushes]
+	leave()
+	waitFor(t, 15*time.Second, "a change-to-list sample after a backend left", func() bool {
+		m = scrape(t, metricsURL)
+		return m[pushes] > before
+	})
+	sum := m[series("lookaside_lb_change_to_list_seconds_sum", "service", svc)]
+	t.Logf("change to list: %v samples, %.6f s in all", m[pushes], sum)
+	if got := m[series("lookaside_lb_service_endpoints", "service", svc)]; got != 2 {
+		t.Errorf("endpoints after a backend left = %v, want 2", got)
+	}
+	if sum/m[pushes] > 1 {
+		t.Errorf("a change took %.3f s on average to reach the stream, want well under 1 s", sum/m[pushes])
+	}
+}
