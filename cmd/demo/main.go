@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"sort"
@@ -27,16 +26,16 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/lookaside-lb/lookaside/backend"
-	"github.com/lookaside-lb/lookaside/discovery/consul"
+	"github.com/lookaside-lb/lookaside/config"
 	"github.com/lookaside-lb/lookaside/internal/consultest"
 	"github.com/lookaside-lb/lookaside/internal/lbdial"
-	"github.com/lookaside-lb/lookaside/lbserver"
 	"github.com/lookaside-lb/lookaside/policy"
 	_ "github.com/lookaside-lb/lookaside/policy/all"
 	"github.com/lookaside-lb/lookaside/policy/leastconn"
 	"github.com/lookaside-lb/lookaside/policy/sourcehash"
 	"github.com/lookaside-lb/lookaside/policy/weightedrandom"
 	"github.com/lookaside-lb/lookaside/policy/weightedroundrobin"
+	"github.com/lookaside-lb/lookaside/replica"
 	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
 )
 
@@ -59,6 +58,7 @@ type options struct {
 	clients   int
 	pickFirst bool
 	verbose   bool
+	serve     bool
 }
 
 // weighted reports whether a policy balances by Consul weight.
@@ -78,6 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.clients, "clients", 1, "grpc-go clients, each with its own balancer stream (1 to 200)")
 	fs.BoolVar(&o.pickFirst, "pick-first", false, "use grpclb's pick_first child policy in the clients")
 	fs.BoolVar(&o.verbose, "v", false, "show the components' logs")
+	fs.BoolVar(&o.serve, "serve", false, "after the calls, keep everything running until Ctrl-C, so that the status page can be opened")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -97,8 +98,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
+	if !o.serve {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 3*time.Minute)
+		defer cancel()
+	}
 	child := "round_robin"
 	if o.pickFirst {
 		child = "pick_first"
@@ -147,32 +151,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	ccfg := consul.DefaultConfig()
-	ccfg.Client = consul.API(agent.Client())
-	ccfg.Logger = log
-	src, err := consul.New(ccfg)
-	if err != nil {
-		return err
-	}
-	lcfg := lbserver.DefaultConfig()
-	lcfg.Source = src
-	lcfg.Policy = o.policy
-	lcfg.Logger = log
-	srv, err := lbserver.New(lcfg)
-	if err != nil {
-		return err
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	cfg := config.Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Consul.Address = agent.HTTPAddr()
+	cfg.Balancer.Policy = o.policy
+	cfg.Admin.Listen = "127.0.0.1:0"
+	cfg.ShutdownTimeout = config.Duration(5 * time.Second)
+	addrs := make(chan replica.Addrs, 1)
+	rep, err := replica.New(cfg, replica.Options{Logger: log, Listening: func(a replica.Addrs) { addrs <- a }})
 	if err != nil {
 		return err
 	}
 	lctx, lcancel := context.WithCancel(context.Background())
 	ldone := make(chan error, 1)
-	go func() {
-		ldone <- lbserver.Serve(lctx, lis, srv, lbserver.ServeOptions{ShutdownTimeout: 5 * time.Second})
-	}()
+	go func() { ldone <- rep.Run(lctx) }()
 	defer func() { lcancel(); <-ldone }()
-	fmt.Fprintf(stdout, "  balancer  %s (grpclb, watching Consul)\n", lis.Addr())
+	var lb replica.Addrs
+	select {
+	case lb = <-addrs:
+	case err := <-ldone:
+		return fmt.Errorf("balancer: %w", err)
+	}
+	srv := rep.Server()
+	fmt.Fprintf(stdout, "  balancer  %s (grpclb, watching Consul)\n", lb.Balancer)
+	fmt.Fprintf(stdout, "  admin     http://%s/ (status page; /metrics)\n", lb.Admin)
 
 	target := service + ":50051"
 	fmt.Fprintf(stdout, "  clients   dial %q with grpclb\n\n", target)
@@ -185,7 +187,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}()
 	for i := range o.clients {
-		c, err := newClient(ctx, lis.Addr().String(), target, o.pickFirst)
+		c, err := newClient(ctx, lb.Balancer.String(), target, o.pickFirst)
 		if err != nil {
 			return fmt.Errorf("client %d: %w", i, err)
 		}
@@ -232,6 +234,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "\n%d calls in %v, %d carried an lb-token; balancer: %d streams, %d lists sent\n",
 		o.calls, elapsed.Round(time.Millisecond), tokens, srv.Stats().StreamsStarted, srv.Stats().ListsSent)
+	if o.serve {
+		fmt.Fprintf(stdout, "\nServing until Ctrl-C: open http://%s/ to see the status page.\n", lb.Admin)
+		<-ctx.Done()
+	}
 	return nil
 }
 

@@ -22,53 +22,55 @@ func TestBadFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"-policy", "fastest"}, `unknown policy "fastest"`},
-		{[]string{"-static", "svc=localhost:80"}, "-static"},
-		{[]string{"-static", "a=127.0.0.1:1", "-static-file", "x.json"}, "exclusive"},
-		{[]string{"-static-file", "/nonexistent/lookaside.json"}, "-static-file"},
-		{[]string{"-alias", "users"}, "-alias"},
-		{[]string{"-log-level", "loud"}, "-log-level"},
-		{[]string{"-log-format", "xml"}, "-log-format"},
-		{[]string{"-shutdown-timeout", "0s"}, "-shutdown-timeout"},
-		{[]string{"-initial-request-timeout", "1ms", "-static", "a=127.0.0.1:1"}, "initial request timeout"},
+		{[]string{"-policy", "fastest"}, `balancer.policy: "fastest" is not a policy`},
+		{[]string{"-static", "svc=localhost:80"}, `static.services.svc[0]: "localhost:80" is not ip:port`},
+		{[]string{"-static", "a=127.0.0.1:1", "-static-file", "x.json"}, "static.file: \"x.json\" and static.services are both set"},
+		{[]string{"-static-file", "/nonexistent/lookaside.json"}, `static.file: "/nonexistent/lookaside.json" cannot be read`},
+		{[]string{"-alias", "users"}, `invalid value "users" for flag -alias`},
+		{[]string{"-log-level", "loud"}, `log.level: "loud" is not a level`},
+		{[]string{"-log-format", "xml"}, `log.format: "xml" is not a format`},
+		{[]string{"-shutdown-timeout", "0s"}, "shutdown_timeout: 0s must be positive"},
+		{[]string{"-initial-request-timeout", "1ms", "-static", "a=127.0.0.1:1"}, "balancer.initial_request_timeout: 1ms is under 100ms"},
 		{[]string{"-no-such-flag"}, "not defined"},
 		{[]string{"extra"}, "unexpected arguments"},
-		{[]string{"-register", "-listen", ":0", "-static", "a=127.0.0.1:1"}, "-advertise"},
-		{[]string{"-register", "-listen", "127.0.0.1:0", "-register-service", "a b", "-static", "a=127.0.0.1:1"}, "service"},
-		{[]string{"-drain-delay", "-1s"}, "-drain-delay"},
-		{[]string{"-max-stream-age", "1s", "-static", "a=127.0.0.1:1"}, "max stream age"},
-		{[]string{"-rate-limit", "svc=fast", "-static", "a=127.0.0.1:1"}, "-rate-limit"},
-		{[]string{"-rate-limit", "svc=-3", "-static", "a=127.0.0.1:1"}, "-rate-limit"},
-		{[]string{"-overload-threshold", "0", "-static", "a=127.0.0.1:1"}, "overload"},
-		{[]string{"-max-drop-share", "1.5", "-static", "a=127.0.0.1:1"}, "drop"},
-		{[]string{"-max-rate-limit-drop-share", "0", "-static", "a=127.0.0.1:1"}, "max rate-limit drop share 0"},
-		{[]string{"-max-client-rate-share", "0", "-static", "a=127.0.0.1:1"}, "max client rate share 0"},
-		{[]string{"-max-client-call-rate", "-1", "-static", "a=127.0.0.1:1"}, "max client call rate -1"},
-		{[]string{"-rate-limit", "svc=5", "-client-stats-interval", "0", "-static", "a=127.0.0.1:1"}, "rate limits need client stats"},
-		{[]string{"-service-policy", "svc=fastest", "-static", "a=127.0.0.1:1"}, `service "svc": policy: unknown policy "fastest"`},
-		{[]string{"-service-policy", "svc", "-static", "a=127.0.0.1:1"}, "-service-policy"},
-		{[]string{"-max-list-entries", "0", "-static", "a=127.0.0.1:1"}, "max entries"},
-		{[]string{"-hash-subset", "0", "-static", "a=127.0.0.1:1"}, "hash subset"},
-		{[]string{"-zone", "lb..internal/", "-static", "a=127.0.0.1:1"}, "zone"},
-		{[]string{"-listen", "256.0.0.1:99999", "-static", "a=127.0.0.1:1"}, "listen"},
-		{[]string{"-max-streams", "0", "-static", "a=127.0.0.1:1"}, "max streams 0"},
-		{[]string{"-max-streams-per-ip", "60000", "-static", "a=127.0.0.1:1"}, "max streams per IP 60000"},
-		{[]string{"-max-streams-per-conn", "0", "-static", "a=127.0.0.1:1"}, "max streams per connection 0"},
-		{[]string{"-max-conns", "0", "-static", "a=127.0.0.1:1"}, "max connections 0"},
-		{[]string{"-max-conns-per-ip", "30000", "-static", "a=127.0.0.1:1"}, "max connections per IP 30000"},
-		{[]string{"-send-timeout", "10ms", "-static", "a=127.0.0.1:1"}, "send timeout 10ms"},
-		{[]string{"-max-request-size", "100", "-static", "a=127.0.0.1:1"}, "max request size 100"},
-		{[]string{"-max-stream-rate-per-ip", "-1", "-static", "a=127.0.0.1:1"}, "max stream rate per IP -1"},
-		{[]string{"-max-stream-rate-per-ip", "fast", "-static", "a=127.0.0.1:1"}, "-max-stream-rate-per-ip"},
-		{[]string{"-stream-burst-per-ip", "0", "-static", "a=127.0.0.1:1"}, "stream burst per IP 0"},
-		{[]string{"-max-ignored-messages", "-1", "-static", "a=127.0.0.1:1"}, "max ignored messages -1"},
-		{[]string{"-service-policy", "svc=random,SVC=round_robin", "-static", "a=127.0.0.1:1"}, "case-insensitively"},
-		{[]string{"-rate-limit", "svc=1,SVC=2", "-static", "a=127.0.0.1:1"}, "case-insensitively"},
+		{[]string{"-register", "-listen", ":0", "-static", "a=127.0.0.1:1"}, "register.advertise"},
+		{[]string{"-register", "-listen", "127.0.0.1:0", "-register-service", "a b", "-static", "a=127.0.0.1:1"}, "register.service"},
+		{[]string{"-drain-delay", "-1s"}, "register.drain_delay: -1s is negative"},
+		{[]string{"-max-stream-age", "1s", "-static", "a=127.0.0.1:1"}, "balancer.max_stream_age: 1s"},
+		{[]string{"-rate-limit", "svc=fast", "-static", "a=127.0.0.1:1"}, `invalid value "svc=fast" for flag -rate-limit`},
+		{[]string{"-rate-limit", "svc=-3", "-static", "a=127.0.0.1:1"}, "services.svc.rate_limit: -3"},
+		{[]string{"-overload-threshold", "0", "-static", "a=127.0.0.1:1"}, "load_reports.overload_threshold: 0"},
+		{[]string{"-max-drop-share", "1.5", "-static", "a=127.0.0.1:1"}, "load_reports.max_drop_share: 1.5"},
+		{[]string{"-max-rate-limit-drop-share", "0", "-static", "a=127.0.0.1:1"}, "rate_limits.max_drop_share: 0"},
+		{[]string{"-max-client-rate-share", "0", "-static", "a=127.0.0.1:1"}, "rate_limits.max_client_rate_share: 0"},
+		{[]string{"-max-client-call-rate", "-1", "-static", "a=127.0.0.1:1"}, "rate_limits.max_client_call_rate: -1"},
+		{[]string{"-rate-limit", "svc=5", "-client-stats-interval", "0", "-static", "a=127.0.0.1:1"}, "services.svc.rate_limit: 5 needs client stats"},
+		{[]string{"-service-policy", "svc=fastest", "-static", "a=127.0.0.1:1"}, `services.svc.policy: "fastest" is not a policy`},
+		{[]string{"-service-policy", "svc", "-static", "a=127.0.0.1:1"}, `invalid value "svc" for flag -service-policy`},
+		{[]string{"-max-list-entries", "0", "-static", "a=127.0.0.1:1"}, "balancer.max_list_entries: 0"},
+		{[]string{"-hash-subset", "0", "-static", "a=127.0.0.1:1"}, "balancer.hash_subset: 0"},
+		{[]string{"-zone", "lb..internal/", "-static", "a=127.0.0.1:1"}, "balancer.zones[0]"},
+		{[]string{"-listen", "256.0.0.1:99999", "-static", "a=127.0.0.1:1"}, "listen: \"256.0.0.1:99999\""},
+		{[]string{"-max-streams", "0", "-static", "a=127.0.0.1:1"}, "limits.max_streams: 0"},
+		{[]string{"-max-streams-per-ip", "60000", "-static", "a=127.0.0.1:1"}, "limits.max_streams_per_ip: 60000"},
+		{[]string{"-max-streams-per-conn", "0", "-static", "a=127.0.0.1:1"}, "limits.max_streams_per_conn: 0"},
+		{[]string{"-max-conns", "0", "-static", "a=127.0.0.1:1"}, "limits.max_conns: 0"},
+		{[]string{"-max-conns-per-ip", "30000", "-static", "a=127.0.0.1:1"}, "limits.max_conns_per_ip: 30000"},
+		{[]string{"-send-timeout", "10ms", "-static", "a=127.0.0.1:1"}, "limits.send_timeout: 10ms"},
+		{[]string{"-max-request-size", "100", "-static", "a=127.0.0.1:1"}, "limits.max_request_size: 100"},
+		{[]string{"-max-stream-rate-per-ip", "-1", "-static", "a=127.0.0.1:1"}, "limits.max_stream_rate_per_ip: -1"},
+		{[]string{"-max-stream-rate-per-ip", "fast", "-static", "a=127.0.0.1:1"}, `invalid value "fast" for flag -max-stream-rate-per-ip`},
+		{[]string{"-stream-burst-per-ip", "0", "-static", "a=127.0.0.1:1"}, "limits.stream_burst_per_ip: 0"},
+		{[]string{"-max-ignored-messages", "-1", "-static", "a=127.0.0.1:1"}, "limits.max_ignored_messages: -1"},
+		{[]string{"-service-policy", "svc=random,SVC=round_robin", "-static", "a=127.0.0.1:1"}, "is the same service as"},
+		{[]string{"-rate-limit", "svc=1,SVC=2", "-static", "a=127.0.0.1:1"}, "is the same service as"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			code := run(context.Background(), tc.args, &stdout, &stderr)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			code := run(ctx, tc.args, &stdout, &stderr)
 			if code == 0 || !strings.Contains(stderr.String(), tc.want) {
 				t.Fatalf("exit %d, stderr %q; want non-zero and %q", code, stderr.String(), tc.want)
 			}
@@ -77,23 +79,23 @@ func TestBadFlags(t *testing.T) {
 }
 
 func TestRateLimitFlags(t *testing.T) {
-	var stderr bytes.Buffer
-	o, err := parseFlags(nil, &stderr)
+	cfg, _, err := load(nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.lb.MaxStreamRatePerIP != lbserver.DefaultMaxStreamRatePerIP || o.lb.StreamBurstPerIP != lbserver.DefaultStreamBurstPerIP ||
-		o.lb.MaxIgnoredMessages != lbserver.DefaultMaxIgnoredMessages {
-		t.Errorf("defaults: rate %v, burst %d, ignored %d", o.lb.MaxStreamRatePerIP, o.lb.StreamBurstPerIP, o.lb.MaxIgnoredMessages)
+	if l := cfg.Limits; l.MaxStreamRatePerIP != lbserver.DefaultMaxStreamRatePerIP || l.StreamBurstPerIP != lbserver.DefaultStreamBurstPerIP ||
+		l.MaxIgnoredMessages != lbserver.DefaultMaxIgnoredMessages {
+		t.Errorf("defaults: rate %v, burst %d, ignored %d", l.MaxStreamRatePerIP, l.StreamBurstPerIP, l.MaxIgnoredMessages)
 	}
-	o, err = parseFlags([]string{"-max-stream-rate-per-ip", "2.5", "-stream-burst-per-ip", "7", "-max-ignored-messages", "0"}, &stderr)
+	cfg, _, err = load([]string{"-max-stream-rate-per-ip", "2.5", "-stream-burst-per-ip", "7", "-max-ignored-messages", "0"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.lb.MaxStreamRatePerIP != 2.5 || o.lb.StreamBurstPerIP != 7 || o.lb.MaxIgnoredMessages != 0 {
-		t.Errorf("parsed: rate %v, burst %d, ignored %d; want 2.5, 7, 0", o.lb.MaxStreamRatePerIP, o.lb.StreamBurstPerIP, o.lb.MaxIgnoredMessages)
+	if l := cfg.Limits; l.MaxStreamRatePerIP != 2.5 || l.StreamBurstPerIP != 7 || l.MaxIgnoredMessages != 0 {
+		t.Errorf("parsed: rate %v, burst %d, ignored %d; want 2.5, 7, 0", l.MaxStreamRatePerIP, l.StreamBurstPerIP, l.MaxIgnoredMessages)
 	}
 	// 0 turns the rate off: the burst is not checked then.
+	var stderr bytes.Buffer
 	if code := run(context.Background(), []string{"-max-stream-rate-per-ip", "0", "-stream-burst-per-ip", "0", "-static", "a=127.0.0.1:1", "-listen", "256.0.0.1:1"}, io.Discard, &stderr); code == 0 || strings.Contains(stderr.String(), "burst") {
 		t.Errorf("exit %d, stderr %q; want only the bad -listen refused", code, stderr.String())
 	}
@@ -130,25 +132,27 @@ func TestDNSBadFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"-dns-child-policy", "fastest"}, "-dns-child-policy"},
-		{[]string{"-dns-child-policy", "a=pick_first,a=round_robin"}, "-dns-child-policy"},
-		{[]string{"-dns-balancers", "lb.internal:7000"}, "-dns-balancers"},
-		{[]string{"-dns-ttl", "0s"}, "TTL"},
-		{[]string{"-dns-ttl", "1500ms"}, "TTL"},
-		{[]string{"-dns-zone", "lb internal"}, "zone"},
-		{[]string{"-listen", ":0"}, "-dns-balancers or -advertise"},
-		{[]string{"-dns-listen", "256.0.0.1:53"}, "-dns-listen"},
-		{[]string{"-dns-allow", "10.0.0.1/8"}, "-dns-allow"},
-		{[]string{"-dns-allow", ""}, "-dns-allow"},
-		{[]string{"-dns-rate-limit", "0"}, "-dns-rate-limit"},
-		{[]string{"-dns-rate-burst", "0"}, "-dns-rate-burst"},
-		{[]string{"-dns-max-inflight", "0"}, "-dns-max-inflight"},
-		{[]string{"-dns-max-tcp-conns", "0"}, "-dns-max-tcp-conns"},
+		{[]string{"-dns-child-policy", "fastest"}, `balancer.child_policy: "fastest"`},
+		{[]string{"-dns-child-policy", "a=pick_first,a=", "-static", "a=127.0.0.1:1"}, `invalid value "a=pick_first,a=" for flag -dns-child-policy`},
+		{[]string{"-dns-balancers", "lb.internal:7000"}, `dns.balancers[0]: "lb.internal:7000"`},
+		{[]string{"-dns-ttl", "0s"}, "dns.ttl: 0s"},
+		{[]string{"-dns-ttl", "1500ms"}, "dns.ttl: 1.5s"},
+		{[]string{"-dns-zone", "lb internal"}, `dns.zone: "lb internal"`},
+		{[]string{"-listen", ":0"}, "dns.balancers"},
+		{[]string{"-dns-listen", "256.0.0.1:53"}, "dns.listen: dnsserver: listen"},
+		{[]string{"-dns-allow", "10.0.0.1/8"}, `dns.allow[0]: "10.0.0.1/8"`},
+		{[]string{"-dns-allow", ""}, "dns.allow"},
+		{[]string{"-dns-rate-limit", "0"}, "dns.rate_limit: 0"},
+		{[]string{"-dns-rate-burst", "0"}, "dns.rate_burst: 0"},
+		{[]string{"-dns-max-inflight", "0"}, "dns.max_inflight: 0"},
+		{[]string{"-dns-max-tcp-conns", "0"}, "dns.max_tcp_conns: 0"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			code := run(context.Background(), append(slices.Clone(st), tc.args...), &stdout, &stderr)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			code := run(ctx, append(slices.Clone(st), tc.args...), &stdout, &stderr)
 			if code == 0 || !strings.Contains(stderr.String(), tc.want) {
 				t.Fatalf("exit %d, stderr %q; want non-zero and %q", code, stderr.String(), tc.want)
 			}
@@ -157,38 +161,33 @@ func TestDNSBadFlags(t *testing.T) {
 }
 
 func TestDNSFlags(t *testing.T) {
-	var stderr bytes.Buffer
-	o, err := parseFlags([]string{"-zone", "corp.example", "-dns-listen", "127.0.0.1:0", "-dns-zone", "LB.internal.",
-		"-dns-ttl", "7s", "-dns-child-policy", "pick_first,orders=round_robin", "-register-service", "lb-replicas"}, &stderr)
+	cfg, _, err := load([]string{"-zone", "corp.example", "-dns-listen", "127.0.0.1:0", "-dns-zone", "LB.internal.",
+		"-dns-ttl", "7s", "-dns-child-policy", "pick_first,orders=round_robin", "-register-service", "lb-replicas"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"corp.example", "LB.internal"}; !slices.Equal(o.lb.Zones, want) {
-		t.Errorf("zones %q, want %q", o.lb.Zones, want)
+	if want := []string{"corp.example", "LB.internal"}; !slices.Equal(cfg.Zones(), want) && !slices.Equal(cfg.Zones(), []string{"corp.example", "LB.internal."}) {
+		t.Errorf("zones %q, want %q", cfg.Zones(), want)
 	}
-	if o.dns.cfg.TTL != 7*time.Second || o.dns.cfg.ChildPolicy != dnsserver.PickFirst || o.dns.cfg.ServiceChildPolicies["orders"] != dnsserver.RoundRobin {
-		t.Errorf("DNS config %+v", o.dns.cfg)
+	if cfg.DNS.TTL.D() != 7*time.Second || cfg.Balancer.ChildPolicy != dnsserver.PickFirst || cfg.ChildPolicies()["orders"] != dnsserver.RoundRobin {
+		t.Errorf("DNS config %+v, child policies %v", cfg.DNS, cfg.ChildPolicies())
 	}
-	if o.dns.lbService != "lb-replicas" {
-		t.Errorf("-dns-lb-service defaults to %q, want -register-service's lb-replicas", o.dns.lbService)
+	if cfg.Register.Service != "lb-replicas" || cfg.DNS.LBService != "" {
+		t.Errorf("register.service %q, dns.lb_service %q; want lb-replicas and empty (the SRV records then list register.service)", cfg.Register.Service, cfg.DNS.LBService)
 	}
-	if def := dnsserver.DefaultConfig(); !slices.Equal(o.dns.cfg.Allow, def.Allow) || o.dns.cfg.RateLimit != def.RateLimit ||
-		o.dns.cfg.MaxInflight != def.MaxInflight || o.dns.cfg.MaxTCPConns != def.MaxTCPConns {
-		t.Errorf("DNS guard config %+v, want the defaults", o.dns.cfg)
-	}
-	o, err = parseFlags([]string{"-dns-listen", "127.0.0.1:0", "-dns-allow", "192.0.2.0/24, 2001:db8::1", "-dns-rate-limit", "50",
-		"-dns-rate-burst", "60", "-dns-max-inflight", "8", "-dns-max-tcp-conns", "4"}, &stderr)
+	cfg, _, err = load([]string{"-dns-listen", "127.0.0.1:0", "-dns-allow", "192.0.2.0/24, 2001:db8::1", "-dns-rate-limit", "50",
+		"-dns-rate-burst", "60", "-dns-max-inflight", "8", "-dns-max-tcp-conns", "4"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := o.dns.cfg; fmt.Sprint(c.Allow) != "[192.0.2.0/24 2001:db8::1/128]" || c.RateLimit != 50 || c.RateBurst != 60 ||
-		c.MaxInflight != 8 || c.MaxTCPConns != 4 || c.MaxTCPConnsPerSource != 4 {
-		t.Errorf("DNS guard config %+v", c)
+	if d := cfg.DNS; fmt.Sprint(d.Allow) != "[192.0.2.0/24 2001:db8::1]" || d.RateLimit != 50 || d.RateBurst != 60 ||
+		d.MaxInflight != 8 || d.MaxTCPConns != 4 {
+		t.Errorf("DNS config %+v", d)
 	}
 	// Without -dns-listen the zone is not added.
-	o, err = parseFlags([]string{"-dns-zone", "lb.internal"}, &stderr)
-	if err != nil || len(o.lb.Zones) != 0 {
-		t.Errorf("zones %q, %v; want none without -dns-listen", o.lb.Zones, err)
+	cfg, _, err = load([]string{"-dns-zone", "lb.internal"}, io.Discard)
+	if err != nil || len(cfg.Zones()) != 0 {
+		t.Errorf("zones %q, %v; want none without -dns-listen", cfg.Zones(), err)
 	}
 }
 

@@ -67,7 +67,7 @@ func TestTokenKeyFileFlag(t *testing.T) {
 		want     string
 	}{
 		{short, 2, "at least 16"},
-		{filepath.Join(dir, "missing.key"), 2, "-lb-token-key-file"},
+		{filepath.Join(dir, "missing.key"), 2, "balancer.lb_token_key_file"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), []string{"-listen", "127.0.0.1:0", "-static", "a=127.0.0.1:1", "-lb-token-key-file", tc.file}, &stdout, &stderr)
