@@ -2,9 +2,16 @@ package config
 
 import (
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/lookaside-lb/lookaside/discovery/consul"
+	"github.com/lookaside-lb/lookaside/dnsserver"
+	"github.com/lookaside-lb/lookaside/lbserver"
+	"github.com/lookaside-lb/lookaside/loadweight"
+	"github.com/lookaside-lb/lookaside/policy"
 )
 
 // FuzzParse feeds Parse arbitrary files: Parse, Validate, Marshal and
@@ -48,7 +55,9 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		_ = c.Validate()
+		if c.Validate() == nil {
+			agrees(t, c)
+		}
 		_ = Default().Reloadable(c)
 		_ = c.Aliases()
 		_ = c.Zones()
@@ -66,4 +75,45 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse(Marshal(c)) differs at %v:\n%s", d, cmp.Diff(c, back))
 		}
 	})
+}
+
+// agrees fails t if a package rejects what Validate accepted in c.
+func agrees(t *testing.T, c Config) {
+	t.Helper()
+	b := c.Balancer
+	opts := policy.Options{MaxEntries: b.MaxListEntries, HashSubset: b.HashSubset}
+	if _, err := policy.Build(b.Policy, opts); err != nil {
+		t.Fatalf("Validate accepted balancer %+v: %v", b, err)
+	}
+	for name, s := range c.Services {
+		o := opts
+		if s.MaxListEntries != 0 {
+			o.MaxEntries = s.MaxListEntries
+		}
+		if s.HashSubset != 0 {
+			o.HashSubset = s.HashSubset
+		}
+		if err := o.Validate(); err != nil {
+			t.Fatalf("Validate accepted service %q %+v: %v", name, s, err)
+		}
+	}
+	lw := loadweight.DefaultConfig()
+	lw.BlackoutPeriod, lw.OverloadThreshold, lw.MaxDropShare = c.LoadReports.Blackout.D(), c.LoadReports.OverloadThreshold, c.LoadReports.MaxDropShare
+	if err := lw.Validate(); err != nil {
+		t.Fatalf("Validate accepted load_reports %+v: %v", c.LoadReports, err)
+	}
+	if _, err := dnsserver.ParseAllow(strings.Join(c.DNS.Allow, ",")); err != nil {
+		t.Fatalf("Validate accepted dns.allow %q: %v", c.DNS.Allow, err)
+	}
+	if _, err := lbserver.CanonicalAliases(c.Aliases()); err != nil {
+		t.Fatalf("Validate accepted aliases %v: %v", c.Aliases(), err)
+	}
+	for alias, svc := range c.Aliases() {
+		if lbserver.ValidateName(alias, b.MaxNameLength) != nil || lbserver.ValidateName(svc, b.MaxNameLength) != nil {
+			t.Fatalf("Validate accepted alias %q -> %q", alias, svc)
+		}
+	}
+	if c.Consul.MaxConns < consul.ConnsNeeded(c.Consul.MaxFetches) && !c.staticSet() {
+		t.Fatalf("Validate accepted consul %+v", c.Consul)
+	}
 }

@@ -768,6 +768,8 @@ func (v *validator) services() {
 			if s.HashSubset < 1 || s.HashSubset > max(entries, 1) {
 				v.add(path+".hash_subset", inum(s.HashSubset), fmt.Sprintf("is not 0 (inherit) or in [1, %s %d]", from, entries))
 			}
+		} else if s.MaxListEntries >= 1 && c.Balancer.HashSubset > s.MaxListEntries {
+			v.add(path+".max_list_entries", inum(s.MaxListEntries), fmt.Sprintf("is below balancer.hash_subset %d, which the service inherits (set its hash_subset)", c.Balancer.HashSubset))
 		}
 		if s.ChildPolicy != "" {
 			if msg := childPolicy(s.ChildPolicy); msg != "" {
@@ -786,6 +788,9 @@ func (v *validator) services() {
 			v.add(path+".max_rate_limit_drop_share", fnum(*p), "is not in (0, 1] (leave it out to inherit rate_limits.max_drop_share)")
 		}
 		v.tags(path+".tags", s.Tags)
+		if w := c.Watched(k); len(s.Tags) > 0 && len(w) > nameMax {
+			v.add(path+".tags", "", fmt.Sprintf("make the watched name %d bytes, longer than balancer.max_name_length %d", len(w), nameMax))
+		}
 		for i, a := range s.Aliases {
 			p := fmt.Sprintf("%s.aliases[%d]", path, i)
 			if err := lbserver.ValidateName(a, nameMax); err != nil {

@@ -314,11 +314,14 @@ func TestValidate(t *testing.T) {
 		}},
 		{"service policy options", func(c *Config) {
 			c.Balancer.MaxListEntries = 8
-			c.Services = map[string]Service{"a": {MaxListEntries: -1}, "b": {HashSubset: 9}, "c": {MaxListEntries: 16, HashSubset: 16}, "d": {MaxListEntries: 2, HashSubset: 3}}
+			c.Balancer.HashSubset = 4
+			c.Services = map[string]Service{"a": {MaxListEntries: -1}, "b": {HashSubset: 9}, "c": {MaxListEntries: 16, HashSubset: 16},
+				"d": {MaxListEntries: 2, HashSubset: 3}, "e": {MaxListEntries: 3}, "f": {MaxListEntries: 3, HashSubset: 1}}
 		}, []string{
 			`services.a.max_list_entries: -1 is not in [1, 16384]`,
 			`services.b.hash_subset: 9 is not 0 (inherit) or in [1, balancer.max_list_entries 8]`,
 			`services.d.hash_subset: 3 is not 0 (inherit) or in [1, services.d.max_list_entries 2]`,
+			`services.e.max_list_entries: 3 is below balancer.hash_subset 4, which the service inherits (set its hash_subset)`,
 		}},
 		{"service rate limit", func(c *Config) { c.Services = map[string]Service{"a": {RateLimit: -1}, "b": {RateLimit: math.Inf(1)}} }, []string{
 			`services.a.rate_limit: -1 is not 0 (no limit) or a positive number of calls per second`,
@@ -340,6 +343,10 @@ func TestValidate(t *testing.T) {
 			`services.a.tags[1]: "V1" is listed twice (tags match case-insensitively)`,
 			`services.a.tags[2]: "a@b" has ',', '@' or white space`,
 		}},
+		{"tags longer than a name", func(c *Config) {
+			c.Balancer.MaxNameLength = 10
+			c.Services = map[string]Service{"user-srv": {Tags: []string{"canary"}}}
+		}, []string{`services.user-srv.tags: make the watched name 15 bytes, longer than balancer.max_name_length 10`}},
 		{"aliases", func(c *Config) {
 			c.Services = map[string]Service{
 				"a": {Aliases: []string{"x", "X.", "b", "", "with space"}},
