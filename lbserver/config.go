@@ -94,53 +94,6 @@ type Config struct {
 	// Observer is told of streams, lists, fallbacks and refusals, for
 	// metrics; see Observer. Nil observes nothing.
 	Observer Observer
-
-	// Deprecated: use Settings.Services[svc].Policy. Merged into Services
-	// by New (a service set in both is an error); Reconfigure ignores it.
-	ServicePolicies map[string]string
-	// Deprecated: use Settings.Services[svc].RateLimit. Merged into
-	// Services by New (a service set in both is an error); Reconfigure
-	// ignores it.
-	RateLimits map[string]float64
-}
-
-// mergeDeprecated returns c with ServicePolicies and RateLimits moved into
-// Services.
-func (c Config) mergeDeprecated() (Config, error) {
-	if len(c.ServicePolicies) == 0 && len(c.RateLimits) == 0 {
-		return c, nil
-	}
-	services, err := canonicalServiceKeys("services", c.Services)
-	if err != nil {
-		return c, err
-	}
-	pols, err := canonicalServiceKeys("service policies", c.ServicePolicies)
-	if err != nil {
-		return c, err
-	}
-	limits, err := canonicalServiceKeys("rate limits", c.RateLimits)
-	if err != nil {
-		return c, err
-	}
-	var errs []error
-	for name, pol := range pols {
-		ss := services[name]
-		if ss.Policy != "" {
-			errs = append(errs, fmt.Errorf("service %q: policy set both in Services and ServicePolicies", name))
-		}
-		ss.Policy = pol
-		services[name] = ss
-	}
-	for name, limit := range limits {
-		ss := services[name]
-		if ss.RateLimit != 0 {
-			errs = append(errs, fmt.Errorf("service %q: rate limit set both in Services and RateLimits", name))
-		}
-		ss.RateLimit = limit
-		services[name] = ss
-	}
-	c.Services, c.ServicePolicies, c.RateLimits = services, nil, nil
-	return c, errors.Join(errs...)
 }
 
 // DefaultConfig returns a Config with every field but Source set to its
@@ -164,10 +117,6 @@ func DefaultConfig() Config {
 
 func (c Config) validate() error {
 	var errs []error
-	c, err := c.mergeDeprecated()
-	if err != nil {
-		errs = append(errs, err)
-	}
 	if c.Source == nil {
 		errs = append(errs, errors.New("no discovery source"))
 	}

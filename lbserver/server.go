@@ -117,7 +117,6 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	cfg, _ = cfg.mergeDeprecated() // validate checked it
 	// Names match case-insensitively (as in Consul): per-service settings
 	// are keyed by canonical names, once.
 	l, err := newLive(cfg.Settings, cfg.MaxNameLength)
