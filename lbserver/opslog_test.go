@@ -53,7 +53,7 @@ func TestOperatorLogs(t *testing.T) {
 	cfg.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	_, c := startServer(t, cfg)
 	for i := range 3 {
-		for _, name := range []string{fmt.Sprintf("nope-%d", i), "empty", "silent", "svc"} {
+		for _, name := range []string{fmt.Sprintf("nope-%d.lb.internal", i), "empty", "silent", "svc"} {
 			st := openOK(t, c, name)
 			recv(t, st) // a list or a fallback
 		}
@@ -77,7 +77,7 @@ func TestOperatorLogs(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		`unknown service: the directory does not list it; clients get fallback "nope-0"`,
+		`unknown service: the directory does not list it; clients get fallback "nope-0.lb.internal"`,
 		`no passing instance: clients get fallback "empty"`,
 		`answering with fallback "empty"`,
 		`answering with fallback "silent"`,
@@ -85,6 +85,9 @@ func TestOperatorLogs(t *testing.T) {
 		if count[want] != 1 {
 			t.Errorf("%q logged %d times at INFO, want once; log:\n%s", want, count[want], buf.String())
 		}
+	}
+	if !strings.Contains(buf.String(), `"hint":"a name with dots may be a DNS name`) {
+		t.Errorf("no hint at zones for an unknown name with dots:\n%s", buf.String())
 	}
 	if !strings.Contains(buf.String(), `"waited":"50ms"`) {
 		t.Errorf("no fallback after the first-list timeout logged with waited=\"50ms\":\n%s", buf.String())

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -332,8 +333,11 @@ func (st *streamState) awaitService(svcName string) (done bool, err error) {
 			s.counters.unknownServices.Add(1)
 			// One line a minute for all unknown names: they come from
 			// clients.
-			s.opsLog.info(UnknownServiceLabel, "unknown service: the directory does not list it; clients get fallback",
-				"service", quote(svcName), "name", quote(st.client.Name), "peer", st.key.Peer)
+			args := []any{"service", quote(svcName), "name", quote(st.client.Name), "peer", st.key.Peer}
+			if strings.Contains(base, ".") {
+				args = append(args, "hint", "a name with dots may be a DNS name: list its zone in the balancer's zones")
+			}
+			s.opsLog.info(UnknownServiceLabel, "unknown service: the directory does not list it; clients get fallback", args...)
 		}
 		if err := st.sendInitial(); err != nil {
 			return true, err
