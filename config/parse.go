@@ -176,6 +176,7 @@ func (p *parser) walk(n *yaml.Node, t reflect.Type, path string) {
 			return
 		}
 		fields := yamlFields(t)
+		dropNulls(n)
 		p.mapping(n, path, map[string]int{}, func(k, v *yaml.Node, kpath string) {
 			f, ok := fields[k.Value]
 			if !ok {
@@ -232,6 +233,22 @@ func (p *parser) mapping(n *yaml.Node, path string, seen map[string]int, field f
 		}
 		seen[k.Value] = k.Line
 		field(k, v, kpath)
+	}
+}
+
+// dropNulls removes the keys of a section whose value is null ("key:" or
+// "key: ~"), so that they keep their defaults as absent keys do: yaml.v3
+// would keep a scalar's default but empty a list.
+func dropNulls(n *yaml.Node) {
+	kept := n.Content[:0:0]
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if v := n.Content[i+1]; v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null" {
+			continue
+		}
+		kept = append(kept, n.Content[i], n.Content[i+1])
+	}
+	if len(kept) != len(n.Content) {
+		n.Content = kept
 	}
 }
 

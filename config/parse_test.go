@@ -82,7 +82,8 @@ func TestParse(t *testing.T) {
 		{"partial section keeps the other defaults", "limits:\n  max_streams: 10\n", func(c *Config) { c.Limits.MaxStreams = 10 }},
 		{"lists replace the default", "dns:\n  allow: [10.0.0.0/8]\n", func(c *Config) { c.DNS.Allow = []string{"10.0.0.0/8"} }},
 		{"empty list", "dns:\n  allow: []\n", func(c *Config) { c.DNS.Allow = []string{} }},
-		{"null list", "dns:\n  allow:\n", func(c *Config) { c.DNS.Allow = nil }},
+		{"null keeps the default", "dns:\n  allow:\n  zone: ~\nlisten:\nload_reports:\n  interval: null\n", func(*Config) {}},
+		{"null service inherits all", "services:\n  a:\n  b: {max_drop_share: ~}\n", func(c *Config) { c.Services = map[string]Service{"a": {}, "b": {}} }},
 		{"yaml 1.1 booleans", "load_reports:\n  enabled: no\n", func(c *Config) { c.LoadReports.Enabled = false }},
 		{"integer as float", "load_reports:\n  overload_threshold: 2\n", func(c *Config) { c.LoadReports.OverloadThreshold = 2 }},
 		{"service", `
