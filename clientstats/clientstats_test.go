@@ -139,12 +139,17 @@ func TestPlausibility(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := New(cfg)
 			k := ClientKey{Service: "s", Stream: 1}
+			var started int64
 			for i, rp := range tc.reports {
 				res := r.Add(k, &lbpb.ClientStats{NumCallsStarted: rp.started, NumCallsFinished: rp.started,
 					CallsFinishedWithDrop: drops(policy.DropTokenRateLimit, rp.dropped)}, t0.Add(rp.at))
 				if res.Verdict != tc.wantVerdict[i] {
 					t.Errorf("report %d: verdict %v, want %v", i, res.Verdict, tc.wantVerdict[i])
 				}
+				started += res.Started
+			}
+			if started != tc.wantStarted {
+				t.Errorf("Result.Started adds up to %d, want %d", started, tc.wantStarted)
 			}
 			c := r.Service("s")
 			if c.Started != tc.wantStarted || c.Finished != tc.wantStarted || c.Dropped[policy.DropTokenRateLimit] != tc.wantDropped {
@@ -292,5 +297,20 @@ func TestValidate(t *testing.T) {
 	}
 	if c := r.Service("s"); c.Reports != 0 || c.Started != 0 {
 		t.Errorf("an invalid report was counted: %+v", c)
+	}
+}
+
+// TestSetMaxCallRate: a new bound applies to the reports that follow.
+func TestSetMaxCallRate(t *testing.T) {
+	r := New(Config{MaxCallRate: 1000, Burst: 20 * time.Second})
+	r.SetMaxCallRate(10) // 200 calls saved up at most
+	res := r.Add(ClientKey{Service: "s", Stream: 1}, &lbpb.ClientStats{NumCallsStarted: 1000}, t0)
+	if res.Verdict != Clamped || res.Started != 200 {
+		t.Errorf("first report of 1000 calls at 10/s: %v, %d started; want clamped to 200", res.Verdict, res.Started)
+	}
+	r.SetMaxCallRate(0) // no bound
+	res = r.Add(ClientKey{Service: "s", Stream: 2}, &lbpb.ClientStats{NumCallsStarted: 1 << 40}, t0)
+	if res.Verdict != Accepted || res.Started != 1<<40 {
+		t.Errorf("without a bound: %v, %d started; want all accepted", res.Verdict, res.Started)
 	}
 }

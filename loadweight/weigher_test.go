@@ -522,3 +522,34 @@ func BenchmarkUpdate(b *testing.B) {
 		}
 	}
 }
+
+// TestSetConfig: a new config applies from the next Update; a bad one is
+// refused and changes nothing.
+func TestSetConfig(t *testing.T) {
+	cfg := loadweight.DefaultConfig()
+	cfg.BlackoutPeriod, cfg.Smoothing, cfg.MinUpdateInterval = 0, 1, 0
+	w, err := loadweight.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps := policytest.Endpoints("a", "b")
+	busy := func(s float64) map[string]loadreport.Report {
+		return map[string]loadreport.Report{"a": rep(s, 250, 2.5), "b": rep(s, 250, 2.5)}
+	}
+	if res, _ := w.Update(at(0), eps, busy(0)); res.DropShare != 0.5 {
+		t.Fatalf("drop share %v, want the cap 0.5", res.DropShare)
+	}
+	bad := cfg
+	bad.MaxDropShare = 2
+	if err := w.SetConfig(bad); err == nil || w.Config() != cfg {
+		t.Errorf("SetConfig(max drop share 2) = %v, config %+v; want an error and the config kept", err, w.Config())
+	}
+	lower := cfg
+	lower.MaxDropShare = 0.2
+	if err := w.SetConfig(lower); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := w.Update(at(1), eps, busy(1)); res.DropShare != 0.2 {
+		t.Errorf("after SetConfig: drop share %v, want the new cap 0.2", res.DropShare)
+	}
+}
