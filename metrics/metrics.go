@@ -175,19 +175,29 @@ func New(src Sources) *Metrics {
 }
 
 // Attach sets the sources read at scrape time, replacing the previous
-// ones. Safe for concurrent use.
-func (m *Metrics) Attach(src Sources) { m.src.Store(&src) }
+// ones. Without a Directory, a Consul that is one (*consul.Source) serves
+// as the Directory. Safe for concurrent use.
+func (m *Metrics) Attach(src Sources) {
+	if d, ok := src.Consul.(discovery.Directory); ok && src.Directory == nil {
+		src.Directory = d
+	}
+	m.src.Store(&src)
+}
 
 // Registry returns the registry the metrics are in, for collectors of
 // other packages.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// Handler serves the registry in the Prometheus text (or OpenMetrics)
-// format; mount it at /metrics. Scrapes run one at a time.
+// Handler serves the registry in the Prometheus text format (or another
+// the scraper asks for); mount it at /metrics. At most 4 scrapes are
+// served at once (more get 503), and their reads of the sources run one
+// at a time. A metric that cannot be gathered is left out and counted in
+// promhttp_metric_handler_errors_total, not a failed scrape.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
 		Registry:            m.reg, // counts its own errors
-		MaxRequestsInFlight: 1,
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: 4,
 		Timeout:             10 * time.Second,
 	})
 }

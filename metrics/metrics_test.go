@@ -377,6 +377,7 @@ lookaside_lb_streams_ended_total{outcome="ok",service="watched"} 1
 func TestHandler(t *testing.T) {
 	m, _ := newTestMetrics(Sources{})
 	m.StreamStarted("user-srv")
+	m.Handler() // a second handler on the same registry is fine
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL)
