@@ -611,6 +611,14 @@ func (v *validator) dns() {
 	d := c.DNS
 	if d.Listen != "" {
 		v.hostPort("dns.listen", d.Listen)
+		if _, port, err := splitHostPort(d.Listen); err == nil && port != 0 {
+			switch d.Listen {
+			case c.Listen:
+				v.add("dns.listen", q(d.Listen), "is also listen: the DNS responder needs its own port")
+			case c.Admin.Listen:
+				v.add("dns.listen", q(d.Listen), "is also admin.listen: the DNS responder needs its own port")
+			}
+		}
 	}
 	// The zone is a balancer zone only while the responder is on.
 	zoneMax := maxNameLength
@@ -705,7 +713,8 @@ func (v *validator) admin() {
 	a := v.cfg.Admin
 	if a.Listen != "" {
 		v.hostPort("admin.listen", a.Listen)
-		if a.Listen == v.cfg.Listen {
+		// Port 0 picks a free port for each listener.
+		if _, port, err := splitHostPort(a.Listen); err == nil && port != 0 && a.Listen == v.cfg.Listen {
 			v.add("admin.listen", q(a.Listen), "is also listen: the admin listener needs its own port")
 		}
 	} else if a.Pprof {

@@ -63,6 +63,7 @@ func newDNS(cfg config.Config, r *Replica, self string) (*dnsPart, error) {
 	dc.Catalog = r.srv
 	dc.Names = r.srv.Names()
 	dc.Logger = r.log
+	dc.Observer = r.metrics
 	p := &dnsPart{listen: cfg.DNS.Listen, log: r.log}
 	switch {
 	case len(cfg.DNS.Balancers) > 0:
@@ -82,6 +83,7 @@ func newDNS(cfg config.Config, r *Replica, self string) (*dnsPart, error) {
 		dc.Balancers = lbs
 	default:
 		cc := consulSourceConfig(cfg.Consul, r.consul, r.log)
+		cc.Observer = r.metrics
 		cc.IncludeWarning = false
 		cc.Tags = nil
 		// One service watched: one fetch at a time is enough, and keeps

@@ -21,6 +21,7 @@ import (
 	"github.com/lookaside-lb/lookaside/internal/tlsfiles"
 	"github.com/lookaside-lb/lookaside/lbserver"
 	"github.com/lookaside-lb/lookaside/lbtoken"
+	"github.com/lookaside-lb/lookaside/metrics"
 	_ "github.com/lookaside-lb/lookaside/policy/all" // every policy, by name
 )
 
@@ -58,6 +59,7 @@ type Replica struct {
 	consulAddr string
 	serverTLS  *tlsfiles.Store // nil without tls.cert_file
 	orcaTLS    *tlsfiles.Store // nil without load_reports.tls
+	metrics    *metrics.Metrics
 	started    time.Time
 
 	addr     atomic.Pointer[string]             // the balancer's address, once listening
@@ -110,6 +112,7 @@ func New(cfg config.Config, opts Options) (*Replica, error) {
 		}
 		r.consul = c
 	}
+	r.metrics = metrics.New(metrics.Sources{})
 	if isStatic(cfg) {
 		src, kind, err := staticSource(cfg.Static)
 		if err != nil {
@@ -117,7 +120,9 @@ func New(cfg config.Config, opts Options) (*Replica, error) {
 		}
 		r.src, r.kind = src, kind
 	} else {
-		src, err := consul.New(consulSourceConfig(cfg.Consul, r.consul, r.log))
+		cc := consulSourceConfig(cfg.Consul, r.consul, r.log)
+		cc.Observer = r.metrics
+		src, err := consul.New(cc)
 		if err != nil {
 			return nil, err
 		}
@@ -125,11 +130,20 @@ func New(cfg config.Config, opts Options) (*Replica, error) {
 	}
 	lc.Source = r.src
 	lc.Logger = r.log
+	lc.Observer = r.metrics
 	srv, err := lbserver.New(lc)
 	if err != nil {
 		return nil, err
 	}
 	r.srv = srv
+	ms := metrics.Sources{Balancer: srv}
+	if d, ok := r.src.(discovery.Directory); ok {
+		ms.Directory = d
+	}
+	if cs, ok := r.src.(*consul.Source); ok {
+		ms.Consul = cs
+	}
+	r.metrics.Attach(ms)
 	return r, nil
 }
 

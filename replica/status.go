@@ -8,6 +8,7 @@ import (
 	"github.com/lookaside-lb/lookaside/admin"
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/discovery/consul"
+	"github.com/lookaside-lb/lookaside/metrics"
 )
 
 // status is what the admin listener's status page shows. Safe for
@@ -55,5 +56,8 @@ func (r *Replica) watchReplicas(ctx context.Context, service string, into *atomi
 	}
 }
 
-// metricsHandler serves /metrics; nil until metrics are wired.
-func (r *Replica) metricsHandler() http.Handler { return nil }
+// metricsHandler serves /metrics.
+func (r *Replica) metricsHandler() http.Handler { return r.metrics.Handler() }
+
+// Metrics are the replica's Prometheus metrics.
+func (r *Replica) Metrics() *metrics.Metrics { return r.metrics }
