@@ -244,6 +244,11 @@ func TestValidate(t *testing.T) {
 
 		// DNS.
 		{"dns", func(c *Config) { c.DNS.Listen = "127.0.0.1:5353" }, nil},
+		{"dns on a taken port", func(c *Config) { c.DNS.Listen = ":7000" }, []string{`dns.listen: ":7000" is also listen: the DNS responder needs its own port`}},
+		{"dns on the admin port", func(c *Config) { c.DNS.Listen, c.Admin.Listen = "127.0.0.1:9000", "127.0.0.1:9000" }, []string{
+			`dns.listen: "127.0.0.1:9000" is also admin.listen: the DNS responder needs its own port`,
+		}},
+		{"any ports may repeat", func(c *Config) { c.Listen, c.DNS.Listen, c.Admin.Listen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0" }, nil},
 		{"dns listen", func(c *Config) { c.DNS.Listen = "localhost" }, []string{`dns.listen: "localhost" is not host:port (such as 127.0.0.1:7000, [::1]:7000 or :7000)`}},
 		{"dns zone", func(c *Config) { c.DNS.Zone = "lb internal" }, []string{`dns.zone: "lb internal" is not a domain name without leading or trailing dot`}},
 		{"dns zone empty", func(c *Config) { c.DNS.Zone = "" }, []string{`dns.zone: "" is not a domain name without leading or trailing dot`}},
