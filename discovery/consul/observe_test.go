@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"sync"
 	"testing"
@@ -137,5 +139,76 @@ func TestOutcome(t *testing.T) {
 		if got := Outcome(tc.ctx, tc.err); got != tc.want {
 			t.Errorf("Outcome(%v) = %q, want %q", tc.err, got, tc.want)
 		}
+	}
+}
+
+// TestOutcomeOfRealErrors classifies what the Consul API client returns
+// for a port nobody listens on, a server that never answers, and one that
+// answers 403 and 500.
+func TestOutcomeOfRealErrors(t *testing.T) {
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedAddr := closed.Addr().String()
+	closed.Close()
+
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never answered
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+
+	status := func(code int) string {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "ACL not found", code)
+		}))
+		t.Cleanup(srv.Close)
+		return srv.Listener.Addr().String()
+	}
+	for _, tc := range []struct {
+		name, addr string
+		timeout    time.Duration
+		want       string
+	}{
+		{"refused", closedAddr, 5 * time.Second, ErrorUnreachable},
+		{"silent", silent.Addr().String(), 200 * time.Millisecond, ErrorTimeout},
+		{"403", status(403), 5 * time.Second, ErrorForbidden},
+		{"500", status(500), 5 * time.Second, ErrorStatus5xx},
+		{"404", status(404), 5 * time.Second, ErrorStatus4xx},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := NewClient(ClientConfig{Address: tc.addr})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), tc.timeout)
+			defer cancel()
+			q := (&api.QueryOptions{}).WithContext(ctx)
+			_, _, err = API(c).Services(q)
+			if got := Outcome(ctx, err); got != tc.want {
+				t.Errorf("Outcome(%v) = %q, want %q", err, got, tc.want)
+			}
+		})
 	}
 }
