@@ -159,6 +159,8 @@ func TestReload(t *testing.T) {
 	defer cancel()
 	logs := &syncbuf.Buffer{}
 	cfg := staticConfig()
+	cfg.Log.Format = "json"
+	cfg.Log.Level = "debug"
 	r, addrs := started(t, cfg, logs)
 	first, _, err := stream(t, ctx, addrs.Balancer.String(), "user-srv")
 	if err != nil {
@@ -198,4 +200,14 @@ func TestReload(t *testing.T) {
 	}
 	cancel()
 	<-recv
+	// JSON logs: each line an object, each key once.
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Errorf("log line is not JSON: %q", line)
+		}
+		if n := strings.Count(line, `"component":`); n > 1 {
+			t.Errorf("component %d times in %s", n, line)
+		}
+	}
 }
