@@ -35,8 +35,8 @@ import (
 	"github.com/lookaside-lb/lookaside/policy/sourcehash"
 	"github.com/lookaside-lb/lookaside/policy/weightedrandom"
 	"github.com/lookaside-lb/lookaside/policy/weightedroundrobin"
-	"github.com/lookaside-lb/lookaside/replica"
 	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
+	"github.com/lookaside-lb/lookaside/replica"
 )
 
 func main() {
