@@ -82,7 +82,8 @@ type Config struct {
 	// Endpoints that serve no ORCA keep their discovery weight. Default on.
 	LoadReports bool
 	// LoadReport configures the collectors: report interval, expiry,
-	// backoff. Its Logger is replaced by the server's.
+	// backoff. Its Logger is replaced by Logger with the service (the
+	// collector adds its own component).
 	LoadReport loadreport.Config
 	// LBTokenKey, when set, makes every list entry carry a keyed lb-token
 	// (lbtoken.Key.ForID of the instance's Consul service ID), which only
