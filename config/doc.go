@@ -9,7 +9,8 @@
 // unknown keys, ill-typed values and keys set twice are errors with their
 // line. Validate checks every field by the bounds the packages enforce and
 // the fields against each other. Both return Errors, one FieldError per
-// problem. Reloadable tells which changed fields a running replica cannot
+// problem; LoadValid does both and Locate gives validation errors the
+// line of their key in the file. Reloadable tells which changed fields a running replica cannot
 // apply without a restart. Marshal prints the effective configuration,
 // secrets redacted. Aliases, Zones, ChildPolicies and Canonical give the
 // names in the form lbserver and dnsserver take them.
