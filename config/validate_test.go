@@ -177,7 +177,9 @@ func TestValidate(t *testing.T) {
 		{"list entries", func(c *Config) { c.Balancer.MaxListEntries = 20000 }, []string{`balancer.max_list_entries: 20000 is not in [1, 16384]`}},
 		{"hash subset", func(c *Config) { c.Balancer.MaxListEntries, c.Balancer.HashSubset = 4, 5 }, []string{`balancer.hash_subset: 5 is not in [1, balancer.max_list_entries 4]`}},
 		{"child policy", func(c *Config) { c.Balancer.ChildPolicy = "grpclb" }, []string{`balancer.child_policy: "grpclb" is not a child policy: want round_robin or pick_first`}},
-		{"zones", func(c *Config) { c.Balancer.Zones = []string{"lb.internal", "LB.internal", ".x", "x.", "a..b", "a:1", "a b", ""} }, []string{
+		{"zones", func(c *Config) {
+			c.Balancer.Zones = []string{"lb.internal", "LB.internal", ".x", "x.", "a..b", "a:1", "a b", ""}
+		}, []string{
 			`balancer.zones[1]: "LB.internal" is listed twice (zones match case-insensitively)`,
 			`balancer.zones[2]: ".x" is not a domain name without leading or trailing dot`,
 			`balancer.zones[3]: "x." is not a domain name without leading or trailing dot`,
@@ -254,7 +256,9 @@ func TestValidate(t *testing.T) {
 		{"dns zone empty", func(c *Config) { c.DNS.Zone = "" }, []string{`dns.zone: "" is not a domain name without leading or trailing dot`}},
 		{"dns ttl", func(c *Config) { c.DNS.TTL = d("1500ms") }, []string{`dns.ttl: 1.5s is not whole seconds in [1s, 1h]`}},
 		{"dns lb service", func(c *Config) { c.DNS.LBService = "a b" }, []string{`dns.lb_service: "a b" has '/', '?', '#', '%' or white space`}},
-		{"dns balancers", func(c *Config) { c.DNS.Balancers = []string{"10.0.0.1:7000", "lb1:7000", "10.0.0.1:7000", "10.0.0.2:0"} }, []string{
+		{"dns balancers", func(c *Config) {
+			c.DNS.Balancers = []string{"10.0.0.1:7000", "lb1:7000", "10.0.0.1:7000", "10.0.0.2:0"}
+		}, []string{
 			`dns.balancers[1]: "lb1:7000" is not an IP:port (hostnames are not accepted: clients resolve SRV targets through this server)`,
 			`dns.balancers[2]: "10.0.0.1:7000" is listed twice`,
 			`dns.balancers[3]: "10.0.0.2:0" is not an IP:port (hostnames are not accepted: clients resolve SRV targets through this server)`,
