@@ -59,6 +59,30 @@ func series(name string, labels ...string) string {
 	return name + "{" + strings.Join(kv, ",") + "}"
 }
 
+// TestMetricsAfterKnownTraffic runs the real lbserver command with its
+// admin listener, three backend processes and a grpclb client, and reads
+// /metrics as Prometheus would (see checkMetrics).
+func TestMetricsAfterKnownTraffic(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	lbBin, beBin := buildCmds(t)
+	var backends []*process
+	for range 3 {
+		backends = append(backends, startProcess(t, beBin, "-consul", agent.HTTPAddr(), "-service", svc,
+			"-check-interval", "1s", "-drain-delay", "300ms", "-log-level", "warn"))
+	}
+	waitPassing(t, svc, 3)
+	lbp := startProcess(t, lbBin, "-listen", "127.0.0.1:0", "-consul", agent.HTTPAddr(),
+		"-client-stats-interval", "1s", "-admin-listen", "127.0.0.1:0", "-log-level", "warn")
+	admin := strings.TrimSuffix(lbp.waitLine(t, "lbserver admin on ", 10*time.Second), "/")
+	// Clients find a replica once it is ready (its health is SERVING, it
+	// is registered): wait for that, as they would.
+	waitFor(t, 10*time.Second, "the replica to read Consul's catalog", func() bool {
+		return scrape(t, admin+"/metrics")[series("lookaside_consul_catalog_ready")] == 1
+	})
+	checkMetrics(t, admin+"/metrics", svc, lbp.addr, func() { backends[0].terminate(t, 15*time.Second) })
+}
+
 // TestMetricsInProcess runs the balancer in this process against the real
 // Consul agent, with three backends and a grpclb client, its metrics
 // wired as docs/metrics.md says (the Consul source's and the server's
