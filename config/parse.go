@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -96,6 +97,8 @@ type parser struct {
 	errs   Errors
 	visits int
 	depth  int
+	// tooDeep is set once the depth error is reported.
+	tooDeep bool
 	// expanding holds the anchored nodes being walked through an alias,
 	// to reject an anchor that contains itself.
 	expanding map[*yaml.Node]bool
@@ -144,7 +147,10 @@ func (p *parser) walk(n *yaml.Node, t reflect.Type, path string) {
 		return
 	}
 	if p.depth >= maxDepth {
-		p.fail(n, path, "", fmt.Sprintf("nests more than %d deep", maxDepth))
+		if !p.tooDeep {
+			p.tooDeep = true
+			p.fail(n, path, "", fmt.Sprintf("nests more than %d deep (merge keys count)", maxDepth))
+		}
 		return
 	}
 	p.depth++
@@ -318,7 +324,7 @@ func yamlName(f reflect.StructField) string {
 // joinPath appends key to a YAML path. Keys that would make the path
 // ambiguous (dots, blanks, brackets, quotes, empty) are quoted.
 func joinPath(path, key string) string {
-	if key == "" || strings.ContainsAny(key, ".[]\"' \t\n") || !isPrintable(key) {
+	if key == "" || strings.ContainsAny(key, ".[]\"' \t\n") || !utf8.ValidString(key) || !isPrintable(key) {
 		key = strconv.Quote(key)
 	}
 	if path == "" {

@@ -193,6 +193,17 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+// deepMerges is a services section of n services, each merging the
+// previous one into itself.
+func deepMerges(n int) string {
+	var b strings.Builder
+	b.WriteString("services:\n  s0: &s0 {policy: random}\n")
+	for i := 1; i < n; i++ {
+		fmt.Fprintf(&b, "  s%d: &s%d {<<: *s%d}\n", i, i, i-1)
+	}
+	return b.String()
+}
+
 func TestParseAliases(t *testing.T) {
 	// Each service merges the previous one twice: 2^30 values expanded.
 	var bomb strings.Builder
@@ -204,6 +215,7 @@ func TestParseAliases(t *testing.T) {
 		name, in, want string
 	}{
 		{"bomb", bomb.String(), "line 3: services.s14: the file expands to more than 100000 values (aliases): too many"},
+		{"deep merges", deepMerges(70), "line 2: services.s61.policy: nests more than 64 deep (merge keys count)"},
 		{"merge of itself", "consul: &a\n  <<: *a\n", "line 2: consul: *a refers to the value that holds it"},
 		{"merge of itself in a list", "consul: &a\n  <<: [*a]\n", "line 2: consul: *a refers to the value that holds it"},
 	}

@@ -69,6 +69,8 @@ func TestValidate(t *testing.T) {
 		{"consul address no port", func(c *Config) { c.Consul.Address = "consul" }, []string{`consul.address: "consul" is not host:port (such as 127.0.0.1:8500), http(s)://host[:port] or unix:///path`}},
 		{"consul address scheme", func(c *Config) { c.Consul.Address = "ftp://x:1" }, []string{`consul.address: "ftp://x:1" has a scheme other than http://, https:// or unix://`}},
 		{"consul address path", func(c *Config) { c.Consul.Address = "http://x:1/v1" }, []string{`consul.address: "http://x:1/v1" is not scheme://host[:port]`}},
+		{"consul address port", func(c *Config) { c.Consul.Address = "http://x:port" }, []string{`consul.address: "http://x:port" is not scheme://host[:port]`}},
+		{"consul datacenter encoding", func(c *Config) { c.Consul.Datacenter = "dc\xff" }, []string{`consul.datacenter: "dc\xff" is not valid UTF-8`}},
 		{"consul address unix empty", func(c *Config) { c.Consul.Address = "unix://" }, []string{`consul.address: "unix://" has no socket path after unix://`}},
 		{"consul token and file", func(c *Config) { c.Consul.Token, c.Consul.TokenFile = "secret", tf.file }, []string{`consul.token_file: "` + tf.file + `" and consul.token are both set: set one`}},
 		{"consul token file missing", func(c *Config) { c.Consul.TokenFile = tf.missing }, []string{`consul.token_file: "` + tf.missing + `" cannot be read: no such file or directory`}},
@@ -140,6 +142,14 @@ func TestValidate(t *testing.T) {
 			`static.services.a[2]: "127.0.0.1:1*0" is not ip:port or ip:port*weight: weight 0 out of range 1-10000`,
 			`static.services.a[3]: "127.0.0.1:2,127.0.0.1:3" is not ip:port or ip:port*weight`,
 			`static.services.a[5]: "127.0.0.1:4*2" is listed twice`,
+		}},
+		{"static service names", func(c *Config) {
+			c.Static.Services = map[string][]string{"": {"127.0.0.1:1"}, strings.Repeat("s", 256): {"127.0.0.1:1"}, "a\xff": {"127.0.0.1:1"}, "a=b": {"127.0.0.1:1"}}
+		}, []string{
+			`static.services."": "" is empty`,
+			`static.services."a\xff": "a\xff" is not valid UTF-8`,
+			`static.services.a=b: "a=b" has '/', '?', '#', '=', ';' or white space`,
+			`static.services.` + strings.Repeat("s", 256) + `: "` + strings.Repeat("s", 256) + `" is longer than 255 bytes`,
 		}},
 		{"static and consul watch settings", func(c *Config) {
 			c.Static.File = tf.file
@@ -241,6 +251,9 @@ func TestValidate(t *testing.T) {
 			`limits.max_conns_per_ip: 20001 is not in [1, limits.max_conns 20000]`,
 			`limits.max_streams_per_ip: 20 is not in [1, limits.max_streams 10]`,
 		}},
+		{"streams per connection over the HTTP/2 bound", func(c *Config) {
+			c.Limits.MaxStreams, c.Limits.MaxStreamsPerIP, c.Limits.MaxStreamsPerConn = 1<<31, 1<<31, 1<<31
+		}, []string{`limits.max_streams_per_conn: 2147483648 is over 1073741824`}},
 		{"stream burst", func(c *Config) { c.Limits.StreamBurstPerIP = 0 }, []string{`limits.stream_burst_per_ip: 0 is not in [1, 1048576]`}},
 		{"stream burst with the rate off", func(c *Config) { c.Limits.MaxStreamRatePerIP, c.Limits.StreamBurstPerIP = 0, 0 }, nil},
 
@@ -267,6 +280,11 @@ func TestValidate(t *testing.T) {
 			`dns.allow[0]: "10.0.0.1/8" has host bits set (did you mean 10.0.0.0/8?)`,
 			`dns.allow[1]: "fe80::1%eth0" is neither an address nor a CIDR prefix`,
 			`dns.allow[2]: "x" is neither an address nor a CIDR prefix`,
+		}},
+		{"dns allow items", func(c *Config) { c.DNS.Allow = []string{" ", "10.0.0.0/8,10.1.0.0/16", "10.0.0.0/40"} }, []string{
+			`dns.allow[0]: " " is not an address or a CIDR prefix`,
+			`dns.allow[1]: "10.0.0.0/8,10.1.0.0/16" is not an address or a CIDR prefix`,
+			`dns.allow[2]: "10.0.0.0/40" is not an address or a CIDR prefix`,
 		}},
 		{"dns allow empty", func(c *Config) { c.DNS.Allow = nil }, []string{`dns.allow: [] lists no network: list 0.0.0.0/0 and ::/0 to answer everyone`}},
 		{"dns rates", func(c *Config) { c.DNS.RateLimit, c.DNS.RateBurst, c.DNS.MaxInflight, c.DNS.MaxTCPConns = 0, 0, 0, 0 }, []string{
