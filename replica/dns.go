@@ -61,7 +61,7 @@ func newDNS(cfg config.Config, r *Replica, self string) (*dnsPart, error) {
 		return nil, err
 	}
 	dc.Catalog = r.srv
-	dc.Names = r.srv.Names()
+	dc.Names = currentNames{r.srv}
 	dc.Logger = r.log
 	dc.Observer = r.metrics
 	p := &dnsPart{listen: cfg.DNS.Listen, log: r.log}
@@ -148,3 +148,9 @@ func (p *dnsPart) start(fail func()) (addr net.Addr, stop func() error, err erro
 }
 
 var _ dnsserver.Catalog = (*lbserver.Server)(nil)
+
+// currentNames maps names with the balancer's aliases and zones in force,
+// so that a reload reaches DNS answers too.
+type currentNames struct{ srv *lbserver.Server }
+
+func (c currentNames) Map(name string) (string, error) { return c.srv.Names().Map(name) }

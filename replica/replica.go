@@ -260,6 +260,16 @@ func (r *Replica) Run(ctx context.Context) error {
 		r.regID.Store(&reg.ID)
 		serve.Drain = r.drain(reg.ID, cfg.Register.DrainDelay.D(), timeout)
 	}
+	var shutdownStart atomic.Pointer[time.Time]
+	shutdownLogged := make(chan struct{})
+	stopLog := context.AfterFunc(ctx, func() {
+		now := time.Now()
+		shutdownStart.Store(&now)
+		r.draining.Store(true)
+		r.log.Info("shutting down; a second signal exits at once", "timeout", timeout.String())
+		close(shutdownLogged)
+	})
+	defer stopLog()
 	r.log.Info("serving", "addr", lis.Addr().String(), "discovery", r.kind, "policy", cfg.Balancer.Policy)
 	for _, w := range Warnings(cfg) {
 		r.log.Warn("configuration: " + w)
@@ -267,15 +277,10 @@ func (r *Replica) Run(ctx context.Context) error {
 	if r.listening != nil {
 		r.listening(addrs)
 	}
-	var shutdownStart atomic.Pointer[time.Time]
-	stopLog := context.AfterFunc(ctx, func() {
-		now := time.Now()
-		shutdownStart.Store(&now)
-		r.draining.Store(true)
-		r.log.Info("shutting down; a second signal exits at once", "timeout", timeout.String())
-	})
-	defer stopLog()
 	err = lbserver.Serve(ctx, lis, r.srv, serve)
+	if ctx.Err() != nil {
+		<-shutdownLogged // the line comes before the ones that end the shutdown
+	}
 	// The DNS responder answers until the drain is over: by then other
 	// replicas' answers no longer list this one. It gets what is left of
 	// shutdown_timeout.

@@ -59,7 +59,13 @@ func load(args []string, stderr io.Writer) (config.Config, command, error) {
 	fs := flag.NewFlagSet("lbserver", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	bindFlags(fs, &cfg, &cmd)
-	fs.Usage = func() { usage(fs, stderr) }
+	fs.Usage = func() {
+		if helpAsked(args) {
+			usage(fs, stderr)
+		} else {
+			fmt.Fprintln(stderr, "lbserver -h lists the flags")
+		}
+	}
 	if err := fs.Parse(args); err != nil {
 		return cfg, cmd, err
 	}
@@ -67,6 +73,21 @@ func load(args []string, stderr io.Writer) (config.Config, command, error) {
 		return cfg, cmd, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
 	return cfg, cmd, nil
+}
+
+// helpAsked reports whether args ask for -h (the flag package calls
+// Usage for it and for every bad flag alike).
+func helpAsked(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		switch strings.TrimLeft(a, "-") {
+		case "h", "help":
+			return strings.HasPrefix(a, "-")
+		}
+	}
+	return false
 }
 
 // configFlag finds -config's value in args before the flags are parsed,

@@ -32,6 +32,10 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-shutdown-timeout", "0s"}, "shutdown_timeout: 0s must be positive"},
 		{[]string{"-initial-request-timeout", "1ms", "-static", "a=127.0.0.1:1"}, "balancer.initial_request_timeout: 1ms is under 100ms"},
 		{[]string{"-no-such-flag"}, "not defined"},
+		{[]string{"-service-policy", "svc=random,svc=round_robin"}, `"svc=random,svc=round_robin" for flag -service-policy: "svc=round_robin": service "svc" is given twice`},
+		{[]string{"-rate-limit", "svc=1", "-rate-limit", "SVC=2"}, `service "SVC" is given twice`},
+		{[]string{"-dns-child-policy", "a=pick_first,a=round_robin"}, `service "a" is given twice`},
+		{[]string{"-static", "a=127.0.0.1:1;a=127.0.0.1:2"}, `service "a" is given twice`},
 		{[]string{"extra"}, "unexpected arguments"},
 		{[]string{"-register", "-listen", ":0", "-static", "a=127.0.0.1:1"}, "register.advertise"},
 		{[]string{"-register", "-listen", "127.0.0.1:0", "-register-service", "a b", "-static", "a=127.0.0.1:1"}, "register.service"},
@@ -62,8 +66,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-max-stream-rate-per-ip", "fast", "-static", "a=127.0.0.1:1"}, `invalid value "fast" for flag -max-stream-rate-per-ip`},
 		{[]string{"-stream-burst-per-ip", "0", "-static", "a=127.0.0.1:1"}, "limits.stream_burst_per_ip: 0"},
 		{[]string{"-max-ignored-messages", "-1", "-static", "a=127.0.0.1:1"}, "limits.max_ignored_messages: -1"},
-		{[]string{"-service-policy", "svc=random,SVC=round_robin", "-static", "a=127.0.0.1:1"}, "is the same service as"},
-		{[]string{"-rate-limit", "svc=1,SVC=2", "-static", "a=127.0.0.1:1"}, "is the same service as"},
+		{[]string{"-service-policy", "svc=random,SVC=round_robin", "-static", "a=127.0.0.1:1"}, `service "SVC" is given twice`},
+		{[]string{"-rate-limit", "svc=1,SVC=2", "-static", "a=127.0.0.1:1"}, `service "SVC" is given twice`},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
