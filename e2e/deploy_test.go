@@ -4,16 +4,21 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/miekg/dns"
 
 	"github.com/lookaside-lb/lookaside/backend"
 	"github.com/lookaside-lb/lookaside/internal/consultest"
@@ -188,4 +193,115 @@ func passingWithToken(t *testing.T, ca *consultest.Agent, token, service string)
 		t.Fatalf("health of %s with a token: %v", service, err)
 	}
 	return len(entries)
+}
+
+// TestDeployAlertMetrics checks that every metric the alert rules of
+// examples/deploy/lookaside-alerts.yml name is served at /metrics by a
+// replica run from a config file, after the traffic each one counts: a
+// grpclb client calling two backends (the second joins while it streams),
+// a stream for a service Consul does not list, and DNS questions. A rule
+// naming a metric that does not exist would never fire, and promtool
+// cannot tell.
+func TestDeployAlertMetrics(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	rules, err := os.ReadFile(filepath.Join(deployDir, "lookaside-alerts.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, n := range regexp.MustCompile(`\b(?:lookaside|process)_[a-z_]+`).FindAllString(string(rules), -1) {
+		n = strings.TrimSuffix(n, "_bucket")
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	if len(names) < 10 {
+		t.Fatalf("found only %d metric names in lookaside-alerts.yml: %q", len(names), names)
+	}
+
+	first := startBackend(t, svc, nil)
+	waitPassing(t, svc, 1)
+	lbBin, _ := buildCmdsWith(t) // without -race: this checks names, not timing
+	dnsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	// A port of its own: the configuration refuses two listeners that
+	// both say 127.0.0.1:0.
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	conf := filepath.Join(t.TempDir(), "lookaside.yaml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`listen: 127.0.0.1:0
+shutdown_timeout: 5s
+consul:
+  address: %s
+admin:
+  listen: %s
+dns:
+  listen: %s
+  balancers: [127.0.0.1:7000]
+balancer:
+  client_stats_interval: 1s
+`, agent.HTTPAddr(), adminAddr, dnsAddr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProcessEnv(t, withoutConsulEnv(), lbBin, "-config", conf)
+	admin := strings.TrimSuffix(p.waitLine(t, "lbserver admin on ", 10*time.Second), "/") // http://host:port
+
+	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{p.addr}})
+	waitSeen(t, c, first)
+	second := startBackend(t, svc, nil)
+	waitSeen(t, c, first, second)
+	if got := firstAnswerKind(t, p.addr, "no-such-"+svc); got != "fallback" {
+		t.Errorf("first answer for a service Consul does not list: %s, want fallback", got)
+	}
+	for _, q := range []string{svc + ".lb.internal.", "_grpclb._tcp." + svc + ".lb.internal."} {
+		m := new(dns.Msg)
+		m.SetQuestion(q, dns.TypeA)
+		if _, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, dnsAddr); err != nil {
+			t.Errorf("DNS %s: %v", q, err)
+		}
+	}
+
+	// ClientStats arrive every second; the rest is there at once.
+	var missing []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if _, err := call(t.Context(), c); err != nil {
+			t.Fatalf("call through the balancer: %v", err)
+		}
+		body := scrapeText(t, admin+"/metrics")
+		missing = missing[:0]
+		for _, n := range names {
+			if !regexp.MustCompile(`(?m)^` + n + `(_bucket)?[{ ]`).MatchString(body) {
+				missing = append(missing, n)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("metrics named in lookaside-alerts.yml but not served at /metrics: %q", missing)
+	} else {
+		t.Logf("the %d metrics the alert rules name are served: %q", len(names), names)
+	}
+}
+
+// scrapeText returns the body of a GET of url, failing the test on an
+// error or a status other than 200.
+func scrapeText(t *testing.T, url string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %v\n%.500s", url, resp.Status, err, body)
+	}
+	return string(body)
 }
