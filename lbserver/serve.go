@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/reflection"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
@@ -129,7 +130,8 @@ func (s *Server) awaitReady(ctx context.Context) bool {
 	}
 }
 
-// Serve serves s on lis, with a grpc.health.v1 service, until ctx is done.
+// Serve serves s on lis, with a grpc.health.v1 service and server
+// reflection, until ctx is done.
 // Health ("" and HealthService) is NOT_SERVING until s is Ready, so that a
 // replica that never read its source fails its health check and is not
 // advertised, then SERVING until shutdown. A source that implements
@@ -167,6 +169,9 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 		hs.SetServingStatus(HealthService, st)
 	}
 	healthpb.RegisterHealthServer(gs, hs)
+	// Server reflection, so that grpcurl and grpcdebug can list and call
+	// the balancer's services without their protos.
+	reflection.Register(gs)
 
 	// A source with a directory reads it only while something runs it
 	// (discovery/consul's Source.Run); Ready waits for that read, so the

@@ -2,8 +2,10 @@ package lbserver
 
 import (
 	"context"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -339,5 +341,33 @@ func TestServeRunsTheDirectory(t *testing.T) {
 	<-sv.done
 	if n := src.runs(); n != 0 {
 		t.Fatalf("directory still running %d times after Serve returned", n)
+	}
+}
+
+// TestServeReflection: the balancer port answers server reflection with
+// its services, as grpcurl asks.
+func TestServeReflection(t *testing.T) {
+	sv := serveTest(t, testConfig(newFakeSource()), ServeOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := reflectionpb.NewServerReflectionClient(sv.cc).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range r.GetListServicesResponse().GetService() {
+		got = append(got, s.GetName())
+	}
+	for _, want := range []string{"grpc.lb.v1.LoadBalancer", "grpc.health.v1.Health"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("reflection lists %v; want %s among them", got, want)
+		}
 	}
 }
