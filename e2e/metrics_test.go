@@ -11,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/lookaside-lb/lookaside/discovery/consul"
+	"github.com/lookaside-lb/lookaside/dnsserver"
 	"github.com/lookaside-lb/lookaside/internal/lbdial"
 	"github.com/lookaside-lb/lookaside/lbserver"
 	"github.com/lookaside-lb/lookaside/metrics"
@@ -60,8 +63,9 @@ func series(name string, labels ...string) string {
 }
 
 // TestMetricsAfterKnownTraffic runs the real lbserver command with its
-// admin listener, three backend processes and a grpclb client, and reads
-// /metrics as Prometheus would (see checkMetrics).
+// admin listener and DNS responder, three backend processes and a grpclb
+// client, and reads /metrics as Prometheus would (see checkMetrics), then
+// the DNS answers counted by type and rcode.
 func TestMetricsAfterKnownTraffic(t *testing.T) {
 	t.Parallel()
 	svc := serviceName(t)
@@ -72,8 +76,16 @@ func TestMetricsAfterKnownTraffic(t *testing.T) {
 			"-check-interval", "1s", "-drain-delay", "300ms", "-log-level", "warn"))
 	}
 	waitPassing(t, svc, 3)
+	pc, lis, err := dnsserver.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dnsAddr := pc.LocalAddr().String()
+	pc.Close()
+	lis.Close()
 	lbp := startProcess(t, lbBin, "-listen", "127.0.0.1:0", "-consul", agent.HTTPAddr(),
-		"-client-stats-interval", "1s", "-admin-listen", "127.0.0.1:0", "-log-level", "warn")
+		"-client-stats-interval", "1s", "-admin-listen", "127.0.0.1:0", "-log-level", "warn",
+		"-dns-listen", dnsAddr, "-dns-zone", "lb.internal", "-dns-balancers", "127.0.0.1:7000")
 	admin := strings.TrimSuffix(lbp.waitLine(t, "lbserver admin on ", 10*time.Second), "/")
 	// Clients find a replica once it is ready (its health is SERVING, it
 	// is registered): wait for that, as they would.
@@ -81,6 +93,39 @@ func TestMetricsAfterKnownTraffic(t *testing.T) {
 		return scrape(t, admin+"/metrics")[series("lookaside_consul_catalog_ready")] == 1
 	})
 	checkMetrics(t, admin+"/metrics", svc, lbp.addr, func() { backends[0].terminate(t, 15*time.Second) })
+
+	// DNS answers are counted by type and rcode.
+	dc := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+		n     int
+	}{
+		{svc + ".lb.internal.", dns.TypeA, 1}, // every backend is on 127.0.0.1
+		{"_grpclb._tcp." + svc + ".lb.internal.", dns.TypeSRV, 1},
+		{"nope.nope.lb.internal.", dns.TypeA, 0},
+	} {
+		msg := new(dns.Msg)
+		msg.SetQuestion(q.name, q.qtype)
+		r, _, err := dc.Exchange(msg, dnsAddr)
+		if err != nil || len(r.Answer) != q.n {
+			t.Fatalf("DNS %s %s: %v, %v; want %d records", q.name, dns.TypeToString[q.qtype], r, err, q.n)
+		}
+	}
+	m := scrape(t, admin+"/metrics")
+	for _, tc := range []struct {
+		series string
+		want   float64
+	}{
+		{series("lookaside_dns_answers_total", "qtype", "A", "rcode", "NOERROR"), 1},
+		{series("lookaside_dns_answers_total", "qtype", "SRV", "rcode", "NOERROR"), 1},
+		{series("lookaside_dns_answers_total", "qtype", "A", "rcode", "NXDOMAIN"), 1},
+		{series("lookaside_dns_guard_total", "reason", "denied"), 0},
+	} {
+		if got, ok := m[tc.series]; !ok || got != tc.want {
+			t.Errorf("%s = %v (present: %v), want %v", tc.series, got, ok, tc.want)
+		}
+	}
 }
 
 // TestMetricsInProcess runs the balancer in this process against the real
