@@ -223,23 +223,20 @@ func TestDeployAlertMetrics(t *testing.T) {
 	first := startBackend(t, svc, nil)
 	waitPassing(t, svc, 1)
 	lbBin, _ := buildCmdsWith(t) // without -race: this checks names, not timing
-	dnsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	// A port of its own: the configuration refuses two listeners that
-	// both say 127.0.0.1:0.
-	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dnsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // not printed: chosen here
 	conf := filepath.Join(t.TempDir(), "lookaside.yaml")
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`listen: 127.0.0.1:0
 shutdown_timeout: 5s
 consul:
   address: %s
 admin:
-  listen: %s
+  listen: 127.0.0.1:0
 dns:
   listen: %s
   balancers: [127.0.0.1:7000]
 balancer:
   client_stats_interval: 1s
-`, agent.HTTPAddr(), adminAddr, dnsAddr)), 0o600); err != nil {
+`, agent.HTTPAddr(), dnsAddr)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p := startProcessEnv(t, withoutConsulEnv(), lbBin, "-config", conf)
