@@ -14,8 +14,8 @@ import (
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
-// FuzzParse feeds Parse arbitrary files: Parse, Validate, Marshal and
-// Reloadable never panic, an error is Errors with a line or path, and
+// FuzzParse feeds Parse arbitrary files: Parse, Validate, Locate, Marshal
+// and Reloadable never panic, an error is Errors with a line or path, and
 // what Parse accepts, Marshal writes back to the same config.
 func FuzzParse(f *testing.F) {
 	// The minimal example only: minimizing an input found from the 5 KB
@@ -55,8 +55,10 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if c.Validate() == nil {
+		if verr := c.Validate(); verr == nil {
 			agrees(t, c)
+		} else if located := Locate("f.yaml", data, verr); len(located.(Errors)) != len(verr.(Errors)) {
+			t.Fatalf("Locate changed the errors: %v", located)
 		}
 		_ = Default().Reloadable(c)
 		_ = c.Aliases()

@@ -28,7 +28,8 @@ func LoadValid(path string) (Config, error) {
 // Locate returns err with each of its FieldErrors given file, and a line
 // when it has none: the line in data of the key its path names, or of the
 // nearest enclosing key the file sets (0 when the value is a default the
-// file does not touch). err that is not Errors is returned as it is. A
+// file does not touch), and the value as the file writes it ("90s" where
+// Validate prints "1m30s"). err that is not Errors is returned as it is. A
 // value changed after Parse (by a flag) is still attributed to the file's
 // key: locate errors of the file's own config. Safe for concurrent use.
 func Locate(file string, data []byte, err error) error {
@@ -41,8 +42,20 @@ func Locate(file string, data []byte, err error) error {
 	out := make(Errors, len(es))
 	for i, e := range es {
 		e.File = file
-		if e.Line == 0 && parsed {
-			e.Line = lineOf(root.Content[0], splitPath(e.Path))
+		if parsed {
+			line, leaf := lineOf(root.Content[0], splitPath(e.Path))
+			if e.Line == 0 {
+				e.Line = line
+			}
+			// The value as the file writes it: "90s", not "1m30s".
+			// Strings stay quoted, as Validate prints them.
+			if leaf != nil && leaf.Kind == yaml.ScalarNode && e.Value != "" {
+				if strings.HasPrefix(e.Value, `"`) {
+					e.Value = strconv.Quote(leaf.Value)
+				} else {
+					e.Value = leaf.Value
+				}
+			}
 		}
 		out[i] = e
 	}
@@ -95,9 +108,9 @@ func splitPath(p string) []segment {
 	return out
 }
 
-// lineOf returns the line of the deepest node of path found under n.
-func lineOf(n *yaml.Node, path []segment) int {
-	line := 0
+// lineOf returns the line of the deepest node of path found under n, and
+// the node of the whole path if the file has it.
+func lineOf(n *yaml.Node, path []segment) (line int, leaf *yaml.Node) {
 	for _, s := range path {
 		n = deref(n)
 		var next, at *yaml.Node
@@ -109,11 +122,14 @@ func lineOf(n *yaml.Node, path []segment) int {
 			at = next
 		}
 		if next == nil {
-			return line
+			return line, nil
 		}
 		line, n = at.Line, next
 	}
-	return line
+	if len(path) == 0 {
+		return 0, nil
+	}
+	return line, deref(n)
 }
 
 func deref(n *yaml.Node) *yaml.Node {

@@ -87,18 +87,23 @@ services:
 }
 
 func TestLocate(t *testing.T) {
-	data := []byte("consul:\n  tls: &t\n    enabled: true\nload_reports:\n  tls:\n    <<: *t\n")
+	data := []byte("consul:\n  tls: &t\n    enabled: true\nload_reports:\n  tls:\n    <<: *t\n  interval: 90s\nlisten: nowhere\n")
 	es := Errors{
-		{Path: "load_reports.tls.enabled", Msg: "m"}, // through the merge key
-		{Path: "balancer.policy", Msg: "m"},          // a default the file does not touch
-		{Path: "consul.tls", Msg: "m"},
-		{Path: "", Msg: "m", Line: 9}, // a line already known stays
+		{Path: "load_reports.tls.enabled", Msg: "m"},              // through the merge key
+		{Path: "balancer.policy", Value: `"x"`, Msg: "m"},         // a default the file does not touch
+		{Path: "consul.tls", Value: "y", Msg: "m"},                // a section: no value to rewrite
+		{Path: "", Msg: "m", Line: 9},                             // a line already known stays
+		{Path: "load_reports.interval", Value: "1m30s", Msg: "m"}, // as written
+		{Path: "listen", Value: `"nowhere"`, Msg: "m"},
 	}
 	got := Locate("f.yaml", data, es).(Errors)
-	want := []int{3, 0, 2, 9}
+	want := []struct {
+		line  int
+		value string
+	}{{3, ""}, {0, `"x"`}, {2, "y"}, {9, ""}, {7, "90s"}, {8, `"nowhere"`}}
 	for i, e := range got {
-		if e.Line != want[i] || e.File != "f.yaml" {
-			t.Errorf("Locate(%q) = line %d file %q, want line %d", e.Path, e.Line, e.File, want[i])
+		if e.Line != want[i].line || e.Value != want[i].value || e.File != "f.yaml" {
+			t.Errorf("Locate(%q) = line %d value %s file %q, want line %d value %s", e.Path, e.Line, e.Value, e.File, want[i].line, want[i].value)
 		}
 	}
 	if es[0].Line != 0 {
