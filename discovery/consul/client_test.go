@@ -141,9 +141,9 @@ func TestNewClientTLS(t *testing.T) {
 	wrong := tlstest.WriteFiles(t, mkdirT(t, a.dir, "wrong"), other.Issue(t, tlstest.Options{CommonName: "lookaside"}), other.PEM)
 	const name = "server.dc1.consul"
 	tests := []struct {
-		name    string
-		env     map[string]string
-		cfg     ClientConfig
+		name string
+		env  map[string]string
+		cfg  ClientConfig
 		// wantErr is "" for a leader answered, else a substring of the
 		// error; "*" is any error (a refused client certificate shows as
 		// a TLS alert or as a connection closed after the handshake).
