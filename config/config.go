@@ -260,10 +260,10 @@ type DNS struct {
 }
 
 // ServerTLS is a listener's TLS: a certificate, and with ClientCAFile,
-// clients must present a certificate it signed (mTLS). Files are read
-// again on SIGHUP and when they change. CertFile and KeyFile are set
-// together or not at all; ClientCAFile needs them. Reloadable (paths and
-// contents).
+// clients must present a certificate it signed (mTLS). The files'
+// contents are read again on SIGHUP and when they change (a rotated
+// certificate needs no restart); the paths: Restart. CertFile and KeyFile
+// are set together or not at all; ClientCAFile needs them.
 type ServerTLS struct {
 	CertFile     string `yaml:"cert_file"`
 	KeyFile      string `yaml:"key_file"`

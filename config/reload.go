@@ -9,9 +9,10 @@ import (
 // reloadable lists the paths (and path prefixes, ending in ".") that a
 // running replica applies on SIGHUP without a restart: per-service
 // settings, policies and their options, zones, client-facing limits, rate
-// limits, overload thresholds, the listener's TLS files and the log level
-// (lbserver.Settings, what Server.Reconfigure takes, plus the TLS files
-// and the log level). Every other path needs a restart.
+// limits, overload thresholds and the log level (lbserver.Settings, what
+// Server.Reconfigure takes, plus the log level). Every other path needs a
+// restart, the TLS file paths too: the files' contents are read again on
+// SIGHUP and when they change, but which files is fixed at start.
 var reloadable = []string{
 	"log.level",
 	"balancer.policy",
@@ -32,7 +33,6 @@ var reloadable = []string{
 	"limits.max_conns",
 	"limits.max_conns_per_ip",
 	"limits.send_timeout",
-	"tls.",
 	"services",
 }
 

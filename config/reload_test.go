@@ -38,7 +38,7 @@ func TestReloadable(t *testing.T) {
 		{"load report collection", func(c *Config) {
 			c.LoadReports.Enabled, c.LoadReports.Interval, c.LoadReports.TLS.Enabled = false, Duration(2*time.Second), true
 		}, []string{"load_reports.enabled", "load_reports.interval", "load_reports.tls.enabled"}},
-		{"server TLS", func(c *Config) { c.TLS = ServerTLS{CertFile: "a", KeyFile: "b", ClientCAFile: "c"} }, nil},
+		{"server TLS paths", func(c *Config) { c.TLS = ServerTLS{CertFile: "a", KeyFile: "b", ClientCAFile: "c"} }, []string{"tls.cert_file", "tls.client_ca_file", "tls.key_file"}},
 		{"log", func(c *Config) { c.Log = Log{Level: "debug", Format: "json"} }, []string{"log.format"}},
 		{"listeners", func(c *Config) {
 			c.Listen, c.Admin.Listen, c.Admin.Pprof, c.DNS.Listen, c.DNS.Zone = ":1", ":2", true, ":3", "x.example"
@@ -108,7 +108,6 @@ func TestEveryPathClassified(t *testing.T) {
 		"rate_limits.max_drop_share rate_limits.max_client_rate_share rate_limits.max_client_call_rate " +
 		"limits.max_streams limits.max_streams_per_ip limits.max_streams_per_conn limits.max_stream_rate_per_ip limits.stream_burst_per_ip " +
 		"limits.max_ignored_messages limits.max_conns limits.max_conns_per_ip limits.send_timeout " +
-		"tls.cert_file tls.key_file tls.client_ca_file " +
 		"services.<name>.policy services.<name>.max_list_entries services.<name>.hash_subset services.<name>.aliases services.<name>.tags " +
 		"services.<name>.rate_limit services.<name>.max_drop_share services.<name>.max_rate_limit_drop_share services.<name>.child_policy"
 	if got := strings.Join(reload, " "); got != wantReload {
