@@ -330,7 +330,13 @@ func (v *validator) static() {
 	if s.File != "" && len(s.Services) > 0 {
 		v.add("static.file", q(s.File), "and static.services are both set: set one")
 	}
-	v.readable("static.file", s.File)
+	if s.File != "" {
+		if msg := checkReadable(s.File); msg != "" {
+			v.add("static.file", q(s.File), msg)
+		} else if _, err := static.LoadFile(s.File); err != nil {
+			v.add("static.file", q(s.File), "is not a static backends file: "+strings.TrimPrefix(err.Error(), "static: "+s.File+": "))
+		}
+	}
 	for _, name := range sortedKeys(s.Services) {
 		path := joinPath("static.services", name)
 		if msg := staticName(name); msg != "" {

@@ -15,7 +15,7 @@ import (
 // testFiles makes the files the validation table names, in a temporary
 // directory: file (readable), key (a usable lb-token key), short (a key
 // too short), and returns their paths, a directory and a missing path.
-type testFiles struct{ dir, file, key, short, missing string }
+type testFiles struct{ dir, file, key, short, static, missing string }
 
 func newTestFiles(t *testing.T) testFiles {
 	dir := t.TempDir()
@@ -24,9 +24,10 @@ func newTestFiles(t *testing.T) testFiles {
 		file:    filepath.Join(dir, "file.pem"),
 		key:     filepath.Join(dir, "lbtoken.key"),
 		short:   filepath.Join(dir, "short.key"),
+		static:  filepath.Join(dir, "backends.json"),
 		missing: filepath.Join(dir, "missing"),
 	}
-	for path, data := range map[string]string{tf.file: "x", tf.key: strings.Repeat("k", 32) + "\n", tf.short: "short\n"} {
+	for path, data := range map[string]string{tf.file: "x", tf.key: strings.Repeat("k", 32) + "\n", tf.short: "short\n", tf.static: `{"services": {"a": [{"addr": "127.0.0.1:1"}]}}`} {
 		if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -124,11 +125,14 @@ func TestValidate(t *testing.T) {
 		{"static services", func(c *Config) {
 			c.Static.Services = map[string][]string{"user-srv": {"127.0.0.1:1", "[::1]:2*3"}}
 		}, nil},
-		{"static file", func(c *Config) { c.Static.File = tf.file }, nil},
+		{"static file", func(c *Config) { c.Static.File = tf.static }, nil},
+		{"static file contents", func(c *Config) { c.Static.File = tf.file }, []string{
+			`static.file: "` + tf.file + `" is not a static backends file: line 1, column 1: invalid character 'x' looking for beginning of value`,
+		}},
 		{"static file missing", func(c *Config) { c.Static.File = tf.missing }, []string{`static.file: "` + tf.missing + `" cannot be read: no such file or directory`}},
 		{"static both", func(c *Config) {
-			c.Static.File, c.Static.Services = tf.file, map[string][]string{"a": {"127.0.0.1:1"}}
-		}, []string{`static.file: "` + tf.file + `" and static.services are both set: set one`}},
+			c.Static.File, c.Static.Services = tf.static, map[string][]string{"a": {"127.0.0.1:1"}}
+		}, []string{`static.file: "` + tf.static + `" and static.services are both set: set one`}},
 		{"static addresses", func(c *Config) {
 			c.Static.Services = map[string][]string{
 				"a":   {"host:1", "127.0.0.1:0", "127.0.0.1:1*0", "127.0.0.1:2,127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:4*2"},
@@ -152,7 +156,7 @@ func TestValidate(t *testing.T) {
 			`static.services.` + strings.Repeat("s", 256) + `: "` + strings.Repeat("s", 256) + `" is longer than 255 bytes`,
 		}},
 		{"static and consul watch settings", func(c *Config) {
-			c.Static.File = tf.file
+			c.Static.File = tf.static
 			c.Consul.Tags, c.Consul.Stale, c.Consul.Address = []string{"x"}, true, "consul:8500"
 		}, []string{
 			`consul.address: has no effect: static lists the backends and register.enabled is false`,
@@ -160,7 +164,7 @@ func TestValidate(t *testing.T) {
 			`consul.tags: has no effect: static lists the backends (static and consul's watch settings are exclusive)`,
 		}},
 		{"static with register keeps the consul connection", func(c *Config) {
-			c.Static.File, c.Consul.Address = tf.file, "consul:8500"
+			c.Static.File, c.Consul.Address = tf.static, "consul:8500"
 			c.Register.Enabled, c.Register.Advertise = true, "10.0.0.1:7000"
 		}, nil},
 
@@ -293,10 +297,10 @@ func TestValidate(t *testing.T) {
 			`dns.rate_burst: 0 is under 1`,
 			`dns.rate_limit: 0 is not a positive number of answers per second`,
 		}},
-		{"dns with static needs this replica's IP", func(c *Config) { c.DNS.Listen, c.Static.File = ":53", tf.file }, []string{
+		{"dns with static needs this replica's IP", func(c *Config) { c.DNS.Listen, c.Static.File = ":53", tf.static }, []string{
 			`dns.balancers: [] are needed: with static backends the SRV records list this replica, and listen ":7000" is not an IP others can reach (set dns.balancers or register.advertise)`,
 		}},
-		{"dns with static and an IP", func(c *Config) { c.DNS.Listen, c.Static.File, c.Listen = ":53", tf.file, "10.0.0.1:0" }, nil},
+		{"dns with static and an IP", func(c *Config) { c.DNS.Listen, c.Static.File, c.Listen = ":53", tf.static, "10.0.0.1:0" }, nil},
 
 		// Server TLS.
 		{"tls", func(c *Config) { c.TLS = ServerTLS{CertFile: tf.file, KeyFile: tf.file, ClientCAFile: tf.file} }, nil},
