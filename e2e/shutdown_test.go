@@ -39,7 +39,7 @@ func TestBinariesShutdownBounded(t *testing.T) {
 		if took > timeout+200*time.Millisecond {
 			t.Errorf("shutdown took %v, want at most -shutdown-timeout %v (+200ms)\n%s", took, timeout, p.logs())
 		}
-		if !strings.Contains(p.logs(), "-drain-delay cut to fit -shutdown-timeout") {
+		if !strings.Contains(p.logs(), "register.drain_delay cut to fit shutdown_timeout") {
 			t.Errorf("the cut drain delay is not logged:\n%s", p.logs())
 		}
 		if entries, _, err := agent.Client().Health().Service(lbService, "", false, nil); err != nil || len(entries) != 0 {
