@@ -803,6 +803,9 @@ func (v *validator) services() {
 			v.add(path+".max_rate_limit_drop_share", fnum(*p), "is not in (0, 1] (leave it out to inherit rate_limits.max_drop_share)")
 		}
 		v.tags(path+".tags", s.Tags)
+		if len(s.Tags) > 0 && c.staticSet() {
+			v.add(path+".tags", "", "cannot work with static backends: static lists carry no tags, so clients naming the service would get no instance")
+		}
 		if w := c.Watched(k); len(s.Tags) > 0 && len(w) > nameMax {
 			v.add(path+".tags", "", fmt.Sprintf("make the watched name %d bytes, longer than balancer.max_name_length %d", len(w), nameMax))
 		}

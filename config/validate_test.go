@@ -374,6 +374,10 @@ func TestValidate(t *testing.T) {
 			`services.a.tags[1]: "V1" is listed twice (tags match case-insensitively)`,
 			`services.a.tags[2]: "a@b" has ',', '@' or white space`,
 		}},
+		{"tags with static backends", func(c *Config) {
+			c.Static.Services = map[string][]string{"a": {"127.0.0.1:1"}}
+			c.Services = map[string]Service{"a": {Tags: []string{"canary"}}}
+		}, []string{`services.a.tags: cannot work with static backends: static lists carry no tags, so clients naming the service would get no instance`}},
 		{"tags longer than a name", func(c *Config) {
 			c.Balancer.MaxNameLength = 10
 			c.Services = map[string]Service{"user-srv": {Tags: []string{"canary"}}}
