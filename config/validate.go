@@ -548,6 +548,9 @@ func (v *validator) loadReports() {
 		v.add("load_reports.max_drop_share", fnum(l.MaxDropShare), fmt.Sprintf("is not in [0, %v]", policy.MaxDropShare))
 	}
 	v.clientTLS("load_reports.tls", l.TLS)
+	if l.TLS.Enabled && !l.Enabled {
+		v.add("load_reports.tls.enabled", "true", "has no effect: load_reports.enabled is false")
+	}
 }
 
 func (v *validator) rateLimits() {

@@ -226,6 +226,9 @@ func TestValidate(t *testing.T) {
 		{"overload threshold NaN", func(c *Config) { c.LoadReports.OverloadThreshold = math.NaN() }, []string{`load_reports.overload_threshold: NaN is not a positive number`}},
 		{"overload drop share", func(c *Config) { c.LoadReports.MaxDropShare = 1 }, []string{`load_reports.max_drop_share: 1 is not in [0, 0.99]`}},
 		{"overload drops off", func(c *Config) { c.LoadReports.MaxDropShare = 0 }, nil},
+		{"load report tls without reports", func(c *Config) { c.LoadReports.Enabled, c.LoadReports.TLS.Enabled = false, true }, []string{
+			`load_reports.tls.enabled: true has no effect: load_reports.enabled is false`,
+		}},
 		{"load report tls", func(c *Config) { c.LoadReports.TLS = ClientTLS{KeyFile: tf.file} }, []string{
 			`load_reports.tls.key_file: "` + tf.file + `" has no effect: load_reports.tls.enabled is false`,
 		}},
