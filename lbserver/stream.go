@@ -335,7 +335,7 @@ func (st *streamState) awaitService(svcName string) (done bool, err error) {
 			// clients.
 			args := []any{"service", quote(svcName), "name", quote(st.client.Name), "peer", st.key.Peer}
 			if strings.Contains(base, ".") {
-				args = append(args, "hint", "a name with dots may be a DNS name: list its zone in the balancer's zones")
+				args = append(args, "hint", "a name with dots may be a DNS name: list its zone in balancer.zones (-zone)")
 			}
 			s.opsLog.info(UnknownServiceLabel, "unknown service: the directory does not list it; clients get fallback", args...)
 		}

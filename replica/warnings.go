@@ -26,11 +26,6 @@ func Warnings(cfg config.Config) []string {
 				cfg.DNS.LBService, cfg.Register.Service))
 		}
 	}
-	if cfg.Register.Enabled && cfg.DNS.Listen == "" && len(cfg.Balancer.Zones) == 0 {
-		out = append(out, fmt.Sprintf("register.enabled without balancer.zones: DNS responders of other replicas may list this one in the SRV records of %q, "+
-			"and clients that found it that way send names in their zone (user-srv.lb.internal), which map to no service here and get fallback; "+
-			"set balancer.zones to the DNS zone (dns.zone of the replicas that answer DNS)", cfg.Register.Service))
-	}
 	if cfg.Admin.Listen != "" && cfg.Admin.Pprof && !loopback(cfg.Admin.Listen) {
 		out = append(out, fmt.Sprintf("admin.listen %q is not a loopback address and admin.pprof is on: profiles and the status page are open to that network", cfg.Admin.Listen))
 	}
