@@ -87,11 +87,6 @@ func TestMetricsAfterKnownTraffic(t *testing.T) {
 		"-client-stats-interval", "1s", "-admin-listen", "127.0.0.1:0", "-log-level", "warn",
 		"-dns-listen", dnsAddr, "-dns-zone", "lb.internal", "-dns-balancers", "127.0.0.1:7000")
 	admin := strings.TrimSuffix(lbp.waitLine(t, "lbserver admin on ", 10*time.Second), "/")
-	// Clients find a replica once it is ready (its health is SERVING, it
-	// is registered): wait for that, as they would.
-	waitFor(t, 10*time.Second, "the replica to read Consul's catalog", func() bool {
-		return scrape(t, admin+"/metrics")[series("lookaside_consul_catalog_ready")] == 1
-	})
 	checkMetrics(t, admin+"/metrics", svc, lbp.addr, func() { backends[0].terminate(t, 15*time.Second) })
 
 	// DNS answers are counted by type and rcode.
@@ -169,6 +164,11 @@ func TestMetricsInProcess(t *testing.T) {
 // list it caused.
 func checkMetrics(t *testing.T, metricsURL, svc, lbAddr string, leave func()) {
 	t.Helper()
+	// Clients find a replica once it is ready (its health is SERVING, it
+	// is registered): wait for that, as they would.
+	waitFor(t, 10*time.Second, "the replica to read Consul's catalog", func() bool {
+		return scrape(t, metricsURL)[series("lookaside_consul_catalog_ready")] == 1
+	})
 	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{lbAddr}})
 	counts := spread(t, c, 300) // fails the test on any failed call
 	t.Logf("300 calls: %v", counts)
