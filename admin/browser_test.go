@@ -11,21 +11,8 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/lookaside-lb/lookaside/admin/browsertest"
+	"github.com/lookaside-lb/lookaside/lbserver"
 )
-
-// shownService is a service as the page shows it: its name and the text
-// of each endpoint row, as a person reads them (innerText, white space
-// collapsed).
-type shownService struct {
-	Name string   `json:"name"`
-	Rows []string `json:"rows"`
-}
-
-// shownServicesJS reads the services and endpoint rows the page shows.
-const shownServicesJS = `Array.from(document.querySelectorAll("section.service")).map(s => ({
-	name: s.querySelector("h2").innerText,
-	rows: Array.from(s.querySelectorAll("tbody tr")).map(r => r.innerText.replace(/\s+/g, " ").trim()),
-}))`
 
 // xssName is a service name that runs script if the page does not escape
 // it.
@@ -38,7 +25,7 @@ const xssName = `x<img src=x onerror="window.pwned=1">`
 func TestBrowserStatusPage(t *testing.T) {
 	var mu sync.Mutex
 	st := fakeStatus() // guarded by mu
-	st.Services = append(st.Services, serviceStatus{Name: xssName, Policy: "random"})
+	st.Services = append(st.Services, lbserver.ServiceStatus{Service: xssName, Policy: "random"})
 	h := newHandler(t, Options{Refresh: 500 * time.Millisecond, Status: func() Status {
 		mu.Lock()
 		defer mu.Unlock()
@@ -56,17 +43,18 @@ func TestBrowserStatusPage(t *testing.T) {
 	if loc, err := chromedp.Run(ctx, chromedp.Evaluate[string](`location.pathname`)); err != nil || loc != "/status" {
 		t.Errorf("/ led to %q (%v), want /status", loc, err)
 	}
-	shown := browsertest.Poll(t, ctx, 10*time.Second, "the page to show three services", shownServicesJS,
-		func(s []shownService) bool { return len(s) == 3 })
-	want := []shownService{
-		{Name: evilName, Rows: []string{`10.0.0.9:1 id"><img src=x onerror=alert(1)> critical 0 – – – – 0 0 no calls (no target)`}},
+	shown := browsertest.Poll(t, ctx, 10*time.Second, "the page to show four services", browsertest.ShownServices,
+		func(s []browsertest.ShownService) bool { return len(s) == 4 })
+	want := []browsertest.ShownService{
+		{Name: evilName, Rows: []string{`10.0.0.9:1 id"><img src=x onerror=alert(1)> critical 0 – – – – 0 0 – (100.0%)`}},
+		{Name: "new-srv"},
 		{Name: "user-srv", Rows: []string{
-			"10.0.0.1:50051 user-srv-1 node-a passing 1 – – – – 1 100 25.0% (target 25.0%)",
-			"10.0.0.2:50051 user-srv-2 node-b passing 3 75 42.0% 31.5 800ms 1 300 75.0% (target 75.0%)",
+			"10.0.0.1:50051 user-srv-1 passing 1 – – – unimplemented 1 100 25.0% (25.0%)",
+			"10.0.0.2:50051 user-srv-2 node-b passing 3 1.25 42.0% 31.5 800ms 1 300 75.0% (75.0%)",
 		}},
 		{Name: xssName},
 	}
-	if !slices.EqualFunc(shown, want, func(a, b shownService) bool { return a.Name == b.Name && slices.Equal(a.Rows, b.Rows) }) {
+	if !slices.EqualFunc(shown, want, func(a, b browsertest.ShownService) bool { return a.Name == b.Name && slices.Equal(a.Rows, b.Rows) }) {
 		t.Errorf("the page shows\n%q\nwant\n%q", shown, want)
 	}
 	if pwned, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.pwned === 1`)); err != nil || pwned {
@@ -86,17 +74,17 @@ func TestBrowserStatusPage(t *testing.T) {
 	st.Draining = true
 	svc := &st.Services[0]
 	svc.Endpoints = svc.Endpoints[1:]
-	svc.RoundRobin = []string{"10.0.0.2:50051"}
-	st.Services = append(st.Services, serviceStatus{Name: "order-srv", Policy: "least_load",
-		Endpoints: []endpointStatus{{Address: "10.0.1.1:50051", ID: "order-srv-1", Health: "passing", Weight: 1}}})
+	svc.RoundRobinList = svc.RoundRobinList[:1]
+	st.Services = append(st.Services, lbserver.ServiceStatus{Service: "order-srv", Policy: "least_load", Ready: true,
+		Endpoints: []lbserver.EndpointStatus{{Address: "10.0.1.1:50051", ID: "order-srv-1", InstanceID: "order-srv-1", Health: "passing", Weight: 1}}})
 	mu.Unlock()
-	shown = browsertest.Poll(t, ctx, 5*time.Second, "the page to show the change", shownServicesJS,
-		func(s []shownService) bool { return len(s) == 4 })
-	if i := slices.IndexFunc(shown, func(s shownService) bool { return s.Name == "user-srv" }); i < 0 ||
+	shown = browsertest.Poll(t, ctx, 5*time.Second, "the page to show the change", browsertest.ShownServices,
+		func(s []browsertest.ShownService) bool { return len(s) == 5 })
+	if i := slices.IndexFunc(shown, func(s browsertest.ShownService) bool { return s.Name == "user-srv" }); i < 0 ||
 		len(shown[i].Rows) != 1 || !strings.HasPrefix(shown[i].Rows[0], "10.0.0.2:50051 user-srv-2 ") {
 		t.Errorf("after user-srv-1 left, the page shows %q", shown)
 	}
-	if !slices.ContainsFunc(shown, func(s shownService) bool {
+	if !slices.ContainsFunc(shown, func(s browsertest.ShownService) bool {
 		return s.Name == "order-srv" && len(s.Rows) == 1 && strings.HasPrefix(s.Rows[0], "10.0.1.1:50051 order-srv-1 ")
 	}) {
 		t.Errorf("the new service order-srv is not shown: %q", shown)
@@ -110,8 +98,8 @@ func TestBrowserStatusPage(t *testing.T) {
 	browsertest.Poll(t, ctx, 5*time.Second, "the page to say it cannot refresh",
 		`document.getElementById("stale").hidden ? "" : document.getElementById("stale").innerText`,
 		func(s string) bool { return strings.HasPrefix(s, "Cannot refresh") })
-	if n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("section.service").length`)); err != nil || n != 4 {
-		t.Errorf("after the balancer left, the page shows %d services (%v), want the last 4", n, err)
+	if n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("section.service").length`)); err != nil || n != 5 {
+		t.Errorf("after the balancer left, the page shows %d services (%v), want the last 5", n, err)
 	}
 }
 

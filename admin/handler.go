@@ -137,5 +137,5 @@ func (h *Handler) serveStatusJSON(w http.ResponseWriter, r *http.Request) {
 func newNonce() string {
 	var b [16]byte
 	rand.Read(b[:])
-	return base64.RawStdEncoding.EncodeToString(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }

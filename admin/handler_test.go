@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/lookaside-lb/lookaside/lbserver"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	channelzpb "google.golang.org/grpc/channelz/grpc_channelz_v1"
@@ -41,23 +43,33 @@ func fakeStatus() Status {
 		Consul:   &ConsulStatus{Address: "127.0.0.1:8500", Reachable: true, LastContact: now.Add(-1500 * time.Millisecond)},
 		Replicas: []Replica{{Address: "127.0.0.1:7000", ID: "lb-1", Health: "passing", Self: true}, {Address: "127.0.0.2:7000", ID: "lb-2", Health: "critical"}},
 		Totals:   Totals{Streams: 3, StreamsStarted: 10, Connections: 3, Services: 2, ListsSent: 12},
-		Services: []serviceStatus{
+		Services: []lbserver.ServiceStatus{
 			{
-				Name: "user-srv", Policy: "weighted_round_robin", PolicySource: "config", ChildPolicy: "round_robin",
-				Streams: 2, SnapshotAt: now.Add(-10 * time.Second),
-				Endpoints: []endpointStatus{
-					{Address: "10.0.0.1:50051", ID: "user-srv-1", Node: "node-a", Weight: 1, Health: "passing", Calls: 100, First: 1},
-					{Address: "10.0.0.2:50051", ID: "user-srv-2", Node: "node-b", Weight: 3, Health: "passing", Calls: 300, First: 1,
-						FreshReport: true, Utilization: 0.42, QPS: 31.5, ReportAge: 800 * time.Millisecond, LoadWeight: 75},
+				Service: "user-srv", Policy: "weighted_round_robin", PolicySource: lbserver.PolicyFromConfig, ChildPolicy: "round_robin",
+				Streams: 2, Ready: true, SnapshotArrived: now.Add(-10 * time.Second), LoadReports: true,
+				Endpoints: []lbserver.EndpointStatus{
+					{ID: "user-srv-1", InstanceID: "user-srv-1", Address: "10.0.0.1:50051", Weight: 1, Health: "passing",
+						CallsAttributed: 100.4, FirstOf: 1, LoadStream: "unimplemented"},
+					{ID: "node-b/user-srv-2", InstanceID: "user-srv-2", Node: "node-b", Address: "10.0.0.2:50051", Weight: 3, Health: "passing",
+						CallsAttributed: 299.6, FirstOf: 1, HasReport: true, Utilization: 0.42, QPS: 31.5, ReportAge: 800 * time.Millisecond,
+						LoadWeight: 1.25, LoadStream: "connected"},
 				},
-				RoundRobin: []string{"10.0.0.2:50051", "10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.2:50051"},
-				PickFirst:  "10.0.0.2:50051",
+				RoundRobinList: []lbserver.ListEntry{
+					{ID: "node-b/user-srv-2", Address: "10.0.0.2:50051"}, {ID: "user-srv-1", Address: "10.0.0.1:50051"},
+					{ID: "node-b/user-srv-2", Address: "10.0.0.2:50051"}, {ID: "node-b/user-srv-2", Address: "10.0.0.2:50051"},
+				},
+				PickFirst: lbserver.ListEntry{ID: "node-b/user-srv-2", Address: "10.0.0.2:50051"},
 			},
 			{
-				Name: evilName, Policy: "round_robin", PolicySource: "default", Fallback: true, FallbackReason: "no_instances",
-				RateLimitDrop: 0.25, RateLimit: 100, OfferedRate: 133.3,
-				Endpoints: []endpointStatus{{Address: "10.0.0.9:1", ID: `id"><img src=x onerror=alert(1)>`, Health: "critical"}},
+				Service: evilName, Policy: "round_robin", PolicySource: lbserver.PolicyFromDefault, Ready: true,
+				RateLimitDropShare: 0.25, DropShare: 0.25, DropToken: "drop-ratelimit", RateLimit: 100, OfferedRate: 133.3,
+				Endpoints: []lbserver.EndpointStatus{{ID: `id"><img src=x onerror=alert(1)>`, InstanceID: `id"><img src=x onerror=alert(1)>`,
+					Address: "10.0.0.9:1", Health: "critical"}},
+				RoundRobinList: []lbserver.ListEntry{{Drop: true, DropToken: "drop-ratelimit"}, {ID: `id"><img src=x onerror=alert(1)>`, Address: "10.0.0.9:1"}},
+				PickFirst:      lbserver.ListEntry{ID: `id"><img src=x onerror=alert(1)>`, Address: "10.0.0.9:1"},
 			},
+			{Service: "new-srv", Policy: "round_robin", PolicySource: lbserver.PolicyFromDefault, Fallback: true,
+				FallbackReason: lbserver.FallbackFirstListTimeout},
 		},
 	}
 }
@@ -201,15 +213,17 @@ func TestStatusPageShows(t *testing.T) {
 		"Replicas (2)", "127.0.0.1:7000 this one passing", "127.0.0.2:7000 critical",
 		"clients (streams) 3 of 10 started",
 		"user-srv weighted_round_robin · config child round_robin",
-		"clients 2 endpoints 2 calls reported 400",
+		"clients 2 endpoints 2 calls reported 400 endpoints from discovery 10s ago load reports on",
 		// the rows: address, ID, node, health, weight, load weight,
 		// utilization, qps, report age, pick_first clients, calls, share
-		"10.0.0.1:50051 user-srv-1 node-a passing 1 – – – – 1 100 25.0% (target 25.0%)",
-		"10.0.0.2:50051 user-srv-2 node-b passing 3 75 42.0% 31.5 800ms 1 300 75.0% (target 75.0%)",
+		"10.0.0.1:50051 user-srv-1 passing 1 – – – unimplemented 1 100 25.0% (25.0%)",
+		"10.0.0.2:50051 user-srv-2 node-b passing 3 1.25 42.0% 31.5 800ms 1 300 75.0% (75.0%)",
 		"a new round_robin client gets 10.0.0.2:50051, 10.0.0.1:50051, 10.0.0.2:50051, 10.0.0.2:50051 (4 entries)",
 		"a new pick_first client gets 10.0.0.2:50051",
-		"fallback: no_instances", "drops 25.0% (rate limit)", "offered 133/s", "rate limit 100/s",
-		"10.0.0.9:1", "no calls (no target)",
+		"drops 25.0% (rate limit)", "offered 133/s", "rate limit 100/s",
+		"10.0.0.9:1", "– (100.0%)",
+		"a new round_robin client gets drop (drop-ratelimit), 10.0.0.9:1 (2 entries)",
+		"new-srv round_robin · default fallback: first_list_timeout clients 0 endpoints 0 calls reported 0 endpoints from discovery not yet load reports off No endpoints.",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("page does not say %q; it says:\n%s", want, text)
@@ -233,7 +247,7 @@ func visibleText(html string) string {
 func TestStatusPageSecurityHeaders(t *testing.T) {
 	res, body := get(t, newHandler(t, Options{}), "GET", "/status")
 	csp := res.Header.Get("Content-Security-Policy")
-	m := regexp.MustCompile(`script-src 'nonce-([A-Za-z0-9+/]+)'`).FindStringSubmatch(csp)
+	m := regexp.MustCompile(`script-src 'nonce-([A-Za-z0-9_-]+)'`).FindStringSubmatch(csp)
 	if m == nil {
 		t.Fatalf("Content-Security-Policy %q has no script nonce", csp)
 	}

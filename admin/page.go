@@ -23,7 +23,7 @@ var page = template.Must(template.New("status").Funcs(template.FuncMap{
 // Page layout constants.
 const (
 	// barWidth is the width of a share-of-calls bar, in pixels.
-	barWidth = 120
+	barWidth = 100
 	// maxListShown bounds the round_robin list entries the page prints.
 	maxListShown = 24
 )
@@ -74,6 +74,10 @@ type serviceView struct {
 	RoundRobinMore int
 	RoundRobinLen  int
 	PickFirst      string
+	LoadReports    bool
+	// HasNode: an endpoint has a node name (two nodes register the same
+	// ID); the node column is shown only then.
+	HasNode bool
 }
 
 type dropView struct{ Kind, Share string }
@@ -81,6 +85,7 @@ type dropView struct{ Kind, Share string }
 type endpointView struct {
 	Address     string
 	ID          string
+	InstanceID  string
 	Node        string
 	Health      string
 	HealthClass string
@@ -182,14 +187,14 @@ func shareViews(eps []endpointView, targets []float64) {
 			share = float64(e.Calls) / float64(calls)
 			e.CallPct = formatPct(share)
 		} else {
-			e.CallPct = "no calls"
+			e.CallPct = "–"
 		}
 		e.BarW = round1(share * barWidth)
-		e.TargetPct = "no target"
+		e.TargetPct = "–"
 		if wsum > 0 && i < len(targets) {
 			t := targets[i] / wsum
 			e.HasTarget = true
-			e.TargetPct = "target " + formatPct(t)
+			e.TargetPct = formatPct(t)
 			e.TargetX = round1(math.Min(t*barWidth, barWidth-2))
 		}
 	}

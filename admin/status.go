@@ -37,7 +37,7 @@ type Status struct {
 	Totals Totals `json:"totals"`
 	// Services are the watched services, each with its endpoints, as
 	// lbserver.Server.Status returns them. The page sorts them by name.
-	Services []serviceStatus `json:"services"`
+	Services []lbserver.ServiceStatus `json:"services"`
 }
 
 // BuildInfo identifies the binary.

@@ -1,50 +1,67 @@
 package admin
 
 import (
+	"math"
 	"time"
+
+	"github.com/lookaside-lb/lookaside/lbserver"
 )
 
 // serviceViewOf formats one service for the page.
-func serviceViewOf(s serviceStatus, now time.Time) serviceView {
+func serviceViewOf(s lbserver.ServiceStatus, now time.Time) serviceView {
 	v := serviceView{
-		Name:           s.Name,
+		Name:           s.Service,
 		Policy:         s.Policy,
 		PolicySource:   s.PolicySource,
 		ChildPolicy:    s.ChildPolicy,
-		Clients:        s.Streams,
+		Clients:        int64(s.Streams),
 		Fallback:       s.Fallback,
 		FallbackReason: s.FallbackReason,
-		PickFirst:      s.PickFirst,
-		RoundRobinLen:  len(s.RoundRobin),
+		PickFirst:      s.PickFirst.Address,
+		RoundRobinLen:  len(s.RoundRobinList),
+		LoadReports:    s.LoadReports,
 	}
-	if s.OverloadDrop > 0 {
-		v.Drops = append(v.Drops, dropView{"overload", formatPct(s.OverloadDrop)})
+	if s.OverloadDropShare > 0 {
+		v.Drops = append(v.Drops, dropView{"overload", formatPct(s.OverloadDropShare)})
 	}
-	if s.RateLimitDrop > 0 {
-		v.Drops = append(v.Drops, dropView{"rate limit", formatPct(s.RateLimitDrop)})
+	if s.RateLimitDropShare > 0 {
+		v.Drops = append(v.Drops, dropView{"rate limit", formatPct(s.RateLimitDropShare)})
 	}
 	if s.RateLimit > 0 {
 		v.RateLimit = formatRate(s.RateLimit)
 		v.Offered = formatRate(s.OfferedRate)
-	} else if s.OfferedRate > 0 {
-		v.Offered = formatRate(s.OfferedRate)
 	}
-	if !s.SnapshotAt.IsZero() {
-		v.SnapshotAge = ago(now, s.SnapshotAt)
+	switch {
+	case !s.Ready:
+		v.SnapshotAge = "not yet"
+	case !s.SnapshotArrived.IsZero():
+		v.SnapshotAge = ago(now, s.SnapshotArrived)
 	}
-	v.RoundRobin = s.RoundRobin[:min(len(s.RoundRobin), maxListShown)]
-	v.RoundRobinMore = len(s.RoundRobin) - len(v.RoundRobin)
-	// The target share of an endpoint is its share of the entries in the
-	// list a round_robin client gets.
+	// The target share of an endpoint is its share of the endpoint
+	// entries in the list a new round_robin client gets.
 	entries := map[string]int{}
-	for _, a := range s.RoundRobin {
-		entries[a]++
+	for i, e := range s.RoundRobinList {
+		a := e.Address
+		if e.Drop {
+			a = "drop"
+			if e.DropToken != "" {
+				a += " (" + e.DropToken + ")"
+			}
+		} else {
+			entries[e.ID]++
+		}
+		if i < maxListShown {
+			v.RoundRobin = append(v.RoundRobin, a)
+		}
 	}
+	v.RoundRobinMore = len(s.RoundRobinList) - len(v.RoundRobin)
 	targets := make([]float64, len(s.Endpoints))
 	for i, e := range s.Endpoints {
+		calls := int64(math.Round(e.CallsAttributed))
 		ev := endpointView{
 			Address:     e.Address,
 			ID:          e.ID,
+			InstanceID:  e.InstanceID,
 			Node:        e.Node,
 			Health:      e.Health,
 			HealthClass: healthClass(e.Health),
@@ -53,21 +70,22 @@ func serviceViewOf(s serviceStatus, now time.Time) serviceView {
 			Utilization: "–",
 			QPS:         "–",
 			ReportAge:   "–",
-			Calls:       e.Calls,
-			First:       e.First,
+			Calls:       calls,
+			First:       int64(e.FirstOf),
 		}
 		if e.LoadWeight > 0 {
 			ev.LoadWeight = formatNum(e.LoadWeight)
 		}
-		if e.FreshReport {
+		if e.HasReport {
 			ev.Utilization = formatPct(e.Utilization)
 			ev.QPS = formatNum(e.QPS)
-		}
-		if e.ReportAge > 0 {
 			ev.ReportAge = formatDuration(e.ReportAge)
+		} else if e.LoadStream != "" && e.LoadStream != "connected" {
+			ev.ReportAge = e.LoadStream
 		}
-		targets[i] = float64(entries[e.Address])
-		v.TotalCalls += e.Calls
+		v.HasNode = v.HasNode || e.Node != ""
+		targets[i] = float64(entries[e.ID])
+		v.TotalCalls += calls
 		v.Endpoints = append(v.Endpoints, ev)
 	}
 	shareViews(v.Endpoints, targets)

@@ -129,3 +129,22 @@ func Screenshot(ctx context.Context, path string) error {
 	}
 	return os.WriteFile(path, png, 0o644)
 }
+
+// ShownService is a service as the status page shows it to a person: its
+// name, its facts line (clients, endpoints, calls reported, ...) and the
+// text of each endpoint row, white space collapsed.
+type ShownService struct {
+	Name  string   `json:"name"`
+	Facts string   `json:"facts"`
+	Rows  []string `json:"rows"`
+}
+
+// ShownServices is a JavaScript expression for Poll that reads the
+// services the status page shows, as []ShownService, in page order. It
+// reads rendered text (innerText), so what it returns is what a person
+// sees.
+const ShownServices = `Array.from(document.querySelectorAll("section.service")).map(s => ({
+	name: s.querySelector("h2").innerText,
+	facts: s.querySelector(".facts").innerText.replace(/\s+/g, " ").trim(),
+	rows: Array.from(s.querySelectorAll("tbody tr")).map(r => r.innerText.replace(/\s+/g, " ").trim()),
+}))`
