@@ -2,10 +2,13 @@ package consul
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"net"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -60,6 +63,9 @@ const (
 	ErrorTimeout = "timeout"
 	// ErrorUnreachable: no connection to Consul (refused, reset, DNS).
 	ErrorUnreachable = "unreachable"
+	// ErrorTLS: the TLS handshake failed (an unknown authority, a wrong
+	// name, a certificate refused): a person must fix the certificates.
+	ErrorTLS = "tls"
 	// ErrorForbidden: HTTP 403, the ACLs deny the token.
 	ErrorForbidden = "forbidden"
 	// ErrorNoDatacenter: Consul does not know the datacenter.
@@ -75,7 +81,7 @@ const (
 )
 
 // ErrorKinds are every error kind Observer.ConsulRequest may be passed.
-var ErrorKinds = []string{ErrorTimeout, ErrorUnreachable, ErrorForbidden, ErrorNoDatacenter,
+var ErrorKinds = []string{ErrorTimeout, ErrorUnreachable, ErrorTLS, ErrorForbidden, ErrorNoDatacenter,
 	ErrorStatus4xx, ErrorStatus5xx, ErrorNoLeader, ErrorOther}
 
 // Outcome classifies the result of a request made with ctx: OutcomeOK for
@@ -101,6 +107,8 @@ func Outcome(ctx context.Context, err error) string {
 		switch {
 		case consulwatch.Classify(err) == consulwatch.NoDatacenter:
 			return ErrorNoDatacenter
+		case se.Code == 400 && strings.Contains(se.Body, "HTTPS server"):
+			return ErrorTLS // plain HTTP to Consul's HTTPS port
 		case se.Code == 403:
 			return ErrorForbidden
 		case se.Code >= 500:
@@ -119,6 +127,9 @@ func Outcome(ctx context.Context, err error) string {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
 		return ErrorTimeout
+	}
+	if isTLSError(err) {
+		return ErrorTLS
 	}
 	var oe *net.OpError
 	var de *net.DNSError
@@ -360,4 +371,18 @@ func minTime(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// isTLSError reports whether err comes from a failed TLS handshake.
+func isTLSError(err error) bool {
+	var (
+		unknownCA *x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		verify    *tls.CertificateVerificationError
+		alert     tls.AlertError
+		header    tls.RecordHeaderError
+	)
+	return errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalid) ||
+		errors.As(err, &verify) || errors.As(err, &alert) || errors.As(err, &header)
 }

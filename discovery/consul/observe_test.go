@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -186,11 +188,17 @@ func TestOutcomeOfRealErrors(t *testing.T) {
 		t.Cleanup(srv.Close)
 		return srv.Listener.Addr().String()
 	}
+	tlsSrv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	tlsSrv.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshake errors are the point
+	tlsSrv.StartTLS()
+	defer tlsSrv.Close()
 	for _, tc := range []struct {
 		name, addr string
 		timeout    time.Duration
 		want       string
 	}{
+		{"unknown authority", "https://" + tlsSrv.Listener.Addr().String(), 5 * time.Second, ErrorTLS},
+		{"plain HTTP to TLS", tlsSrv.Listener.Addr().String(), 5 * time.Second, ErrorTLS},
 		{"refused", closedAddr, 5 * time.Second, ErrorUnreachable},
 		{"silent", silent.Addr().String(), 200 * time.Millisecond, ErrorTimeout},
 		{"403", status(403), 5 * time.Second, ErrorForbidden},
