@@ -91,11 +91,16 @@ type Metrics struct {
 	csStarted, csFinished, csFailed, csKnownReceived *prometheus.CounterVec // service
 	csDropped                                        *prometheus.CounterVec // service, token
 
+	// mu is taken by observer calls, briefly: never while a source is read.
 	mu       sync.Mutex
-	lastSeen map[string]time.Time            // guarded by mu: service label → last event, or last scrape while watched
-	open     map[string]int                  // guarded by mu: streams open per service label
-	csLast   map[string]clientstats.Counters // guarded by mu: the clientstats totals read at the last scrape, by registry key
-	csLabel  map[string]string               // guarded by mu: the service label of each csLast key
+	lastSeen map[string]time.Time // guarded by mu: service label → last event, or last scrape while watched
+	open     map[string]int       // guarded by mu: streams open per service label
+
+	// scrapeMu makes scrapes read the sources and update what they keep
+	// one at a time, so that the ClientStats deltas are taken in order.
+	scrapeMu sync.Mutex
+	csLast   map[string]clientstats.Counters // guarded by scrapeMu: the clientstats totals read at the last scrape, by registry key
+	csLabel  map[string]string               // guarded by scrapeMu: the service label of each csLast key
 }
 
 // New returns a Metrics reading src (see Attach). Attach sources later

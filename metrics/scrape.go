@@ -69,13 +69,16 @@ func (m *Metrics) serviceVecs() []interface {
 
 // Collect implements prometheus.Collector: it reads the sources, updates
 // the ClientStats counters, deletes the series of services gone for
-// Retention, and reports everything.
+// Retention, and reports everything. Observer calls wait for it only
+// while it marks the services it saw and prunes, never while it reads a
+// source.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	m := (*Metrics)(c)
+	m.scrapeMu.Lock()
+	defer m.scrapeMu.Unlock()
 	src := m.src.Load()
 	now := m.now()
 	var consts []prometheus.Metric
-	m.mu.Lock()
 	watched := map[string]bool{}
 	if b := src.Balancer; b != nil {
 		st := b.Stats()
@@ -84,7 +87,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			prometheus.MustNewConstMetric(descServicesWatched, prometheus.GaugeValue, float64(st.ServicesWatched)),
 			prometheus.MustNewConstMetric(descWatchesStarted, prometheus.CounterValue, float64(st.WatchesStarted)),
 			prometheus.MustNewConstMetric(descBadClientStats, prometheus.CounterValue, float64(st.BadClientStats)))
-		m.readClientStatsLocked(src, b.ClientStats(), watched)
+		m.readClientStats(src, b.ClientStats(), watched)
 		consts = append(consts, m.statusMetrics(src, now, watched)...)
 	}
 	if cs := src.Consul; cs != nil {
@@ -102,6 +105,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
+	m.mu.Lock()
 	for svc := range watched {
 		m.lastSeen[svc] = now
 	}
@@ -139,7 +143,8 @@ func labelOf(dir discovery.Directory, name string) string {
 
 // pruneLocked deletes the series of services not seen for Retention,
 // but never those with streams open, nor "_unknown" and "_none". m.mu
-// must be held.
+// must be held: an event cannot create a series between the check and the
+// deletion.
 func (m *Metrics) pruneLocked(now time.Time) {
 	for svc, t := range m.lastSeen {
 		if svc == lbserver.UnknownServiceLabel || svc == NoServiceLabel || m.open[svc] > 0 || now.Sub(t) <= Retention {
@@ -152,12 +157,13 @@ func (m *Metrics) pruneLocked(now time.Time) {
 	}
 }
 
-// readClientStatsLocked adds to the ClientStats counters what reg's
+// readClientStats adds to the ClientStats counters what reg's
 // totals grew by since the last scrape. The registry forgets a service's
 // totals when it stops being watched (and they start again from zero if
 // it comes back): a total that went down started again, and counts whole.
-// Keys with a tag filter count under their service. m.mu must be held.
-func (m *Metrics) readClientStatsLocked(src *Sources, reg *clientstats.Registry, watched map[string]bool) {
+// Keys with a tag filter count under their service. m.scrapeMu must be
+// held.
+func (m *Metrics) readClientStats(src *Sources, reg *clientstats.Registry, watched map[string]bool) {
 	if reg == nil {
 		return
 	}
