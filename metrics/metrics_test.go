@@ -555,3 +555,45 @@ lookaside_lb_streams_open{service="user-srv"} 1
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// blockingBalancer's Status blocks until release is closed.
+type blockingBalancer struct {
+	statusBalancer
+	entered, release chan struct{}
+}
+
+func (b *blockingBalancer) Status() []lbserver.ServiceStatus {
+	close(b.entered)
+	<-b.release
+	return nil
+}
+
+// TestObserversDoNotWaitForScrapes: while a scrape reads a slow source,
+// streams' observer calls go on.
+func TestObserversDoNotWaitForScrapes(t *testing.T) {
+	b := &blockingBalancer{statusBalancer: statusBalancer{fakeBalancer: fakeBalancer{reg: clientstats.New(clientstats.Config{})}},
+		entered: make(chan struct{}), release: make(chan struct{})}
+	m, _ := newTestMetrics(Sources{Balancer: b})
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Registry().Gather()
+		done <- err
+	}()
+	<-b.entered
+	returned := make(chan struct{})
+	go func() {
+		m.StreamStarted("user-srv")
+		m.ListSent("user-srv", 3, 0, time.Millisecond)
+		m.StreamEnded("user-srv", lbserver.OutcomeOK)
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Error("observer calls waited for a scrape")
+	}
+	close(b.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
