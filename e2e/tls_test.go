@@ -129,8 +129,9 @@ func balancerCert(t *testing.T, addr string, creds credentials.TransportCredenti
 
 // TestTLS runs the lbserver and backend commands over TLS: grpclb clients
 // over TLS and mTLS, a client without a certificate refused under mTLS,
-// the balancer's certificate rotated under load (SIGHUP, then polling)
-// without a failed call, and ORCA load reports over mTLS to TLS backends.
+// the balancer's certificate rotated under load (a broken key refused,
+// then SIGHUP, then polling) without a failed call, and ORCA load reports
+// over mTLS to TLS backends.
 func TestTLS(t *testing.T) {
 	t.Parallel()
 	lbBin, beBin := tlsBinaries(t)
@@ -238,8 +239,20 @@ func TestTLS(t *testing.T) {
 			return time.Since(start)
 		}
 
-		// 1. New files (each renamed into place), then SIGHUP.
+		// 0. A broken key and SIGHUP: refused, the certificate stays.
 		time.Sleep(500 * time.Millisecond)
+		tlstest.WriteAtomic(t, rotFiles.Key, []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"))
+		if err := lbp.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "the balancer to refuse the broken key", func() bool {
+			return strings.Contains(lbp.logs(), rotFiles.Key)
+		})
+		if got, err := balancerCert(t, lbp.addr, creds); err != nil || got.SerialNumber.Cmp(first.SerialNumber) != 0 {
+			t.Fatalf("after a broken key and SIGHUP: %v, %v; want the first certificate still", got, err)
+		}
+
+		// 1. New files (each renamed into place), then SIGHUP.
 		second := pki.ca.Issue(t, tlstest.Options{CommonName: "balancer-2", Names: []string{balancerName, "127.0.0.1"}})
 		tlstest.WriteFiles(t, filepath.Dir(rotFiles.Cert), second)
 		if err := lbp.cmd.Process.Signal(syscall.SIGHUP); err != nil {
