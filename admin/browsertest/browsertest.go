@@ -51,10 +51,9 @@ func Path() (string, error) {
 // browser is found, t is skipped, unless $CI is set: then t fails.
 //
 // The browser runs headless, without its sandbox (tests often run as
-// root), with a 1280×900 window, without background networking, and
-// resolves no host name but localhost (and connects to no address but
-// 127.0.0.1 and ::1 by name): the tests only open loopback
-// addresses.
+// root), with a 1280×900 window, without background networking or a proxy,
+// and resolves no host name but localhost: the tests open loopback
+// addresses only. It is driven over a pipe, not a debugging port.
 func New(t testing.TB, timeout time.Duration) context.Context {
 	t.Helper()
 	path, err := Path()
