@@ -39,15 +39,7 @@ func (r *Replica) Reload(next config.Config) error {
 			r.level.Set(l)
 		}
 	}
-	restart := r.cfg.Reloadable(next)
-	// The files are read again; other paths need a restart.
-	if next.TLS != r.cfg.TLS {
-		restart = append(restart, "tls")
-	}
-	if next.LoadReports.TLS != r.cfg.LoadReports.TLS {
-		restart = append(restart, "load_reports.tls")
-	}
-	if len(restart) > 0 {
+	if restart := r.cfg.Reloadable(next); len(restart) > 0 {
 		r.log.Warn("reload: these settings only change on restart and keep their running values", "fields", restart)
 	}
 	for _, w := range Warnings(next) {

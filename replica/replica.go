@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"google.golang.org/grpc"
 
 	"github.com/lookaside-lb/lookaside/admin"
 	"github.com/lookaside-lb/lookaside/config"
@@ -89,7 +88,7 @@ func New(cfg config.Config, opts Options) (*Replica, error) {
 	}
 	lc := lbConfig(cfg)
 	var err error
-	if r.serverTLS, err = serverTLS(cfg.TLS, r.log); err != nil {
+	if r.serverTLS, err = serverTLS(cfg.TLS, cfg.Register.Enabled, r.log); err != nil {
 		return nil, err
 	}
 	if r.orcaTLS, err = clientTLS("load_reports.tls", cfg.LoadReports.TLS, r.log); err != nil {
@@ -241,13 +240,9 @@ func (r *Replica) Run(ctx context.Context) error {
 	// The whole shutdown fits shutdown_timeout: Serve (health, drain,
 	// streams, watchers) takes it but a moment kept for the DNS responder.
 	serve := lbserver.ServeOptions{ShutdownTimeout: timeout - min(timeout/10, 500*time.Millisecond)}
-	if r.serverTLS != nil {
-		creds, err := r.serverTLS.ServerCredentials()
-		if err != nil {
-			r.srv.Close()
-			return fmt.Errorf("tls: %w", err)
-		}
-		serve.GRPC = append(serve.GRPC, grpc.Creds(creds))
+	if serve.GRPC, err = serverOptions(r.serverTLS); err != nil {
+		r.srv.Close()
+		return err
 	}
 	if reg != nil {
 		// Registered before serving: the health check fails for a moment
@@ -350,6 +345,12 @@ func registration(cfg config.Config, addr net.Addr) (*consulreg.Instance, error)
 		id = fmt.Sprintf("%s-%s-%d", rc.Service, host, port)
 	}
 	in := &consulreg.Instance{ID: id, Service: rc.Service, Addr: adv, CheckInterval: rc.CheckInterval.D()}
+	if cfg.TLS.CertFile != "" {
+		// Consul checks the replica over TLS; an agent verifies with its
+		// own CA, which seldom holds the balancer's, so it does not verify.
+		// Under mTLS the check needs no certificate (serverTLS).
+		in.CheckTLS, in.CheckTLSSkipVerify = true, true
+	}
 	if err := in.Validate(); err != nil {
 		return nil, fmt.Errorf("register: %w", err)
 	}

@@ -4,17 +4,24 @@ import (
 	"fmt"
 	"log/slog"
 
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/lookaside-lb/lookaside/config"
 	"github.com/lookaside-lb/lookaside/internal/tlsfiles"
 )
 
 // serverTLS returns the store of the balancer listener's certificate (and
-// client CA for mTLS), or nil when tls.cert_file is empty.
-func serverTLS(t config.ServerTLS, log *slog.Logger) (*tlsfiles.Store, error) {
+// client CA for mTLS), or nil when tls.cert_file is empty. healthOpen lets
+// clients without a certificate through the TLS handshake, for Consul's
+// health check of a registered replica; serverOptions then refuses them
+// every call but the health check.
+func serverTLS(t config.ServerTLS, healthOpen bool, log *slog.Logger) (*tlsfiles.Store, error) {
 	if t.CertFile == "" {
 		return nil, nil
 	}
-	s, err := tlsfiles.New(tlsfiles.Config{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.ClientCAFile, Logger: log})
+	s, err := tlsfiles.New(tlsfiles.Config{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.ClientCAFile,
+		ClientCertOptional: healthOpen && t.ClientCAFile != "", Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
@@ -32,4 +39,24 @@ func clientTLS(path string, t config.ClientTLS, log *slog.Logger) (*tlsfiles.Sto
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return s, nil
+}
+
+// serverOptions are the balancer's gRPC options for the listener's TLS:
+// its credentials and, when clients without a certificate get through the
+// handshake (serverTLS's healthOpen with mTLS), interceptors that let them
+// call the health service only.
+func serverOptions(s *tlsfiles.Store) ([]grpc.ServerOption, error) {
+	if s == nil {
+		return nil, nil
+	}
+	creds, err := s.ServerCredentials()
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	opts := []grpc.ServerOption{grpc.Creds(creds)}
+	if s.Config().ClientCertOptional {
+		u, st := tlsfiles.RequireVerifiedClient(healthpb.Health_Check_FullMethodName, healthpb.Health_Watch_FullMethodName)
+		opts = append(opts, grpc.ChainUnaryInterceptor(u), grpc.ChainStreamInterceptor(st))
+	}
+	return opts, nil
 }
