@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	_ "embed"
 	"fmt"
 	"html/template"
@@ -111,7 +112,8 @@ func (h *Handler) serveStatusPage(w http.ResponseWriter, r *http.Request) {
 		v.RefreshMillis = h.opts.Refresh.Milliseconds()
 		v.RefreshSeconds = int64(math.Ceil(h.opts.Refresh.Seconds()))
 	}
-	var b strings.Builder
+	var b bytes.Buffer
+	b.Grow(64 << 10)
 	if err := page.Execute(&b, v); err != nil {
 		h.log.Error("rendering the status page", "err", err)
 		http.Error(w, "rendering the status page: "+err.Error(), http.StatusInternalServerError)
@@ -124,7 +126,7 @@ func (h *Handler) serveStatusPage(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Referrer-Policy", "no-referrer")
 	hd.Set("Content-Security-Policy", fmt.Sprintf("default-src 'none'; style-src 'nonce-%[1]s'; script-src 'nonce-%[1]s'; "+
 		"connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'", v.Nonce))
-	w.Write([]byte(b.String()))
+	w.Write(b.Bytes())
 }
 
 // viewOf formats st for the page.

@@ -108,10 +108,11 @@ func TestStatusPageBrowser(t *testing.T) {
 	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.notReloaded = true`)); err != nil {
 		t.Fatal(err)
 	}
+	left := time.Now()
 	ub[0].cancel() // it deregisters, drains and stops; its cleanup waits for it
 	page = browsertest.Poll(t, ctx, 20*time.Second, "the page to drop the row of the backend that left",
 		browsertest.ShownServices, func(p []browsertest.ShownService) bool { return shows(p, users, ub[1:]...) })
-	t.Logf("after %s left, the page shows: %q", ub[0].ID(), page)
+	t.Logf("%v after %s was stopped, the page shows: %q", time.Since(left).Round(10*time.Millisecond), ub[0].ID(), page)
 	if ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.notReloaded === true`)); err != nil || !ok {
 		t.Errorf("the page was reloaded instead of refreshed in place (%v)", err)
 	}
