@@ -27,6 +27,7 @@ const envScreenshot = "LOOKASIDE_SCREENSHOT"
 // within the page's refresh.
 func TestStatusPageBrowser(t *testing.T) {
 	t.Parallel()
+	browsertest.Require(t)
 	users, orders, lbService := serviceName(t)+"-users", serviceName(t)+"-orders", serviceName(t)+"-lb"
 	ub := startBackends(t, users, 3)
 	ob := []*runningBackend{

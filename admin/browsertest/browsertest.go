@@ -11,6 +11,7 @@ package browsertest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"testing"
@@ -30,7 +31,7 @@ const EnvChromium = "LOOKASIDE_CHROMIUM"
 func Path() (string, error) {
 	if p := os.Getenv(EnvChromium); p != "" {
 		if _, err := os.Stat(p); err != nil {
-			return "", err
+			return "", fmt.Errorf("$%s: %w", EnvChromium, err)
 		}
 		return p, nil
 	}
@@ -45,6 +46,21 @@ func Path() (string, error) {
 	return "", errors.New("no chromium found (/usr/bin/chromium, chromium or chromium-browser on PATH, $" + EnvChromium + ")")
 }
 
+// Require returns the browser's path (see Path). When there is none, it
+// skips t with a message saying how to install one, unless $CI is set:
+// then it fails t. Tests that take long to set up call it first.
+func Require(t testing.TB) string {
+	t.Helper()
+	path, err := Path()
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("browser test in CI: %v; install it with: apt-get install -y chromium", err)
+		}
+		t.Skipf("skipping the browser test: %v; install it with: apt-get install -y chromium", err)
+	}
+	return path
+}
+
 // New starts a headless browser for t with one tab and returns the tab's
 // context for chromedp.Run. The context ends after timeout or when t ends;
 // the browser is stopped and its profile removed when t ends. When no
@@ -56,13 +72,7 @@ func Path() (string, error) {
 // addresses only. It is driven over a pipe, not a debugging port.
 func New(t testing.TB, timeout time.Duration) context.Context {
 	t.Helper()
-	path, err := Path()
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("browser test in CI: %v; install it with: apt-get install -y chromium", err)
-		}
-		t.Skipf("skipping the browser test: %v; install it with: apt-get install -y chromium", err)
-	}
+	path := Require(t)
 	out := &syncbuf.Buffer{}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(path),
