@@ -222,7 +222,7 @@ func TestDeployAlertMetrics(t *testing.T) {
 
 	first := startBackend(t, svc, nil)
 	waitPassing(t, svc, 1)
-	lbBin, _ := buildCmdsWith(t) // without -race: this checks names, not timing
+	lbBin, _ := buildCmdsWith(t)                        // without -race: this checks names, not timing
 	dnsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // not printed: chosen here
 	conf := filepath.Join(t.TempDir(), "lookaside.yaml")
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`listen: 127.0.0.1:0
