@@ -73,13 +73,22 @@ type runningBackend struct {
 	*backend.Backend
 	cancel context.CancelFunc
 	done   chan error
+
+	once sync.Once
+	err  error // what Serve returned; set by halt
+}
+
+// halt stops the backend and returns what Serve returned; safe to call
+// more than once (the test's cleanup calls it too).
+func (b *runningBackend) halt() error {
+	b.once.Do(func() { b.cancel(); b.err = <-b.done })
+	return b.err
 }
 
 // stop drains the backend (deregister, drain delay, graceful stop) and waits.
 func (b *runningBackend) stop(t testing.TB) {
 	t.Helper()
-	b.cancel()
-	if err := <-b.done; err != nil {
+	if err := b.halt(); err != nil {
 		t.Errorf("backend %s: %v", b.ID(), err)
 	}
 }
@@ -109,8 +118,7 @@ func startBackend(t testing.TB, service string, tweak func(*backend.Config)) *ru
 	case <-time.After(20 * time.Second):
 		t.Fatalf("backend %s not ready", b.ID())
 	}
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { cancel(); <-rb.done }) })
+	t.Cleanup(func() { rb.halt() })
 	return rb
 }
 
