@@ -79,9 +79,12 @@ const (
 	OutcomeRefused = "refused"
 	// OutcomeShutdown: the server closed (Close, or Serve's shutdown).
 	OutcomeShutdown = "shutdown"
-	// OutcomeMoved: a reconfiguration (an alias or zone change) mapped
-	// the stream's name to another service; the stream goes on, counted
-	// again by a StreamStarted with the new service.
+	// OutcomeMoved: the stream goes on under another service label,
+	// counted again by a StreamStarted with the new one: a
+	// reconfiguration (an alias or zone change) mapped the stream's name
+	// to another service, or the directory now lists the service of a
+	// stream counted under UnknownServiceLabel (a stream that came before
+	// the directory was read, or before its service was registered).
 	OutcomeMoved = "moved"
 	// OutcomeError: the stream failed otherwise (a transport error).
 	OutcomeError = "error"
@@ -135,15 +138,29 @@ var _ Observer = nopObserver{}
 // UnknownServiceLabel otherwise (and always without a directory). Safe
 // for concurrent use; does not block.
 func (s *Server) serviceLabel(svc string) string {
+	label, _ := s.labelOf(svc)
+	return label
+}
+
+// labelOf returns serviceLabel(svc) and, when that is UnknownServiceLabel
+// because of what the directory says (it has not been read yet, or does
+// not list the service), the directory's channel that is closed when the
+// answer may change; nil otherwise. A stream waits on it to be counted
+// under the service's name once the directory lists it (see
+// streamState.setLabel). A stream counted under a listed name keeps it, so
+// that the streams of every service do not wake at each read of the
+// directory. Safe for concurrent use; does not block.
+func (s *Server) labelOf(svc string) (label string, changed <-chan struct{}) {
 	if svc == "" {
-		return NoServiceLabel
+		return NoServiceLabel, nil
 	}
 	if s.dir == nil {
-		return UnknownServiceLabel
+		return UnknownServiceLabel, nil
 	}
 	base, _ := discovery.SplitName(svc)
-	if exists, _, _ := s.dir.Lookup(base); exists {
-		return base
+	exists, _, changed := s.dir.Lookup(base)
+	if exists {
+		return base, nil
 	}
-	return UnknownServiceLabel
+	return UnknownServiceLabel, changed
 }

@@ -11,6 +11,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/lookaside-lb/lookaside/discovery"
 )
 
 // recObserver records Observer calls as strings: "started svc",
@@ -217,4 +219,94 @@ func TestObserverStreamMovesWithAlias(t *testing.T) {
 	if n := s.Stats().StreamsActive; n != 1 {
 		t.Errorf("%d streams active, want the one", n)
 	}
+}
+
+// TestObserverLabelAfterDirectoryRead: a stream that comes before the
+// directory was read is counted under UnknownServiceLabel; when the
+// directory is read (~200 ms later) and lists its service, the stream
+// moves to the service's label ("moved", then started again), and what
+// it reports from then on (lists, its end) is counted there. Status
+// counts it under the service all along. A service the directory does not
+// list keeps its stream under UnknownServiceLabel.
+func TestObserverLabelAfterDirectoryRead(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// snapshot: the source answers at once (else only after the
+		// directory was read, so the read comes while the stream waits
+		// for its first list); listed: the directory lists svc.
+		snapshot, listed bool
+		want             []string
+	}{
+		{"read after the first list", true, true, []string{
+			"started _unknown", "list _unknown 1/0 other", "ended _unknown moved", "started svc",
+			"list svc 2/0 change", "ended svc ok"}},
+		{"read while waiting for the first list", false, true, []string{
+			"started _unknown", "ended _unknown moved", "started svc", "list svc 1/0 other",
+			"list svc 2/0 change", "ended svc ok"}},
+		{"read, not listed", true, false, []string{
+			"started _unknown", "list _unknown 1/0 other", "list _unknown 2/0 change", "ended _unknown ok"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var snaps []discovery.Snapshot
+			if tc.snapshot {
+				snaps = append(snaps, snap("svc", ep("a", "127.0.0.1:1")))
+			}
+			src := newFakeSource(snaps...)
+			dir := newFakeDir(false)
+			cfg := testConfig(dirSrc{src, dir})
+			cfg.LoadReports = false
+			cfg.FirstListTimeout = time.Minute
+			obs := &recObserver{}
+			cfg.Observer = obs
+			s, c := startServer(t, cfg)
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			st, err := c.BalanceLoad(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Send(initial("SVC:80")); err != nil {
+				t.Fatal(err)
+			}
+			var seen []string
+			if tc.snapshot {
+				recv(t, st)
+				recvList(t, st)
+			} else {
+				seen = obs.await(t, "started _unknown")
+			}
+			if got := streamsOf(s.Status()); got["svc"] != 1 {
+				t.Errorf("before the directory was read: Status streams %v, want svc: 1", got)
+			}
+			time.Sleep(200 * time.Millisecond)
+			dir.set("svc", tc.listed)
+			if !tc.snapshot {
+				seen = append(seen, obs.await(t, "started svc")...) // before the first list
+				src.Push(snap("svc", ep("a", "127.0.0.1:1")))
+				recv(t, st)
+				recvList(t, st)
+			}
+			src.Push(snap("svc", ep("a", "127.0.0.1:1"), ep("b", "127.0.0.1:2")))
+			recvList(t, st)
+			if got := streamsOf(s.Status()); got["svc"] != 1 {
+				t.Errorf("after the directory was read: Status streams %v, want svc: 1", got)
+			}
+			cancel()
+			// One stream's events come in order, from its handler.
+			got := append(seen, obs.await(t, tc.want[len(tc.want)-1])...)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("observer events %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// streamsOf returns the streams of each service of st.
+func streamsOf(st []ServiceStatus) map[string]int {
+	out := map[string]int{}
+	for _, s := range st {
+		out[s.Service] = s.Streams
+	}
+	return out
 }

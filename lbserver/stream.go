@@ -115,7 +115,7 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 	for {
 		st.key = clientstats.ClientKey{Service: svcName, Stream: id, Peer: peerAddr.String()}
 		st.log = log.With("service", quote(svcName))
-		st.label = s.serviceLabel(svcName)
+		st.label, st.labelChange = s.labelOf(svcName)
 		st.outcome = ""
 		s.obs.StreamStarted(st.label)
 		err := st.serve(svcName)
@@ -228,6 +228,10 @@ type streamState struct {
 	// set, why the stream ended; movedTo the service a reconfiguration
 	// maps it to (see errMoved).
 	label, outcome, movedTo string
+	// labelChange is closed when the directory may list the stream's
+	// service under its name while label is UnknownServiceLabel (see
+	// Server.labelOf); nil when it cannot.
+	labelChange <-chan struct{}
 
 	// The sender goroutine does the stream's Sends (see send).
 	out       chan *lbpb.LoadBalanceResponse // nil until the sender runs; closed to stop it
@@ -264,38 +268,44 @@ func (st *streamState) end(outcome string, err error) error {
 // close, the stream's maximum age, or new settings. It returns nil after a
 // request, a new plan or new settings; errMoved when the new settings map
 // the stream's name to another service; otherwise the error the handler
-// returns (errEnd for a clean end), which may come from handle.
+// returns (errEnd for a clean end), which may come from handle. A read of
+// the directory that may change the stream's label is taken meanwhile
+// (setLabel), without returning.
 func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBalanceRequest) error) error {
 	s := st.srv
-	select {
-	case <-changed:
-		return nil
-	case req := <-st.reqs:
-		return handle(req)
-	case err := <-st.recvErr:
-		if errors.Is(err, io.EOF) {
-			return st.end(OutcomeOK, errEnd)
+	for {
+		select {
+		case <-st.labelChange:
+			st.setLabel() // and wait again
+		case <-changed:
+			return nil
+		case req := <-st.reqs:
+			return handle(req)
+		case err := <-st.recvErr:
+			if errors.Is(err, io.EOF) {
+				return st.end(OutcomeOK, errEnd)
+			}
+			err = recvStatus(err)
+			return st.end(outcomeOf(err), err)
+		case <-st.ctx.Done():
+			return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
+		case <-s.closing:
+			// End cleanly: clients reconnect at once, to another replica
+			// while this one drains, and keep their backends meanwhile.
+			return st.end(OutcomeShutdown, errEnd)
+		case <-st.expired:
+			s.counters.streamsExpired.Add(1)
+			st.log.Debug("stream reached its maximum age")
+			return st.end(OutcomeExpired, errEnd)
+		case <-st.setChange:
+			set := s.live()
+			st.setChange = set.changed
+			if svc, err := set.names.Map(st.client.Name); err == nil && svc != st.key.Service {
+				st.movedTo = svc
+				return errMoved
+			}
+			return nil
 		}
-		err = recvStatus(err)
-		return st.end(outcomeOf(err), err)
-	case <-st.ctx.Done():
-		return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
-	case <-s.closing:
-		// End cleanly: clients reconnect at once, to another replica
-		// while this one drains, and keep their backends meanwhile.
-		return st.end(OutcomeShutdown, errEnd)
-	case <-st.expired:
-		s.counters.streamsExpired.Add(1)
-		st.log.Debug("stream reached its maximum age")
-		return st.end(OutcomeExpired, errEnd)
-	case <-st.setChange:
-		set := s.live()
-		st.setChange = set.changed
-		if svc, err := set.names.Map(st.client.Name); err == nil && svc != st.key.Service {
-			st.movedTo = svc
-			return errMoved
-		}
-		return nil
 	}
 }
 
@@ -320,16 +330,14 @@ func (st *streamState) awaitService(svcName string) (done bool, err error) {
 	for {
 		exists, ready, changed := s.dir.Lookup(base)
 		if exists || !ready {
-			if counted {
-				// The service appeared: label it by its name from now on.
-				s.obs.StreamEnded(st.label, OutcomeMoved)
-				st.label = s.serviceLabel(svcName)
-				s.obs.StreamStarted(st.label)
-			}
+			// When the service appeared, it is labelled by its name
+			// from now on.
+			st.setLabel()
 			return false, nil
 		}
 		if !counted {
 			counted = true
+			st.setLabel() // unlisted: UnknownServiceLabel
 			s.counters.unknownServices.Add(1)
 			// One line a minute for all unknown names: they come from
 			// clients.
@@ -363,16 +371,24 @@ func (st *streamState) run() error {
 	// already.
 	if !p.ready && !st.sentFallback {
 		timer := time.NewTimer(s.cfg.FirstListTimeout)
-		select {
-		case <-p.changed:
-		case <-timer.C:
-			s.throttle.Warn("no discovery answer yet; sending fallback", "service", quote(st.key.Service), logattr.Duration("waited", s.cfg.FirstListTimeout))
-		case <-st.ctx.Done():
-			timer.Stop()
-			return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
-		case <-s.closing:
-			timer.Stop()
-			return st.end(OutcomeShutdown, status.Error(codes.Unavailable, "lbserver: shutting down"))
+	wait:
+		for {
+			select {
+			case <-st.labelChange:
+				// The directory is read meanwhile.
+				st.setLabel()
+			case <-p.changed:
+				break wait
+			case <-timer.C:
+				s.throttle.Warn("no discovery answer yet; sending fallback", "service", quote(st.key.Service), logattr.Duration("waited", s.cfg.FirstListTimeout))
+				break wait
+			case <-st.ctx.Done():
+				timer.Stop()
+				return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
+			case <-s.closing:
+				timer.Stop()
+				return st.end(OutcomeShutdown, status.Error(codes.Unavailable, "lbserver: shutting down"))
+			}
 		}
 		timer.Stop()
 		p = st.svc.cur.Load()
@@ -394,6 +410,37 @@ func (st *streamState) run() error {
 		}
 		p = st.svc.cur.Load()
 	}
+}
+
+// relabel takes the stream's Observer label from the directory again if
+// the directory was read since it was taken (see setLabel), so that what
+// the stream reports next is counted under it. Does not block.
+func (st *streamState) relabel() {
+	select {
+	case <-st.labelChange: // nil: never
+		st.setLabel()
+	default:
+	}
+}
+
+// setLabel takes the stream's Observer label from the directory (see
+// Server.labelOf). A stream counted under UnknownServiceLabel whose
+// service the directory now lists (it had not been read when the stream
+// came, or the service was registered since) moves to the service's
+// label: StreamEnded with OutcomeMoved under the old label, StreamStarted
+// under the new one, as for a reconfiguration that maps its name
+// elsewhere. Does not block.
+func (st *streamState) setLabel() {
+	s := st.srv
+	label, changed := s.labelOf(st.key.Service)
+	st.labelChange = changed
+	if label == st.label {
+		return
+	}
+	st.log.Debug("stream counted under the service's name from now on", "from", st.label, "to", label)
+	s.obs.StreamEnded(st.label, OutcomeMoved)
+	st.label = label
+	s.obs.StreamStarted(label)
 }
 
 // sendInitial sends the initial response, once.
@@ -427,6 +474,7 @@ func (st *streamState) sendFallback(reason string) error {
 	}
 	s := st.srv
 	s.counters.fallbacksSent.Add(1)
+	st.relabel()
 	s.obs.FallbackSent(st.label, reason)
 	st.sentFallback, st.sent, st.sentIDs = true, nil, nil
 	if st.svc != nil {
@@ -552,6 +600,7 @@ func (st *streamState) update(p *plan) error {
 		return err
 	}
 	st.srv.counters.listsSent.Add(1)
+	st.relabel()
 	st.srv.obs.ListSent(st.label, len(list), len(list)-len(ids), sinceChange)
 	st.sent, st.sentIDs, st.sentFallback = list, ids, false
 	st.log.Debug("sent list", "entries", len(list), "policy", p.policyName, "index", p.snap.Index)
