@@ -27,18 +27,6 @@ import (
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
-// Bounds that the packages enforce but do not export (lbserver's
-// limits.go); keep them equal.
-const (
-	maxStreamRatePerIP  = 1e6
-	maxStreamBurstPerIP = 1 << 20
-	maxIgnoredMessages  = 1 << 20
-	maxStreamsPerConn   = 1 << 30
-	minRequestSize      = 4 << 10
-	maxRequestSize      = 4 << 20
-	maxNameLength       = 1024
-)
-
 // Validate checks every field of c, and the fields against each other, by
 // the rules the packages apply (lbserver, discovery/consul, dnsserver,
 // loadreport, loadweight, policy), and returns every problem at once as
@@ -487,7 +475,7 @@ func (v *validator) balancer() {
 	if msg := childPolicy(b.ChildPolicy); msg != "" {
 		v.add("balancer.child_policy", q(b.ChildPolicy), msg)
 	}
-	v.intRange("balancer.max_name_length", b.MaxNameLength, 1, maxNameLength)
+	v.intRange("balancer.max_name_length", b.MaxNameLength, 1, lbserver.MaxMaxNameLength)
 	nameMax := v.nameMax()
 	seen := map[string]bool{}
 	for i, z := range b.Zones {
@@ -529,7 +517,7 @@ func (v *validator) balancer() {
 // nameMax is the name length bound names are checked against: the
 // configured one when valid.
 func (v *validator) nameMax() int {
-	if n := v.cfg.Balancer.MaxNameLength; n >= 1 && n <= maxNameLength {
+	if n := v.cfg.Balancer.MaxNameLength; n >= 1 && n <= lbserver.MaxMaxNameLength {
 		return n
 	}
 	return lbserver.DefaultMaxNameLength
@@ -578,22 +566,22 @@ func (v *validator) limits() {
 	} else {
 		v.atLeastOne("limits.max_streams_per_conn", l.MaxStreamsPerConn)
 	}
-	if l.MaxStreamsPerConn > maxStreamsPerConn && !(perIPOK && l.MaxStreamsPerConn > l.MaxStreamsPerIP) {
-		v.add("limits.max_streams_per_conn", inum(l.MaxStreamsPerConn), fmt.Sprintf("is over %d", maxStreamsPerConn))
+	if l.MaxStreamsPerConn > lbserver.MaxMaxStreamsPerConn && !(perIPOK && l.MaxStreamsPerConn > l.MaxStreamsPerIP) {
+		v.add("limits.max_streams_per_conn", inum(l.MaxStreamsPerConn), fmt.Sprintf("is over %d", lbserver.MaxMaxStreamsPerConn))
 	}
-	if !(l.MaxStreamRatePerIP >= 0 && l.MaxStreamRatePerIP <= maxStreamRatePerIP) {
-		v.add("limits.max_stream_rate_per_ip", fnum(l.MaxStreamRatePerIP), fmt.Sprintf("is not in [0 (off), %v] streams/s", maxStreamRatePerIP))
+	if !(l.MaxStreamRatePerIP >= 0 && l.MaxStreamRatePerIP <= lbserver.MaxMaxStreamRatePerIP) {
+		v.add("limits.max_stream_rate_per_ip", fnum(l.MaxStreamRatePerIP), fmt.Sprintf("is not in [0 (off), %v] streams/s", lbserver.MaxMaxStreamRatePerIP))
 	}
-	if l.MaxStreamRatePerIP > 0 && (l.StreamBurstPerIP < 1 || l.StreamBurstPerIP > maxStreamBurstPerIP) {
-		v.add("limits.stream_burst_per_ip", inum(l.StreamBurstPerIP), fmt.Sprintf("is not in [1, %d]", maxStreamBurstPerIP))
+	if l.MaxStreamRatePerIP > 0 && (l.StreamBurstPerIP < 1 || l.StreamBurstPerIP > lbserver.MaxStreamBurstPerIP) {
+		v.add("limits.stream_burst_per_ip", inum(l.StreamBurstPerIP), fmt.Sprintf("is not in [1, %d]", lbserver.MaxStreamBurstPerIP))
 	}
-	if l.MaxIgnoredMessages < 0 || l.MaxIgnoredMessages > maxIgnoredMessages {
-		v.add("limits.max_ignored_messages", inum(l.MaxIgnoredMessages), fmt.Sprintf("is not in [0 (off), %d]", maxIgnoredMessages))
+	if l.MaxIgnoredMessages < 0 || l.MaxIgnoredMessages > lbserver.MaxMaxIgnoredMessages {
+		v.add("limits.max_ignored_messages", inum(l.MaxIgnoredMessages), fmt.Sprintf("is not in [0 (off), %d]", lbserver.MaxMaxIgnoredMessages))
 	}
 	v.atLeastOne("limits.max_conns", l.MaxConns)
 	v.boundedBy("limits.max_conns_per_ip", l.MaxConnsPerIP, "limits.max_conns", l.MaxConns)
 	v.durRange("limits.send_timeout", l.SendTimeout, time.Second, 10*time.Minute)
-	v.intRange("limits.max_request_size", l.MaxRequestSize, minRequestSize, maxRequestSize)
+	v.intRange("limits.max_request_size", l.MaxRequestSize, lbserver.MinMaxRequestSize, lbserver.MaxMaxRequestSize)
 }
 
 // atLeastOne rejects n under 1.
@@ -630,7 +618,7 @@ func (v *validator) dns() {
 		}
 	}
 	// The zone is a balancer zone only while the responder is on.
-	zoneMax := maxNameLength
+	zoneMax := lbserver.MaxMaxNameLength
 	if d.Listen != "" {
 		zoneMax = v.nameMax()
 	}

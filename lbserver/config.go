@@ -32,6 +32,17 @@ const (
 	DefaultMaxIgnoredMessages = 100
 )
 
+// Bounds of the fields of Config that New checks, for callers that check
+// a configuration first.
+const (
+	// MaxMaxNameLength bounds MaxNameLength, in bytes.
+	MaxMaxNameLength = 1024
+	// MinMaxRequestSize and MaxMaxRequestSize bound MaxRequestSize, in
+	// bytes.
+	MinMaxRequestSize = 4 << 10
+	MaxMaxRequestSize = 4 << 20
+)
+
 // Config configures a Server. Start from DefaultConfig; New validates.
 // The embedded Settings can be changed later with Server.Reconfigure; the
 // other fields are fixed for the server's life.
@@ -122,9 +133,9 @@ func (c Config) validate() error {
 		errs = append(errs, errors.New("no discovery source"))
 	}
 	maxName := c.MaxNameLength
-	if maxName < 1 || maxName > 1024 {
-		errs = append(errs, fmt.Errorf("max name length %d is not in [1, 1024]", c.MaxNameLength))
-		maxName = 1024 // to check the names of the settings all the same
+	if maxName < 1 || maxName > MaxMaxNameLength {
+		errs = append(errs, fmt.Errorf("max name length %d is not in [1, %d]", c.MaxNameLength, MaxMaxNameLength))
+		maxName = MaxMaxNameLength // to check the names of the settings all the same
 	}
 	errs = append(errs, c.Settings.validate(maxName, c.ClientStatsInterval > 0)...)
 	if c.ClientStatsInterval != 0 && c.ClientStatsInterval < time.Second {
@@ -145,8 +156,8 @@ func (c Config) validate() error {
 	if c.MaxStreamAge != 0 && c.MaxStreamAge < 10*time.Second {
 		errs = append(errs, fmt.Errorf("max stream age %v is under 10s", c.MaxStreamAge))
 	}
-	if c.MaxRequestSize < 4<<10 || c.MaxRequestSize > 4<<20 {
-		errs = append(errs, fmt.Errorf("max request size %d is not in [4096, 4194304] bytes", c.MaxRequestSize))
+	if c.MaxRequestSize < MinMaxRequestSize || c.MaxRequestSize > MaxMaxRequestSize {
+		errs = append(errs, fmt.Errorf("max request size %d is not in [%d, %d] bytes", c.MaxRequestSize, MinMaxRequestSize, MaxMaxRequestSize))
 	}
 	if c.Logger == nil {
 		errs = append(errs, errors.New("no logger"))

@@ -84,8 +84,8 @@ func (c Settings) validateLimits() []error {
 	if c.MaxStreamsPerConn < 1 || c.MaxStreamsPerConn > c.MaxStreamsPerIP {
 		errs = append(errs, fmt.Errorf("max streams per connection %d is not in [1, max streams per IP %d]", c.MaxStreamsPerConn, c.MaxStreamsPerIP))
 	}
-	if c.MaxStreamsPerConn > 1<<30 {
-		errs = append(errs, fmt.Errorf("max streams per connection %d is over %d", c.MaxStreamsPerConn, 1<<30))
+	if c.MaxStreamsPerConn > MaxMaxStreamsPerConn {
+		errs = append(errs, fmt.Errorf("max streams per connection %d is over %d", c.MaxStreamsPerConn, MaxMaxStreamsPerConn))
 	}
 	if c.MaxConns < 1 {
 		errs = append(errs, fmt.Errorf("max connections %d is under 1", c.MaxConns))
@@ -96,23 +96,30 @@ func (c Settings) validateLimits() []error {
 	if c.SendTimeout < time.Second || c.SendTimeout > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("send timeout %v is not in [1s, 10m]", c.SendTimeout))
 	}
-	if !(c.MaxStreamRatePerIP >= 0 && c.MaxStreamRatePerIP <= maxStreamRate) {
-		errs = append(errs, fmt.Errorf("max stream rate per IP %v is not in [0 (off), %v] streams/s", c.MaxStreamRatePerIP, maxStreamRate))
+	if !(c.MaxStreamRatePerIP >= 0 && c.MaxStreamRatePerIP <= MaxMaxStreamRatePerIP) {
+		errs = append(errs, fmt.Errorf("max stream rate per IP %v is not in [0 (off), %v] streams/s", c.MaxStreamRatePerIP, float64(MaxMaxStreamRatePerIP)))
 	}
-	if c.MaxStreamRatePerIP > 0 && (c.StreamBurstPerIP < 1 || c.StreamBurstPerIP > maxStreamBurst) {
-		errs = append(errs, fmt.Errorf("stream burst per IP %d is not in [1, %d]", c.StreamBurstPerIP, maxStreamBurst))
+	if c.MaxStreamRatePerIP > 0 && (c.StreamBurstPerIP < 1 || c.StreamBurstPerIP > MaxStreamBurstPerIP) {
+		errs = append(errs, fmt.Errorf("stream burst per IP %d is not in [1, %d]", c.StreamBurstPerIP, MaxStreamBurstPerIP))
 	}
-	if c.MaxIgnoredMessages < 0 || c.MaxIgnoredMessages > maxIgnoredMessages {
-		errs = append(errs, fmt.Errorf("max ignored messages %d is not in [0 (off), %d]", c.MaxIgnoredMessages, maxIgnoredMessages))
+	if c.MaxIgnoredMessages < 0 || c.MaxIgnoredMessages > MaxMaxIgnoredMessages {
+		errs = append(errs, fmt.Errorf("max ignored messages %d is not in [0 (off), %d]", c.MaxIgnoredMessages, MaxMaxIgnoredMessages))
 	}
 	return errs
 }
 
-// Bounds of the settings of the rate limits.
+// Upper bounds of the limits of Settings (New and Reconfigure reject
+// values above them), for callers that check a configuration first.
 const (
-	maxStreamRate      = 1e6
-	maxStreamBurst     = 1 << 20
-	maxIgnoredMessages = 1 << 20
+	// MaxMaxStreamsPerConn bounds MaxStreamsPerConn.
+	MaxMaxStreamsPerConn = 1 << 30
+	// MaxMaxStreamRatePerIP bounds MaxStreamRatePerIP, in streams/s.
+	MaxMaxStreamRatePerIP = 1e6
+	// MaxStreamBurstPerIP bounds StreamBurstPerIP (at least 1 while
+	// MaxStreamRatePerIP is on).
+	MaxStreamBurstPerIP = 1 << 20
+	// MaxMaxIgnoredMessages bounds MaxIgnoredMessages.
+	MaxMaxIgnoredMessages = 1 << 20
 )
 
 // streamSlots counts the open streams: in total, per client IP and per
