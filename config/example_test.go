@@ -22,7 +22,7 @@ func TestExamples(t *testing.T) {
 			if err := c.Validate(); err != nil {
 				t.Fatalf("Validate:\n%v", err)
 			}
-			if len(c.Services) == 0 || !c.Register.Enabled || c.Admin.Listen != "127.0.0.1:9100" {
+			if len(c.Services) == 0 || !c.Register.Enabled || c.Admin.Listen != "127.0.0.1:9090" {
 				t.Errorf("Load(%s) lost settings: services %v, register %v, admin %q", path, c.Services, c.Register.Enabled, c.Admin.Listen)
 			}
 		})
