@@ -60,12 +60,12 @@ type Config struct {
 }
 
 // Validate reports the first problem with c's fields, without reading
-// any file: a certificate without a key or the reverse, a ServerName or
-// ClientCertOptional that cannot apply, or an out-of-range PollInterval.
+// any file: a certificate without a key or the reverse, a
+// ClientCertOptional without a CA file, or an out-of-range PollInterval.
+// A Config without any file is valid: a client that trusts the system
+// roots and has no certificate.
 func (c Config) Validate() error {
 	switch {
-	case c.CertFile == "" && c.KeyFile == "" && c.CAFile == "":
-		return errors.New("tlsfiles: no file given: set a certificate and key, a CA file, or both")
 	case c.CertFile != "" && c.KeyFile == "":
 		return fmt.Errorf("tlsfiles: certificate file %s has no key file", c.CertFile)
 	case c.CertFile == "" && c.KeyFile != "":

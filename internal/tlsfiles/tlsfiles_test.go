@@ -118,7 +118,6 @@ func TestNewRejects(t *testing.T) {
 		write func(dir string) Config
 		want  []string // substrings of the error
 	}{
-		{"no file", func(string) Config { return Config{} }, []string{"no file given"}},
 		{"certificate without key", func(string) Config { return Config{CertFile: "c.pem"} },
 			[]string{"certificate file c.pem has no key file"}},
 		{"key without certificate", func(string) Config { return Config{KeyFile: "k.pem"} },
@@ -229,6 +228,8 @@ func TestHandshakes(t *testing.T) {
 		{"TLS, no name", Config{CertFile: srvTLS.Cert, KeyFile: srvTLS.Key}, Config{CAFile: cliNoCert.CA}, "",
 			"no server name", false},
 		{"TLS, untrusted server", Config{CertFile: srvTLS.Cert, KeyFile: srvTLS.Key}, Config{CAFile: cliWrongRoots.CA}, "lookaside",
+			"unknown authority", false},
+		{"TLS, system roots", Config{CertFile: srvTLS.Cert, KeyFile: srvTLS.Key}, Config{}, "lookaside",
 			"unknown authority", false},
 		{"mTLS", Config{CertFile: srvMTLS.Cert, KeyFile: srvMTLS.Key, CAFile: srvMTLS.CA},
 			Config{CertFile: cliA.Cert, KeyFile: cliA.Key, CAFile: cliA.CA}, "lookaside", "", true},
