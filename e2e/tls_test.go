@@ -206,6 +206,31 @@ func TestTLS(t *testing.T) {
 		}
 	})
 
+	t.Run("registered mTLS replica", func(t *testing.T) {
+		t.Parallel()
+		svc := serviceName(t)
+		beFiles := pki.files(t, "registered-backends", svc)
+		b := startTLSBackend(t, svc, beFiles, true)
+		waitPassing(t, svc, 1)
+		// Consul's agent presents no certificate: the replica lets its
+		// health check in without one, and nothing else.
+		lbp := startProcess(t, lbBin, lbArgs("-tls-client-ca", lbFiles.CA, "-register", "-register-service", svc+"-lb",
+			"-check-interval", "1s", "-drain-delay", "0s")...)
+		waitPassing(t, svc+"-lb", 1)
+
+		c := tlsGrpclbClient(t, svc, lbp.addr, pki.clientTLS(t, &clientFiles))
+		waitSeen(t, c, b)
+		if _, err := balancerCert(t, lbp.addr, pki.clientTLS(t, nil)); err != nil {
+			t.Errorf("health check without a certificate (as Consul's): %v", err)
+		}
+		noCert := tlsGrpclbClient(t, svc, lbp.addr, pki.clientTLS(t, nil))
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		defer cancel()
+		if r, err := call(ctx, noCert); err == nil {
+			t.Errorf("a client without a certificate reached backend %s through a registered mTLS balancer", r.BackendId)
+		}
+	})
+
 	t.Run("rotation under load", func(t *testing.T) {
 		t.Parallel()
 		svc := serviceName(t)
