@@ -437,7 +437,7 @@ func (st *streamState) setLabel() {
 	if label == st.label {
 		return
 	}
-	st.log.Debug("stream counted under the service's name from now on", "from", st.label, "to", label)
+	st.log.Debug("stream counted under another service label", "from", st.label, "to", label)
 	s.obs.StreamEnded(st.label, OutcomeMoved)
 	st.label = label
 	s.obs.StreamStarted(label)
