@@ -13,49 +13,49 @@ import (
 // moment; see Server.Status.
 type ServiceStatus struct {
 	// Service is the canonical name watched (with its tag filter, if any).
-	Service string
+	Service string `json:"service"`
 	// Policy is the balancing policy in use; PolicySource where it came
 	// from: PolicyFromDefault, PolicyFromConfig or PolicyFromConsul.
-	Policy       string
-	PolicySource string
+	Policy       string `json:"policy"`
+	PolicySource string `json:"policy_source"`
 	// ChildPolicy is the child policy its clients run (ServiceSettings).
-	ChildPolicy string
+	ChildPolicy string `json:"child_policy"`
 	// Streams is the client streams on the service now.
-	Streams int
+	Streams int `json:"streams"`
 	// Ready is whether discovery has answered for the service.
-	Ready bool
+	Ready bool `json:"ready"`
 	// SnapshotArrived is when the discovery answer in use arrived (zero
 	// before the first); SnapshotIndex its source's index (Consul's).
-	SnapshotArrived time.Time
-	SnapshotIndex   uint64
+	SnapshotArrived time.Time `json:"snapshot_arrived,omitzero"`
+	SnapshotIndex   uint64    `json:"snapshot_index"`
 	// Fallback is whether new streams get a FallbackResponse instead of a
 	// list, and FallbackReason why (FallbackNoInstances, or
 	// FallbackFirstListTimeout while discovery has not answered).
-	Fallback       bool
-	FallbackReason string
+	Fallback       bool   `json:"fallback"`
+	FallbackReason string `json:"fallback_reason"`
 	// OverloadDropShare and RateLimitDropShare are the shares of calls
 	// the lists drop for overload and for the rate limit; DropShare the
 	// one in the lists (the larger), DropToken its token.
-	OverloadDropShare  float64
-	RateLimitDropShare float64
-	DropShare          float64
-	DropToken          string
+	OverloadDropShare  float64 `json:"overload_drop_share"`
+	RateLimitDropShare float64 `json:"rate_limit_drop_share"`
+	DropShare          float64 `json:"drop_share"`
+	DropToken          string  `json:"drop_token"`
 	// RateLimit is the service's rate limit in calls/s (0: none);
 	// OfferedRate the calls/s its clients report offering, as measured
 	// for the rate limit (0 without one).
-	RateLimit   float64
-	OfferedRate float64
+	RateLimit   float64 `json:"rate_limit"`
+	OfferedRate float64 `json:"offered_rate"`
 	// LoadReports is whether the balancer collects ORCA reports for it.
-	LoadReports bool
+	LoadReports bool `json:"load_reports"`
 	// Endpoints are the usable endpoints, sorted by ID.
-	Endpoints []EndpointStatus
+	Endpoints []EndpointStatus `json:"endpoints"`
 	// RoundRobinList is the list a new client would get now (drop entries
 	// included), computed without counting it; a round_robin client
 	// spreads its calls over it. PickFirst is the endpoint a new
 	// pick_first client would use: the list's first endpoint entry (zero
 	// when there is none).
-	RoundRobinList []ListEntry
-	PickFirst      ListEntry
+	RoundRobinList []ListEntry `json:"round_robin_list"`
+	PickFirst      ListEntry   `json:"pick_first"`
 }
 
 // EndpointStatus is one endpoint of a ServiceStatus.
@@ -64,30 +64,30 @@ type EndpointStatus struct {
 	// node/ID when two nodes register the same ID); InstanceID the Consul
 	// service ID its lb-token derives from; Node the node part of ID, when
 	// it has one.
-	ID         string
-	InstanceID string
-	Node       string
+	ID         string `json:"id"`
+	InstanceID string `json:"instance_id"`
+	Node       string `json:"node"`
 	// Address is what clients dial.
-	Address string
+	Address string `json:"address"`
 	// Weight is the discovery weight (Consul's, or lb-weight meta).
-	Weight int
+	Weight int `json:"weight"`
 	// Health is "passing": discovery hands the balancer usable instances
 	// only (instances in warning, when discovery includes them, too).
-	Health string
+	Health string `json:"health"`
 	// LoadWeight is the weight derived from load reports in use,
 	// relative to the others (mean 1); 0 when there is none.
-	LoadWeight float64
+	LoadWeight float64 `json:"load_weight"`
 	// HasReport is whether the endpoint has a fresh ORCA report;
 	// Utilization (application_utilization, else cpu_utilization), QPS
 	// and ReportAge are of that report, zero without one.
-	HasReport   bool
-	Utilization float64
-	QPS         float64
-	ReportAge   time.Duration
+	HasReport   bool          `json:"has_report"`
+	Utilization float64       `json:"utilization"`
+	QPS         float64       `json:"qps"`
+	ReportAge   time.Duration `json:"report_age_ns"`
 	// LoadStream is the state of the ORCA stream to the endpoint:
 	// "connected", "unimplemented" (it serves no ORCA), "failing",
 	// "connecting", or "" without load reports.
-	LoadStream string
+	LoadStream string `json:"load_stream"`
 	// CallsAttributed estimates the calls clients started on this
 	// endpoint since the service was watched (or the endpoint appeared):
 	// the calls each stream reports starting in ClientStats, spread over
@@ -95,18 +95,18 @@ type EndpointStatus struct {
 	// by entries, drop entries' share unattributed; pick_first: to the
 	// first entry). An estimate: lists change between reports, and
 	// clients report calls, not where they went.
-	CallsAttributed float64
+	CallsAttributed float64 `json:"calls_attributed"`
 	// FirstOf is how many streams have this endpoint first in their list.
-	FirstOf int
+	FirstOf int `json:"first_of"`
 }
 
 // ListEntry is one entry of a list: an endpoint (by ID and address) or a
 // drop entry with its token.
 type ListEntry struct {
-	ID        string
-	Address   string
-	Drop      bool
-	DropToken string
+	ID        string `json:"id"`
+	Address   string `json:"address"`
+	Drop      bool   `json:"drop"`
+	DropToken string `json:"drop_token"`
 }
 
 // Status returns the status of every watched service, sorted by name: a

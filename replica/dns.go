@@ -82,7 +82,8 @@ func newDNS(cfg config.Config, r *Replica, self string) (*dnsPart, error) {
 		}
 		dc.Balancers = lbs
 	default:
-		cc := consulSourceConfig(cfg.Consul, r.consul, r.log)
+		// A source of its own (without consul.tags): its lines say so.
+		cc := consulSourceConfig(cfg.Consul, r.consul, r.log.With("source", "dns_replicas"))
 		cc.Observer = r.metrics
 		cc.IncludeWarning = false
 		cc.Tags = nil

@@ -137,7 +137,7 @@ func TestRunServesBalancerAndAdmin(t *testing.T) {
 	var st struct {
 		Ready    bool `json:"ready"`
 		Services []struct {
-			Service string
+			Service string `json:"service"`
 		} `json:"services"`
 	}
 	getJSON(t, "http://"+addrs.Admin.String()+"/status.json", &st)

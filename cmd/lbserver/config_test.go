@@ -184,3 +184,24 @@ func waitFor(t *testing.T, b *syncbuf.Buffer, s string, done <-chan int) {
 		}
 	}
 }
+
+// TestConfigFlagAnywhere: -config is found wherever it stands, and a TLS
+// file given by flag turns that client's TLS on.
+func TestConfigFlagAnywhere(t *testing.T) {
+	f := writeFile(t, t.TempDir(), "lb.yaml", "limits:\n  max_streams: 900\n  max_streams_per_ip: 900\n")
+	for _, args := range [][]string{
+		{"-config", f, "-listen", "127.0.0.1:0"},
+		{"-listen", "127.0.0.1:0", "-config", f},
+		{"-listen=127.0.0.1:0", "--config=" + f, "-register=false"},
+		{"-load-reports", "-config", f},
+	} {
+		cfg, cmd, err := load(args, io.Discard)
+		if err != nil || cmd.configFile != f || cfg.Limits.MaxStreams != 900 {
+			t.Errorf("%q: config file %q, max_streams %d, %v; want the file's 900", args, cmd.configFile, cfg.Limits.MaxStreams, err)
+		}
+	}
+	cfg, _, err := load([]string{"-orca-tls-ca", "ca.pem", "-consul-ca-file", "consul-ca.pem"}, io.Discard)
+	if err != nil || !cfg.LoadReports.TLS.Enabled || !cfg.Consul.TLS.Enabled {
+		t.Errorf("TLS flags: load_reports.tls.enabled %v, consul.tls.enabled %v, %v; want both on", cfg.LoadReports.TLS.Enabled, cfg.Consul.TLS.Enabled, err)
+	}
+}

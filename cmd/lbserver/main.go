@@ -56,6 +56,7 @@ func load(args []string, stderr io.Writer) (config.Config, command, error) {
 			return cfg, cmd, err
 		}
 	}
+	// The flags given win over the file: parse them onto it.
 	fs := flag.NewFlagSet("lbserver", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	bindFlags(fs, &cfg, &cmd)
@@ -72,6 +73,16 @@ func load(args []string, stderr io.Writer) (config.Config, command, error) {
 	if fs.NArg() > 0 {
 		return cfg, cmd, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	// A TLS file given by flag turns that client's TLS on, as setting it
+	// in the file's section with enabled: true does.
+	fs.Visit(func(f *flag.Flag) {
+		switch {
+		case strings.HasPrefix(f.Name, "orca-tls-"):
+			cfg.LoadReports.TLS.Enabled = true
+		case f.Name == "consul-ca-file" || f.Name == "consul-cert-file" || f.Name == "consul-key-file" || f.Name == "consul-tls-server-name":
+			cfg.Consul.TLS.Enabled = true
+		}
+	})
 	return cfg, cmd, nil
 }
 
@@ -90,26 +101,19 @@ func helpAsked(args []string) bool {
 	return false
 }
 
-// configFlag finds -config's value in args before the flags are parsed,
-// since the file gives the values the other flags override.
+// configFlag returns -config's value in args, which must be known before
+// the other flags are parsed onto the file's values: a first parse with
+// every flag defined (onto a scratch config, errors left to the real one)
+// finds it wherever it is.
 func configFlag(args []string) string {
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" || !strings.HasPrefix(a, "-") {
-			return ""
-		}
-		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if name != "config" {
-			continue
-		}
-		if hasValue {
-			return value
-		}
-		if i+1 < len(args) {
-			return args[i+1]
-		}
-	}
-	return ""
+	var cmd command
+	scratch := config.Default()
+	fs := flag.NewFlagSet("lbserver", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	bindFlags(fs, &scratch, &cmd)
+	fs.Parse(args) // errors: the real parse reports them
+	return cmd.configFile
 }
 
 // run is main without the process and its signals: it returns the exit
