@@ -44,6 +44,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/lookaside-lb/lookaside/backend"
+	"github.com/lookaside-lb/lookaside/internal/logattr"
 	"github.com/lookaside-lb/lookaside/discovery/consul"
 	"github.com/lookaside-lb/lookaside/internal/tlsfiles"
 	"github.com/lookaside-lb/lookaside/lbtoken"
@@ -201,7 +202,7 @@ func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 		return cfg, fmt.Errorf("backend: -log-level: %w", err)
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Logger = slog.New(logattr.Unique(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level, ReplaceAttr: logattr.ReplaceDuration})))
 	if tokenKeyFile != "" {
 		k, err := lbtoken.LoadKey(tokenKeyFile, cfg.Logger)
 		if err != nil {
