@@ -44,8 +44,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/lookaside-lb/lookaside/backend"
-	"github.com/lookaside-lb/lookaside/internal/logattr"
 	"github.com/lookaside-lb/lookaside/discovery/consul"
+	"github.com/lookaside-lb/lookaside/internal/logattr"
 	"github.com/lookaside-lb/lookaside/internal/tlsfiles"
 	"github.com/lookaside-lb/lookaside/lbtoken"
 )
