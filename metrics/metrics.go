@@ -59,6 +59,11 @@ type Sources struct {
 	// labels. Usually the same *consul.Source. Nil: every service is
 	// "_unknown" (as the balancer labels them without a Directory).
 	Directory discovery.Directory
+	// Certificates give the expiry of the TLS certificates in force, by
+	// role ("balancer": the listener's; "orca": the client certificate of
+	// load-report streams); a zero time is left out (a role without a
+	// certificate).
+	Certificates map[string]func() time.Time
 }
 
 // Metrics holds the registry and the metrics of one replica. Create it

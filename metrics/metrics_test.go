@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -328,6 +329,21 @@ lookaside_consul_catalog_ready 0
 # TYPE lookaside_consul_reachable gauge
 lookaside_consul_reachable 0
 `, "lookaside_consul_answer_age_seconds", "lookaside_consul_catalog_ready", "lookaside_consul_last_contact_age_seconds", "lookaside_consul_reachable")
+}
+
+// TestCertificateExpiry: each role with a certificate has its expiry; a
+// role without one is left out.
+func TestCertificateExpiry(t *testing.T) {
+	expiry := time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC)
+	m, _ := newTestMetrics(Sources{Certificates: map[string]func() time.Time{
+		"balancer": func() time.Time { return expiry },
+		"orca":     func() time.Time { return time.Time{} },
+	}})
+	compare(t, m, fmt.Sprintf(`
+# HELP lookaside_tls_certificate_expiry_timestamp_seconds When the TLS certificate in force expires (Unix time), by role: balancer (the listener's), orca (the load-report client's).
+# TYPE lookaside_tls_certificate_expiry_timestamp_seconds gauge
+lookaside_tls_certificate_expiry_timestamp_seconds{role="balancer"} %d
+`, expiry.Unix()), "lookaside_tls_certificate_expiry_timestamp_seconds")
 }
 
 // TestSeriesOfGoneServicesPruned: a service neither watched nor seen in an

@@ -30,6 +30,9 @@ var (
 	descConsulAnswerAge = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "consul", "answer_age_seconds"),
 		"Seconds since the service's endpoints were last known to match Consul (since the watch began if never), by watched service.",
 		[]string{"service"}, nil)
+	descCertExpiry = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "tls", "certificate_expiry_timestamp_seconds"),
+		"When the TLS certificate in force expires (Unix time), by role: balancer (the listener's), orca (the load-report client's).",
+		[]string{"role"}, nil)
 )
 
 // collector is the Metrics as a prometheus.Collector: it reads the
@@ -43,7 +46,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		v.Describe(ch)
 	}
 	for _, d := range []*prometheus.Desc{descConnsOpen, descServicesWatched, descWatchesStarted, descBadClientStats,
-		descConsulReachable, descConsulReady, descConsulContactAge, descConsulAnswerAge} {
+		descConsulReachable, descConsulReady, descConsulContactAge, descConsulAnswerAge, descCertExpiry} {
 		ch <- d
 	}
 	describeStatus(ch)
@@ -103,6 +106,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				watched[label] = true
 				consts = append(consts, prometheus.MustNewConstMetric(descConsulAnswerAge, prometheus.GaugeValue, age.Seconds(), label))
 			}
+		}
+	}
+	for role, notAfter := range src.Certificates {
+		if t := notAfter(); !t.IsZero() {
+			consts = append(consts, prometheus.MustNewConstMetric(descCertExpiry, prometheus.GaugeValue, float64(t.Unix()), role))
 		}
 	}
 	m.mu.Lock()

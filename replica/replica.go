@@ -142,6 +142,13 @@ func New(cfg config.Config, opts Options) (*Replica, error) {
 	if cs, ok := r.src.(*consul.Source); ok {
 		ms.Consul = cs
 	}
+	ms.Certificates = map[string]func() time.Time{}
+	if s := r.serverTLS; s != nil {
+		ms.Certificates["balancer"] = func() time.Time { return s.Info().NotAfter }
+	}
+	if s := r.orcaTLS; s != nil {
+		ms.Certificates["orca"] = func() time.Time { return s.Info().NotAfter }
+	}
 	r.metrics.Attach(ms)
 	return r, nil
 }
