@@ -17,7 +17,7 @@ func TestServiceLog(t *testing.T) {
 	var buf syncbuf.Buffer
 	l := newServiceLog(slog.New(slog.NewTextHandler(&buf, nil)), time.Minute)
 	now := time.Unix(1000, 0)
-	l.now = func() time.Time { return now }
+	l.SetNow(func() time.Time { return now })
 	tests := []struct {
 		after   time.Duration
 		service string

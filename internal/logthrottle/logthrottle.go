@@ -32,17 +32,25 @@ func Quote(s string) string {
 
 // Logger writes at most one line per kind per Interval; the lines it holds
 // back are counted and reported as "suppressed" on the next line of their
-// kind. Kinds are fixed strings chosen by the code (the message), never
-// client-supplied, so the table stays small. The zero value is not usable;
-// call New. Safe for concurrent use.
+// kind. A kind is a message (fixed strings chosen by the code, never
+// client-supplied) and, for LogKey, a key the caller bounds (a watched
+// service); the table holds at most MaxKinds, pruned of kinds idle for an
+// interval when full. The zero value is not usable; call New. Safe for
+// concurrent use.
 type Logger struct {
 	log      *slog.Logger
 	interval time.Duration
 	now      func() time.Time
 
 	mu    sync.Mutex
-	kinds map[string]*kind // guarded by mu; keyed by message
+	kinds map[kindKey]*kind // guarded by mu
 }
+
+type kindKey struct{ key, msg string }
+
+// MaxKinds bounds a Logger's table: past it, kinds idle for an interval
+// are forgotten, and if none is, a line of a new kind is not written.
+const MaxKinds = 1 << 16
 
 type kind struct {
 	last       time.Time
@@ -52,7 +60,7 @@ type kind struct {
 // New returns a Logger writing to log at most one line per message per
 // interval.
 func New(log *slog.Logger, interval time.Duration) *Logger {
-	return &Logger{log: log, interval: interval, now: time.Now, kinds: map[string]*kind{}}
+	return &Logger{log: log, interval: interval, now: time.Now, kinds: map[kindKey]*kind{}}
 }
 
 // Log writes msg at level with args unless a line with the same msg was
@@ -60,15 +68,34 @@ func New(log *slog.Logger, interval time.Duration) *Logger {
 // A line written after suppressed ones carries "suppressed" with their
 // count. It returns whether the line was written.
 func (l *Logger) Log(ctx context.Context, level slog.Level, msg string, args ...any) bool {
+	return l.LogKey(ctx, level, "", msg, args...)
+}
+
+// LogKey is Log with kinds told apart by key as well as by msg: at most
+// one line per key and msg per interval (a service's "no passing
+// instance" does not hide another's). The caller bounds the keys.
+func (l *Logger) LogKey(ctx context.Context, level slog.Level, key, msg string, args ...any) bool {
 	if !l.log.Enabled(ctx, level) {
 		return false
 	}
 	now := l.now()
 	l.mu.Lock()
-	k := l.kinds[msg]
+	kk := kindKey{key, msg}
+	k := l.kinds[kk]
 	if k == nil {
+		if len(l.kinds) >= MaxKinds {
+			for old, e := range l.kinds {
+				if now.Sub(e.last) >= l.interval {
+					delete(l.kinds, old)
+				}
+			}
+			if len(l.kinds) >= MaxKinds {
+				l.mu.Unlock()
+				return false
+			}
+		}
 		k = &kind{}
-		l.kinds[msg] = k
+		l.kinds[kk] = k
 	}
 	if !k.last.IsZero() && now.Sub(k.last) < l.interval {
 		k.suppressed++
@@ -100,3 +127,7 @@ func (l *Logger) Warn(msg string, args ...any) {
 func (l *Logger) Error(msg string, args ...any) {
 	l.Log(context.Background(), slog.LevelError, msg, args...)
 }
+
+// SetNow replaces the clock the intervals are measured with (a seam for
+// tests). Call it before the Logger is used.
+func (l *Logger) SetNow(now func() time.Time) { l.now = now }

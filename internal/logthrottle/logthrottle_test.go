@@ -2,7 +2,9 @@ package logthrottle
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -51,5 +53,31 @@ func TestQuote(t *testing.T) {
 		if got := Quote(tc.in); got != tc.want {
 			t.Errorf("Quote(%q) = %s, want %s", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestLogKey: kinds are told apart by key too, and the table stays within
+// MaxKinds, forgetting idle kinds first.
+func TestLogKey(t *testing.T) {
+	var b bytes.Buffer
+	l := New(slog.New(slog.NewTextHandler(&b, nil)), time.Second)
+	now := time.Unix(1000, 0)
+	l.SetNow(func() time.Time { return now })
+	ctx := context.Background()
+	if !l.LogKey(ctx, slog.LevelInfo, "a", "m") || !l.LogKey(ctx, slog.LevelInfo, "b", "m") || l.LogKey(ctx, slog.LevelInfo, "a", "m") {
+		t.Fatal("want a and b once each")
+	}
+	for i := range MaxKinds {
+		l.LogKey(ctx, slog.LevelDebug-1, strconv.Itoa(i), "m") // below the level: not counted
+	}
+	for i := len(l.kinds); i < MaxKinds; i++ {
+		l.LogKey(ctx, slog.LevelInfo, "k"+strconv.Itoa(i), "m")
+	}
+	if l.LogKey(ctx, slog.LevelInfo, "new", "m") {
+		t.Error("a new kind was written with the table full of fresh kinds")
+	}
+	now = now.Add(time.Second)
+	if !l.LogKey(ctx, slog.LevelInfo, "new", "m") || len(l.kinds) > MaxKinds {
+		t.Errorf("after an interval, a new kind: table %d; want it written and the idle kinds forgotten", len(l.kinds))
 	}
 }
