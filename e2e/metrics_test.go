@@ -1,10 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,11 +13,10 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/lookaside-lb/lookaside/discovery/consul"
+	"github.com/lookaside-lb/lookaside/config"
 	"github.com/lookaside-lb/lookaside/dnsserver"
 	"github.com/lookaside-lb/lookaside/internal/lbdial"
-	"github.com/lookaside-lb/lookaside/lbserver"
-	"github.com/lookaside-lb/lookaside/metrics"
+	"github.com/lookaside-lb/lookaside/replica"
 )
 
 // scrape fetches the text exposition at url and returns every sample by
@@ -123,33 +122,41 @@ func TestMetricsAfterKnownTraffic(t *testing.T) {
 	}
 }
 
-// TestMetricsInProcess runs the balancer in this process against the real
-// Consul agent, with three backends and a grpclb client, its metrics
-// wired as docs/metrics.md says (the Consul source's and the server's
-// observers, and the scrape-time sources), and reads /metrics as
-// Prometheus would (see checkMetrics).
+// TestMetricsInProcess runs a replica (package replica, as lbserver does)
+// in this process against the real Consul agent, with three backends and a
+// grpclb client, and reads its admin listener's /metrics as Prometheus
+// would (see checkMetrics).
 func TestMetricsInProcess(t *testing.T) {
 	t.Parallel()
 	svc := serviceName(t)
 	backends := startBackends(t, svc, 3)
-	m := metrics.New(metrics.Sources{})
-	var src *consul.Source
-	l := startLB(t, func(cfg *lbserver.Config) {
-		ccfg := consul.DefaultConfig()
-		ccfg.Client = consul.API(agent.Client())
-		ccfg.Logger = quietLogger()
-		ccfg.Observer = m
-		var err error
-		if src, err = consul.New(ccfg); err != nil {
-			t.Fatal(err)
+	cfg := config.Default()
+	cfg.Listen, cfg.Admin.Listen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Consul.Address = agent.HTTPAddr()
+	cfg.Balancer.ClientStatsInterval = config.Duration(time.Second)
+	addrs := make(chan replica.Addrs, 1)
+	r, err := replica.New(cfg, replica.Options{Logger: quietLogger(), Listening: func(a replica.Addrs) { addrs <- a }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("replica: %v", err)
 		}
-		cfg.Source = src
-		cfg.Observer = m
 	})
-	m.Attach(metrics.Sources{Balancer: l.server(), Consul: src, Directory: src})
-	hs := httptest.NewServer(m.Handler())
-	defer hs.Close()
-	checkMetrics(t, hs.URL, svc, l.addr, func() {
+	var a replica.Addrs
+	select {
+	case a = <-addrs:
+	case err := <-done:
+		t.Fatalf("replica stopped before listening: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("replica not listening after 10 s")
+	}
+	checkMetrics(t, "http://"+a.Admin.String()+"/metrics", svc, a.Balancer.String(), func() {
 		if err := backends[0].Deregister(); err != nil {
 			t.Fatal(err)
 		}

@@ -372,10 +372,10 @@ func (p *testPKI) clientTLSWithCert(t *testing.T, files tlstest.Files) credentia
 
 // endpointLoad is the part of an endpoint in /status.json these tests read.
 type endpointLoad struct {
-	Address    string
-	HasReport  bool
-	LoadStream string
-	LoadWeight float64
+	Address    string  `json:"address"`
+	HasReport  bool    `json:"has_report"`
+	LoadStream string  `json:"load_stream"`
+	LoadWeight float64 `json:"load_weight"`
 }
 
 // endpointLoads reads the endpoints of svc from the admin listener's
@@ -389,8 +389,8 @@ func endpointLoads(t *testing.T, admin, svc string) []endpointLoad {
 	defer resp.Body.Close()
 	var st struct {
 		Services []struct {
-			Service   string
-			Endpoints []endpointLoad
+			Service   string         `json:"service"`
+			Endpoints []endpointLoad `json:"endpoints"`
 		} `json:"services"`
 	}
 	body, err := io.ReadAll(resp.Body)
