@@ -5,7 +5,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +27,9 @@ import (
 const testTimeout = 10 * time.Second
 
 func TestMain(m *testing.M) {
+	if n, err := strconv.Atoi(os.Getenv(memServerEnv)); err == nil {
+		serveManyORCA(n)
+	}
 	goleak.VerifyTestMain(m)
 }
 
