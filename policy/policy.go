@@ -48,6 +48,37 @@ type Input struct {
 	LoadWeights []float64
 }
 
+// PlanInput is what a policy prepares from, once per plan: everything in
+// Input that is the same for every stream of a service at one moment.
+type PlanInput struct {
+	// Endpoints are the service's usable endpoints, sorted by ID (see
+	// Input.Endpoints). They are retained by the Prepared value, which does
+	// not modify them.
+	Endpoints []discovery.Endpoint
+	// LoadWeights is as in Input.LoadWeights.
+	LoadWeights []float64
+}
+
+// StreamInput is what is left of Input once a policy has prepared: what
+// one stream knows about its client, and the balancer's counts.
+type StreamInput struct {
+	// Client, Previous and Assigned are as in Input; Assigned is aligned
+	// with the PlanInput.Endpoints the Prepared value was made from.
+	Client   Client
+	Previous []string
+	Assigned []int
+}
+
+// Plan returns the part of in that a policy prepares from.
+func (in Input) Plan() PlanInput {
+	return PlanInput{Endpoints: in.Endpoints, LoadWeights: in.LoadWeights}
+}
+
+// Stream returns the per-stream part of in.
+func (in Input) Stream() StreamInput {
+	return StreamInput{Client: in.Client, Previous: in.Previous, Assigned: in.Assigned}
+}
+
 // Entry is one entry of a server list.
 type Entry struct {
 	// Index is the position in Input.Endpoints of the endpoint this entry
@@ -59,12 +90,31 @@ type Entry struct {
 	DropToken string
 }
 
-// Policy computes server lists. Implementations must be safe for concurrent
-// use and must not retain or modify the Input.
+// Policy computes server lists in two steps: Prepare, once per plan (a
+// service's endpoints and load weights at one moment), does what is the
+// same for every stream, such as building a weighted sequence; the
+// Prepared value's List, once per stream and per plan, does only what
+// depends on the client. Implementations must be safe for concurrent use
+// and must not modify their inputs.
 type Policy interface {
-	// List returns the ordered server list for in.Client. It is non-empty
-	// for non-empty in.Endpoints and does not block.
+	// Prepare returns the policy's immutable state for in, which it may
+	// retain (it does not modify it). It does not block, and takes the
+	// time that building a list once takes.
+	Prepare(in PlanInput) Prepared
+	// List is Prepare(in.Plan()).List(in.Stream()): the ordered server
+	// list for in.Client. It is non-empty for non-empty in.Endpoints and
+	// does not block. It retains nothing of in.
 	List(in Input) []Entry
+}
+
+// Prepared is a Policy's state for one plan. It is immutable and safe for
+// concurrent use by every stream of the plan.
+type Prepared interface {
+	// List returns the ordered server list for in.Client, the same as
+	// Policy.List for the Input that joins the PlanInput prepared from and
+	// in. It is non-empty for non-empty endpoints, does not block, and
+	// does not retain in. The list is the caller's.
+	List(in StreamInput) []Entry
 }
 
 // Builder makes a Policy from its name's registration.
@@ -137,6 +187,16 @@ func IndexOf(eps []discovery.Endpoint, id string) int {
 		return -1
 	}
 	return i
+}
+
+// PreviousFirst returns the position in eps of the first entry of the list
+// last sent to the stream (in.Previous[0]), or -1 if there was none or that
+// endpoint left.
+func (in StreamInput) PreviousFirst(eps []discovery.Endpoint) int {
+	if len(in.Previous) == 0 {
+		return -1
+	}
+	return IndexOf(eps, in.Previous[0])
 }
 
 // PreviousFirst returns the position in in.Endpoints of the first entry of

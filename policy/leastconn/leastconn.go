@@ -29,6 +29,7 @@ import (
 	"cmp"
 	"slices"
 
+	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -46,11 +47,27 @@ type leastConn struct{}
 
 var _ policy.Policy = leastConn{}
 
+// Prepare keeps the endpoints: the order depends on the counts, which
+// change with every stream.
+func (leastConn) Prepare(in policy.PlanInput) policy.Prepared {
+	return prepared{eps: in.Endpoints}
+}
+
+// List is Prepare(in.Plan()).List(in.Stream()). Safe for concurrent use.
+func (p leastConn) List(in policy.Input) []policy.Entry {
+	return p.Prepare(in.Plan()).List(in.Stream())
+}
+
+// prepared is least_connections' state for one plan.
+type prepared struct {
+	eps []discovery.Endpoint
+}
+
 // List returns every endpoint once, the stream's previous first entry first
 // if it is still there, the others by ascending Assigned/Weight, ties in the
 // rotation that starts at Seed mod len(Endpoints). Safe for concurrent use.
-func (leastConn) List(in policy.Input) []policy.Entry {
-	n := len(in.Endpoints)
+func (p prepared) List(in policy.StreamInput) []policy.Entry {
+	n := len(p.eps)
 	if n == 0 {
 		return nil
 	}
@@ -61,7 +78,7 @@ func (leastConn) List(in policy.Input) []policy.Entry {
 	}
 	// a/wa < b/wb ⇔ a·wb < b·wa; counts and weights below 2^31 keep the
 	// products in an int64. Ties go by position in the rotation.
-	eps, assigned := in.Endpoints, in.Assigned
+	eps, assigned := p.eps, in.Assigned
 	load := func(i int) int64 {
 		if i >= len(assigned) {
 			return 0
@@ -84,7 +101,7 @@ func (leastConn) List(in policy.Input) []policy.Entry {
 			return cmp.Compare(rot(x.Index), rot(y.Index))
 		})
 	}
-	if f := in.PreviousFirst(); f >= 0 {
+	if f := in.PreviousFirst(p.eps); f >= 0 {
 		at := 0
 		for out[at].Index != f {
 			at++

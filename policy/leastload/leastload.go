@@ -41,7 +41,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
-	"sync/atomic"
 
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/policy"
@@ -68,71 +67,86 @@ func (builder) Build(opts policy.Options) policy.Policy {
 }
 
 type leastLoad struct {
-	// Read-only after construction.
 	maxEntries int
-
-	// last is the sequence built for the last weights seen. The streams of
-	// a service all ask for the same weights after a change, so they share
-	// one build; services that alternate just build again. Sequences are
-	// never modified once stored.
-	last atomic.Pointer[sequence]
-}
-
-// sequence is the interleaved list for one set of weights: load weights,
-// or Consul weights when load is nil.
-type sequence struct {
-	load   []float64
-	consul []int
-	seq    []policy.Entry
 }
 
 var _ policy.Policy = (*leastLoad)(nil)
 
-// List returns the interleaved sequence of the endpoints by load weight,
-// rotated to start with the stream's previous first endpoint if it is
-// still there, else with the endpoint of lowest predicted load. Building a
-// sequence takes O(len(Endpoints) · entries) time; the last one is reused
-// when the weights are the same, as they are for the streams of a service,
-// leaving O(len(Endpoints) + entries). Safe for concurrent use.
-func (p *leastLoad) List(in policy.Input) []policy.Entry {
+// Prepare builds the interleaved sequence of the endpoints by load weight
+// (or by Consul weight without usable load weights), which every stream of
+// the plan rotates, and each endpoint's weight for the first-entry choice.
+// It takes O(len(Endpoints) · entries) time.
+func (p *leastLoad) Prepare(in policy.PlanInput) policy.Prepared {
 	n := len(in.Endpoints)
 	if n == 0 {
-		return nil
+		return &prepared{}
 	}
 	lw := in.LoadWeights
 	if !usable(lw, n) {
 		lw = nil
 	}
-	s := p.sequence(in.Endpoints, lw)
-	total := len(s.seq)
+	pr := &prepared{eps: in.Endpoints, weight: make([]float64, n)}
+	weights := make([]int, n)
+	if lw != nil {
+		lowest := slices.Min(lw)
+		for i, w := range lw {
+			weights[i] = int(math.Round(min(w/lowest*resolution, policy.MaxWeight)))
+		}
+		copy(pr.weight, lw)
+	} else {
+		for i, e := range in.Endpoints {
+			weights[i] = e.Weight
+			pr.weight[i] = float64(policy.ClampWeight(e.Weight))
+		}
+	}
+	counts, total := policy.WeightCounts(weights, p.maxEntries)
+	pr.seq = policy.Interleave(counts, total)
+	return pr
+}
 
+// List is Prepare(in.Plan()).List(in.Stream()), which builds the sequence
+// for this one list. Safe for concurrent use.
+func (p *leastLoad) List(in policy.Input) []policy.Entry {
+	return p.Prepare(in.Plan()).List(in.Stream())
+}
+
+// prepared is least_load's state for one plan. Read-only once made.
+type prepared struct {
+	eps    []discovery.Endpoint
+	weight []float64      // weight[i]: the load weight of eps[i], or its clamped Consul weight
+	seq    []policy.Entry // the interleaved sequence
+}
+
+// List returns the interleaved sequence rotated to start with the stream's
+// previous first endpoint if it is still there, else with the endpoint of
+// lowest predicted load. It takes O(len(Endpoints) + entries) time. Safe
+// for concurrent use.
+func (p *prepared) List(in policy.StreamInput) []policy.Entry {
+	total := len(p.seq)
+	if total == 0 {
+		return nil
+	}
 	r := rand.New(rand.NewPCG(in.Client.Seed, salt))
 	start := r.IntN(total)
-	f := in.PreviousFirst()
+	f := in.PreviousFirst(p.eps)
 	if f < 0 && in.Assigned != nil {
-		f = leastLoaded(in, lw)
+		f = p.leastLoaded(in)
 	}
 	if f >= 0 {
-		for s.seq[start].Index != f {
+		for p.seq[start].Index != f {
 			start = (start + 1) % total
 		}
 	}
 	out := make([]policy.Entry, total)
-	copy(out, s.seq[start:])
-	copy(out[total-start:], s.seq[:start])
+	copy(out, p.seq[start:])
+	copy(out[total-start:], p.seq[:start])
 	return out
 }
 
 // leastLoaded returns the endpoint with the lowest (Assigned[i] + 1) /
 // weight[i], the first in the rotation from Seed mod n on a tie.
-func leastLoaded(in policy.Input, lw []float64) int {
-	n := len(in.Endpoints)
-	weight := func(i int) float64 {
-		if lw != nil {
-			return lw[i]
-		}
-		return float64(policy.ClampWeight(in.Endpoints[i].Weight))
-	}
+func (p *prepared) leastLoaded(in policy.StreamInput) int {
+	n := len(p.eps)
 	load := func(i int) float64 {
 		if i >= len(in.Assigned) {
 			return 1
@@ -144,7 +158,7 @@ func leastLoaded(in policy.Input, lw []float64) int {
 	for j := 1; j < n; j++ {
 		i := (start + j) % n
 		// a/wa < b/wb ⇔ a·wb < b·wa, the weights being positive.
-		if load(i)*weight(best) < load(best)*weight(i) {
+		if load(i)*p.weight[best] < load(best)*p.weight[i] {
 			best = i
 		}
 	}
@@ -158,48 +172,6 @@ func usable(lw []float64, n int) bool {
 	}
 	for _, w := range lw {
 		if !(w > 0) || math.IsInf(w, 1) {
-			return false
-		}
-	}
-	return true
-}
-
-// sequence returns the interleaved sequence for the load weights lw, or
-// for the Consul weights of eps when lw is nil, reusing the last one built
-// when it is for the same weights.
-func (p *leastLoad) sequence(eps []discovery.Endpoint, lw []float64) *sequence {
-	if s := p.last.Load(); s != nil && s.matches(eps, lw) {
-		return s
-	}
-	s := &sequence{}
-	weights := make([]int, len(eps))
-	if lw != nil {
-		s.load = slices.Clone(lw)
-		lowest := slices.Min(lw)
-		for i, w := range lw {
-			weights[i] = int(math.Round(min(w/lowest*resolution, policy.MaxWeight)))
-		}
-	} else {
-		for i, e := range eps {
-			weights[i] = e.Weight
-		}
-		s.consul = weights
-	}
-	counts, total := policy.WeightCounts(weights, p.maxEntries)
-	s.seq = policy.Interleave(counts, total)
-	p.last.Store(s)
-	return s
-}
-
-func (s *sequence) matches(eps []discovery.Endpoint, lw []float64) bool {
-	if lw != nil || s.load != nil {
-		return lw != nil && s.load != nil && slices.Equal(s.load, lw)
-	}
-	if len(s.consul) != len(eps) {
-		return false
-	}
-	for i, e := range eps {
-		if s.consul[i] != e.Weight {
 			return false
 		}
 	}

@@ -21,6 +21,7 @@ package random
 import (
 	"math/rand/v2"
 
+	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -42,11 +43,26 @@ type randomPolicy struct{}
 
 var _ policy.Policy = randomPolicy{}
 
+// Prepare keeps the endpoints: there is nothing to share between streams.
+func (randomPolicy) Prepare(in policy.PlanInput) policy.Prepared {
+	return prepared{eps: in.Endpoints}
+}
+
+// List is Prepare(in.Plan()).List(in.Stream()). Safe for concurrent use.
+func (p randomPolicy) List(in policy.Input) []policy.Entry {
+	return p.Prepare(in.Plan()).List(in.Stream())
+}
+
+// prepared is random's state for one plan.
+type prepared struct {
+	eps []discovery.Endpoint
+}
+
 // List returns every endpoint once in an order shuffled by the stream's
 // seed, with the stream's previous first entry moved to the front if it is
 // still there. Safe for concurrent use.
-func (randomPolicy) List(in policy.Input) []policy.Entry {
-	n := len(in.Endpoints)
+func (p prepared) List(in policy.StreamInput) []policy.Entry {
+	n := len(p.eps)
 	if n == 0 {
 		return nil
 	}
@@ -56,7 +72,7 @@ func (randomPolicy) List(in policy.Input) []policy.Entry {
 	}
 	r := rand.New(rand.NewPCG(in.Client.Seed, salt))
 	r.Shuffle(n, func(i, j int) { out[i], out[j] = out[j], out[i] })
-	if f := in.PreviousFirst(); f >= 0 {
+	if f := in.PreviousFirst(p.eps); f >= 0 {
 		at := 0
 		for out[at].Index != f {
 			at++

@@ -9,7 +9,10 @@
 // are not moved by changes elsewhere.
 package roundrobin
 
-import "github.com/lookaside-lb/lookaside/policy"
+import (
+	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/policy"
+)
 
 // Name is the policy's name in configuration.
 const Name = "round_robin"
@@ -25,18 +28,26 @@ type rr struct{}
 
 var _ policy.Policy = rr{}
 
+// Prepare keeps the endpoints: there is nothing to share between streams.
+func (rr) Prepare(in policy.PlanInput) policy.Prepared { return prepared{eps: in.Endpoints} }
+
+// List is Prepare(in.Plan()).List(in.Stream()). Safe for concurrent use.
+func (p rr) List(in policy.Input) []policy.Entry { return p.Prepare(in.Plan()).List(in.Stream()) }
+
+// prepared is round_robin's state for one plan.
+type prepared struct {
+	eps []discovery.Endpoint
+}
+
 // List returns every endpoint once, starting at the stream's previous first
 // entry if it is still there, else at Seed mod len(Endpoints), and going on in
-// ID order from there.
-func (rr) List(in policy.Input) []policy.Entry {
-	n := len(in.Endpoints)
+// ID order from there. Safe for concurrent use.
+func (p prepared) List(in policy.StreamInput) []policy.Entry {
+	n := len(p.eps)
 	if n == 0 {
 		return nil
 	}
-	start := -1
-	if len(in.Previous) > 0 {
-		start = policy.IndexOf(in.Endpoints, in.Previous[0])
-	}
+	start := in.PreviousFirst(p.eps)
 	if start < 0 {
 		start = int(in.Client.Seed % uint64(n))
 	}

@@ -70,11 +70,35 @@ type sourceHash struct {
 
 var _ policy.Policy = sourceHash{}
 
-// List returns the stream's sticky subset, filled up to k with the best
-// scoring other endpoints for the client, best first. Safe for concurrent
-// use.
+// Prepare hashes each endpoint's ID once (the part of its score that does
+// not depend on the client). It takes O(total length of the IDs) time.
+func (p sourceHash) Prepare(in policy.PlanInput) policy.Prepared {
+	pr := &prepared{k: p.k, eps: in.Endpoints, prefix: make([]uint64, len(in.Endpoints)), weight: make([]float64, len(in.Endpoints))}
+	for i, e := range in.Endpoints {
+		pr.prefix[i] = idHash(e.ID)
+		pr.weight[i] = float64(policy.ClampWeight(e.Weight))
+	}
+	return pr
+}
+
+// List is Prepare(in.Plan()).List(in.Stream()). Safe for concurrent use.
 func (p sourceHash) List(in policy.Input) []policy.Entry {
-	n := len(in.Endpoints)
+	return p.Prepare(in.Plan()).List(in.Stream())
+}
+
+// prepared is source_hash's state for one plan. Read-only once made.
+type prepared struct {
+	k      int
+	eps    []discovery.Endpoint
+	prefix []uint64  // prefix[i] = idHash(eps[i].ID)
+	weight []float64 // the clamped weight of eps[i]
+}
+
+// List returns the stream's sticky subset, filled up to k with the best
+// scoring other endpoints for the client, best first. It takes
+// O(len(Endpoints)·k) time at worst. Safe for concurrent use.
+func (p *prepared) List(in policy.StreamInput) []policy.Entry {
+	n := len(p.eps)
 	if n == 0 {
 		return nil
 	}
@@ -84,7 +108,7 @@ func (p sourceHash) List(in policy.Input) []policy.Entry {
 		if len(out) == k {
 			return out
 		}
-		if i := policy.IndexOf(in.Endpoints, id); i >= 0 && !has(out, i) {
+		if i := policy.IndexOf(p.eps, id); i >= 0 && !has(out, i) {
 			out = append(out, policy.Entry{Index: i})
 		}
 	}
@@ -102,11 +126,11 @@ func (p sourceHash) List(in policy.Input) []policy.Entry {
 	if m := k - kept; m > len(buf) {
 		best = make([]float64, 0, m)
 	}
-	for i, e := range in.Endpoints {
+	for i := range p.eps {
 		if has(out[:kept], i) {
 			continue
 		}
-		s := score(e, ck)
+		s := scoreFrom(p.prefix[i], p.weight[i], ck)
 		full := len(out) == k
 		if full && s <= best[len(best)-1] {
 			continue
@@ -165,23 +189,36 @@ func clientKey(c policy.Client) key {
 	return k
 }
 
+// FNV-1a's parameters.
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+)
+
 // score returns endpoint e's rendezvous score for the client with key k:
 // -weight/ln(h), h being the hash of e.ID and k mapped into (0, 1). Higher
 // is better. The weight is limited to [1, policy.MaxWeight].
 func score(e discovery.Endpoint, k key) float64 {
+	return scoreFrom(idHash(e.ID), float64(policy.ClampWeight(e.Weight)), k)
+}
+
+// idHash is FNV-1a over id and a separator: the client-independent start
+// of an endpoint's hash.
+func idHash(id string) uint64 {
+	h := uint64(fnvOffset)
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint64(id[i])) * fnvPrime
+	}
+	return (h ^ 0xff) * fnvPrime // no ID byte of valid UTF-8 is 0xff
+}
+
+// scoreFrom is score given idHash(e.ID) and e's clamped weight w.
+func scoreFrom(prefix uint64, w float64, k key) float64 {
 	// FNV-1a over the ID, a separator and the key, then MurmurHash3's
 	// finalizer so that every input bit reaches every output bit.
-	const (
-		offset = 14695981039346656037
-		prime  = 1099511628211
-	)
-	h := uint64(offset)
-	for i := 0; i < len(e.ID); i++ {
-		h = (h ^ uint64(e.ID[i])) * prime
-	}
-	h = (h ^ 0xff) * prime // no ID byte of valid UTF-8 is 0xff
+	h := prefix
 	for _, b := range k.b[:k.n] {
-		h = (h ^ uint64(b)) * prime
+		h = (h ^ uint64(b)) * fnvPrime
 	}
 	h ^= h >> 33
 	h *= 0xff51afd7ed558ccd
@@ -189,5 +226,5 @@ func score(e discovery.Endpoint, k key) float64 {
 	h *= 0xc4ceb9fe1a85ec53
 	h ^= h >> 33
 	u := (float64(h>>11) + 0.5) / (1 << 53) // in (0, 1)
-	return -float64(policy.ClampWeight(e.Weight)) / math.Log(u)
+	return -w / math.Log(u)
 }

@@ -24,6 +24,7 @@ package weightedrandom
 import (
 	"math/rand/v2"
 
+	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -49,23 +50,48 @@ type weightedRandom struct {
 
 var _ policy.Policy = weightedRandom{}
 
-// List returns each endpoint repeated by its weight, shuffled by the
-// stream's seed, with an entry of the stream's previous first endpoint
-// swapped to the front if it is still there. Safe for concurrent use.
-func (p weightedRandom) List(in policy.Input) []policy.Entry {
+// Prepare computes the entry counts (policy.EntryCounts) and the entries
+// in index order, which every stream shuffles a copy of. It takes
+// O(len(Endpoints) + entries) time.
+func (p weightedRandom) Prepare(in policy.PlanInput) policy.Prepared {
 	if len(in.Endpoints) == 0 {
-		return nil
+		return prepared{}
 	}
 	counts, total := policy.EntryCounts(in.Endpoints, p.maxEntries)
-	out := make([]policy.Entry, 0, total)
+	base := make([]policy.Entry, 0, total)
 	for i, c := range counts {
 		for range c {
-			out = append(out, policy.Entry{Index: i})
+			base = append(base, policy.Entry{Index: i})
 		}
 	}
+	return prepared{eps: in.Endpoints, base: base}
+}
+
+// List is Prepare(in.Plan()).List(in.Stream()). Safe for concurrent use.
+func (p weightedRandom) List(in policy.Input) []policy.Entry {
+	return p.Prepare(in.Plan()).List(in.Stream())
+}
+
+// prepared is weighted_random's state for one plan.
+type prepared struct {
+	eps  []discovery.Endpoint
+	base []policy.Entry // each endpoint's entries, in index order; read-only
+}
+
+// List returns each endpoint repeated by its weight, shuffled by the
+// stream's seed, with an entry of the stream's previous first endpoint
+// swapped to the front if it is still there. It takes O(entries) time.
+// Safe for concurrent use.
+func (p prepared) List(in policy.StreamInput) []policy.Entry {
+	if len(p.base) == 0 {
+		return nil
+	}
+	total := len(p.base)
+	out := make([]policy.Entry, total)
+	copy(out, p.base)
 	r := rand.New(rand.NewPCG(in.Client.Seed, salt))
 	r.Shuffle(total, func(i, j int) { out[i], out[j] = out[j], out[i] })
-	if f := in.PreviousFirst(); f >= 0 {
+	if f := in.PreviousFirst(p.eps); f >= 0 {
 		at := 0
 		for out[at].Index != f {
 			at++

@@ -34,9 +34,8 @@ package weightedroundrobin
 
 import (
 	"math/rand/v2"
-	"slices"
-	"sync/atomic"
 
+	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -57,48 +56,52 @@ func (builder) Build(opts policy.Options) policy.Policy {
 }
 
 type wrr struct {
-	// Read-only after construction.
 	maxEntries int
-
-	// last is the sequence built for the last counts seen. Streams of a
-	// service all ask for the same counts after a change, so they share
-	// one build; services that alternate just build again. Sequences are
-	// never modified once stored.
-	last atomic.Pointer[sequence]
-}
-
-type sequence struct {
-	counts []int
-	seq    []policy.Entry
 }
 
 var _ policy.Policy = (*wrr)(nil)
 
-// List returns the smooth weighted round robin sequence of the endpoints,
-// rotated to start at the stream's previous first endpoint if it is still
-// there, else at a position drawn from the stream's seed. Building a
-// sequence takes O(len(Endpoints) · entries) time; the last one is reused
-// when the entry counts are the same, as they are for the streams of a
-// service, leaving O(entries). Safe for concurrent use.
-func (p *wrr) List(in policy.Input) []policy.Entry {
+// Prepare builds the smooth weighted round robin sequence of the endpoints,
+// which every stream of the plan rotates. It takes O(len(Endpoints) ·
+// entries) time.
+func (p *wrr) Prepare(in policy.PlanInput) policy.Prepared {
 	if len(in.Endpoints) == 0 {
-		return nil
+		return prepared{}
 	}
 	counts, total := policy.EntryCounts(in.Endpoints, p.maxEntries)
-	s := p.last.Load()
-	if s == nil || !slices.Equal(s.counts, counts) {
-		s = &sequence{counts: counts, seq: policy.Interleave(counts, total)}
-		p.last.Store(s)
+	return prepared{eps: in.Endpoints, seq: policy.Interleave(counts, total)}
+}
+
+// List is Prepare(in.Plan()).List(in.Stream()), which builds the sequence
+// for this one list. Safe for concurrent use.
+func (p *wrr) List(in policy.Input) []policy.Entry {
+	return p.Prepare(in.Plan()).List(in.Stream())
+}
+
+// prepared is weighted_round_robin's state for one plan.
+type prepared struct {
+	eps []discovery.Endpoint
+	seq []policy.Entry // the interleaved sequence; read-only
+}
+
+// List returns the sequence rotated to start at the stream's previous
+// first endpoint if it is still there (its first entry at or after the
+// drawn position), else at a position drawn from the stream's seed. It
+// takes O(entries) time. Safe for concurrent use.
+func (p prepared) List(in policy.StreamInput) []policy.Entry {
+	total := len(p.seq)
+	if total == 0 {
+		return nil
 	}
 	r := rand.New(rand.NewPCG(in.Client.Seed, salt))
 	start := r.IntN(total)
-	if f := in.PreviousFirst(); f >= 0 {
-		for s.seq[start].Index != f {
+	if f := in.PreviousFirst(p.eps); f >= 0 {
+		for p.seq[start].Index != f {
 			start = (start + 1) % total
 		}
 	}
 	out := make([]policy.Entry, total)
-	copy(out, s.seq[start:])
-	copy(out[total-start:], s.seq[:start])
+	copy(out, p.seq[start:])
+	copy(out[total-start:], p.seq[:start])
 	return out
 }
