@@ -202,6 +202,12 @@ func (p *planner) plan(snapChanged, force bool) {
 	if len(p.res.Weights) == len(p.snap.Endpoints) {
 		np.loadWeights = p.res.Weights
 	}
+	// The policy's work shared by every stream is done here, once per
+	// plan (with the service's policy options); streams only do what
+	// depends on their client.
+	if np.policy != nil {
+		np.prepared = np.policy.Prepare(policy.PlanInput{Endpoints: np.snap.Endpoints, LoadWeights: np.loadWeights})
+	}
 	np.overloadDrop, np.rateDrop = p.res.DropShare, p.rateDrop
 	// One token per list: the larger cause of drops names them.
 	np.dropShare, np.dropToken = p.res.DropShare, policy.DropTokenOverload

@@ -33,6 +33,10 @@ type plan struct {
 	policy       policy.Policy
 	policySource string
 	maxEntries   int
+	// prepared is policy prepared from snap.Endpoints and loadWeights, by
+	// the planner as it makes the plan; nil in plans made otherwise (see
+	// prepare).
+	prepared policy.Prepared
 	// arrived is when snap arrived from the watcher; fromSnap whether this
 	// plan was made because it did (not for load weights, drop shares or
 	// settings).
@@ -61,6 +65,16 @@ func newPlan(snap discovery.Snapshot, policyName string, pol policy.Policy, key 
 		p.servers[i] = serverEntry(ep, key)
 	}
 	return p
+}
+
+// prepare returns the plan's prepared policy: the planner's, or for a plan
+// made without it, one prepared now. Nil for a plan without a policy. Safe
+// for concurrent use.
+func (p *plan) prepare() policy.Prepared {
+	if p.prepared != nil || p.policy == nil {
+		return p.prepared
+	}
+	return p.policy.Prepare(policy.PlanInput{Endpoints: p.snap.Endpoints, LoadWeights: p.loadWeights})
 }
 
 // serverEntry converts an endpoint to a grpclb entry: 4 bytes for IPv4,
@@ -143,28 +157,28 @@ func (s *service) assignLocked(from, to string) {
 	}
 }
 
-// choose builds a stream's list with p from in, whose Assigned it fills in
-// with how many streams other than this one (whose first entry is
-// endpoint ID self, "" for none) have each endpoint first, and records the
-// new list's first endpoint as the stream's. Both happen under one lock, so
-// that streams arriving together each see the others' choices
-// (least_connections and least_load order by them). It returns the list
-// and its first endpoint's ID ("" for an empty list). Safe for concurrent
-// use.
-func (s *service) choose(p policy.Policy, in policy.Input, self string) (entries []policy.Entry, first string) {
-	assigned := make([]int, len(in.Endpoints))
+// choose builds a stream's list with pr, prepared from eps, from in, whose
+// Assigned it fills in with how many streams other than this one (whose
+// first entry is endpoint ID self, "" for none) have each endpoint first,
+// and records the new list's first endpoint as the stream's. Both happen
+// under one lock, so that streams arriving together each see the others'
+// choices (least_connections and least_load order by them). It returns the
+// list and its first endpoint's ID ("" for an empty list). Safe for
+// concurrent use.
+func (s *service) choose(pr policy.Prepared, eps []discovery.Endpoint, in policy.StreamInput, self string) (entries []policy.Entry, first string) {
+	assigned := make([]int, len(eps))
 	s.assignMu.Lock()
 	defer s.assignMu.Unlock()
-	for i, ep := range in.Endpoints {
+	for i, ep := range eps {
 		assigned[i] = s.assigned[ep.ID]
 		if ep.ID == self {
 			assigned[i]--
 		}
 	}
 	in.Assigned = assigned
-	entries = p.List(in)
+	entries = pr.List(in)
 	if len(entries) > 0 {
-		first = in.Endpoints[entries[0].Index].ID
+		first = eps[entries[0].Index].ID
 	}
 	s.assignLocked(self, first)
 	return entries, first

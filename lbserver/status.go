@@ -201,8 +201,8 @@ func (svc *service) status(now time.Time, child string) ServiceStatus {
 			}
 		}
 	}
-	if p.ready && len(eps) > 0 && p.policy != nil {
-		entries := p.policy.List(policy.Input{Endpoints: eps, Assigned: assigned, LoadWeights: p.loadWeights})
+	if pr := p.prepare(); p.ready && len(eps) > 0 && pr != nil {
+		entries := pr.List(policy.StreamInput{Assigned: assigned})
 		if p.dropShare > 0 {
 			entries = policy.AddDrops(entries, p.dropShare, p.dropToken, p.maxEntries)
 		}

@@ -571,11 +571,9 @@ func (st *streamState) update(p *plan) error {
 	}
 	// The new first entry counts as this stream's from now on, sent or not:
 	// a stream whose send fails ends, and gives it back.
-	entries, first := st.svc.choose(p.policy, policy.Input{
-		Endpoints:   p.snap.Endpoints,
-		Client:      st.client,
-		Previous:    st.sentIDs,
-		LoadWeights: p.loadWeights,
+	entries, first := st.svc.choose(p.prepare(), p.snap.Endpoints, policy.StreamInput{
+		Client:   st.client,
+		Previous: st.sentIDs,
 	}, st.first)
 	st.first = first
 	if p.dropShare > 0 {
