@@ -162,6 +162,8 @@ type Collector struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	kick   chan struct{} // wakes the sweeper; buffered
+	// dialOpts are the options of every stream's connection, built once.
+	dialOpts []grpc.DialOption
 	wg     sync.WaitGroup
 
 	// cur is the current snapshot; never nil. Written under mu.
@@ -214,9 +216,46 @@ func newCollector(cfg Config, clk clock.Clock, rand func() float64) (*Collector,
 		reports: make(map[string]Report),
 		changed: make(chan struct{}),
 	}
+	c.dialOpts = dialOptions(cfg)
 	c.cur.Store(&Loads{Changed: c.changed})
 	c.wg.Go(c.sweep)
 	return c, nil
+}
+
+// Transport sizes of the streams' connections. A report is a few hundred
+// bytes, a request less: small buffers suffice, and the write buffer is
+// shared (taken from a pool for each write and given back), so that an idle
+// stream holds almost nothing but its connection's read buffer.
+const (
+	readBufferSize  = 1024
+	writeBufferSize = 1024
+	// windowSize is grpc-go's least flow-control window. Setting it also
+	// turns off the bandwidth estimator, which would grow the windows and
+	// ping for nothing.
+	windowSize = 64 << 10
+	// maxReportSize bounds one report (grpc-go's default is 4 MiB).
+	maxReportSize = 64 << 10
+)
+
+// dialOptions returns the options of every stream's connection: cfg's
+// credentials, keepalive every 5 min, small buffers, then cfg.DialOptions.
+func dialOptions(cfg Config) []grpc.DialOption {
+	creds := cfg.Credentials
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	return append([]grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 20 * time.Second}),
+		grpc.WithReadBufferSize(readBufferSize),
+		grpc.WithWriteBufferSize(writeBufferSize),
+		grpc.WithSharedWriteBuffer(true),
+		grpc.WithInitialWindowSize(windowSize),
+		grpc.WithInitialConnWindowSize(windowSize),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxReportSize)),
+		grpc.WithDisableServiceConfig(),
+		grpc.WithDisableRetry(),
+	}, cfg.DialOptions...)
 }
 
 // Config returns the configuration in force, with defaults applied.
@@ -321,15 +360,7 @@ func (c *Collector) run(ctx context.Context, s *stream) {
 	c.running.Add(1)
 	defer c.running.Add(-1)
 	log := c.log.With("endpoint", s.id, "addr", s.addr.String())
-	creds := c.cfg.Credentials
-	if creds == nil {
-		creds = insecure.NewCredentials()
-	}
-	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(creds),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 20 * time.Second}),
-	}, c.cfg.DialOptions...)
-	cc, err := grpc.NewClient("passthrough:///"+s.addr.String(), opts...)
+	cc, err := grpc.NewClient("passthrough:///"+s.addr.String(), c.dialOpts...)
 	if err != nil {
 		// Only bad dial options get here; retrying would not help.
 		log.Error("cannot dial endpoint for load reports", "err", err)

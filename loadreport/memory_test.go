@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -55,14 +56,16 @@ func serveManyORCA(n int) {
 
 // collectorCost is what a Collector costs per endpoint.
 type collectorCost struct {
-	heap       float64 // bytes of heap in use after GC
+	heap       float64 // bytes of live heap after GC
+	stack      float64 // bytes of goroutine stacks
 	rss        float64 // bytes of resident memory (0 where unknown)
 	goroutines float64
+	conns      float64 // connections (file descriptors) per endpoint
 }
 
 // measureCollector starts n ORCA endpoints in a child process, has one
 // Collector stream from all of them until each has reported, and returns
-// the growth of heap, RSS and goroutines divided by n.
+// the growth of heap, stacks, RSS, goroutines and open files divided by n.
 func measureCollector(tb testing.TB, n int) collectorCost {
 	tb.Helper()
 	exe, err := os.Executable()
@@ -106,7 +109,8 @@ func measureCollector(tb testing.TB, n int) collectorCost {
 		tb.Fatal(err)
 	}
 	defer c.Close()
-	heap0, rss0, g0 := memNow()
+	heap0, stack0, rss0, g0 := memNow()
+	fd0 := openFiles()
 	c.Update(snap)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -121,17 +125,32 @@ func measureCollector(tb testing.TB, n int) collectorCost {
 	}
 	// Let a few reports flow so that buffers reach their steady size.
 	time.Sleep(2 * cfg.Interval)
-	heap1, rss1, g1 := memNow()
+	heap1, stack1, rss1, g1 := memNow()
+	fd1 := openFiles()
+	if f := os.Getenv("LOADREPORT_GOROUTINES"); f != "" {
+		w, _ := os.Create(f)
+		pprof.Lookup("goroutine").WriteTo(w, 1)
+		w.Close()
+	}
+	if f := os.Getenv("LOADREPORT_HEAP"); f != "" {
+		w, _ := os.Create(f)
+		runtime.MemProfileRate = 1
+		pprof.Lookup("heap").WriteTo(w, 0)
+		w.Close()
+	}
 	return collectorCost{
 		heap:       float64(heap1-heap0) / float64(n),
+		stack:      float64(stack1-stack0) / float64(n),
 		rss:        float64(rss1-rss0) / float64(n),
 		goroutines: float64(g1-g0) / float64(n),
+		conns:      float64(fd1-fd0) / float64(n),
 	}
 }
 
-// memNow returns the heap in use after two GCs, the resident set size
+// memNow returns the live heap after two GCs, the goroutine stacks, the
+// resident set size
 // (0 where /proc is missing) and the number of goroutines.
-func memNow() (heap, rss int64, goroutines int) {
+func memNow() (heap, stack, rss int64, goroutines int) {
 	runtime.GC()
 	runtime.GC()
 	var ms runtime.MemStats
@@ -144,12 +163,20 @@ func memNow() (heap, rss int64, goroutines int) {
 			}
 		}
 	}
-	return int64(ms.HeapInuse), rss, runtime.NumGoroutine()
+	return int64(ms.HeapAlloc), int64(ms.StackInuse), rss, runtime.NumGoroutine()
+}
+
+// openFiles counts the process's open file descriptors (sockets
+// included); 0 where /proc is missing.
+func openFiles() int {
+	fds, _ := os.ReadDir("/proc/self/fd")
+	return len(fds)
 }
 
 // BenchmarkCollectorMemory reports what load collection costs per
 // endpoint at 1,000 endpoints (each its own ORCA server port, in a child
-// process): heap after GC, RSS and goroutines.
+// process): live heap after GC, goroutine stacks, RSS, goroutines and
+// connections.
 //
 //	go test -run '^$' -bench CollectorMemory -benchtime 1x ./loadreport
 func BenchmarkCollectorMemory(b *testing.B) {
@@ -159,6 +186,8 @@ func BenchmarkCollectorMemory(b *testing.B) {
 		cost = measureCollector(b, n)
 	}
 	b.ReportMetric(cost.heap/1024, "heap-KiB/endpoint")
+	b.ReportMetric(cost.stack/1024, "stack-KiB/endpoint")
 	b.ReportMetric(cost.rss/1024, "RSS-KiB/endpoint")
 	b.ReportMetric(cost.goroutines, "goroutines/endpoint")
+	b.ReportMetric(cost.conns, "conns/endpoint")
 }
