@@ -2,6 +2,7 @@ package all_test
 
 import (
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -54,6 +55,69 @@ func TestEveryPolicy(t *testing.T) {
 					t.Errorf("seed %d: second List() differs (-first +second):\n%s", s, diff)
 				}
 			}
+		})
+	}
+}
+
+// TestPrepared: for every policy, lists from a Prepared value shared by
+// concurrent streams of alternating services equal the one-step List for
+// the same input (previous lists, counts and load weights included), and a
+// caller writing over its list does not change the next stream's.
+func TestPrepared(t *testing.T) {
+	services := []policy.Input{
+		{Endpoints: policytest.Weighted(3, 1, 2), LoadWeights: []float64{1, 2.5, 0.5}},
+		{Endpoints: policytest.Ramp(7)},
+		{Endpoints: policytest.Weighted(1, 1, 4, 1)},
+	}
+	streams := func(in policy.Input, s uint64) policy.Input {
+		in.Client = policy.Client{Seed: s}
+		if s%3 == 1 {
+			in.Previous = []string{in.Endpoints[int(s)%len(in.Endpoints)].ID, in.Endpoints[0].ID}
+		}
+		if s%2 == 0 {
+			in.Assigned = make([]int, len(in.Endpoints))
+			for i := range in.Assigned {
+				in.Assigned[i] = int(s+uint64(i)) % 4
+			}
+		}
+		return in
+	}
+	for _, name := range policy.Names() {
+		t.Run(name, func(t *testing.T) {
+			opts := policy.DefaultOptions()
+			opts.HashSubset = 2
+			p, err := policy.Build(name, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l := p.Prepare(policy.PlanInput{}).List(policy.StreamInput{}); l != nil {
+				t.Errorf("Prepare(no endpoints).List = %v, want nil", l)
+			}
+			prepared := make([]policy.Prepared, len(services))
+			want := make([][][]int, len(services))
+			for i, svc := range services {
+				prepared[i] = p.Prepare(svc.Plan())
+				for s := range uint64(30) {
+					want[i] = append(want[i], policytest.Indexes(p.List(streams(svc, s))))
+				}
+			}
+			var wg sync.WaitGroup
+			for g := range 4 {
+				wg.Go(func() {
+					for round := range 90 {
+						i, s := (g+round)%len(services), uint64(round%30)
+						l := prepared[i].List(streams(services[i], s).Stream())
+						if diff := cmp.Diff(want[i][s], policytest.Indexes(l)); diff != "" {
+							t.Errorf("service %d, seed %d: prepared list differs from List (-List +prepared):\n%s", i, s, diff)
+							return
+						}
+						for j := range l {
+							l[j].Index = -1
+						}
+					}
+				})
+			}
+			wg.Wait()
 		})
 	}
 }
