@@ -47,6 +47,7 @@ func BenchmarkUpdate(b *testing.B) {
 						Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i / 250), byte(i%250 + 1)}), 8080)})
 				}
 				pl := newPlan(discovery.Snapshot{Service: "svc", Endpoints: eps}, pol, p, nil)
+				pl.prepared = pl.prepare() // as the planner does, once per plan
 				srv := &Server{cfg: DefaultConfig(), log: slog.New(slog.DiscardHandler)}
 				svc := &service{name: "svc", assigned: map[string]int{}}
 				stream := &discardStream{}
