@@ -12,6 +12,7 @@ import (
 	"github.com/lookaside-lb/lookaside/loadreport"
 	"github.com/lookaside-lb/lookaside/loadweight"
 	"github.com/lookaside-lb/lookaside/policy"
+	"github.com/lookaside-lb/lookaside/policy/leastload"
 )
 
 // planner turns one service's discovery snapshots, backend load reports
@@ -26,12 +27,15 @@ type planner struct {
 	stats    *clientstats.Registry
 	now      func() time.Time
 
-	collector *loadreport.Collector // nil without load reports
-	weigher   *loadweight.Weigher   // nil without load reports
-	rateLimit float64               // calls/s; 0 for none
-	maxDrop   float64               // bound on the rate-limit drop share
-	window    time.Duration         // over which the offered call rate is measured
-	tokenKey  lbtoken.Key           // derives the entries' lb-tokens
+	// loadConfig configures the load collector; nil when the server
+	// collects no load reports.
+	loadConfig *loadreport.Config
+	collector  *loadreport.Collector // nil while no decision uses load (syncLoads)
+	weigher    *loadweight.Weigher   // nil with collector
+	rateLimit  float64               // calls/s; 0 for none
+	maxDrop    float64               // bound on the rate-limit drop share
+	window     time.Duration         // over which the offered call rate is measured
+	tokenKey   lbtoken.Key           // derives the entries' lb-tokens
 
 	snap      discovery.Snapshot
 	arrived   time.Time // when snap arrived from the watcher
@@ -72,10 +76,9 @@ func offer(box chan arrival, snap discovery.Snapshot) {
 // service's client stats totals (unless a stream still reports to it).
 func (p *planner) run(ctx context.Context, box <-chan arrival) {
 	defer p.stats.ForgetService(p.svc.name)
-	if p.collector != nil {
-		defer p.collector.Close()
-	}
+	defer p.stopLoads()
 	p.applySettings()
+	p.syncLoads()
 	// Smoothing and rate measurement move on with time even when no
 	// report differs from the last: a tick while there are load weights
 	// or a rate limit (which a reconfiguration may add or remove).
@@ -114,9 +117,11 @@ func (p *planner) run(ctx context.Context, box <-chan arrival) {
 				p.collector.Update(a.snap)
 			}
 			p.choosePolicy()
+			p.syncLoads()
 			p.plan(true, false)
 		case <-p.svc.reconf:
 			p.applySettings()
+			p.syncLoads()
 			p.plan(false, true)
 		case <-loadsChanged:
 			p.plan(false, false)
@@ -130,6 +135,59 @@ func (p *planner) run(ctx context.Context, box <-chan arrival) {
 			return
 		}
 	}
+}
+
+// usesLoads reports whether a decision of the service uses its endpoints'
+// load reports: its policy is least_load (load weights), or it sets its own
+// overload drop bound (services.<name>.max_drop_share). Only then does the
+// planner collect them: a service under another policy collects nothing
+// and drops no call for overload. Before the first snapshot no policy is
+// known and nothing is collected.
+func (p *planner) usesLoads() bool {
+	if p.loadConfig == nil || !p.have {
+		return false
+	}
+	return p.polName == leastload.Name || p.settings().service(p.svc.name).MaxDropShare > 0
+}
+
+// syncLoads starts the load collector and weigher when usesLoads, and
+// stops them (forgetting load weights and overload drops) when not. Called
+// after each policy choice; a stop blocks until the streams have ended.
+func (p *planner) syncLoads() {
+	switch want := p.usesLoads(); {
+	case want && p.collector == nil:
+		c, err := loadreport.NewCollector(*p.loadConfig)
+		if err != nil {
+			// validate built one with the same config.
+			p.log.Error("no load reports for this service", "err", err)
+			return
+		}
+		w, err := loadweight.New(p.settings().weightConfig(p.svc.name))
+		if err != nil {
+			c.Close()
+			p.log.Error("no load reports for this service", "err", err)
+			return
+		}
+		c.Update(p.snap)
+		p.collector, p.weigher = c, w
+		p.svc.collector.Store(c)
+		p.log.Info("collecting load reports", "policy", p.polName, "endpoints", len(p.snap.Endpoints))
+	case !want && p.collector != nil:
+		p.stopLoads()
+		p.log.Info("no longer collecting load reports", "policy", p.polName)
+	}
+}
+
+// stopLoads closes the load collector, if any, and forgets the load
+// weights and overload drops. It blocks until the streams have ended.
+func (p *planner) stopLoads() {
+	if p.collector == nil {
+		return
+	}
+	p.svc.collector.Store(nil)
+	p.collector.Close()
+	p.collector, p.weigher = nil, nil
+	p.res, p.next = loadweight.Result{}, time.Time{}
 }
 
 // applySettings takes the service's settings in force: rate limit, drop

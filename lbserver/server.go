@@ -15,8 +15,6 @@ import (
 	"github.com/lookaside-lb/lookaside/clientstats"
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/internal/logthrottle"
-	"github.com/lookaside-lb/lookaside/loadreport"
-	"github.com/lookaside-lb/lookaside/loadweight"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -156,9 +154,10 @@ func New(cfg Config) (*Server, error) {
 // live returns the settings in force. Safe for concurrent use.
 func (s *Server) live() *live { return s.set.Load() }
 
-// newPlanner makes the planner of one service, with its load collector
-// and weigher when load reports are on. Called under the registry's lock;
-// it starts nothing but the collector's expiry loop.
+// newPlanner makes the planner of one service. Called under the
+// registry's lock; it starts nothing: the planner starts its load
+// collector when the service's policy or overload drops need one (see
+// planner.syncLoads).
 func (s *Server) newPlanner(svc *service, log *slog.Logger) *planner {
 	p := &planner{
 		svc:      svc,
@@ -170,26 +169,12 @@ func (s *Server) newPlanner(svc *service, log *slog.Logger) *planner {
 		window:   max(2*s.cfg.ClientStatsInterval, 5*time.Second),
 		tokenKey: s.cfg.LBTokenKey,
 	}
-	if !s.cfg.LoadReports {
-		return p
+	if s.cfg.LoadReports {
+		lc := s.cfg.LoadReport
+		// The collector adds its own component.
+		lc.Logger = s.base.With("service", quote(svc.name))
+		p.loadConfig = &lc
 	}
-	lc := s.cfg.LoadReport
-	// The collector adds its own component.
-	lc.Logger = s.base.With("service", quote(svc.name))
-	c, err := loadreport.NewCollector(lc)
-	if err != nil {
-		// validate built one with the same config.
-		log.Error("no load reports for this service", "err", err)
-		return p
-	}
-	w, err := loadweight.New(s.live().weightConfig(svc.name))
-	if err != nil {
-		c.Close()
-		log.Error("no load reports for this service", "err", err)
-		return p
-	}
-	p.collector, p.weigher = c, w
-	svc.collector = c
 	return p
 }
 

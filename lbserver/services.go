@@ -105,9 +105,9 @@ type service struct {
 	// reconf wakes the planner to take the settings in force (a mailbox
 	// of one).
 	reconf chan struct{}
-	// collector is the planner's, nil without load reports; read-only
-	// after the planner is made.
-	collector *loadreport.Collector
+	// collector is the planner's, nil while the service collects no load
+	// reports; the planner starts and stops it (see planner.syncLoads).
+	collector atomic.Pointer[loadreport.Collector]
 	// offered is the offered call rate the planner measured last, as
 	// math.Float64bits.
 	offered atomic.Uint64

@@ -131,6 +131,7 @@ func (s *Server) Status() []ServiceStatus {
 // status builds the ServiceStatus of svc at now.
 func (svc *service) status(now time.Time, child string) ServiceStatus {
 	p := svc.cur.Load()
+	collector := svc.collector.Load()
 	st := ServiceStatus{
 		Service:            svc.name,
 		Policy:             p.policyName,
@@ -145,7 +146,7 @@ func (svc *service) status(now time.Time, child string) ServiceStatus {
 		DropShare:          p.dropShare,
 		RateLimit:          p.rateLimit,
 		OfferedRate:        math.Float64frombits(svc.offered.Load()),
-		LoadReports:        svc.collector != nil,
+		LoadReports:        collector != nil,
 	}
 	if p.dropShare > 0 {
 		st.DropToken = p.dropToken
@@ -176,8 +177,8 @@ func (svc *service) status(now time.Time, child string) ServiceStatus {
 			e.LoadWeight = p.loadWeights[i]
 		}
 	}
-	if svc.collector != nil {
-		loads := svc.collector.Loads()
+	if collector != nil {
+		loads := collector.Loads()
 		for i, ep := range eps {
 			e := &st.Endpoints[i]
 			if r, ok := loads.Reports[ep.ID]; ok {
