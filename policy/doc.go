@@ -7,6 +7,25 @@
 // stream randomness comes only from Client.Seed, through a math/rand/v2 PCG),
 // so each policy is table-tested with exact lists.
 //
+// # Once per plan, once per stream
+//
+// A policy works in two steps. Policy.Prepare runs once per plan: the
+// balancer's planner calls it whenever it makes a plan for a service (new
+// endpoints, new load weights, new settings), with the service's endpoints
+// and load weights (PlanInput), and stores the Prepared value in the plan.
+// It does the work that is the same for every stream: weighted_round_robin
+// and least_load build their interleaved sequence, weighted_random its
+// entries, source_hash hashes every endpoint ID. Prepared.List runs once
+// per stream and plan with what only the stream knows (StreamInput: its
+// seed, the list last sent to it, the balancer's assignment counts) and
+// does only what depends on it: rotating the sequence to the stream's
+// start, keeping its first entry, hashing its address, ordering by counts.
+// Prepared values are immutable and shared by all the streams of a plan;
+// nothing is cached between plans or between services, so services with
+// other weights or options (a Policy is built per set of Options, and so
+// per service) never evict each other's work. Policy.List does both steps
+// for one list.
+//
 // # One list for both kinds of client
 //
 // In grpclb the balancer does not pick per call. The balancer cannot tell
