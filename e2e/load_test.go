@@ -154,7 +154,11 @@ func TestOverloadDrops(t *testing.T) {
 		bs = append(bs, loadBackend(t, svc, nil))
 	}
 	waitPassing(t, svc, 3)
-	l := startLB(t, fastLoad("round_robin"))
+	// A round_robin service drops for overload only with its own bound.
+	l := startLB(t, func(c *lbserver.Config) {
+		fastLoad("round_robin")(c)
+		c.Services = map[string]lbserver.ServiceSettings{svc: {MaxDropShare: 0.5}}
+	})
 	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{l.addr}})
 	waitSeen(t, c, bs...)
 
