@@ -169,7 +169,9 @@ type Balancer struct {
 
 // LoadReports configures ORCA load collection and overload drops.
 type LoadReports struct {
-	// Enabled collects ORCA reports from backends. Default true. Restart.
+	// Enabled collects ORCA reports from backends, for the services whose
+	// policy is least_load or that set their own MaxDropShare. Default
+	// true. Restart.
 	Enabled bool `yaml:"enabled"`
 	// Interval asked of backends. Default 1s; 10ms to 1m (rejected
 	// outside, never clamped). Restart.
@@ -180,8 +182,9 @@ type LoadReports struct {
 	// OverloadThreshold is the utilization above which a backend is
 	// overloaded. Default 0.9; positive. Reloadable.
 	OverloadThreshold float64 `yaml:"overload_threshold"`
-	// MaxDropShare bounds overload drops. Default 0.5; 0 (never drop) to
-	// 0.99. Reloadable.
+	// MaxDropShare bounds overload drops of least_load services (other
+	// services drop only with their own Service.MaxDropShare). Default 0.5;
+	// 0 (never drop) to 0.99. Reloadable.
 	MaxDropShare float64 `yaml:"max_drop_share"`
 	// TLS of the ORCA streams to backends. Restart.
 	TLS ClientTLS `yaml:"tls"`
@@ -312,7 +315,9 @@ type Service struct {
 	// (0: no limit). Needs balancer.client_stats_interval above 0.
 	RateLimit float64 `yaml:"rate_limit,omitempty"`
 	// MaxDropShare bounds overload drops, in (0, 0.99] (absent:
-	// load_reports.max_drop_share).
+	// load_reports.max_drop_share under least_load, no overload drops
+	// under another policy). Setting it makes the service collect load
+	// reports whatever its policy.
 	MaxDropShare *float64 `yaml:"max_drop_share,omitempty"`
 	// MaxRateLimitDropShare bounds rate-limit drops, in (0, 1] (absent:
 	// rate_limits.max_drop_share).

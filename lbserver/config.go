@@ -88,9 +88,12 @@ type Config struct {
 	// 4 MiB.
 	MaxRequestSize int
 	// LoadReports makes the balancer collect ORCA load reports from every
-	// endpoint of each watched service (one out-of-band stream per
-	// endpoint), for the least_load policy and for overload drops.
-	// Endpoints that serve no ORCA keep their discovery weight. Default on.
+	// endpoint (one out-of-band stream per endpoint) of each watched
+	// service whose decisions use them: its policy is least_load, or it
+	// sets its own ServiceSettings.MaxDropShare. Other services collect
+	// nothing and drop no call for overload; a policy change starts or
+	// stops the collection. Endpoints that serve no ORCA keep their
+	// discovery weight. Default on.
 	LoadReports bool
 	// LoadReport configures the collectors: report interval, expiry,
 	// backoff. Its Logger is replaced by Logger with the service (the

@@ -54,7 +54,10 @@ type ServiceSettings struct {
 	RateLimit float64
 	// MaxDropShare bounds the share of calls dropped when every endpoint
 	// is overloaded (loadweight.Config.MaxDropShare for this service).
-	// 0: Settings.LoadWeight.MaxDropShare; else in (0, policy.MaxDropShare].
+	// 0: Settings.LoadWeight.MaxDropShare under least_load, and no
+	// overload drops (nor load collection) under another policy; else in
+	// (0, policy.MaxDropShare], and the service collects load reports
+	// whatever its policy.
 	MaxDropShare float64
 	// MaxRateLimitDropShare bounds the share of calls dropped to keep the
 	// service under RateLimit. 0: Settings.MaxRateLimitDropShare; else in
@@ -152,8 +155,10 @@ type Settings struct {
 	SendTimeout time.Duration
 	// LoadWeight configures how load reports become weights (gRFC A58
 	// with a blackout, smoothing and hysteresis) and when every endpoint
-	// is overloaded, which share of calls to drop (a service may bound it
-	// lower or higher: ServiceSettings.MaxDropShare).
+	// is overloaded, which share of calls to drop: its MaxDropShare bounds
+	// the drops of least_load services (a service may bound it lower or
+	// higher, and a service under another policy drops only with its own:
+	// ServiceSettings.MaxDropShare).
 	LoadWeight loadweight.Config
 	// MaxRateLimitDropShare bounds the share of calls dropped to keep a
 	// service under its rate limit, so that clients keep reporting what

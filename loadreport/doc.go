@@ -36,7 +36,10 @@
 // reports and each stream's liveness; its Changed channel is closed at the
 // next meaningful change, so that the balancer can recompute its lists.
 //
-// The balancer keeps one Collector per watched service, fed from that
-// service's discovery watcher and closed with it; every client stream of
-// the service reads the same Collector.
+// The balancer keeps one Collector per watched service whose decisions use
+// load (its policy is least_load, or it sets its own overload drop bound),
+// fed from that service's snapshots, started and closed as its policy
+// changes; every client stream of the service reads the same Collector.
+// All the streams of a Collector share one set of dial options with small
+// transport buffers: see docs/RELIABILITY.md for their cost per endpoint.
 package loadreport

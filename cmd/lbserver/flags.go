@@ -109,11 +109,11 @@ func bindFlags(fs *flag.FlagSet, cfg *config.Config, cmd *command) {
 	fs.StringVar(&b.LBTokenKeyFile, "lb-token-key-file", b.LBTokenKeyFile, "`file` holding a secret shared with the backends (backend -lb-token-key-file): lists carry keyed lb-tokens (HMAC-SHA256 of the instance ID), which outsiders cannot compute (16 to 4096 bytes; default: unkeyed tokens)")
 
 	lr := &cfg.LoadReports
-	fs.BoolVar(&lr.Enabled, "load-reports", lr.Enabled, "collect ORCA load reports from backends (for least_load and overload drops)")
+	fs.BoolVar(&lr.Enabled, "load-reports", lr.Enabled, "collect ORCA load reports from the backends of least_load services and of services with their own max_drop_share")
 	durVar(fs, &lr.Interval, "load-report-interval", "ORCA report interval asked of backends (10ms to 1m)")
 	durVar(fs, &lr.Blackout, "load-blackout", "least_load: how long a backend must report before its load counts")
 	fs.Float64Var(&lr.OverloadThreshold, "overload-threshold", lr.OverloadThreshold, "utilization above which a backend is overloaded; calls are dropped when all are")
-	fs.Float64Var(&lr.MaxDropShare, "max-drop-share", lr.MaxDropShare, "most calls dropped for overload, as a share (0: never drop for overload; rate limits have -max-rate-limit-drop-share)")
+	fs.Float64Var(&lr.MaxDropShare, "max-drop-share", lr.MaxDropShare, "most calls dropped for overload by least_load services, as a share (0: never drop for overload; other services drop only with their own services.<name>.max_drop_share; rate limits have -max-rate-limit-drop-share)")
 	fs.StringVar(&lr.TLS.CAFile, "orca-tls-ca", lr.TLS.CAFile, "CA certificate `file`: ORCA streams to backends use TLS and verify the backends' certificates with it")
 	fs.StringVar(&lr.TLS.CertFile, "orca-tls-cert", lr.TLS.CertFile, "client certificate `file` for ORCA streams (backends requiring mTLS)")
 	fs.StringVar(&lr.TLS.KeyFile, "orca-tls-key", lr.TLS.KeyFile, "client key `file` for ORCA streams")
