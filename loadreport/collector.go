@@ -164,7 +164,9 @@ type Collector struct {
 	kick   chan struct{} // wakes the sweeper; buffered
 	// dialOpts are the options of every stream's connection, built once.
 	dialOpts []grpc.DialOption
-	wg     sync.WaitGroup
+	// request is the StreamCoreMetrics request message, framed.
+	request []byte
+	wg      sync.WaitGroup
 
 	// cur is the last snapshot built; never nil. Written under mu.
 	cur atomic.Pointer[Loads]
@@ -220,6 +222,7 @@ func newCollector(cfg Config, clk clock.Clock, rand func() float64) (*Collector,
 		changed: make(chan struct{}),
 	}
 	c.dialOpts = dialOptions(cfg)
+	c.request = requestFrame(cfg.Interval)
 	c.cur.Store(&Loads{Changed: c.changed})
 	c.wg.Go(c.sweep)
 	return c, nil
@@ -384,19 +387,23 @@ func (c *Collector) run(ctx context.Context, s *stream) {
 	c.running.Add(1)
 	defer c.running.Add(-1)
 	log := c.log.With("endpoint", s.id, "addr", s.addr.String())
-	cc, err := grpc.NewClient("passthrough:///"+s.addr.String(), c.dialOpts...)
-	if err != nil {
-		// Only bad dial options get here; retrying would not help.
-		log.Error("cannot dial endpoint for load reports", "err", err)
-		c.failed(s, fmt.Errorf("loadreport: dialing %s: %w", s.addr, err), false, 1)
-		return
+	attempt := func(ctx context.Context) (bool, error) { return c.streamH2(ctx, s) }
+	if len(c.cfg.DialOptions) > 0 {
+		cc, err := grpc.NewClient("passthrough:///"+s.addr.String(), c.dialOpts...)
+		if err != nil {
+			// Only bad dial options get here; retrying would not help.
+			log.Error("cannot dial endpoint for load reports", "err", err)
+			c.failed(s, fmt.Errorf("loadreport: dialing %s: %w", s.addr, err), false, 1)
+			return
+		}
+		defer cc.Close()
+		client := orcasvc.NewOpenRcaServiceClient(cc)
+		attempt = func(ctx context.Context) (bool, error) { return c.stream(ctx, client, s) }
 	}
-	defer cc.Close()
-	client := orcasvc.NewOpenRcaServiceClient(cc)
 
 	failures := 0
 	for {
-		got, err := c.stream(ctx, client, s)
+		got, err := attempt(ctx)
 		if ctx.Err() != nil {
 			return
 		}
