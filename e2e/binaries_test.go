@@ -79,7 +79,7 @@ func buildCmds(t *testing.T) (lbserverBin, backendBin string) {
 
 // buildCmdsWith builds cmd/lbserver and cmd/backend with extra go build
 // flags into a temporary folder.
-func buildCmdsWith(t *testing.T, flags ...string) (lbserverBin, backendBin string) {
+func buildCmdsWith(t testing.TB, flags ...string) (lbserverBin, backendBin string) {
 	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
@@ -95,14 +95,14 @@ func buildCmdsWith(t *testing.T, flags ...string) (lbserverBin, backendBin strin
 
 // startProcess runs bin with args and waits for its ready line, which ends
 // with "listening on <addr>".
-func startProcess(t *testing.T, bin string, args ...string) *process {
+func startProcess(t testing.TB, bin string, args ...string) *process {
 	t.Helper()
 	return startProcessEnv(t, nil, bin, args...)
 }
 
 // startProcessEnv is startProcess with the environment env (nil: this
 // process's).
-func startProcessEnv(t *testing.T, env []string, bin string, args ...string) *process {
+func startProcessEnv(t testing.TB, env []string, bin string, args ...string) *process {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = env
