@@ -27,12 +27,51 @@ var KeepaliveEnforcement = keepalive.EnforcementPolicy{MinTime: 5 * time.Second,
 // clients that vanished without a FIN are reaped.
 var KeepaliveParams = keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}
 
+// Per-connection buffers and windows. A balancer holds one connection per
+// client channel (every grpc-go channel dials its balancer on its own), so
+// what one connection costs is multiplied by the number of clients, while
+// the messages are small: a client sends an initial request (a name of at
+// most -max-name-length bytes) and a ClientStats every
+// -client-stats-interval; the balancer sends a server list now and then
+// (about 20 bytes per entry, a few KiB at -max-list-entries). grpc's
+// defaults (32 KiB read and 32 KiB write buffer per connection, windows
+// that grow with bandwidth estimation) are sized for bulk transfers.
+const (
+	// ReadBufferSize is each connection's read buffer: it holds a few
+	// of the client's small frames, so one read syscall serves them; a
+	// larger frame (up to -max-request-size) is read past it.
+	ReadBufferSize = 4 << 10
+	// WriteBufferSize is the buffer a connection gathers frames in
+	// before writing them to the socket: one HTTP/2 frame of the default
+	// maximum size (16 KiB), so that a long list is written in one
+	// syscall. With SharedWriteBuffer it is taken from a pool for each
+	// write and given back after it, so an idle connection holds none.
+	WriteBufferSize = 16 << 10
+	// SharedWriteBuffer pools the write buffers of all connections (see
+	// WriteBufferSize).
+	SharedWriteBuffer = true
+	// InitialWindowSize is the HTTP/2 flow-control window of each stream
+	// and of each connection: grpc's minimum, 64 KiB, which holds a
+	// request of -max-request-size. Setting it turns off grpc's bandwidth
+	// estimation, whose pings and windows growing to MiBs help bulk
+	// transfers, never a balancer's small messages, and would let a
+	// client that sends fast make the balancer hold that much unread.
+	InitialWindowSize = 64 << 10
+)
+
 // ServerOptions returns the grpc.ServerOptions a balancer's grpc.Server
-// needs, followed by extra.
+// needs, followed by extra: keepalive (KeepaliveEnforcement,
+// KeepaliveParams) and the per-connection buffers and windows
+// (ReadBufferSize, WriteBufferSize, SharedWriteBuffer, InitialWindowSize).
 func ServerOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
 	return append([]grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(KeepaliveEnforcement),
 		grpc.KeepaliveParams(KeepaliveParams),
+		grpc.ReadBufferSize(ReadBufferSize),
+		grpc.WriteBufferSize(WriteBufferSize),
+		grpc.SharedWriteBuffer(SharedWriteBuffer),
+		grpc.InitialWindowSize(InitialWindowSize),
+		grpc.InitialConnWindowSize(InitialWindowSize),
 	}, extra...)
 }
 
