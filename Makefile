@@ -39,9 +39,10 @@ unit: ## the fast tests only (no Consul, no e2e)
 demo: ## Consul, three backends, the balancer and a client; prints the spread
 	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) run ./cmd/demo -policy $(POLICY) -calls $(CALLS) $(DEMO_FLAGS)
 
-bench: ## benchmarks: policies, load weights, and round_robin vs least_load with a slow backend
+bench: ## benchmarks: policies, load weights, round_robin vs least_load with a slow backend, balancer memory per client
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/... ./loadweight/... ./lbserver/
 	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) test -run '^$$' -bench SlowBackend -benchtime 1x ./e2e
+	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) test -run '^$$' -bench ClientMemory -benchtime 1x ./e2e
 
 FUZZTIME ?= 30s
 fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; make test runs their seeds
