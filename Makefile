@@ -61,6 +61,7 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; make test runs t
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/tlsfiles
 	$(GO) test -run '^$$' -fuzz '^FuzzStatusPage$$' -fuzztime $(FUZZTIME) ./admin
 	$(GO) test -run '^$$' -fuzz '^FuzzFlags$$' -fuzztime $(FUZZTIME) ./cmd/lbserver
+	$(GO) test -run '^$$' -fuzz '^FuzzNextReport$$' -fuzztime $(FUZZTIME) ./loadreport
 
 proto: ## regenerate the example service's Go code
 	scripts/gen-proto.sh

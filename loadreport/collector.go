@@ -166,6 +166,9 @@ type Collector struct {
 	dialOpts []grpc.DialOption
 	// request is the StreamCoreMetrics request message, framed.
 	request []byte
+	// silence is how long a stream may go without a report before it is
+	// dialed again (a seam for tests).
+	silence time.Duration
 	wg      sync.WaitGroup
 
 	// cur is the last snapshot built; never nil. Written under mu.
@@ -223,6 +226,7 @@ func newCollector(cfg Config, clk clock.Clock, rand func() float64) (*Collector,
 	}
 	c.dialOpts = dialOptions(cfg)
 	c.request = requestFrame(cfg.Interval)
+	c.silence = max(MaxStretchedTTL, 3*cfg.Interval)
 	c.cur.Store(&Loads{Changed: c.changed})
 	c.wg.Go(c.sweep)
 	return c, nil

@@ -66,7 +66,7 @@ func (c *Collector) streamH2(ctx context.Context, s *stream) (got bool, err erro
 	// grpc.ClientConn would ping): a dead or stuck endpoint is dialed again.
 	actx, acancel := context.WithCancelCause(ctx)
 	defer acancel(nil)
-	silence := max(MaxStretchedTTL, 3*c.cfg.Interval)
+	silence := c.silence
 	watchdog := time.AfterFunc(silence, func() { acancel(errSilent) })
 	defer watchdog.Stop()
 	// A cancelled actx closes the connection, which ends any read or write.
@@ -150,25 +150,18 @@ func (c *Collector) streamH2(ctx context.Context, s *stream) (got bool, err erro
 			}
 			data := f.Data()
 			msg = append(msg, data...)
-			for len(msg) >= 5 {
-				n := binary.BigEndian.Uint32(msg[1:5])
-				if n > maxReportSize {
-					return got, status.Errorf(codes.ResourceExhausted, "loadreport: report of %d bytes", n)
+			for {
+				rep, used, err := nextReport(msg)
+				if err != nil {
+					return got, err
 				}
-				if uint32(len(msg)-5) < n {
+				if rep == nil {
 					break
-				}
-				if msg[0] != 0 {
-					return got, status.Error(codes.Internal, "loadreport: compressed report")
-				}
-				rep := &orcapb.OrcaLoadReport{}
-				if err := proto.Unmarshal(msg[5:5+n], rep); err != nil {
-					return got, status.Errorf(codes.Internal, "loadreport: bad report: %v", err)
 				}
 				got = true
 				watchdog.Reset(silence)
 				c.received(s, rep)
-				msg = append(msg[:0], msg[5+n:]...)
+				msg = append(msg[:0], msg[used:]...)
 			}
 			if len(data) > 0 {
 				// Give the window back at once: reports are small.
@@ -182,6 +175,30 @@ func (c *Collector) streamH2(ctx context.Context, s *stream) (got bool, err erro
 			return got, c.h2err(actx, err)
 		}
 	}
+}
+
+// nextReport decodes the first gRPC message of b: the report and the
+// bytes it used, or nil and 0 while b holds no whole message, or an error
+// for a message too large, compressed or not a report.
+func nextReport(b []byte) (*orcapb.OrcaLoadReport, int, error) {
+	if len(b) < 5 {
+		return nil, 0, nil
+	}
+	n := binary.BigEndian.Uint32(b[1:5])
+	if n > maxReportSize {
+		return nil, 0, status.Errorf(codes.ResourceExhausted, "loadreport: report of %d bytes", n)
+	}
+	if b[0] != 0 {
+		return nil, 0, status.Error(codes.Internal, "loadreport: compressed report")
+	}
+	if uint32(len(b)-5) < n {
+		return nil, 0, nil
+	}
+	rep := &orcapb.OrcaLoadReport{}
+	if err := proto.Unmarshal(b[5:5+n], rep); err != nil {
+		return nil, 0, status.Errorf(codes.Internal, "loadreport: bad report: %v", err)
+	}
+	return rep, 5 + int(n), nil
 }
 
 // errSilent ends a stream that sent no report for a while.
