@@ -40,8 +40,9 @@ const (
 	MaxStretchedTTL = 2 * time.Minute
 )
 
-// keepaliveTime is how often a stream's connection is pinged to find a dead
-// peer. Five minutes is the least interval gRPC servers accept by default.
+// keepaliveTime is how often a grpc.ClientConn stream's connection (see
+// Config.DialOptions) is pinged to find a dead peer. Five minutes is the
+// least interval gRPC servers accept by default.
 const keepaliveTime = 5 * time.Minute
 
 // Config configures a Collector. Start from DefaultConfig; NewCollector
@@ -77,8 +78,13 @@ type Config struct {
 	// reloading them as their files change; or credentials.NewTLS.
 	// Nil means plaintext (insecure credentials), the default.
 	Credentials credentials.TransportCredentials
-	// DialOptions are added to the options of each stream's connection,
-	// after the defaults (Credentials, keepalive every 5 min).
+	// DialOptions, when set, make each stream a call on a grpc.ClientConn
+	// of its own with these options added after the defaults
+	// (Credentials, keepalive every 5 min, small buffers). Without them,
+	// the default, each stream is the collector's own HTTP/2 call on the
+	// stream's goroutine (about 20 KiB per endpoint instead of 80: see
+	// docs/RELIABILITY.md), which dials again a stream silent for
+	// max(MaxStretchedTTL, 3×Interval) instead of pinging.
 	DialOptions []grpc.DialOption
 	// Logger receives the collector's logs (component=loadreport). Default
 	// slog.Default().

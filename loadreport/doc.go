@@ -40,6 +40,7 @@
 // load (its policy is least_load, or it sets its own overload drop bound),
 // fed from that service's snapshots, started and closed as its policy
 // changes; every client stream of the service reads the same Collector.
-// All the streams of a Collector share one set of dial options with small
-// transport buffers: see docs/RELIABILITY.md for their cost per endpoint.
+// Each stream is one HTTP/2 connection and call run on the stream's own
+// goroutine (no grpc.ClientConn unless Config.DialOptions asks for one),
+// with 1 KiB buffers: see docs/RELIABILITY.md for its cost per endpoint.
 package loadreport

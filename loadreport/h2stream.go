@@ -1,7 +1,6 @@
 package loadreport
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -84,7 +83,9 @@ func (c *Collector) streamH2(ctx context.Context, s *stream) (got bool, err erro
 	}
 	cancel()
 
-	fr := http2.NewFramer(conn, bufio.NewReaderSize(conn, readBufferSize))
+	// No read buffer: a report is two reads (frame header, payload) a
+	// second, and a buffer would cost each endpoint 1 KiB.
+	fr := http2.NewFramer(conn, conn)
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	fr.MaxHeaderListSize = 16 << 10
 	var hdr bytes.Buffer
