@@ -45,23 +45,25 @@ bench: ## benchmarks: policies, load weights, round_robin vs least_load with a s
 	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) test -run '^$$' -bench ClientMemory -benchtime 1x ./e2e
 
 FUZZTIME ?= 30s
+# Minimizing a new input is bounded too, so that a short run fuzzes rather than shrinks.
+FUZZMINIMIZE ?= 5s
 fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; make test runs their seeds
-	$(GO) test -run '^$$' -fuzz '^FuzzBalanceLoad$$' -fuzztime $(FUZZTIME) ./lbserver
-	$(GO) test -run '^$$' -fuzz '^FuzzNameMapper$$' -fuzztime $(FUZZTIME) ./lbserver
-	$(GO) test -run '^$$' -fuzz '^FuzzStreamMessages$$' -fuzztime $(FUZZTIME) ./lbserver
-	$(GO) test -run '^$$' -fuzz '^FuzzServeDNS$$' -fuzztime $(FUZZTIME) ./dnsserver
-	$(GO) test -run '^$$' -fuzz '^FuzzParseSpec$$' -fuzztime $(FUZZTIME) ./discovery/static
-	$(GO) test -run '^$$' -fuzz '^FuzzSnapshot$$' -fuzztime $(FUZZTIME) ./discovery/consul
-	$(GO) test -run '^$$' -fuzz '^FuzzDigest$$' -fuzztime $(FUZZTIME) ./discovery/consul
-	$(GO) test -run '^$$' -fuzz '^FuzzParseTarget$$' -fuzztime $(FUZZTIME) ./resolver/consul
-	$(GO) test -run '^$$' -fuzz '^FuzzClientStats$$' -fuzztime $(FUZZTIME) ./clientstats
-	$(GO) test -run '^$$' -fuzz '^FuzzVerifier$$' -fuzztime $(FUZZTIME) ./lbtoken
-	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./lbtoken
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./config
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/tlsfiles
-	$(GO) test -run '^$$' -fuzz '^FuzzStatusPage$$' -fuzztime $(FUZZTIME) ./admin
-	$(GO) test -run '^$$' -fuzz '^FuzzFlags$$' -fuzztime $(FUZZTIME) ./cmd/lbserver
-	$(GO) test -run '^$$' -fuzz '^FuzzNextReport$$' -fuzztime $(FUZZTIME) ./loadreport
+	$(GO) test -run '^$$' -fuzz '^FuzzBalanceLoad$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./lbserver
+	$(GO) test -run '^$$' -fuzz '^FuzzNameMapper$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./lbserver
+	$(GO) test -run '^$$' -fuzz '^FuzzStreamMessages$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./lbserver
+	$(GO) test -run '^$$' -fuzz '^FuzzServeDNS$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./dnsserver
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSpec$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./discovery/static
+	$(GO) test -run '^$$' -fuzz '^FuzzSnapshot$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./discovery/consul
+	$(GO) test -run '^$$' -fuzz '^FuzzDigest$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./discovery/consul
+	$(GO) test -run '^$$' -fuzz '^FuzzParseTarget$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./resolver/consul
+	$(GO) test -run '^$$' -fuzz '^FuzzClientStats$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./clientstats
+	$(GO) test -run '^$$' -fuzz '^FuzzVerifier$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./lbtoken
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./lbtoken
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./config
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./internal/tlsfiles
+	$(GO) test -run '^$$' -fuzz '^FuzzStatusPage$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./admin
+	$(GO) test -run '^$$' -fuzz '^FuzzFlags$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./cmd/lbserver
+	$(GO) test -run '^$$' -fuzz '^FuzzNextReport$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./loadreport
 
 proto: ## regenerate the example service's Go code
 	scripts/gen-proto.sh
