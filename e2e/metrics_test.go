@@ -134,28 +134,18 @@ func TestMetricsInProcess(t *testing.T) {
 	cfg.Listen, cfg.Admin.Listen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Consul.Address = agent.HTTPAddr()
 	cfg.Balancer.ClientStatsInterval = config.Duration(time.Second)
-	addrs := make(chan replica.Addrs, 1)
-	r, err := replica.New(cfg, replica.Options{Logger: quietLogger(), Listening: func(a replica.Addrs) { addrs <- a }})
+	ctx, cancel := context.WithCancel(context.Background())
+	_, a, done, err := replica.Start(ctx, cfg, replica.Options{Logger: quietLogger()})
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("replica: %v", err)
 		}
 	})
-	var a replica.Addrs
-	select {
-	case a = <-addrs:
-	case err := <-done:
-		t.Fatalf("replica stopped before listening: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("replica not listening after 10 s")
-	}
 	checkMetrics(t, "http://"+a.Admin.String()+"/metrics", svc, a.Balancer.String(), func() {
 		if err := backends[0].Deregister(); err != nil {
 			t.Fatal(err)

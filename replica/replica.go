@@ -153,6 +153,37 @@ func New(cfg config.Config, opts Options) (*Replica, error) {
 	return r, nil
 }
 
+// Start builds a replica of cfg (New), runs it (Run) until ctx ends, and
+// waits until it listens: it returns the replica, its addresses, and a
+// channel that receives Run's result once it returns. An error means it
+// did not get to listen (a Run that failed before is waited for).
+// opts.Listening, if set, is still called.
+func Start(ctx context.Context, cfg config.Config, opts Options) (*Replica, Addrs, <-chan error, error) {
+	addrs := make(chan Addrs, 1)
+	listening := opts.Listening
+	opts.Listening = func(a Addrs) {
+		if listening != nil {
+			listening(a)
+		}
+		addrs <- a
+	}
+	r, err := New(cfg, opts)
+	if err != nil {
+		return nil, Addrs{}, nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	select {
+	case a := <-addrs:
+		return r, a, done, nil
+	case err := <-done:
+		if err == nil {
+			err = errors.New("replica: stopped before listening")
+		}
+		return nil, Addrs{}, nil, err
+	}
+}
+
 // Server is the replica's balancer, for tests and status.
 func (r *Replica) Server() *lbserver.Server { return r.srv }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -30,29 +31,28 @@ func started(t *testing.T, cfg config.Config, logs io.Writer) (*Replica, Addrs) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	addrs := make(chan Addrs, 1)
-	r, err := New(cfg, Options{Logger: log, Level: level, Listening: func(a Addrs) { addrs <- a }})
+	ctx, cancel := context.WithCancel(context.Background())
+	r, addrs, done, err := Start(ctx, cfg, Options{Logger: log, Level: level})
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	select {
-	case a := <-addrs:
-		return r, a
-	case err := <-done:
-		t.Fatalf("Run returned before listening: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("not listening after 10 s")
+	return r, addrs
+}
+
+// TestStartFails: a replica that cannot listen says so from Start.
+func TestStartFails(t *testing.T) {
+	cfg := staticConfig()
+	cfg.Listen = "256.0.0.1:1"
+	if _, _, _, err := Start(context.Background(), cfg, Options{Logger: slog.New(slog.DiscardHandler)}); err == nil || !strings.Contains(err.Error(), "listen") {
+		t.Fatalf("Start on a bad address: %v; want a listen error", err)
 	}
-	return nil, Addrs{}
 }
 
 func staticConfig() config.Config {

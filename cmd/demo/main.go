@@ -157,21 +157,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg.Balancer.Policy = o.policy
 	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.ShutdownTimeout = config.Duration(5 * time.Second)
-	addrs := make(chan replica.Addrs, 1)
-	rep, err := replica.New(cfg, replica.Options{Logger: log, Listening: func(a replica.Addrs) { addrs <- a }})
-	if err != nil {
-		return err
-	}
 	lctx, lcancel := context.WithCancel(context.Background())
-	ldone := make(chan error, 1)
-	go func() { ldone <- rep.Run(lctx) }()
-	defer func() { lcancel(); <-ldone }()
-	var lb replica.Addrs
-	select {
-	case lb = <-addrs:
-	case err := <-ldone:
+	rep, lb, ldone, err := replica.Start(lctx, cfg, replica.Options{Logger: log})
+	if err != nil {
+		lcancel()
 		return fmt.Errorf("balancer: %w", err)
 	}
+	defer func() { lcancel(); <-ldone }()
 	srv := rep.Server()
 	fmt.Fprintf(stdout, "  balancer  %s (grpclb, watching Consul)\n", lb.Balancer)
 	fmt.Fprintf(stdout, "  admin     http://%s/ (status page; /metrics)\n", lb.Admin)
