@@ -48,14 +48,22 @@ func BenchmarkUpdate(b *testing.B) {
 				}
 				pl := newPlan(discovery.Snapshot{Service: "svc", Endpoints: eps}, pol, p, nil)
 				pl.prepared = pl.prepare() // as the planner does, once per plan
-				srv := &Server{cfg: DefaultConfig(), log: slog.New(slog.DiscardHandler)}
+				cfg := testConfig(newFakeSource())
+				cfg.Logger = slog.New(slog.DiscardHandler)
+				srv, err := New(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer srv.Close()
 				svc := &service{name: "svc", assigned: map[string]int{}}
 				stream := &discardStream{}
 				b.ReportAllocs()
 				b.ResetTimer()
 				for i := range b.N {
-					st := &streamState{srv: srv, stream: stream, svc: svc, log: srv.log, client: policy.Client{Seed: uint64(i)}}
-					if err := st.update(pl); err != nil {
+					st := &streamState{srv: srv, stream: stream, svc: svc, ctx: context.Background(), log: srv.log, client: policy.Client{Seed: uint64(i)}}
+					err := st.update(pl)
+					st.stopSender()
+					if err != nil {
 						b.Fatal(err)
 					}
 				}
