@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -79,6 +80,9 @@ func stream(t *testing.T, ctx context.Context, addr, name string) (lbpb.LoadBala
 	}
 	if err := s.Send(&lbpb.LoadBalanceRequest{LoadBalanceRequestType: &lbpb.LoadBalanceRequest_InitialRequest{
 		InitialRequest: &lbpb.InitialLoadBalanceRequest{Name: name}}}); err != nil {
+		if errors.Is(err, io.EOF) { // the server ended the stream: Recv has its status
+			_, err = s.Recv()
+		}
 		return nil, nil, err
 	}
 	for {
