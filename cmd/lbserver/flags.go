@@ -93,7 +93,7 @@ func bindFlags(fs *flag.FlagSet, cfg *config.Config, cmd *command) {
 
 	b := &cfg.Balancer
 	fs.StringVar(&b.Policy, "policy", b.Policy, "default balancing policy: "+strings.Join(policy.Names(), ", "))
-	fs.Var(perService{cfg, "service-policy", func(s *config.Service, v string) error { s.Policy = v; return nil }, map[string]bool{}}, "service-policy",
+	fs.Var(newPerService(cfg, func(s *config.Service, v string) error { s.Policy = v; return nil }), "service-policy",
 		"per-service policies: `service=policy,...` (Consul meta \""+lbserver.PolicyMetaKey+"\" wins)")
 	fs.IntVar(&b.MaxListEntries, "max-list-entries", b.MaxListEntries, "bound on the list length of weighted policies (weights are scaled down to fit; every endpoint keeps one entry)")
 	fs.IntVar(&b.HashSubset, "hash-subset", b.HashSubset, "source_hash: how many endpoints each client IP gets")
@@ -120,14 +120,14 @@ func bindFlags(fs *flag.FlagSet, cfg *config.Config, cmd *command) {
 	fs.StringVar(&lr.TLS.ServerName, "orca-tls-server-name", lr.TLS.ServerName, "server `name` expected in the backends' certificates (default: the host of each backend's address)")
 
 	rl := &cfg.RateLimits
-	fs.Var(perService{cfg, "rate-limit", func(s *config.Service, v string) error {
+	fs.Var(newPerService(cfg, func(s *config.Service, v string) error {
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil {
 			return fmt.Errorf("%q is not a number of calls per second", v)
 		}
 		s.RateLimit = f
 		return nil
-	}, map[string]bool{}}, "rate-limit", "per-service call rate limits over all clients: `service=calls/s,...` (excess calls dropped by clients; measured from ClientStats)")
+	}), "rate-limit", "per-service call rate limits over all clients: `service=calls/s,...` (excess calls dropped by clients; measured from ClientStats)")
 	fs.Float64Var(&rl.MaxDropShare, "max-rate-limit-drop-share", rl.MaxDropShare, "most calls dropped to keep a service under its -rate-limit, as a share in (0, 1]")
 	fs.Float64Var(&rl.MaxClientRateShare, "max-client-rate-share", rl.MaxClientRateShare, "most the streams of one client address (IPv4 address, IPv6 /64) count for in a rate-limited service's measured rate, as a share of its -rate-limit in (0, 100]: N addresses raise it by at most N × share × 1.5 × limit (with a 10s -client-stats-interval)")
 	fs.Float64Var(&rl.MaxClientCallRate, "max-client-call-rate", rl.MaxClientCallRate, "most calls per second one client stream is believed to start; ClientStats claiming more are clamped (and counted as bad)")
@@ -150,7 +150,7 @@ func bindFlags(fs *flag.FlagSet, cfg *config.Config, cmd *command) {
 	durVar(fs, &d.TTL, "dns-ttl", "TTL of DNS records and of negative DNS answers (whole seconds, 1s to 1h)")
 	fs.StringVar(&d.LBService, "dns-lb-service", d.LBService, "Consul `service` of the balancer replicas the DNS SRV records list (default: -register-service)")
 	listVar(fs, &d.Balancers, "dns-balancers", "fixed balancer replicas for the DNS SRV records instead of Consul: `ip:port,...` (default with -static: this replica's address)")
-	fs.Var(childPolicyFlag{cfg, map[string]bool{}}, "dns-child-policy", "grpclb child policy in the DNS TXT service config: round_robin or pick_first, per service with `service=policy` (comma-separated)")
+	fs.Var(newChildPolicyFlag(cfg), "dns-child-policy", "grpclb child policy in the DNS TXT service config: round_robin or pick_first, per service with `service=policy` (comma-separated)")
 	listVar(fs, &d.Allow, "dns-allow", "source `networks` the DNS responder answers (CIDR prefixes or addresses, comma-separated); UDP questions from elsewhere are dropped and TCP connections closed. Link-local is not in the default; 0.0.0.0/0,::/0 answers everyone")
 	fs.Float64Var(&d.RateLimit, "dns-rate-limit", d.RateLimit, "UDP DNS answers per second per source (an IPv4 address or an IPv6 /64); over it one question in two gets an empty truncated answer (clients retry over TCP, not rate limited) and the others none")
 	fs.IntVar(&d.RateBurst, "dns-rate-burst", d.RateBurst, "burst of -dns-rate-limit: UDP DNS answers a source may get at once")
@@ -249,13 +249,17 @@ func (v listValue) Set(s string) error {
 	return nil
 }
 
-// service returns cfg's section of a service, creating it.
-func service(cfg *config.Config, name string) *config.Service {
+// editService applies f to cfg's section of service name, creating it.
+func editService(cfg *config.Config, name string, f func(*config.Service) error) error {
 	if cfg.Services == nil {
 		cfg.Services = map[string]config.Service{}
 	}
 	s := cfg.Services[name]
-	return &s
+	if err := f(&s); err != nil {
+		return err
+	}
+	cfg.Services[name] = s
+	return nil
 }
 
 // eachPair calls f for each "key=value" of a comma-separated spec.
@@ -280,26 +284,24 @@ func eachPair(spec string, f func(key, value string) error) error {
 // never the last one silently.
 type perService struct {
 	cfg  *config.Config
-	name string
 	set  func(s *config.Service, v string) error
 	seen map[string]bool
+}
+
+func newPerService(cfg *config.Config, set func(s *config.Service, v string) error) perService {
+	return perService{cfg: cfg, set: set, seen: map[string]bool{}}
 }
 
 func (p perService) String() string { return "" }
 
 func (p perService) Set(spec string) error {
 	return eachPair(spec, func(svc, v string) error {
-		if key := strings.ToLower(svc); p.seen[key] {
+		key := strings.ToLower(svc)
+		if p.seen[key] {
 			return fmt.Errorf("service %q is given twice", svc)
-		} else {
-			p.seen[key] = true
 		}
-		s := service(p.cfg, svc)
-		if err := p.set(s, v); err != nil {
-			return err
-		}
-		p.cfg.Services[svc] = *s
-		return nil
+		p.seen[key] = true
+		return editService(p.cfg, svc, func(s *config.Service) error { return p.set(s, v) })
 	})
 }
 
@@ -310,19 +312,19 @@ func (aliasFlag) String() string { return "" }
 
 func (a aliasFlag) Set(spec string) error {
 	return eachPair(spec, func(name, svc string) error {
-		s := service(a.cfg, svc)
-		s.Aliases = append(s.Aliases, name)
-		a.cfg.Services[svc] = *s
-		return nil
+		return editService(a.cfg, svc, func(s *config.Service) error {
+			s.Aliases = append(s.Aliases, name)
+			return nil
+		})
 	})
 }
 
 // childPolicyFlag sets the default child policy ("round_robin") and
-// per-service ones ("orders=pick_first"); a service given twice is an
-// error.
-type childPolicyFlag struct {
-	cfg  *config.Config
-	seen map[string]bool
+// per-service ones ("orders=pick_first", as perService does).
+type childPolicyFlag struct{ perService }
+
+func newChildPolicyFlag(cfg *config.Config) childPolicyFlag {
+	return childPolicyFlag{newPerService(cfg, func(s *config.Service, v string) error { s.ChildPolicy = v; return nil })}
 }
 
 func (c childPolicyFlag) String() string {
@@ -333,29 +335,17 @@ func (c childPolicyFlag) String() string {
 }
 
 func (c childPolicyFlag) Set(spec string) error {
+	var pairs []string
 	for _, item := range strings.Split(spec, ",") {
-		item = strings.TrimSpace(item)
-		if item == "" {
-			continue
-		}
-		svc, pol, ok := strings.Cut(item, "=")
-		if !ok {
+		switch item = strings.TrimSpace(item); {
+		case item == "":
+		case !strings.Contains(item, "="):
 			c.cfg.Balancer.ChildPolicy = item
-			continue
+		default:
+			pairs = append(pairs, item)
 		}
-		if err := eachPair(item, func(string, string) error { return nil }); err != nil {
-			return err
-		}
-		if key := strings.ToLower(strings.TrimSpace(svc)); c.seen[key] {
-			return fmt.Errorf("service %q is given twice", svc)
-		} else {
-			c.seen[key] = true
-		}
-		s := service(c.cfg, strings.TrimSpace(svc))
-		s.ChildPolicy = strings.TrimSpace(pol)
-		c.cfg.Services[strings.TrimSpace(svc)] = *s
 	}
-	return nil
+	return c.perService.Set(strings.Join(pairs, ","))
 }
 
 // staticSpec sets static.services from "svc=ip:port[*w],...;svc2=...".

@@ -165,12 +165,12 @@ func TestDNSBadFlags(t *testing.T) {
 }
 
 func TestDNSFlags(t *testing.T) {
-	cfg, _, err := load([]string{"-zone", "corp.example", "-dns-listen", "127.0.0.1:0", "-dns-zone", "LB.internal.",
+	cfg, _, err := load([]string{"-zone", "corp.example", "-dns-listen", "127.0.0.1:0", "-dns-zone", "LB.internal",
 		"-dns-ttl", "7s", "-dns-child-policy", "pick_first,orders=round_robin", "-register-service", "lb-replicas"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"corp.example", "LB.internal"}; !slices.Equal(cfg.Zones(), want) && !slices.Equal(cfg.Zones(), []string{"corp.example", "LB.internal."}) {
+	if want := []string{"corp.example", "LB.internal"}; !slices.Equal(cfg.Zones(), want) {
 		t.Errorf("zones %q, want %q", cfg.Zones(), want)
 	}
 	if cfg.DNS.TTL.D() != 7*time.Second || cfg.Balancer.ChildPolicy != dnsserver.PickFirst || cfg.ChildPolicies()["orders"] != dnsserver.RoundRobin {
