@@ -20,7 +20,7 @@ import (
 func dnsConfig(cfg config.Config) (dnsserver.Config, error) {
 	d := cfg.DNS
 	dc := dnsserver.DefaultConfig()
-	dc.Zone = strings.TrimSuffix(strings.TrimSpace(d.Zone), ".")
+	dc.Zone = d.Zone // config.Validate: no dot at either end
 	dc.TTL = d.TTL.D()
 	if cfg.Balancer.ChildPolicy != "" {
 		dc.ChildPolicy = cfg.Balancer.ChildPolicy
@@ -83,8 +83,7 @@ func newDNS(cfg config.Config, r *Replica, self string) (*dnsPart, error) {
 		dc.Balancers = lbs
 	default:
 		// A source of its own (without consul.tags): its lines say so.
-		cc := consulSourceConfig(cfg.Consul, r.consul, r.log.With("source", "dns_replicas"))
-		cc.Observer = r.metrics
+		cc := r.consulSourceConfig(cfg.Consul, r.log.With("source", "dns_replicas"))
 		cc.IncludeWarning = false
 		cc.Tags = nil
 		// One service watched: one fetch at a time is enough, and keeps

@@ -66,11 +66,12 @@ func staticSource(s config.Static) (discovery.Source, string, error) {
 	return static.New(services), "static", nil
 }
 
-// consulSourceConfig is the Consul source's configuration from cfg's
-// consul section.
-func consulSourceConfig(c config.Consul, client *api.Client, log *slog.Logger) consul.Config {
+// consulSourceConfig is a Consul source's configuration from cfg's consul
+// section, on the replica's one client and reporting to its metrics.
+func (r *Replica) consulSourceConfig(c config.Consul, log *slog.Logger) consul.Config {
 	cc := consul.DefaultConfig()
-	cc.Client = consul.API(client)
+	cc.Client = consul.API(r.consul)
+	cc.Observer = r.metrics
 	cc.Datacenter = c.Datacenter
 	cc.AllowStale = c.Stale
 	cc.IncludeWarning = c.IncludeWarning

@@ -119,9 +119,7 @@ func New(cfg config.Config, opts Options) (*Replica, error) {
 		}
 		r.src, r.kind = src, kind
 	} else {
-		cc := consulSourceConfig(cfg.Consul, r.consul, r.log)
-		cc.Observer = r.metrics
-		src, err := consul.New(cc)
+		src, err := consul.New(r.consulSourceConfig(cfg.Consul, r.log))
 		if err != nil {
 			return nil, err
 		}
@@ -249,7 +247,7 @@ func (r *Replica) Run(ctx context.Context) error {
 		if svc == "" {
 			svc = cfg.Register.Service
 		}
-		wg.Go(func() { r.watchReplicas(helpers, svc, &r.replicas) })
+		wg.Go(func() { r.watchReplicas(helpers, svc) })
 	}
 	ctx, fail := context.WithCancel(ctx)
 	defer fail()

@@ -3,7 +3,6 @@ package replica
 import (
 	"context"
 	"net/http"
-	"sync/atomic"
 
 	"github.com/lookaside-lb/lookaside/admin"
 	"github.com/lookaside-lb/lookaside/discovery"
@@ -49,8 +48,8 @@ func (r *Replica) status() admin.Status {
 // watchReplicas keeps the balancer replicas registered in Consul as
 // service (only passing ones: what clients find) for the status page,
 // until ctx ends. It shares the balancer's Consul source.
-func (r *Replica) watchReplicas(ctx context.Context, service string, into *atomic.Pointer[discovery.Snapshot]) {
-	err := r.src.Watch(ctx, service, func(s discovery.Snapshot) { into.Store(&s) })
+func (r *Replica) watchReplicas(ctx context.Context, service string) {
+	err := r.src.Watch(ctx, service, func(s discovery.Snapshot) { r.replicas.Store(&s) })
 	if err != nil && ctx.Err() == nil {
 		r.log.Warn("status page: cannot watch the balancer replicas", "service", service, "err", err)
 	}
