@@ -44,17 +44,6 @@ func TestReloadUnderLoad(t *testing.T) {
 	admin := strings.TrimSuffix(lbp.waitLine(t, "lbserver admin on ", 10*time.Second), "/")
 
 	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{lbp.addr}})
-	near := func(got, want []int) bool {
-		if len(got) != len(want) {
-			return false
-		}
-		for i := range got {
-			if got[i] < want[i]-10 || got[i] > want[i]+10 {
-				return false
-			}
-		}
-		return true
-	}
 	shares := func(n int) []int {
 		counts := spread(t, c, n)
 		var out []int
@@ -79,15 +68,19 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "the reload logged", func() bool { return strings.Contains(lbp.logs(), "msg=reloaded") })
 	waitFor(t, 10*time.Second, "a weighted spread", func() bool { s := shares(60); return len(s) == 3 && s[2] >= 35 })
-	// The load's calls interleave with these: shares within 10 calls.
-	if got := shares(600); !near(got, []int{100, 100, 400}) {
-		t.Errorf("weighted_round_robin spread %v, want 100, 100, 400 (±10)", got)
+	// The load's calls would interleave with the spread's: it stops first.
+	if _, err := ld.finish(); err != nil {
+		t.Errorf("calls failed during the reload: %v", err)
+	}
+	if got := shares(600); !slices.Equal(got, []int{100, 100, 400}) {
+		t.Errorf("weighted_round_robin spread %v, want 100, 100, 400", got)
 	}
 	alias := client(t, lbdial.Options{Target: "users-" + svc + ":50051", Balancers: []string{lbp.addr}})
 	if r, err := call(t.Context(), alias); err != nil || r.LbToken == "" {
 		t.Errorf("a client of the new alias: %v, %v; want a call with an lb-token", r, err)
 	}
 
+	ld = startLoadFor(ctx, c, 5*time.Millisecond, 60*time.Second)
 	write(base + "services:\n  " + svc + ":\n    policy: fastest\n")
 	if err := lbp.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
@@ -96,11 +89,11 @@ func TestReloadUnderLoad(t *testing.T) {
 	if !strings.Contains(lbp.logs(), `services.`+svc+`.policy: \"fastest\" is not a policy`) {
 		t.Errorf("the refusal does not name the field:\n%s", lbp.logs())
 	}
-	if got := shares(600); !near(got, []int{100, 100, 400}) {
-		t.Errorf("after a refused reload, spread %v; want weighted_round_robin's 100, 100, 400 (±10) still", got)
-	}
 	if _, err := ld.finish(); err != nil {
-		t.Errorf("calls failed during the reloads: %v", err)
+		t.Errorf("calls failed during the refused reload: %v", err)
+	}
+	if got := shares(600); !slices.Equal(got, []int{100, 100, 400}) {
+		t.Errorf("after a refused reload, spread %v; want weighted_round_robin's 100, 100, 400 still", got)
 	}
 	m := scrape(t, admin+"/metrics")
 	// Two clients, two streams: the first client's was never dropped.
