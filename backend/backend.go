@@ -39,6 +39,7 @@ type Backend struct {
 
 	started  atomic.Bool   // Serve has been called
 	latency  atomic.Int64  // time.Duration added to each User call
+	callCPU  atomic.Int64  // time.Duration of CPU each User call spins for
 	burn     atomic.Uint64 // math.Float64bits of the share of a core to burn
 	burnWake chan struct{} // buffered; SetCPUBurn wakes an idle burner
 
@@ -139,6 +140,7 @@ func New(cfg Config) (*Backend, error) {
 	}
 	b.serving = true
 	b.SetLatency(cfg.Latency)
+	b.SetCallCPU(cfg.CallCPU)
 	b.SetCPUBurn(cfg.CPUBurn)
 
 	// The token derives from the ID this instance registers under, which

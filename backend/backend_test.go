@@ -142,6 +142,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"negative ORCA min interval", func(c *Config) { c.ORCAMinInterval = -time.Second }, "ORCA min interval"},
 		{"negative load window", func(c *Config) { c.LoadWindow = -time.Second }, "load window"},
 		{"negative latency", func(c *Config) { c.Latency = -time.Second }, "latency"},
+		{"negative call CPU", func(c *Config) { c.CallCPU = -time.Millisecond }, "call CPU"},
 		{"CPU burn over 1", func(c *Config) { c.CPUBurn = 1.5 }, "CPU burn"},
 		{"negative CPU burn", func(c *Config) { c.CPUBurn = -0.1 }, "CPU burn"},
 		{"NaN CPU burn", func(c *Config) { c.CPUBurn = math.NaN() }, "CPU burn"},

@@ -95,6 +95,15 @@ type Config struct {
 	// DeadlineExceeded. Zero means none; negative is rejected. SetLatency
 	// changes it while serving.
 	Latency time.Duration
+	// CallCPU is CPU time every User call spins for, after Latency and
+	// before it is answered, to simulate a CPU-bound backend: unlike
+	// Latency, its calls slow down as they contend for the cores, so the
+	// latency depends on the load. On Linux the call spins until its
+	// thread has used CallCPU of CPU time; elsewhere it spins for CallCPU
+	// of wall time. A call whose deadline comes first stops spinning and
+	// ends with DeadlineExceeded. Zero means none; negative is rejected.
+	// SetCallCPU changes it while serving.
+	CallCPU time.Duration
 	// CPUBurn keeps this share of one CPU core busy while the backend
 	// serves, from 0 to 1, to simulate a busy backend: a goroutine spins
 	// for CPUBurn of every 10 ms, whatever the traffic. The reported
@@ -145,7 +154,8 @@ type Config struct {
 // DefaultConfig returns a Config with every default set: service "user-srv"
 // on a free loopback port, weight 1, no Consul, 2 s check interval, 1 min
 // critical deregistration, 2 s drain delay, 10 s shutdown timeout, ORCA
-// reports at most every 1 s averaged over 5 s, no added latency or CPU burn.
+// reports at most every 1 s averaged over 5 s, no added latency, per-call CPU
+// or CPU burn.
 func DefaultConfig() Config {
 	return Config{
 		Service:                 "user-srv",
@@ -221,6 +231,9 @@ func (c Config) withDefaults() (Config, error) {
 	c.LoadWindow = min(max(c.LoadWindow, loadreport.MinWindow), loadreport.MaxWindow)
 	if c.Latency < 0 {
 		return c, fmt.Errorf("backend: latency %v is negative", c.Latency)
+	}
+	if c.CallCPU < 0 {
+		return c, fmt.Errorf("backend: call CPU %v is negative", c.CallCPU)
 	}
 	if !(c.CPUBurn >= 0 && c.CPUBurn <= 1) { // also rejects NaN
 		return c, fmt.Errorf("backend: CPU burn %v is outside [0, 1]", c.CPUBurn)

@@ -3,6 +3,8 @@ package backend
 import (
 	"context"
 	"math"
+	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/lookaside-lb/lookaside/loadreport"
@@ -19,6 +21,13 @@ const burnPeriod = 10 * time.Millisecond
 // already waiting keep theirs). Negative means none. It does not block.
 func (b *Backend) SetLatency(d time.Duration) {
 	b.latency.Store(int64(max(d, 0)))
+}
+
+// SetCallCPU sets the CPU time every User call spins for from now on
+// (Config.CallCPU; calls already running keep theirs). Negative means none.
+// It does not block.
+func (b *Backend) SetCallCPU(d time.Duration) {
+	b.callCPU.Store(int64(max(d, 0)))
 }
 
 // SetCPUBurn sets the share of one core the backend keeps busy, clamped to
@@ -62,9 +71,13 @@ func (c capacityMetrics) Metrics() loadreport.Metrics {
 	return m
 }
 
-// latencyInterceptor delays User calls by the current latency.
+// latencyInterceptor delays User calls by the current latency, then spins
+// for the current per-call CPU.
 func (b *Backend) latencyInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if d := time.Duration(b.latency.Load()); d > 0 && info.FullMethod == userpb.User_GetUserList_FullMethodName {
+	if info.FullMethod != userpb.User_GetUserList_FullMethodName {
+		return h(ctx, req)
+	}
+	if d := time.Duration(b.latency.Load()); d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
@@ -73,8 +86,46 @@ func (b *Backend) latencyInterceptor(ctx context.Context, req any, info *grpc.Un
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 	}
+	if d := time.Duration(b.callCPU.Load()); d > 0 {
+		if err := spinCPU(ctx, d); err != nil {
+			return nil, status.FromContextError(err).Err()
+		}
+	}
 	return h(ctx, req)
 }
+
+// spinCPU keeps the CPU busy until the calling goroutine has used d of
+// CPU time (threadCPUTime; where it is unavailable, d of wall time), or
+// until ctx is done, whose error it then returns. It blocks.
+func spinCPU(ctx context.Context, d time.Duration) error {
+	// The goroutine stays on its thread, so that the thread's CPU time is
+	// the goroutine's own.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	start, ok := threadCPUTime()
+	wallStart := time.Now()
+	var sink uint64
+	for i := 0; ; i++ {
+		for j := range uint64(2000) { // busy on purpose: ~µs between checks
+			sink += j * j
+		}
+		used := time.Since(wallStart)
+		if ok {
+			now, _ := threadCPUTime()
+			used = now - start
+		}
+		if used >= d {
+			spinSink.Store(sink)
+			return nil
+		}
+		if i%64 == 63 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// spinSink keeps the compiler from removing spinCPU's loop.
+var spinSink atomic.Uint64
 
 // burnCPU spins for the CPUBurn share of every burnPeriod until ctx is
 // done. While the share is 0 it sleeps until SetCPUBurn.

@@ -14,8 +14,9 @@
 //
 // It reports its load to balancers with ORCA (at least every
 // -orca-min-interval, averaged over -load-window). -latency delays every
-// call and -cpu-burn keeps a share of a core busy, to make an instance slow
-// or busy in tests and the demo.
+// call, -call-cpu makes every call spin on the CPU (so that its latency
+// grows with the load), and -cpu-burn keeps a share of a core busy, to make
+// an instance slow or busy in tests and the demo.
 //
 // With -tls-cert and -tls-key it serves TLS (User, health and ORCA alike),
 // and with -tls-client-ca mutual TLS. The files are read again on SIGHUP
@@ -163,6 +164,7 @@ func parseFlags(args []string, stderr io.Writer) (backend.Config, error) {
 	fs.BoolVar(&cfg.AcceptUnkeyedLBToken, "lb-token-accept-unkeyed", false, "with -lb-token-key-file, accept unkeyed lb-tokens too, while the balancers get the key")
 	fs.StringVar(&tokenKeyFile, "lb-token-key-file", "", "`file` holding the secret shared with the balancers (lbserver -lb-token-key-file): expect keyed lb-tokens, which outsiders cannot compute, and reject unkeyed ones (16 to 4096 bytes; default: unkeyed tokens)")
 	fs.DurationVar(&cfg.Latency, "latency", 0, "latency added to every User call, to simulate a slow backend")
+	fs.DurationVar(&cfg.CallCPU, "call-cpu", 0, "CPU time every User call spins for, after -latency, to simulate a CPU-bound backend whose latency grows with its load")
 	fs.IntVar(&cfg.Capacity, "capacity", 0, "calls at once the backend is sized for: report application utilization = mean calls in flight / capacity (0: none)")
 	fs.Float64Var(&cfg.CPUBurn, "cpu-burn", 0, "share of one CPU core to keep busy (0 to 1), to simulate a busy backend")
 	fs.DurationVar(&cfg.ORCAMinInterval, "orca-min-interval", cfg.ORCAMinInterval, "shortest interval of ORCA load reports granted to balancers (at least 10ms)")

@@ -38,7 +38,7 @@ func TestParseFlags(t *testing.T) {
 		ShutdownTimeout                time.Duration
 		RequireLBToken                 bool
 		Latency, ORCAMinInterval       time.Duration
-		LoadWindow                     time.Duration
+		LoadWindow, CallCPU            time.Duration
 		CPUBurn                        float64
 	}
 	d := backend.DefaultConfig()
@@ -58,13 +58,14 @@ func TestParseFlags(t *testing.T) {
 			"-tags", "a, b,,c", "-weight", "5", "-meta", "zone=z1, rack = r2", "-check-interval", "3s",
 			"-drain-delay", "0", "-shutdown-timeout", "1s", "-require-lb-token", "-log-level", "debug",
 			"-latency", "40ms", "-cpu-burn", "0.5", "-orca-min-interval", "100ms", "-load-window", "2s",
+			"-call-cpu", "3ms",
 		}, func(v *view) {
 			*v = view{
 				Service: "orders", ID: "orders-1", Listen: "127.0.0.1:9000", Advertise: "10.0.0.1:9000",
 				Tags: []string{"a", "b", "c"}, Weight: 5, Meta: map[string]string{"zone": "z1", "rack": "r2"},
 				Consul: true, CheckInterval: 3 * time.Second, ShutdownTimeout: time.Second, RequireLBToken: true,
 				Latency: 40 * time.Millisecond, CPUBurn: 0.5, ORCAMinInterval: 100 * time.Millisecond,
-				LoadWindow: 2 * time.Second,
+				LoadWindow: 2 * time.Second, CallCPU: 3 * time.Millisecond,
 			}
 		}},
 		{"empty -consul", []string{"-consul="}, func(v *view) { v.Consul = false }},
@@ -84,7 +85,7 @@ func TestParseFlags(t *testing.T) {
 				CheckInterval: cfg.CheckInterval, DrainDelay: cfg.DrainDelay,
 				ShutdownTimeout: cfg.ShutdownTimeout, RequireLBToken: cfg.RequireLBToken,
 				Latency: cfg.Latency, ORCAMinInterval: cfg.ORCAMinInterval, LoadWindow: cfg.LoadWindow,
-				CPUBurn: cfg.CPUBurn,
+				CPUBurn: cfg.CPUBurn, CallCPU: cfg.CallCPU,
 			}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("parseFlags(%q) (-want +got):\n%s", tc.args, diff)
