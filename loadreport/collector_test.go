@@ -127,19 +127,28 @@ func isClosed(ch <-chan struct{}) bool {
 
 // TestCollectorFollowsEndpoints runs real reporters on loopback: the
 // collector opens a stream per endpoint, keeps each one's report, and
-// closes the stream of an endpoint that leaves or moves.
+// closes the stream of an endpoint that leaves or moves. It runs with the
+// collector's own HTTP/2 streams and with grpc.ClientConn streams
+// (Config.DialOptions), which decode the same reports.
 func TestCollectorFollowsEndpoints(t *testing.T) {
+	t.Run("h2", func(t *testing.T) { testCollectorFollowsEndpoints(t, nil) })
+	t.Run("grpc.ClientConn", func(t *testing.T) {
+		testCollectorFollowsEndpoints(t, []grpc.DialOption{grpc.WithUserAgent("loadreport-test")})
+	})
+}
+
+func testCollectorFollowsEndpoints(t *testing.T, dialOpts []grpc.DialOption) {
 	ctx := testContext(t)
 	rcfg := ReporterConfig{MinInterval: 50 * time.Millisecond}
 	srcA, srcB, srcC := &fixedMetrics{}, &fixedMetrics{}, &fixedMetrics{}
-	srcA.set(Metrics{CPU: 0.25, QPS: 10, InFlight: 2})
+	srcA.set(Metrics{CPU: 0.25, QPS: 10, InFlight: 2, Concurrency: 1.5})
 	srcB.set(Metrics{AppUtil: 0.5, QPS: 20, EPS: 1, Utilization: map[string]float64{"disk": 0.5}})
 	srcC.set(Metrics{CPU: 0.75})
 	addrA, _ := serveReporter(t, newTestReporter(t, srcA, rcfg))
 	addrB, openB := serveReporter(t, newTestReporter(t, srcB, rcfg))
 	addrC, _ := serveReporter(t, newTestReporter(t, srcC, rcfg))
 
-	c := newTestCollector(t, Config{Interval: 50 * time.Millisecond}, clock.Real{})
+	c := newTestCollector(t, Config{Interval: 50 * time.Millisecond, DialOptions: dialOpts}, clock.Real{})
 	first := c.Changed()
 	c.Update(snapshot("a", addrA, "b", addrB))
 	waitChanged(t, first, "endpoints tracked")
@@ -161,8 +170,8 @@ func TestCollectorFollowsEndpoints(t *testing.T) {
 	}
 	l := c.Loads()
 	opts := cmpopts.IgnoreFields(Report{}, "At", "Expires")
-	wantA := Report{CPU: 0.25, QPS: 10, InFlight: 2, Named: map[string]float64{InFlightMetric: 2}}
-	wantB := Report{AppUtil: 0.5, QPS: 20, EPS: 1, Utilization: map[string]float64{"disk": 0.5}, Named: map[string]float64{InFlightMetric: 0}}
+	wantA := Report{CPU: 0.25, QPS: 10, InFlight: 2, Concurrency: 1.5, Named: map[string]float64{InFlightMetric: 2, ConcurrencyMetric: 1.5}}
+	wantB := Report{AppUtil: 0.5, QPS: 20, EPS: 1, Utilization: map[string]float64{"disk": 0.5}, Named: map[string]float64{InFlightMetric: 0, ConcurrencyMetric: 0}}
 	if diff := cmp.Diff(map[string]Report{"a": wantA, "b": wantB}, l.Reports, opts); diff != "" {
 		t.Errorf("Reports (-want +got):\n%s", diff)
 	}

@@ -16,8 +16,13 @@
 // raises every interval below 30 s to 30 s, too slow to balance on.
 //
 // Each report carries cpu_utilization, application_utilization,
-// rps_fractional (QPS), eps (errors per second), the utilization map, and
-// the calls in flight as named_metrics["inflight"] (InFlightMetric).
+// rps_fractional (QPS), eps (errors per second), the utilization map, the
+// calls in flight as named_metrics["inflight"] (InFlightMetric), and the
+// mean calls in flight over the window as named_metrics["concurrency"]
+// (ConcurrencyMetric). Concurrency / QPS, both over the same window, is the
+// backend's mean latency (Little's law), which least_load compares between
+// a service's endpoints to find slow ones; a backend in another language
+// can send the same named metric to take part.
 //
 // # Balancer side
 //

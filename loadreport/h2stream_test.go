@@ -2,6 +2,7 @@ package loadreport
 
 import (
 	"encoding/binary"
+	"math"
 	"testing"
 	"time"
 
@@ -90,6 +91,10 @@ func TestNextReport(t *testing.T) {
 func FuzzNextReport(f *testing.F) {
 	rep, _ := proto.Marshal(&orcapb.OrcaLoadReport{CpuUtilization: 0.25, NamedMetrics: map[string]float64{"inflight": 3}})
 	f.Add(framed(rep))
+	rep, _ = proto.Marshal(&orcapb.OrcaLoadReport{RpsFractional: 100, NamedMetrics: map[string]float64{"inflight": 3, "concurrency": 2.5}})
+	f.Add(framed(rep))
+	rep, _ = proto.Marshal(&orcapb.OrcaLoadReport{NamedMetrics: map[string]float64{"concurrency": math.Inf(1)}})
+	f.Add(framed(rep))
 	f.Add(framed(nil))
 	f.Add([]byte{0, 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{1, 0, 0, 0, 1, 0})
@@ -108,6 +113,17 @@ func FuzzNextReport(f *testing.F) {
 		default:
 			if used < 5 || used > len(b) || int(binary.BigEndian.Uint32(b[1:5]))+5 != used {
 				t.Fatalf("used %d of %d bytes", used, len(b))
+			}
+			// What the balancer reads from it is a finite, non-negative
+			// measurement, the named metric's value.
+			got := fromProto(r, time.Time{})
+			for name, v := range map[string]float64{"QPS": got.QPS, "InFlight": got.InFlight, "Concurrency": got.Concurrency} {
+				if !(v >= 0) || math.IsInf(v, 0) {
+					t.Fatalf("%s = %v", name, v)
+				}
+			}
+			if got.Concurrency != got.Named[ConcurrencyMetric] {
+				t.Fatalf("Concurrency %v, named %v", got.Concurrency, got.Named[ConcurrencyMetric])
 			}
 		}
 	})

@@ -29,8 +29,12 @@ type Report struct {
 	// InFlight is named_metrics["inflight"] (InFlightMetric): calls
 	// running on the endpoint when it sent the report.
 	InFlight float64
+	// Concurrency is named_metrics["concurrency"] (ConcurrencyMetric):
+	// the mean number of calls in flight over the endpoint's load window,
+	// the window of QPS. 0 when not reported.
+	Concurrency float64
 	// Utilization is the utilization map, Named the named_metrics map
-	// (with "inflight"). Shared: they must not be modified. Nil when empty.
+	// (with "inflight" and "concurrency"). Shared: they must not be modified. Nil when empty.
 	Utilization map[string]float64
 	Named       map[string]float64
 
@@ -51,7 +55,7 @@ func (r Report) Fresh(now time.Time) bool { return now.Before(r.Expires) }
 // their times.
 func (r Report) sameValues(o Report) bool {
 	return r.CPU == o.CPU && r.Mem == o.Mem && r.AppUtil == o.AppUtil && r.QPS == o.QPS &&
-		r.EPS == o.EPS && r.InFlight == o.InFlight &&
+		r.EPS == o.EPS && r.InFlight == o.InFlight && r.Concurrency == o.Concurrency &&
 		maps.Equal(r.Utilization, o.Utilization) && maps.Equal(r.Named, o.Named)
 }
 
@@ -65,6 +69,7 @@ func fromProto(p *orcapb.OrcaLoadReport, at time.Time) Report {
 		QPS:         sanitize(p.GetRpsFractional()),
 		EPS:         sanitize(p.GetEps()),
 		InFlight:    named[InFlightMetric],
+		Concurrency: named[ConcurrencyMetric],
 		Utilization: sanitizeMap(p.GetUtilization()),
 		Named:       named,
 		At:          at,

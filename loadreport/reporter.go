@@ -20,6 +20,13 @@ import (
 // Collector reads it.
 const InFlightMetric = "inflight"
 
+// ConcurrencyMetric is the key of OrcaLoadReport.named_metrics under which
+// the Reporter sends the mean number of calls in flight over the load
+// window (Metrics.Concurrency), and under which the Collector reads it.
+// With the QPS of the same window it gives the endpoint's mean latency by
+// Little's law: Concurrency / QPS. Any backend may send it.
+const ConcurrencyMetric = "concurrency"
+
 // Defaults and bounds of ReporterConfig.
 const (
 	DefaultMinInterval    = time.Second
@@ -67,7 +74,8 @@ type MetricsProvider interface {
 //	rps_fractional           Metrics.QPS
 //	eps                      Metrics.EPS
 //	utilization              Metrics.Utilization (the named utilizations)
-//	named_metrics            {"inflight": Metrics.InFlight}
+//	named_metrics            {"inflight": Metrics.InFlight,
+//	                          "concurrency": Metrics.Concurrency}
 //
 // The first report goes out as soon as the stream opens. A stream ends when
 // its client ends it or when Close is called. Safe for concurrent use.
@@ -196,6 +204,6 @@ func toProto(m Metrics) *orcapb.OrcaLoadReport {
 		RpsFractional:          m.QPS,
 		Eps:                    m.EPS,
 		Utilization:            m.Utilization,
-		NamedMetrics:           map[string]float64{InFlightMetric: float64(m.InFlight)},
+		NamedMetrics:           map[string]float64{InFlightMetric: float64(m.InFlight), ConcurrencyMetric: m.Concurrency},
 	}
 }

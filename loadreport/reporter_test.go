@@ -112,7 +112,7 @@ func request(d time.Duration) *orcasvc.OrcaLoadReportRequest {
 func TestReporterStream(t *testing.T) {
 	ctx := testContext(t)
 	src := &fixedMetrics{}
-	src.set(Metrics{CPU: 0.5, AppUtil: 0.75, QPS: 12.5, EPS: 0.5, InFlight: 3, Utilization: map[string]float64{"disk": 0.1}})
+	src.set(Metrics{CPU: 0.5, AppUtil: 0.75, QPS: 12.5, EPS: 0.5, InFlight: 3, Concurrency: 2.5, Utilization: map[string]float64{"disk": 0.1}})
 	r := newTestReporter(t, src, ReporterConfig{MinInterval: 100 * time.Millisecond, DefaultInterval: 700 * time.Millisecond})
 	ticker := installFakeTicker(r)
 	addr, open := serveReporter(t, r)
@@ -138,7 +138,7 @@ func TestReporterStream(t *testing.T) {
 			want := &orcapb.OrcaLoadReport{
 				CpuUtilization: 0.5, ApplicationUtilization: 0.75, RpsFractional: 12.5, Eps: 0.5,
 				Utilization:  map[string]float64{"disk": 0.1},
-				NamedMetrics: map[string]float64{InFlightMetric: 3},
+				NamedMetrics: map[string]float64{InFlightMetric: 3, ConcurrencyMetric: 2.5},
 			}
 			got, err := stream.Recv()
 			if err != nil {
@@ -161,11 +161,11 @@ func TestReporterStream(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want = &orcapb.OrcaLoadReport{RpsFractional: 1, NamedMetrics: map[string]float64{InFlightMetric: 0}}
+			want = &orcapb.OrcaLoadReport{RpsFractional: 1, NamedMetrics: map[string]float64{InFlightMetric: 0, ConcurrencyMetric: 0}}
 			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("report after a tick (-want +got):\n%s", diff)
 			}
-			src.set(Metrics{CPU: 0.5, AppUtil: 0.75, QPS: 12.5, EPS: 0.5, InFlight: 3, Utilization: map[string]float64{"disk": 0.1}})
+			src.set(Metrics{CPU: 0.5, AppUtil: 0.75, QPS: 12.5, EPS: 0.5, InFlight: 3, Concurrency: 2.5, Utilization: map[string]float64{"disk": 0.1}})
 
 			cancel()
 			eventually(ctx, t, "the stream's handler to return", func() bool { return open.Load() == 0 })
