@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,11 +12,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 
 	"github.com/lookaside-lb/lookaside/backend"
 	"github.com/lookaside-lb/lookaside/consulreg"
 	"github.com/lookaside-lb/lookaside/internal/lbdial"
+	"github.com/lookaside-lb/lookaside/internal/loadgen"
 	"github.com/lookaside-lb/lookaside/lbserver"
 	"github.com/lookaside-lb/lookaside/policy"
 	"github.com/lookaside-lb/lookaside/policy/leastload"
@@ -51,60 +49,16 @@ func fastLoad(policyName string) func(*lbserver.Config) {
 	}
 }
 
-// result of a closed-loop load: calls per backend, failures by code, and
-// latencies.
-type loadResult struct {
-	calls     map[string]int
-	failures  map[codes.Code]int
-	latencies []time.Duration
-}
-
-func (r loadResult) share(id string) float64 {
-	total := 0
-	for _, n := range r.calls {
-		total += n
-	}
-	if total == 0 {
-		return 0
-	}
-	return float64(r.calls[id]) / float64(total)
-}
-
-func (r loadResult) percentile(p float64) time.Duration {
-	if len(r.latencies) == 0 {
-		return 0
-	}
-	s := slices.Clone(r.latencies)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(p*float64(len(s))))]
-}
-
 // closedLoop runs workers that call c back to back for d (at most 2000
 // calls each) and returns what happened.
-func closedLoop(ctx context.Context, c userpb.UserClient, workers int, d time.Duration) loadResult {
-	res := loadResult{calls: map[string]int{}, failures: map[codes.Code]int{}}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	deadline := time.Now().Add(d)
-	for range workers {
-		wg.Go(func() {
-			for i := 0; i < 2000 && time.Now().Before(deadline); i++ {
-				start := time.Now()
-				r, err := call(ctx, c)
-				took := time.Since(start)
-				mu.Lock()
-				if err != nil {
-					res.failures[status.Code(err)]++
-				} else {
-					res.calls[r.BackendId]++
-					res.latencies = append(res.latencies, took)
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return res
+func closedLoop(ctx context.Context, c userpb.UserClient, workers int, d time.Duration) loadgen.Result {
+	return loadgen.ClosedLoop(ctx, workers, d, 2000, func(ctx context.Context) (string, error) {
+		r, err := call(ctx, c)
+		if err != nil {
+			return "", err
+		}
+		return r.BackendId, nil
+	})
 }
 
 // TestLeastLoadAvoidsSlowBackend: four backends, one four times slower.
@@ -126,21 +80,21 @@ func TestLeastLoadAvoidsSlowBackend(t *testing.T) {
 
 	closedLoop(t.Context(), c, 8, 4*time.Second) // reports, blackout, weights
 	res := closedLoop(t.Context(), c, 8, 3*time.Second)
-	t.Logf("slow backend: %.1f%% of %v calls; p50 %v, p99 %v", 100*res.share(slow.ID()), res.calls, res.percentile(0.5), res.percentile(0.99))
-	if len(res.failures) > 0 {
-		t.Errorf("calls failed: %v", res.failures)
+	t.Logf("slow backend: %.1f%% of %v calls; p50 %v, p99 %v", 100*res.Share(slow.ID()), res.Calls, res.Percentile(0.5), res.Percentile(0.99))
+	if len(res.Failures) > 0 {
+		t.Errorf("calls failed: %v", res.Failures)
 	}
-	if s := res.share(slow.ID()); s > 0.15 {
+	if s := res.Share(slow.ID()); s > 0.15 {
 		t.Errorf("slow backend got %.1f%% of calls, want well below 25%% (≤ 15%%)", 100*s)
 	}
 
 	slow.SetLatency(5 * time.Millisecond)
-	var rec loadResult
+	var rec loadgen.Result
 	waitFor(t, 30*time.Second, "the recovered backend's share to rise back", func() bool {
 		rec = closedLoop(t.Context(), c, 8, 2*time.Second)
-		return rec.share(slow.ID()) > 0.18
+		return rec.Share(slow.ID()) > 0.18
 	})
-	t.Logf("recovered backend: %.1f%% of %v calls", 100*rec.share(slow.ID()), rec.calls)
+	t.Logf("recovered backend: %.1f%% of %v calls", 100*rec.Share(slow.ID()), rec.Calls)
 }
 
 // TestOverloadDrops: when every backend reports utilization above the
@@ -165,17 +119,17 @@ func TestOverloadDrops(t *testing.T) {
 	for _, b := range bs {
 		b.SetAppUtilization(1.5) // 0.9/1.5: a 40 % share to drop
 	}
-	var res loadResult
+	var res loadgen.Result
 	waitFor(t, 20*time.Second, "calls to be dropped", func() bool {
 		res = closedLoop(t.Context(), c, 4, time.Second)
-		return res.failures[codes.Unavailable] > 0
+		return res.Failures[codes.Unavailable] > 0
 	})
 	res = closedLoop(t.Context(), c, 4, 2*time.Second)
-	total := res.failures[codes.Unavailable]
-	for _, n := range res.calls {
+	total := res.Failures[codes.Unavailable]
+	for _, n := range res.Calls {
 		total += n
 	}
-	dropped := float64(res.failures[codes.Unavailable]) / float64(total)
+	dropped := float64(res.Failures[codes.Unavailable]) / float64(total)
 	t.Logf("utilization 1.5: %.1f%% of %d calls dropped (target 40%%)", 100*dropped, total)
 	if dropped < 0.3 || dropped > 0.5 {
 		t.Errorf("dropped %.1f%% of calls, want about 40%%", 100*dropped)
@@ -189,7 +143,7 @@ func TestOverloadDrops(t *testing.T) {
 	}
 	waitFor(t, 20*time.Second, "the drops to stop", func() bool {
 		res = closedLoop(t.Context(), c, 4, time.Second)
-		return len(res.failures) == 0
+		return len(res.Failures) == 0
 	})
 }
 
@@ -209,8 +163,8 @@ func TestBackendWithoutORCA(t *testing.T) {
 	waitSeen(t, c, bs...)
 	closedLoop(t.Context(), c, 6, 3*time.Second)
 	res := closedLoop(t.Context(), c, 6, 2*time.Second)
-	t.Logf("calls: %v", res.calls)
-	if s := res.share(plain); s < 0.15 {
+	t.Logf("calls: %v", res.Calls)
+	if s := res.Share(plain); s < 0.15 {
 		t.Errorf("the backend without ORCA got %.1f%% of calls, want about a third (≥ 15%%)", 100*s)
 	}
 }
