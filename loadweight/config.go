@@ -22,6 +22,124 @@ const (
 	DefaultMaxDropShare      = 0.5
 )
 
+// Defaults of OutlierConfig.
+const (
+	DefaultOutlierFactor       = 2.0
+	DefaultReadmitFactor       = 1.5
+	DefaultMinExcess           = time.Millisecond
+	DefaultMinOutlierEndpoints = 3
+	DefaultMaxEjectedFraction  = 0.5
+	DefaultBaseEjectionTime    = 5 * time.Second
+	DefaultMaxEjectionTime     = 5 * time.Minute
+	DefaultProbeShare          = 0.005
+	MaxProbeShare              = 0.1
+)
+
+// Bounds of OutlierConfig's fields.
+const (
+	maxOutlierFactor    = 1000.0
+	minOutlierEndpoints = 3
+)
+
+// OutlierConfig configures latency outlier detection (see the package
+// doc): an endpoint much slower than its peers gets a probe share of the
+// calls instead of its load weight. The names follow Envoy's outlier
+// detection where they mean the same.
+type OutlierConfig struct {
+	// Enabled turns detection on. DefaultConfig sets it: the weights are
+	// least_load's, which has it on by default.
+	Enabled bool
+	// Factor: an endpoint is ejected when its latency is above Factor ×
+	// the median latency of the service's endpoints with known latency.
+	// Default 2; must be in (1, 1000].
+	Factor float64
+	// ReadmitFactor: an ejected endpoint is readmitted, once its ejection
+	// time is over, when its latency is at most ReadmitFactor × the
+	// median. Below Factor, so that an endpoint near the line does not
+	// flap. Default 1.5; must be in (1, Factor].
+	ReadmitFactor float64
+	// MinExcess: an endpoint is ejected only when its latency is also at
+	// least MinExcess above the median (and readmitted when it is less),
+	// so that services answering in microseconds do not eject on noise.
+	// Default 1 ms; must not be negative.
+	MinExcess time.Duration
+	// MinEndpoints is how many endpoints must have a known latency for
+	// any to be ejected (Envoy's success_rate_minimum_hosts). Default 3;
+	// at least 3, so that the median is a peer's.
+	MinEndpoints int
+	// MaxEjectedFraction bounds the endpoints ejected at once, as a
+	// fraction of the service's endpoints, rounded down but at least one
+	// (Envoy's max_ejection_percent, and its one ejection past it); the
+	// slowest are ejected first. Default 0.5; must be in (0, 1].
+	MaxEjectedFraction float64
+	// BaseEjectionTime is the least time an ejected endpoint stays
+	// ejected (Envoy's base_ejection_time). An endpoint ejected again
+	// within MaxEjectionTime of its readmission stays twice as long as the
+	// last time, at most MaxEjectionTime, to damp oscillation. Default
+	// 5 s; must be positive.
+	BaseEjectionTime time.Duration
+	// MaxEjectionTime caps the ejection time (Envoy's max_ejection_time).
+	// Default 5 min; must be at least BaseEjectionTime.
+	MaxEjectionTime time.Duration
+	// ProbeShare is the share of the service's calls each ejected
+	// endpoint gets, so that it keeps reporting its latency on real calls
+	// and is readmitted when it recovers; at most a tenth of an even
+	// share (0.1 / endpoints). Default 0.005 (0.5 %); must be in
+	// (0, 0.1]. least_load gives every endpoint at least one entry of its
+	// list (at most 512 by default), so the share a client sees is at
+	// least 1/entries.
+	ProbeShare float64
+}
+
+// DefaultOutlierConfig returns an OutlierConfig with every default set,
+// enabled: eject above 2× the median latency (and 1 ms over it) among at
+// least 3 endpoints, readmit under 1.5×, at most half ejected, for 5 s at
+// first and up to 5 min, with a 0.5 % probe share.
+func DefaultOutlierConfig() OutlierConfig {
+	return OutlierConfig{
+		Enabled:            true,
+		Factor:             DefaultOutlierFactor,
+		ReadmitFactor:      DefaultReadmitFactor,
+		MinExcess:          DefaultMinExcess,
+		MinEndpoints:       DefaultMinOutlierEndpoints,
+		MaxEjectedFraction: DefaultMaxEjectedFraction,
+		BaseEjectionTime:   DefaultBaseEjectionTime,
+		MaxEjectionTime:    DefaultMaxEjectionTime,
+		ProbeShare:         DefaultProbeShare,
+	}
+}
+
+// validate returns the out-of-range fields of c, whether or not it is
+// enabled (a disabled config may be enabled by a reload).
+func (c OutlierConfig) validate() []error {
+	var errs []error
+	if !(c.Factor > 1 && c.Factor <= maxOutlierFactor) {
+		errs = append(errs, fmt.Errorf("outlier factor %v is not in (1, %v]", c.Factor, maxOutlierFactor))
+	}
+	if !(c.ReadmitFactor > 1 && c.ReadmitFactor <= c.Factor) {
+		errs = append(errs, fmt.Errorf("outlier readmit factor %v is not in (1, factor %v]", c.ReadmitFactor, c.Factor))
+	}
+	if c.MinExcess < 0 {
+		errs = append(errs, fmt.Errorf("outlier min excess %v is negative", c.MinExcess))
+	}
+	if c.MinEndpoints < minOutlierEndpoints {
+		errs = append(errs, fmt.Errorf("outlier min endpoints %d is under %d", c.MinEndpoints, minOutlierEndpoints))
+	}
+	if !(c.MaxEjectedFraction > 0 && c.MaxEjectedFraction <= 1) {
+		errs = append(errs, fmt.Errorf("outlier max ejected fraction %v is not in (0, 1]", c.MaxEjectedFraction))
+	}
+	if c.BaseEjectionTime <= 0 {
+		errs = append(errs, fmt.Errorf("outlier base ejection time %v is not positive", c.BaseEjectionTime))
+	}
+	if c.MaxEjectionTime < c.BaseEjectionTime {
+		errs = append(errs, fmt.Errorf("outlier max ejection time %v is under the base ejection time %v", c.MaxEjectionTime, c.BaseEjectionTime))
+	}
+	if !(c.ProbeShare > 0 && c.ProbeShare <= MaxProbeShare) {
+		errs = append(errs, fmt.Errorf("outlier probe share %v is not in (0, %v]", c.ProbeShare, MaxProbeShare))
+	}
+	return errs
+}
+
 // Config configures a Weigher. Start from DefaultConfig; New rejects values
 // out of range (it never clamps them), so that a typo in configuration
 // fails at startup instead of balancing differently.
@@ -73,12 +191,16 @@ type Config struct {
 	// still serves most calls and keeps reporting. Default 0.5; must be in
 	// [0, policy.MaxDropShare]; 0 turns overload drops off.
 	MaxDropShare float64
+	// Outliers configures latency outlier detection. Default
+	// DefaultOutlierConfig(), enabled.
+	Outliers OutlierConfig
 }
 
 // DefaultConfig returns a Config with every field set to its default:
 // blackout 10 s, expiry 3 min, error penalty 1, smoothing 0.3, minimum
 // weight 0.1 of the mean, change threshold 10 %, at most one publication a
-// second, overload above utilization 0.9, at most half the calls dropped.
+// second, overload above utilization 0.9, at most half the calls dropped,
+// latency outliers detected (DefaultOutlierConfig).
 func DefaultConfig() Config {
 	return Config{
 		BlackoutPeriod:    DefaultBlackoutPeriod,
@@ -90,6 +212,7 @@ func DefaultConfig() Config {
 		MinUpdateInterval: DefaultMinUpdateInterval,
 		OverloadThreshold: DefaultOverloadThreshold,
 		MaxDropShare:      DefaultMaxDropShare,
+		Outliers:          DefaultOutlierConfig(),
 	}
 }
 
@@ -124,6 +247,7 @@ func (c Config) Validate() error {
 	if !(c.MaxDropShare >= 0 && c.MaxDropShare <= policy.MaxDropShare) {
 		errs = append(errs, fmt.Errorf("max drop share %v is not in [0, %v]", c.MaxDropShare, policy.MaxDropShare))
 	}
+	errs = append(errs, c.Outliers.validate()...)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("loadweight: invalid config: %w", err)
 	}

@@ -53,6 +53,45 @@
 // back by that interval is published by the first Update at or after
 // Result.NextUpdate.
 //
+// # Latency outliers
+//
+// With Config.Outliers enabled (the default), an endpoint much slower than
+// its peers gets a small probe share of the calls instead of its load
+// weight, like Envoy's outlier detection applied to latency. A58 weights
+// give a slow endpoint a share in proportion to its capacity, and every
+// call it gets is a slow call: with one backend of five four times slower,
+// about 6 % of the calls, enough to set the service's p99. The probe share
+// keeps it reporting its latency on real calls, so that it wins its share
+// back when it recovers.
+//
+// An endpoint's latency is Little's law over its load window,
+// Report.Concurrency / Report.QPS (loadreport.ConcurrencyMetric), smoothed
+// like its weight (Config.Smoothing). It is unknown for endpoints that do
+// not send the concurrency or had no calls: they are never outliers. When
+// at least Outliers.MinEndpoints (3) endpoints have a known latency, an
+// endpoint is ejected when its latency is above Outliers.Factor (2) × the
+// median of those latencies and at least Outliers.MinExcess (1 ms) above
+// it. At most Outliers.MaxEjectedFraction (half) of the endpoints, and
+// never all, are ejected at once: the ejected keep their places, then the
+// slowest go first.
+//
+// An ejected endpoint gets Outliers.ProbeShare (0.5 %) of the calls (at
+// most a tenth of an even share), not its A58 weight and not the
+// MinWeightFraction floor; the others share the rest as they would
+// without it (the floor and the fill-in of unknown endpoints are computed
+// among them). It stays ejected for at least its ejection time, then is
+// readmitted once its latency is at most Outliers.ReadmitFactor (1.5) ×
+// the median, or no longer known. The ejection time is
+// Outliers.BaseEjectionTime (5 s); an endpoint ejected again within
+// Outliers.MaxEjectionTime of its readmission stays out twice as long as
+// the last time, up to MaxEjectionTime (5 min), which damps oscillation
+// between ejection and readmission, as do the hysteresis between the two
+// factors and the load window's averaging. Several balancers computing
+// weights from the same reports reach the same decisions.
+//
+// Result.Latencies, Result.Outliers and Result.MedianLatency show the
+// decisions; Result.Ejections counts them.
+//
 // # Drops
 //
 // When every endpoint's load is known and every one's smoothed utilization

@@ -1,6 +1,7 @@
 package loadweight
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"time"
@@ -63,10 +64,28 @@ type Result struct {
 	// [0, Config.MaxDropShare]; see policy.AddDrops and
 	// policy.DropTokenOverload.
 	DropShare float64
+	// Latencies is aligned with the endpoints: each one's smoothed mean
+	// latency (Report.Concurrency / Report.QPS), 0 when unknown (the
+	// endpoint does not send ConcurrencyMetric, or had no calls). Nil when
+	// there are no endpoints. Shared: it must not be modified.
+	Latencies []time.Duration
+	// Outliers is aligned with the endpoints: true for those ejected as
+	// latency outliers, which get Config.Outliers.ProbeShare of the calls
+	// instead of their load weight. Nil when there are no endpoints.
+	// Shared: it must not be modified.
+	Outliers []bool
+	// Ejected is how many endpoints are outliers.
+	Ejected int
+	// MedianLatency is the median of the known latencies, 0 when fewer
+	// than Config.Outliers.MinEndpoints are known (nobody is ejected then).
+	MedianLatency time.Duration
+	// Ejections counts the ejections this Weigher has made since New, a
+	// running total (the caller counts its increase).
+	Ejections uint64
 	// NextUpdate is the earliest time at which Update may publish without
 	// new reports or endpoints: when a change held back by
-	// Config.MinUpdateInterval may go out, or when an endpoint's blackout
-	// ends or its load expires. Zero when there is no such time. The
+	// Config.MinUpdateInterval may go out, when an endpoint's blackout
+	// ends or its load expires, or when an ejection time ends. Zero when there is no such time. The
 	// caller should call Update then (with a timer), as well as whenever
 	// endpoints or loads change.
 	NextUpdate time.Time
@@ -91,7 +110,13 @@ type Weigher struct {
 	pubIDs       []string // the endpoints of published, in order
 	pubConsul    []int    // and their Consul weights
 
+	ejections uint64 // running total of ejections
+
 	scratch []float64 // candidate weights, reused between Updates
+	lats    []float64 // latencies (seconds; 0 unknown), reused
+	sorted  []float64 // known latencies, sorted, reused
+	outs    []bool    // outlier flags, reused
+	order   []int     // endpoint indexes by latency, reused
 }
 
 // endpoint is the state of one endpoint's run of reports.
@@ -101,6 +126,19 @@ type endpoint struct {
 	lastAt time.Time // the At of the run's last report with a weight
 	weight float64   // smoothed A58 weight
 	util   float64   // smoothed utilization
+
+	lat   float64   // smoothed latency in seconds; 0: unknown
+	latAt time.Time // the At of the last report with a latency
+
+	out ejection // kept when the run ends
+}
+
+// ejection is an endpoint's outlier state.
+type ejection struct {
+	ejected   bool
+	at        time.Time     // when last ejected
+	length    time.Duration // how long the current (or last) ejection lasts at least
+	readmitAt time.Time     // when last readmitted; zero: never
 }
 
 // New validates cfg and returns a Weigher that has published nothing.
@@ -141,8 +179,10 @@ func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[st
 	n := len(eps)
 	if cap(w.scratch) < n {
 		w.scratch = make([]float64, n)
+		w.lats = make([]float64, n)
+		w.outs = make([]bool, n)
 	}
-	cand := w.scratch[:n]
+	cand, lats, outs := w.scratch[:n], w.lats[:n], w.outs[:n]
 
 	var next time.Time
 	soonest := func(t time.Time) {
@@ -151,7 +191,7 @@ func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[st
 		}
 	}
 	known, overloaded := 0, n > 0
-	var sumKnown, sumKnownConsul, sumUtil float64
+	var sumUtil float64
 	for i, e := range eps {
 		st := w.states[e.ID]
 		if st == nil {
@@ -161,6 +201,10 @@ func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[st
 		st.gen = w.gen
 		r, ok := reports[e.ID]
 		st.observe(now, r, ok, cfg)
+		lats[i] = st.lat
+		if st.lat > 0 {
+			soonest(st.latAt.Add(cfg.Expiry))
+		}
 		cand[i] = 0 // unknown
 		if st.since.IsZero() {
 			overloaded = false
@@ -174,8 +218,6 @@ func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[st
 		}
 		cand[i] = st.weight
 		known++
-		sumKnown += st.weight
-		sumKnownConsul += float64(policy.ClampWeight(e.Weight))
 		sumUtil += st.util
 		if !(st.util > cfg.OverloadThreshold) {
 			overloaded = false
@@ -186,25 +228,58 @@ func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[st
 			delete(w.states, id)
 		}
 	}
+	median := w.detectOutliers(now, eps, lats, outs, soonest)
 
-	// Fill in unknown endpoints and the floor, then normalize.
+	// Fill in unknown endpoints and the floor among the endpoints that are
+	// not outliers, then give each outlier its probe share, then
+	// normalize.
+	ejected, knownIn := 0, 0
+	var sumKnown, sumKnownConsul float64
+	for i, e := range eps {
+		switch {
+		case outs[i]:
+			ejected++
+		case cand[i] > 0:
+			knownIn++
+			sumKnown += cand[i]
+			sumKnownConsul += float64(policy.ClampWeight(e.Weight))
+		}
+	}
 	var sum float64
-	if known == 0 {
+	if knownIn == 0 {
 		for i, e := range eps {
-			cand[i] = float64(policy.ClampWeight(e.Weight))
-			sum += cand[i]
+			if !outs[i] {
+				cand[i] = float64(policy.ClampWeight(e.Weight))
+				sum += cand[i]
+			}
 		}
 	} else {
 		perConsul := sumKnown / sumKnownConsul
-		floor := cfg.MinWeightFraction * sumKnown / float64(known)
+		floor := cfg.MinWeightFraction * sumKnown / float64(knownIn)
 		for i, e := range eps {
-			if cand[i] == 0 {
+			switch {
+			case outs[i]:
+			case cand[i] == 0:
 				cand[i] = float64(policy.ClampWeight(e.Weight)) * perConsul
-			} else {
+				sum += cand[i]
+			default:
 				cand[i] = max(cand[i], floor)
+				sum += cand[i]
 			}
-			sum += cand[i]
 		}
+	}
+	if ejected > 0 {
+		// Each outlier gets share of the total: w = share·(sum + k·w).
+		// detectOutliers leaves at least one endpoint in, so sum > 0, and
+		// k·share ≤ 0.1.
+		share := min(cfg.Outliers.ProbeShare, 0.1/float64(n))
+		probe := share * sum / (1 - float64(ejected)*share)
+		for i := range cand {
+			if outs[i] {
+				cand[i] = probe
+			}
+		}
+		sum += float64(ejected) * probe
 	}
 	for i := range cand {
 		cand[i] *= float64(n) / sum
@@ -218,7 +293,7 @@ func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[st
 	}
 
 	endpointsChanged := !w.hasPublished || !w.sameEndpoints(eps)
-	if !endpointsChanged && !w.changedEnough(cand, drop) {
+	if !endpointsChanged && !w.changedEnough(cand, drop) && slices.Equal(outs, w.published.Outliers) {
 		res := w.published
 		res.NextUpdate = next
 		return res, false
@@ -232,9 +307,17 @@ func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[st
 		return res, false
 	}
 
-	w.published = Result{Known: known, Utilization: util, DropShare: drop}
+	w.published = Result{
+		Known: known, Utilization: util, DropShare: drop, Ejected: ejected,
+		MedianLatency: seconds(median), Ejections: w.ejections,
+	}
 	if n > 0 {
 		w.published.Weights = slices.Clone(cand)
+		w.published.Outliers = slices.Clone(outs)
+		w.published.Latencies = make([]time.Duration, n)
+		for i, l := range lats {
+			w.published.Latencies[i] = seconds(l)
+		}
 	}
 	w.hasPublished = true
 	w.pubAt = now
@@ -250,12 +333,26 @@ func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[st
 	return res, true
 }
 
+// seconds converts a latency in seconds to a Duration.
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
 // observe takes the endpoint's current report r (ok false when it has
 // none) into its run at now.
 func (st *endpoint) observe(now time.Time, r loadreport.Report, ok bool, cfg Config) {
 	if !ok {
-		*st = endpoint{gen: st.gen} // the run ends
+		*st = endpoint{gen: st.gen, out: st.out} // the run ends
 		return
+	}
+	if lat, usable := latency(r); usable && r.At.After(st.latAt) {
+		if st.lat == 0 || r.At.Sub(st.latAt) >= cfg.Expiry {
+			st.lat = lat
+		} else {
+			st.lat = cfg.Smoothing*lat + (1-cfg.Smoothing)*st.lat
+		}
+		st.latAt = r.At
+	}
+	if st.lat > 0 && now.Sub(st.latAt) >= cfg.Expiry {
+		st.lat, st.latAt = 0, time.Time{}
 	}
 	if weight, util, usable := sample(r, cfg.ErrorPenalty); usable && r.At.After(st.lastAt) {
 		if st.since.IsZero() || r.At.Sub(st.lastAt) >= cfg.Expiry {
@@ -268,8 +365,108 @@ func (st *endpoint) observe(now time.Time, r loadreport.Report, ok bool, cfg Con
 		st.lastAt = r.At
 	}
 	if !st.since.IsZero() && now.Sub(st.lastAt) >= cfg.Expiry {
-		*st = endpoint{gen: st.gen} // expired
+		*st = endpoint{gen: st.gen, lat: st.lat, latAt: st.latAt, out: st.out} // expired
 	}
+}
+
+// latency returns the mean latency of r in seconds by Little's law,
+// Concurrency / QPS, and whether r carries one (both above 0 and finite).
+func latency(r loadreport.Report) (float64, bool) {
+	c, q := r.Concurrency, r.QPS
+	if !(c > 0) || !(q > 0) || math.IsInf(c, 0) || math.IsInf(q, 0) {
+		return 0, false
+	}
+	l := c / q
+	return l, l > 0 && !math.IsInf(l, 0)
+}
+
+// detectOutliers readmits and ejects latency outliers among eps, whose
+// smoothed latencies are lats (seconds, 0 unknown), at now; it sets outs
+// (aligned with eps) and returns the median latency, 0 when too few are
+// known. It tells soonest when an ejection ends.
+func (w *Weigher) detectOutliers(now time.Time, eps []discovery.Endpoint, lats []float64, outs []bool, soonest func(time.Time)) (median float64) {
+	oc := w.cfg.Outliers
+	n := len(eps)
+	w.sorted = w.sorted[:0]
+	for _, l := range lats {
+		if l > 0 {
+			w.sorted = append(w.sorted, l)
+		}
+	}
+	if len(w.sorted) >= oc.MinEndpoints {
+		slices.Sort(w.sorted)
+		m := len(w.sorted) / 2
+		median = w.sorted[m]
+		if len(w.sorted)%2 == 0 {
+			median = (w.sorted[m-1] + median) / 2
+		}
+	}
+	minExcess := oc.MinExcess.Seconds()
+	// above reports whether latency l is over factor × the median, and by
+	// at least the minimum excess.
+	above := func(l, factor float64) bool {
+		return median > 0 && l > 0 && l > factor*median && l-median >= minExcess
+	}
+	limit := 0
+	if oc.Enabled && n > 1 {
+		limit = min(max(int(oc.MaxEjectedFraction*float64(n)), 1), n-1)
+	}
+
+	// Readmissions: the ejection time is over and the latency is no
+	// longer over the readmission line (or cannot be judged), or
+	// detection is off.
+	ejected := 0
+	for i, e := range eps {
+		out := &w.states[e.ID].out
+		if out.ejected {
+			end := out.at.Add(out.length)
+			if limit == 0 || (!now.Before(end) && !above(lats[i], oc.ReadmitFactor)) {
+				out.ejected, out.readmitAt = false, now
+			} else {
+				soonest(end)
+				ejected++
+			}
+		}
+		outs[i] = out.ejected
+	}
+
+	// Ejections, the slowest first, up to the limit; if endpoints left and
+	// too many are ejected, the fastest of them are readmitted.
+	w.order = w.order[:0]
+	for i := range eps {
+		if outs[i] || above(lats[i], oc.Factor) {
+			w.order = append(w.order, i)
+		}
+	}
+	// The ejected keep their places; then the slowest first.
+	slices.SortStableFunc(w.order, func(a, b int) int {
+		if outs[a] != outs[b] {
+			if outs[a] {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(lats[b], lats[a])
+	})
+	for rank, i := range w.order {
+		out := &w.states[eps[i].ID].out
+		switch {
+		case rank >= limit && out.ejected:
+			out.ejected, out.readmitAt, outs[i] = false, now, false
+		case rank < limit && !out.ejected:
+			// Ejected again soon after its readmission: twice as long
+			// as the last time.
+			if !out.readmitAt.IsZero() && now.Sub(out.readmitAt) < oc.MaxEjectionTime {
+				out.length = min(2*out.length, oc.MaxEjectionTime)
+			} else {
+				out.length = oc.BaseEjectionTime
+			}
+			out.ejected, out.at, outs[i] = true, now, true
+			w.ejections++
+			soonest(now.Add(out.length))
+		}
+	}
+	return median
 }
 
 // sameEndpoints reports whether eps has the IDs and Consul weights of the

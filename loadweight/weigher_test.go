@@ -449,7 +449,23 @@ func TestConfigValidate(t *testing.T) {
 		{"negative interval", func(c *loadweight.Config) { c.MinUpdateInterval = -time.Second }, []string{"min update interval"}},
 		{"zero overload", func(c *loadweight.Config) { c.OverloadThreshold = 0 }, []string{"overload threshold"}},
 		{"drop share 1", func(c *loadweight.Config) { c.MaxDropShare = 1 }, []string{"max drop share"}},
-		{"zero value", func(c *loadweight.Config) { *c = loadweight.Config{} }, []string{"expiry", "smoothing", "overload threshold"}},
+		{"outlier edges", func(c *loadweight.Config) {
+			c.Outliers = loadweight.OutlierConfig{Factor: 1000, ReadmitFactor: 1000, MinEndpoints: 3, MaxEjectedFraction: 1,
+				BaseEjectionTime: 1, MaxEjectionTime: 1, ProbeShare: 0.1}
+		}, nil},
+		{"outlier factor 1", func(c *loadweight.Config) { c.Outliers.Factor = 1 }, []string{"outlier factor"}},
+		{"NaN outlier factor", func(c *loadweight.Config) { c.Outliers.Factor = math.NaN() }, []string{"outlier factor"}},
+		{"readmit over factor", func(c *loadweight.Config) { c.Outliers.ReadmitFactor = 2.5 }, []string{"readmit factor"}},
+		{"readmit factor 1", func(c *loadweight.Config) { c.Outliers.ReadmitFactor = 1 }, []string{"readmit factor"}},
+		{"negative min excess", func(c *loadweight.Config) { c.Outliers.MinExcess = -1 }, []string{"min excess"}},
+		{"2 min endpoints", func(c *loadweight.Config) { c.Outliers.MinEndpoints = 2 }, []string{"min endpoints"}},
+		{"no ejections", func(c *loadweight.Config) { c.Outliers.MaxEjectedFraction = 0 }, []string{"max ejected fraction"}},
+		{"zero ejection time", func(c *loadweight.Config) { c.Outliers.BaseEjectionTime = 0 }, []string{"base ejection time"}},
+		{"max under base", func(c *loadweight.Config) { c.Outliers.MaxEjectionTime = time.Second }, []string{"max ejection time"}},
+		{"zero probe share", func(c *loadweight.Config) { c.Outliers.ProbeShare = 0 }, []string{"probe share"}},
+		{"probe share over 0.1", func(c *loadweight.Config) { c.Outliers.ProbeShare = 0.2 }, []string{"probe share"}},
+		{"disabled but invalid", func(c *loadweight.Config) { c.Outliers.Enabled, c.Outliers.ProbeShare = false, 1 }, []string{"probe share"}},
+		{"zero value", func(c *loadweight.Config) { *c = loadweight.Config{} }, []string{"expiry", "smoothing", "overload threshold", "outlier factor"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -482,6 +498,11 @@ func TestDefaultConfig(t *testing.T) {
 		BlackoutPeriod: 10 * time.Second, Expiry: 3 * time.Minute, ErrorPenalty: 1, Smoothing: 0.3,
 		MinWeightFraction: 0.1, ChangeThreshold: 0.1, MinUpdateInterval: time.Second,
 		OverloadThreshold: 0.9, MaxDropShare: 0.5,
+		Outliers: loadweight.OutlierConfig{
+			Enabled: true, Factor: 2, ReadmitFactor: 1.5, MinExcess: time.Millisecond, MinEndpoints: 3,
+			MaxEjectedFraction: 0.5, BaseEjectionTime: 5 * time.Second, MaxEjectionTime: 5 * time.Minute,
+			ProbeShare: 0.005,
+		},
 	}
 	if diff := cmp.Diff(want, loadweight.DefaultConfig()); diff != "" {
 		t.Errorf("DefaultConfig() mismatch (-want +got):\n%s", diff)
