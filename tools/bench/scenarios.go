@@ -1,0 +1,305 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"google.golang.org/grpc"
+	_ "google.golang.org/grpc/balancer/weightedroundrobin" // registers A58's weighted_round_robin
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+
+	"github.com/lookaside-lb/lookaside/internal/lbdial"
+	"github.com/lookaside-lb/lookaside/internal/loadgen"
+	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
+)
+
+// Bounds of the steps around a measurement.
+const (
+	passingTimeout = 30 * time.Second
+	seenTimeout    = 20 * time.Second
+	callTimeout    = 5 * time.Second
+	// maxCallRate bounds a worker's calls: window × maxCallRate at most.
+	maxCallRate = 5000
+	// cdfPoints is how many points of each latency distribution are kept.
+	cdfPoints = 200
+)
+
+// backendSpec is one backend of a scenario: its extra flags, and whether
+// it is the slow one.
+type backendSpec struct {
+	args []string
+	slow bool
+}
+
+// scenarioSpec is what runScenario runs.
+type scenarioSpec struct {
+	key, title string
+	backends   []backendSpec
+	configs    []string
+	// needFlag is a backend flag the scenario needs ("" for none).
+	needFlag string
+}
+
+// describe says which backends a scenario runs, for the report.
+func (s scenarioSpec) describe() string {
+	groups := map[string]int{}
+	var order []string
+	for _, b := range s.backends {
+		k := strings.Join(b.args, " ")
+		if b.slow {
+			k += " (the slow one)"
+		}
+		if groups[k] == 0 {
+			order = append(order, k)
+		}
+		groups[k]++
+	}
+	var parts []string
+	for _, k := range order {
+		parts = append(parts, fmt.Sprintf("%d × `%s`", groups[k], k))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// bench holds what every scenario shares.
+type bench struct {
+	bins   binaries
+	consul string // the agent's HTTP address
+	client *api.Client
+	timing Timing
+	logf   func(format string, args ...any)
+}
+
+// backendArgs are the flags every backend gets: registered in Consul,
+// reporting every ReportInterval over LoadWindow, sized for 8 calls at once
+// (utilization = calls in flight / 8).
+func (b *bench) backendArgs(svc string) []string {
+	return []string{"-consul", b.consul, "-service", svc, "-listen", "127.0.0.1:0",
+		"-check-interval", "1s", "-drain-delay", "100ms", "-shutdown-timeout", "3s", "-log-level", "warn",
+		"-orca-min-interval", b.timing.ReportInterval.String(), "-load-window", b.timing.LoadWindow.String(),
+		"-capacity", "8"}
+}
+
+// runScenario starts the scenario's backends, measures each configuration
+// in turn on them, and stops them. It blocks; a failure of one
+// configuration is recorded in its Run and the others still run.
+func (b *bench) runScenario(ctx context.Context, spec scenarioSpec) Scenario {
+	sc := Scenario{Key: spec.key, Title: spec.title, Backends: spec.describe()}
+	if spec.needFlag != "" && !b.bins.hasBackendFlag(spec.needFlag) {
+		sc.Skipped = fmt.Sprintf("cmd/backend has no -%s flag in this checkout", spec.needFlag)
+		b.logf("%s: skipped: %s", spec.key, sc.Skipped)
+		return sc
+	}
+	svc := "bench-" + spec.key
+	var procs []*process
+	defer func() {
+		for _, p := range procs {
+			p.stop()
+		}
+	}()
+	slowID := ""
+	for _, bs := range spec.backends {
+		p, err := start(ctx, b.bins.backend, append(b.backendArgs(svc), bs.args...)...)
+		if err != nil {
+			sc.Skipped = "starting a backend: " + err.Error()
+			return sc
+		}
+		procs = append(procs, p)
+		if bs.slow {
+			slowID = p.name
+		}
+	}
+	addrs, err := b.waitPassing(ctx, svc, len(spec.backends))
+	if err != nil {
+		sc.Skipped = err.Error()
+		return sc
+	}
+	var all, fast []string
+	for _, p := range procs {
+		all = append(all, addrs[p.name])
+		if p.name != slowID {
+			fast = append(fast, addrs[p.name])
+		}
+	}
+	for _, cfg := range spec.configs {
+		b.logf("%s: %s: warm-up %v, then %v measured", spec.key, cfg, b.timing.Warmup, b.timing.Window)
+		r := b.measure(ctx, svc, cfg, all, fast, slowID)
+		if r.Err != "" {
+			b.logf("%s: %s: %s", spec.key, cfg, r.Err)
+		} else {
+			share := ""
+			if r.SlowShare >= 0 {
+				share = fmt.Sprintf(", slow backend %.1f%% of calls", 100*r.SlowShare)
+			}
+			b.logf("%s: %s: %.0f calls/s, p50 %.2f ms, p90 %.2f ms, p99 %.2f ms%s",
+				spec.key, cfg, r.Rate, r.P50Ms, r.P90Ms, r.P99Ms, share)
+		}
+		sc.Runs = append(sc.Runs, r)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return sc
+}
+
+// waitPassing waits until Consul reports n passing instances of svc and
+// returns their addresses by service ID.
+func (b *bench) waitPassing(ctx context.Context, svc string, n int) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, passingTimeout)
+	defer cancel()
+	for {
+		entries, _, err := b.client.Health().Service(svc, "", true, (&api.QueryOptions{}).WithContext(ctx))
+		if err == nil && len(entries) == n {
+			addrs := map[string]string{}
+			for _, e := range entries {
+				addrs[e.Service.ID] = fmt.Sprintf("%s:%d", e.Service.Address, e.Service.Port)
+			}
+			return addrs, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for %d passing instances of %s: %w (last: %d, %v)", n, svc, ctx.Err(), len(entries), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// measure runs one configuration: it starts an lbserver for the Lookaside
+// ones, dials, waits until every backend it should use has answered, warms
+// up and measures.
+func (b *bench) measure(ctx context.Context, svc, cfg string, all, fast []string, slowID string) Run {
+	run := Run{Config: cfg, SlowShare: -1}
+	cc, stop, want, err := b.dial(ctx, svc, cfg, all, fast)
+	if err != nil {
+		run.Err = err.Error()
+		return run
+	}
+	defer stop()
+	c := userpb.NewUserClient(cc)
+	call := func(ctx context.Context) (string, error) {
+		ctx, cancel := context.WithTimeout(ctx, callTimeout)
+		defer cancel()
+		r, err := c.GetUserList(ctx, &userpb.PageInfo{Pn: 1, PSize: 2})
+		if err != nil {
+			return "", err
+		}
+		return r.BackendId, nil
+	}
+	if err := waitSeen(ctx, call, want); err != nil {
+		run.Err = err.Error()
+		return run
+	}
+	bound := func(d time.Duration) int { return max(1, int(d.Seconds()*maxCallRate)) }
+	loadgen.ClosedLoop(ctx, b.timing.Workers, b.timing.Warmup, bound(b.timing.Warmup), call)
+	res := loadgen.ClosedLoop(ctx, b.timing.Workers, b.timing.Window, bound(b.timing.Window), call)
+	if ctx.Err() != nil {
+		run.Err = ctx.Err().Error()
+		return run
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	run.Calls = res.Total()
+	for _, n := range res.Failures {
+		run.Failures += n
+	}
+	run.Seconds = res.Elapsed.Seconds()
+	run.Rate = res.Rate()
+	run.MeanMs = ms(res.Mean())
+	run.P50Ms, run.P90Ms, run.P99Ms = ms(res.Percentile(0.5)), ms(res.Percentile(0.9)), ms(res.Percentile(0.99))
+	if slowID != "" {
+		run.SlowShare = res.Share(slowID)
+	}
+	lat, share := res.CDF(cdfPoints)
+	for i := range lat {
+		run.CDFMs = append(run.CDFMs, ms(lat[i]))
+		run.CDFShare = append(run.CDFShare, share[i])
+	}
+	if run.Calls == 0 {
+		run.Err = fmt.Sprintf("no call succeeded (failures by code: %v)", res.Failures)
+	}
+	return run
+}
+
+var schemes atomic.Uint64
+
+// dial returns a connection for configuration cfg, a function that closes
+// it (and stops the configuration's lbserver), and how many distinct
+// backends its calls should reach.
+func (b *bench) dial(ctx context.Context, svc, cfg string, all, fast []string) (*grpc.ClientConn, func(), int, error) {
+	switch cfg {
+	case cfgRR, cfgLL:
+		policy := map[string]string{cfgRR: "round_robin", cfgLL: "least_load"}[cfg]
+		p, err := start(ctx, b.bins.lbserver, "-listen", "127.0.0.1:0", "-consul", b.consul, "-policy", policy,
+			"-load-report-interval", b.timing.ReportInterval.String(), "-load-blackout", b.timing.Blackout.String(),
+			"-client-stats-interval", "1s", "-shutdown-timeout", "3s", "-log-level", "warn")
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		cc, _, err := lbdial.Dial(lbdial.Options{Target: svc + ":50051", Balancers: []string{p.addr}})
+		if err != nil {
+			p.stop()
+			return nil, nil, 0, err
+		}
+		return cc, func() { cc.Close(); p.stop() }, len(all), nil
+	case cfgA58:
+		// gRFC A58 with out-of-band ORCA, the same report timing as the
+		// balancer's: reports every ReportInterval, a blackout, weights
+		// recomputed every WeightUpdate.
+		sc := fmt.Sprintf(`{"loadBalancingConfig":[{"weighted_round_robin":{"enableOobLoadReport":true,"oobReportingPeriod":"%gs","blackoutPeriod":"%gs","weightUpdatePeriod":"%gs"}}]}`,
+			b.timing.ReportInterval.Seconds(), b.timing.Blackout.Seconds(), b.timing.WeightUpdate.Seconds())
+		return directDial(svc, all, sc)
+	case cfgOracle:
+		return directDial(svc, fast, `{"loadBalancingConfig":[{"round_robin":{}}]}`)
+	case cfgDirect:
+		return directDial(svc, all, `{"loadBalancingConfig":[{"round_robin":{}}]}`)
+	}
+	return nil, nil, 0, fmt.Errorf("unknown configuration %q", cfg)
+}
+
+// directDial dials addrs with no balancer, through a manual resolver,
+// balanced on the client by the service config sc.
+func directDial(svc string, addrs []string, sc string) (*grpc.ClientConn, func(), int, error) {
+	r := manual.NewBuilderWithScheme(fmt.Sprintf("bench-%d", schemes.Add(1)))
+	st := resolver.State{}
+	for _, a := range addrs {
+		st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
+	}
+	r.InitialState(st)
+	cc, err := grpc.NewClient(r.Scheme()+":///"+svc, grpc.WithResolvers(r),
+		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultServiceConfig(sc))
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return cc, func() { cc.Close() }, len(addrs), nil
+}
+
+// waitSeen calls until want distinct backends have answered, bounded by
+// seenTimeout.
+func waitSeen(ctx context.Context, call loadgen.Call, want int) error {
+	ctx, cancel := context.WithTimeout(ctx, seenTimeout)
+	defer cancel()
+	seen := map[string]bool{}
+	var last error
+	for len(seen) < want {
+		id, err := call(ctx)
+		if err == nil {
+			seen[id] = true
+			continue
+		}
+		last = err
+		if ctx.Err() != nil {
+			ids := slices.Sorted(maps.Keys(seen))
+			return fmt.Errorf("only %d of %d backends answered within %v (%v); last error: %w", len(seen), want, seenTimeout, ids, errors.Join(last, ctx.Err()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
