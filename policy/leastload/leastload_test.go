@@ -7,9 +7,12 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/loadreport"
+	"github.com/lookaside-lb/lookaside/loadweight"
 	"github.com/lookaside-lb/lookaside/policy"
 	"github.com/lookaside-lb/lookaside/policy/policytest"
 )
@@ -292,5 +295,61 @@ func BenchmarkList(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// TestProbeShare: the weights a loadweight.Weigher gives a latency outlier
+// (a 0.5 % probe share, at most a tenth of an even share) survive the
+// list's rounding and its bound of 512 entries: the outlier keeps at least
+// one entry, and clients calling round the list send it under 1 % of the
+// calls, about the probe share, or one entry when the list is too short
+// for less.
+func TestProbeShare(t *testing.T) {
+	for _, tc := range []struct {
+		n, slow int
+		want    float64 // the outlier's share of the entries
+	}{
+		{3, 1, 2.0 / 400},   // 0.5 %, reduced by the common divisor
+		{5, 1, 3.0 / 511},   // 0.59 %: rounding in 512 entries
+		{5, 2, 1.0 / 200},   // 0.5 % each
+		{10, 1, 1.0 / 253},  // 0.4 %
+		{50, 1, 1.0 / 491},  // 0.1/50 = 0.2 %: one entry
+		{200, 1, 1.0 / 399}, // 0.05 % is under one entry: one in 399
+	} {
+		t.Run(fmt.Sprintf("%d endpoints, %d slow", tc.n, tc.slow), func(t *testing.T) {
+			cfg := loadweight.DefaultConfig()
+			cfg.BlackoutPeriod = 0
+			w, err := loadweight.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := make([]string, tc.n)
+			reps := map[string]loadreport.Report{}
+			for i := range ids {
+				ids[i] = fmt.Sprintf("e%03d", i)
+				lat := 0.005
+				if i < tc.slow {
+					lat = 0.020
+				}
+				reps[ids[i]] = loadreport.Report{QPS: 100, CPU: 0.5, Concurrency: 100 * lat, At: time.Unix(0, 0)}
+			}
+			eps := policytest.Endpoints(ids...)
+			res, _ := w.Update(time.Unix(0, 0), eps, reps)
+			if res.Ejected != tc.slow {
+				t.Fatalf("%d ejected, want %d", res.Ejected, tc.slow)
+			}
+			l := (&leastLoad{maxEntries: 512}).List(policy.Input{Endpoints: eps, LoadWeights: res.Weights})
+			counts := make([]int, tc.n)
+			for _, e := range l {
+				counts[e.Index]++
+			}
+			for i := range tc.slow {
+				got := float64(counts[i]) / float64(len(l))
+				t.Logf("outlier %d: %d of %d entries (%.2f %%)", i, counts[i], len(l), 100*got)
+				if math.Abs(got-tc.want) > 1e-9 || got >= 0.01 || counts[i] < 1 {
+					t.Errorf("outlier %d: %d of %d entries (%.3f %%), want %.3f %% (under 1 %%, at least one)", i, counts[i], len(l), 100*got, 100*tc.want)
+				}
+			}
+		})
 	}
 }
