@@ -61,7 +61,10 @@ type Chart struct {
 	LogX bool
 	// YMin and YMax fix the y range when YMax > YMin; else it is the data's.
 	YMin, YMax float64
-	Series     []Series
+	// LegendBottom puts the legend at the bottom right of the plot area
+	// instead of the top right (where a CDF has its tail).
+	LegendBottom bool
+	Series       []Series
 }
 
 // palette holds the series colors, in order; they repeat past its end.
@@ -223,7 +226,7 @@ func (c Chart) ranges() (xr, yr span, err error) {
 		return xr, yr, ErrNoData
 	}
 	if c.LogX {
-		xr.lo, xr.hi = math.Floor(xr.lo), math.Ceil(xr.hi)
+		xr.lo, xr.hi = snapLog(xr.lo, false), snapLog(xr.hi, true)
 	}
 	if xr.hi <= xr.lo {
 		xr.lo, xr.hi = xr.lo-1, xr.hi+1
@@ -250,6 +253,26 @@ func (c Chart) ranges() (xr, yr span, err error) {
 	return xr, yr, nil
 }
 
+// snapLog moves a log10 value down (or up) to the nearest 1, 2 or 5 times
+// a power of ten.
+func snapLog(a float64, up bool) float64 {
+	e := math.Floor(a)
+	steps := []float64{0, math.Log10(2), math.Log10(5), 1}
+	if up {
+		for _, st := range steps {
+			if e+st >= a-1e-9 {
+				return e + st
+			}
+		}
+	}
+	for i := len(steps) - 1; i >= 0; i-- {
+		if e+steps[i] <= a+1e-9 {
+			return e + steps[i]
+		}
+	}
+	return e
+}
+
 // tick is a value on an axis (in axis units) and its label.
 type tick struct {
 	v     float64
@@ -264,13 +287,16 @@ func (c Chart) xTicks(xr span) []tick {
 		return linearTicks(xr.lo, xr.hi, 8)
 	}
 	var ts []tick
-	decades := int(xr.hi - xr.lo)
-	for e := int(xr.lo); e <= int(xr.hi); e++ {
+	decades := int(math.Ceil(xr.hi - xr.lo))
+	for e := int(math.Floor(xr.lo)); e <= int(math.Ceil(xr.hi)); e++ {
 		for _, m := range []float64{1, 2, 5} {
 			if m != 1 && decades > 3 {
 				continue
 			}
 			v := math.Log10(m) + float64(e)
+			if v < xr.lo-1e-9 {
+				continue
+			}
 			if v > xr.hi+1e-9 {
 				break
 			}
@@ -325,6 +351,9 @@ func (c Chart) legend(img *image.RGBA, area image.Rectangle) {
 	}
 	const lineH, swatch = 16, 18
 	box := image.Rect(area.Max.X-width-swatch-22, area.Min.Y+6, area.Max.X-6, area.Min.Y+12+named*lineH)
+	if c.LegendBottom {
+		box = box.Add(image.Pt(0, area.Dy()-box.Dy()-12))
+	}
 	draw.Draw(img, box, image.NewUniform(white), image.Point{}, draw.Src)
 	rect(img, box, black)
 	y := box.Min.Y + 13

@@ -319,7 +319,7 @@ func writePlots(dir string, res Results) (map[string]string, error) {
 		c := plot.Chart{
 			Title:  "Latency CDF: " + s.Title,
 			XLabel: "call latency, ms (log scale)", YLabel: "share of calls at most this long",
-			LogX: true, YMin: 0, YMax: 1,
+			LogX: true, YMin: 0, YMax: 1, LegendBottom: true,
 		}
 		for _, r := range s.Runs {
 			if len(r.CDFMs) > 0 {
