@@ -29,6 +29,10 @@ import (
 	"github.com/lookaside-lb/lookaside/internal/consultest"
 )
 
+// defaultSlowCPU is the CPU time the slow backend of the CPU-bound
+// scenario spends in every call.
+const defaultSlowCPU = 15 * time.Millisecond
+
 // options are the command's flags.
 type options struct {
 	out     string
@@ -43,7 +47,7 @@ func main() {
 	fs := flag.NewFlagSet("bench", flag.ExitOnError)
 	fs.StringVar(&o.out, "out", "docs", "directory that receives BENCHMARKS.md; the plots and results.json go to its bench/ subdirectory")
 	fs.BoolVar(&o.quick, "quick", false, "a smoke test: short warm-up and windows, 1,000 clients only; the report says its figures are not for publication")
-	fs.DurationVar(&o.slowCPU, "slow-call-cpu", 15*time.Millisecond, "CPU-bound scenario: CPU time the slow backend spends in every call (backend -call-cpu), on top of its 5ms -latency")
+	fs.DurationVar(&o.slowCPU, "slow-call-cpu", defaultSlowCPU, "CPU-bound scenario: CPU time the slow backend spends in every call (backend -call-cpu), on top of its 5ms -latency")
 	fs.BoolVar(&o.skipGo, "skip-go-bench", false, "skip the go test benchmarks (client and endpoint memory, propagation)")
 	fs.StringVar(&o.render, "render", "", "render the report from this results.json instead of measuring")
 	fs.Usage = func() {
