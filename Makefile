@@ -39,10 +39,12 @@ unit: ## the fast tests only (no Consul, no e2e)
 demo: ## Consul, three backends, the balancer and a client; prints the spread
 	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) run ./cmd/demo -policy $(POLICY) -calls $(CALLS) $(DEMO_FLAGS)
 
-bench: ## benchmarks: policies, load weights, round_robin vs least_load with a slow backend, balancer memory per client
+# tools/bench builds the binaries, starts Consul, backends and balancers,
+# runs the e2e ClientMemory and loadreport CollectorMemory benchmarks itself,
+# and writes docs/BENCHMARKS.md and docs/bench/*.png (about 10 minutes).
+bench: ## benchmarks: policies, load weights; then docs/BENCHMARKS.md (side by side with grpc-go's WRR, data path, memory per client)
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/... ./loadweight/... ./lbserver/
-	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) test -run '^$$' -bench SlowBackend -benchtime 1x ./e2e
-	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) test -run '^$$' -bench ClientMemory -benchtime 1x ./e2e
+	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) run ./tools/bench -out docs
 
 FUZZTIME ?= 30s
 # Minimizing a new input is bounded too, so that a short run fuzzes rather than shrinks.
