@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"math"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/lookaside-lb/lookaside/clientstats"
@@ -46,9 +48,15 @@ type planner struct {
 	maxList   int // the policy's MaxEntries
 	lastBad   string
 	res       loadweight.Result
-	rate      []rateSample // ring of client stats samples, oldest first
-	rateDrop  float64      // published rate-limit drop share
-	next      time.Time    // when the weigher wants to be asked again
+	ejections uint64          // latency outlier ejections since the service was watched
+	seenEj    uint64          // the weigher's running total of ejections already counted
+	outliers  map[string]bool // IDs of the endpoints ejected in res
+	lat       []time.Duration // the endpoints' latencies shown (Weigher.Latencies)
+	median    time.Duration   // and their median
+	latBuf    []time.Duration // scratch for Weigher.Latencies
+	rate      []rateSample    // ring of client stats samples, oldest first
+	rateDrop  float64         // published rate-limit drop share
+	next      time.Time       // when the weigher wants to be asked again
 }
 
 type rateSample struct {
@@ -76,6 +84,7 @@ func offer(box chan arrival, snap discovery.Snapshot) {
 // service's client stats totals (unless a stream still reports to it).
 func (p *planner) run(ctx context.Context, box <-chan arrival) {
 	defer p.stats.ForgetService(p.svc.name)
+	defer loadViews.Delete(p.svc)
 	defer p.stopLoads()
 	p.applySettings()
 	p.syncLoads()
@@ -162,14 +171,14 @@ func (p *planner) syncLoads() {
 			p.log.Error("no load reports for this service", "err", err)
 			return
 		}
-		w, err := loadweight.New(p.settings().weightConfig(p.svc.name))
+		w, err := loadweight.New(p.settings().weightConfig(p.svc.name, p.polName))
 		if err != nil {
 			c.Close()
 			p.log.Error("no load reports for this service", "err", err)
 			return
 		}
 		c.Update(p.snap)
-		p.collector, p.weigher = c, w
+		p.collector, p.weigher, p.seenEj = c, w, 0
 		p.svc.collector.Store(c)
 		p.log.Info("collecting load reports", "policy", p.polName, "endpoints", len(p.snap.Endpoints))
 	case !want && p.collector != nil:
@@ -187,7 +196,8 @@ func (p *planner) stopLoads() {
 	p.svc.collector.Store(nil)
 	p.collector.Close()
 	p.collector, p.weigher = nil, nil
-	p.res, p.next = loadweight.Result{}, time.Time{}
+	p.res, p.next, p.outliers, p.lat, p.median = loadweight.Result{}, time.Time{}, nil, nil, 0
+	p.storeView()
 }
 
 // applySettings takes the service's settings in force: rate limit, drop
@@ -201,14 +211,8 @@ func (p *planner) applySettings() {
 		p.rateLimit = limit
 	}
 	p.maxDrop = l.maxRateLimitDrop(p.svc.name)
-	if p.weigher != nil {
-		if err := p.weigher.SetConfig(l.weightConfig(p.svc.name)); err != nil {
-			// Reconfigure validated it.
-			p.log.Error("load-weight settings refused; keeping the previous ones", "err", err)
-		}
-	}
 	if p.have {
-		p.choosePolicy()
+		p.choosePolicy() // and the weigher's config
 	}
 }
 
@@ -223,6 +227,15 @@ func (p *planner) choosePolicy() {
 	}
 	p.lastBad, p.polName, p.polSource, p.pol = bad, name, source, pol
 	p.maxList = l.service(p.svc.name).options(l.PolicyOptions).MaxEntries
+	if p.weigher != nil {
+		// The settings or the policy may have changed: outliers are
+		// detected under least_load only.
+		if err := p.weigher.SetConfig(l.weightConfig(p.svc.name, name)); err != nil {
+			// Reconfigure validated it.
+			p.log.Error("load-weight settings refused; keeping the previous ones", "err", err)
+		}
+		p.storeView()
+	}
 }
 
 // plan publishes a new plan when the snapshot changed (snapChanged), the
@@ -236,9 +249,19 @@ func (p *planner) plan(snapChanged, force bool) {
 	if p.weigher != nil {
 		res, published := p.weigher.Update(p.now(), p.snap.Endpoints, p.collector.Loads().Reports)
 		p.next = res.NextUpdate
+		lat, median := p.weigher.Latencies(p.latBuf[:0])
+		p.latBuf = lat
+		view := p.latenciesMoved(lat, median)
 		if published || snapChanged || force {
+			if published {
+				p.logOutliers(res)
+			}
 			p.res = res
 			changed = true
+			view = true
+		}
+		if view {
+			p.storeView()
 		}
 	}
 	offered := p.offeredRate()
@@ -276,6 +299,79 @@ func (p *planner) plan(snapChanged, force bool) {
 		p.ops.info(p.svc.name, "no passing instance: clients get fallback", "service", quote(p.svc.name), "index", p.snap.Index)
 	}
 	p.svc.publish(np)
+}
+
+// loadViews holds, for Status, the latest load-weight Result of each
+// service whose planner runs (*service → *loadView). Each planner stores
+// its own entry with each Result it takes and deletes it when it stops.
+var loadViews sync.Map
+
+// loadView is what Status shows of a service's latency outliers.
+// Immutable.
+type loadView struct {
+	res       loadweight.Result // Latencies, Outliers, MedianLatency (aligned with the plan's endpoints)
+	ejections uint64            // since the service was watched
+	enabled   bool              // outliers are detected
+	lat       []time.Duration   // latencies of the planner's endpoints, as of its last Update
+	median    time.Duration
+}
+
+// loadViewOf returns the latest loadView of svc, nil when none.
+func loadViewOf(svc *service) *loadView {
+	v, _ := loadViews.Load(svc)
+	lv, _ := v.(*loadView)
+	return lv
+}
+
+// storeView publishes p.res and the ejection count for Status.
+func (p *planner) storeView() {
+	v := &loadView{res: p.res, ejections: p.ejections, lat: p.lat, median: p.median}
+	if p.weigher != nil {
+		v.enabled = p.weigher.Config().Outliers.Enabled
+	}
+	loadViews.Store(p.svc, v)
+}
+
+// latenciesMoved takes lat and median as the latencies shown when they
+// differ from those by more than 1 % (or in number), and reports whether
+// they did.
+func (p *planner) latenciesMoved(lat []time.Duration, median time.Duration) bool {
+	moved := len(lat) != len(p.lat) || far(median, p.median)
+	for i := 0; !moved && i < len(lat); i++ {
+		moved = far(lat[i], p.lat[i])
+	}
+	if moved {
+		p.lat, p.median = slices.Clone(lat), median
+	}
+	return moved
+}
+
+// far reports whether a and b differ by more than 1 % of b.
+func far(a, b time.Duration) bool { return (a-b).Abs()*100 > b }
+
+// logOutliers counts and logs the ejections and readmissions of res, a
+// new publication, against the endpoints ejected before.
+func (p *planner) logOutliers(res loadweight.Result) {
+	if res.Ejections > p.seenEj {
+		p.ejections += res.Ejections - p.seenEj
+		p.seenEj = res.Ejections
+	}
+	now := map[string]bool{}
+	for i, e := range p.snap.Endpoints {
+		if i >= len(res.Outliers) || !res.Outliers[i] {
+			continue
+		}
+		now[e.ID] = true
+		if !p.outliers[e.ID] {
+			p.log.Info("latency outlier ejected", "endpoint", e.ID, "latency", res.Latencies[i], "median", res.MedianLatency, "ejected", res.Ejected)
+		}
+	}
+	for i, e := range p.snap.Endpoints {
+		if p.outliers[e.ID] && !now[e.ID] && i < len(res.Latencies) {
+			p.log.Info("latency outlier readmitted", "endpoint", e.ID, "latency", res.Latencies[i], "median", res.MedianLatency)
+		}
+	}
+	p.outliers = now
 }
 
 // sampleRate records the calls clients reported starting (each stream's

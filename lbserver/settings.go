@@ -11,6 +11,7 @@ import (
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/loadweight"
 	"github.com/lookaside-lb/lookaside/policy"
+	"github.com/lookaside-lb/lookaside/policy/leastload"
 	"github.com/lookaside-lb/lookaside/policy/roundrobin"
 )
 
@@ -31,6 +32,21 @@ const (
 	PolicyFromDefault = "default"     // Settings.Policy
 	PolicyFromConfig  = "config"      // Settings.Services[svc].Policy
 	PolicyFromConsul  = "consul_meta" // the service's Consul meta PolicyMetaKey
+)
+
+// OutlierMode is a service's choice about latency outliers
+// (ServiceSettings.LatencyOutliers).
+type OutlierMode uint8
+
+const (
+	// OutliersDefault follows Settings.LoadWeight.Outliers.Enabled (on
+	// by default) under least_load.
+	OutliersDefault OutlierMode = iota
+	// OutliersOn detects latency outliers under least_load even when
+	// Settings.LoadWeight.Outliers.Enabled is off.
+	OutliersOn
+	// OutliersOff never ejects the service's endpoints.
+	OutliersOff
 )
 
 // ServiceSettings are the settings of one service (keyed by its name
@@ -63,6 +79,13 @@ type ServiceSettings struct {
 	// service under RateLimit. 0: Settings.MaxRateLimitDropShare; else in
 	// (0, 1].
 	MaxRateLimitDropShare float64
+	// LatencyOutliers turns latency outlier detection on or off for the
+	// service (loadweight.OutlierConfig, with the knobs of
+	// Settings.LoadWeight.Outliers): an endpoint much slower than its
+	// peers gets a probe share of the calls. It applies under least_load
+	// only, the policy that balances on load weights. Default
+	// OutliersDefault.
+	LatencyOutliers OutlierMode
 	// ChildPolicy is the child policy the service's clients run,
 	// ChildRoundRobin or ChildPickFirst, for the calls Status attributes
 	// to endpoints (the balancer's lists do not depend on it). Empty:
@@ -158,7 +181,9 @@ type Settings struct {
 	// is overloaded, which share of calls to drop: its MaxDropShare bounds
 	// the drops of least_load services (a service may bound it lower or
 	// higher, and a service under another policy drops only with its own:
-	// ServiceSettings.MaxDropShare).
+	// ServiceSettings.MaxDropShare). Its Outliers configure latency
+	// outlier detection for least_load services (on by default; a service
+	// may turn it on or off: ServiceSettings.LatencyOutliers).
 	LoadWeight loadweight.Config
 	// MaxRateLimitDropShare bounds the share of calls dropped to keep a
 	// service under its rate limit, so that clients keep reporting what
@@ -298,6 +323,9 @@ func (ss ServiceSettings) validate(s Settings, statsOn bool) []error {
 	if ss.MaxRateLimitDropShare != 0 && !(ss.MaxRateLimitDropShare > 0 && ss.MaxRateLimitDropShare <= 1) {
 		errs = append(errs, fmt.Errorf("max rate-limit drop share %v is not in (0, 1] (0: the server's)", ss.MaxRateLimitDropShare))
 	}
+	if ss.LatencyOutliers > OutliersOff {
+		errs = append(errs, fmt.Errorf("latency outliers mode %d is not one of OutliersDefault, OutliersOn, OutliersOff", ss.LatencyOutliers))
+	}
 	if ss.ChildPolicy != "" && !slices.Contains(ChildPolicies, ss.ChildPolicy) {
 		errs = append(errs, fmt.Errorf("child policy %q is not one of %v", ss.ChildPolicy, ChildPolicies))
 	}
@@ -409,11 +437,23 @@ func (l *live) choosePolicy(snap discovery.Snapshot) (name, source string, p pol
 	return name, source, l.policies[polKey{name, opts}], bad
 }
 
-// weightConfig returns the load-weight config of a service.
-func (l *live) weightConfig(name string) loadweight.Config {
+// weightConfig returns the load-weight config of a service under policy
+// polName: latency outliers are detected under least_load only, as the
+// service's LatencyOutliers and the server's default say.
+func (l *live) weightConfig(name, polName string) loadweight.Config {
 	c := l.LoadWeight
-	if d := l.service(name).MaxDropShare; d != 0 {
+	ss := l.service(name)
+	if d := ss.MaxDropShare; d != 0 {
 		c.MaxDropShare = d
+	}
+	switch ss.LatencyOutliers {
+	case OutliersOn:
+		c.Outliers.Enabled = true
+	case OutliersOff:
+		c.Outliers.Enabled = false
+	}
+	if polName != leastload.Name {
+		c.Outliers.Enabled = false
 	}
 	return c
 }

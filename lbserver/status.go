@@ -47,6 +47,16 @@ type ServiceStatus struct {
 	OfferedRate float64 `json:"offered_rate"`
 	// LoadReports is whether the balancer collects ORCA reports for it.
 	LoadReports bool `json:"load_reports"`
+	// LatencyOutliers is whether latency outliers are detected (under
+	// least_load, ServiceSettings.LatencyOutliers); Outliers how many
+	// endpoints are ejected now; MedianLatency the median of the
+	// endpoints' latencies the decision compares with (0 when fewer than
+	// the minimum are known); OutlierEjections the ejections since the
+	// service was watched.
+	LatencyOutliers  bool          `json:"latency_outliers"`
+	Outliers         int           `json:"outliers"`
+	MedianLatency    time.Duration `json:"median_latency_ns"`
+	OutlierEjections uint64        `json:"outlier_ejections"`
 	// Endpoints are the usable endpoints, sorted by ID.
 	Endpoints []EndpointStatus `json:"endpoints"`
 	// RoundRobinList is the list a new client would get now (drop entries
@@ -84,6 +94,13 @@ type EndpointStatus struct {
 	Utilization float64       `json:"utilization"`
 	QPS         float64       `json:"qps"`
 	ReportAge   time.Duration `json:"report_age_ns"`
+	// Latency is the endpoint's smoothed mean latency from its load
+	// reports (mean calls in flight / QPS; 0 when unknown), as of the
+	// planner's last look at the reports; Outlier whether it is ejected as
+	// a latency outlier (as of the load weights in force): it gets a probe
+	// share of the calls instead of its load weight.
+	Latency time.Duration `json:"latency_ns"`
+	Outlier bool          `json:"outlier"`
 	// LoadStream is the state of the ORCA stream to the endpoint:
 	// "connected", "unimplemented" (it serves no ORCA), "failing",
 	// "connecting", or "" without load reports.
@@ -175,6 +192,22 @@ func (svc *service) status(now time.Time, child string) ServiceStatus {
 		e.FirstOf = assigned[i]
 		if i < len(p.loadWeights) {
 			e.LoadWeight = p.loadWeights[i]
+		}
+	}
+	if v := loadViewOf(svc); v != nil && collector != nil {
+		st.OutlierEjections = v.ejections
+		st.MedianLatency = v.median
+		st.LatencyOutliers = v.enabled
+		if len(v.res.Outliers) == len(eps) {
+			st.Outliers = v.res.Ejected
+			for i := range eps {
+				st.Endpoints[i].Outlier = v.res.Outliers[i]
+			}
+		}
+		if len(v.lat) == len(eps) {
+			for i := range eps {
+				st.Endpoints[i].Latency = v.lat[i]
+			}
 		}
 	}
 	if collector != nil {

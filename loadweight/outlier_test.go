@@ -267,3 +267,25 @@ func TestOutlierLatencySmoothed(t *testing.T) {
 		t.Errorf("c's latency %v, want 11.75ms", got)
 	}
 }
+
+// TestLatencies: Weigher.Latencies gives the latencies of the last
+// Update even when it published nothing.
+func TestLatencies(t *testing.T) {
+	eps := policytest.Endpoints("a", "b", "c")
+	w := runOutliers(t, outlierConfig(), eps, []ostep{
+		{name: "no reports", at: 0, publish: true, next: -1},
+		// Equal weights: nothing to publish, but the latencies are known.
+		{name: "reports", at: 1, reports: lreps(1, 5, 6, 7), next: -1},
+	})
+	got, median := w.Latencies(nil)
+	want := []time.Duration{5 * time.Millisecond, 6 * time.Millisecond, 7 * time.Millisecond}
+	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b time.Duration) bool { return (a - b).Abs() < time.Microsecond })); diff != "" {
+		t.Errorf("Latencies (-want +got):\n%s", diff)
+	}
+	if (median - 6*time.Millisecond).Abs() > time.Microsecond {
+		t.Errorf("median %v, want 6ms", median)
+	}
+	if res := w.Published(); res.Latencies[0] != 0 {
+		t.Errorf("published latencies %v, want those of the first Update (unknown)", res.Latencies)
+	}
+}

@@ -110,7 +110,9 @@ type Weigher struct {
 	pubIDs       []string // the endpoints of published, in order
 	pubConsul    []int    // and their Consul weights
 
-	ejections uint64 // running total of ejections
+	ejections uint64  // running total of ejections
+	median    float64 // the median latency at the last Update (seconds)
+	lastN     int     // the endpoints of the last Update; lats[:lastN] are theirs
 
 	scratch []float64 // candidate weights, reused between Updates
 	lats    []float64 // latencies (seconds; 0 unknown), reused
@@ -183,6 +185,7 @@ func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[st
 		w.outs = make([]bool, n)
 	}
 	cand, lats, outs := w.scratch[:n], w.lats[:n], w.outs[:n]
+	w.lastN = n
 
 	var next time.Time
 	soonest := func(t time.Time) {
@@ -229,6 +232,7 @@ func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[st
 		}
 	}
 	median := w.detectOutliers(now, eps, lats, outs, soonest)
+	w.median = median
 
 	// Fill in unknown endpoints and the floor among the endpoints that are
 	// not outliers, then give each outlier its probe share, then
@@ -331,6 +335,19 @@ func (w *Weigher) Update(now time.Time, eps []discovery.Endpoint, reports map[st
 	res.NextUpdate = next
 	w.published.NextUpdate = next
 	return res, true
+}
+
+// Latencies appends to dst the smoothed latency of each endpoint given to
+// the last Update (aligned with them; 0 when unknown) and returns it with
+// the median latency then (0 when too few are known). Unlike
+// Result.Latencies, which are as of the last publication, these are as of
+// the last Update, published or not: for display. It does not block;
+// not safe for concurrent use (a Weigher is owned by one goroutine).
+func (w *Weigher) Latencies(dst []time.Duration) ([]time.Duration, time.Duration) {
+	for _, l := range w.lats[:min(len(w.lats), w.lastN)] {
+		dst = append(dst, seconds(l))
+	}
+	return dst, seconds(w.median)
 }
 
 // seconds converts a latency in seconds to a Duration.
