@@ -169,7 +169,7 @@ func readBalancerStats(addr string) (balancerStats, error) {
 func saveProfiles(t testing.TB, addr, prefix string) {
 	t.Helper()
 	for _, p := range []struct{ path, file string }{
-		{"/debug/pprof/heap", prefix + "-heap.pb.gz"},
+		{"/debug/pprof/heap?gc=1", prefix + "-heap.pb.gz"},
 		{"/debug/pprof/goroutine?debug=1", prefix + "-goroutine.txt"},
 	} {
 		resp, err := http.Get("http://" + addr + p.path)

@@ -62,7 +62,6 @@ func BenchmarkUpdate(b *testing.B) {
 				for i := range b.N {
 					st := &streamState{srv: srv, stream: stream, svc: svc, ctx: context.Background(), log: srv.log, client: policy.Client{Seed: uint64(i)}}
 					err := st.update(pl)
-					st.stopSender()
 					if err != nil {
 						b.Fatal(err)
 					}

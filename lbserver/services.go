@@ -2,12 +2,14 @@ package lbserver
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 
 	"github.com/lookaside-lb/lookaside/discovery"
@@ -55,6 +57,125 @@ type plan struct {
 	dropToken string
 	// changed is closed when a newer plan replaces this one.
 	changed chan struct{}
+	// lists are the lists streams were sent from this plan (see list).
+	lists listCache
+}
+
+// maxCachedLists bounds the distinct lists a plan keeps (see plan.list):
+// a policy that gives each stream its own list (a hash subset of many
+// endpoints) would otherwise keep one per stream.
+const maxCachedLists = 1024
+
+// listCache holds a plan's distinct lists by their entries (see
+// listKey). The zero value is empty and ready.
+type listCache struct {
+	mu    sync.Mutex
+	lists map[string]*encodedList // guarded by mu
+}
+
+// encodedList is one list of a plan as streams are sent it. Every field
+// is read-only once made, but for msg, set once (see message).
+type encodedList struct {
+	// servers are the grpclb entries, ids the endpoint IDs of those that
+	// are not drops, in order; resp the response that sends servers.
+	servers []*lbpb.Server
+	ids     []string
+	resp    *lbpb.LoadBalanceResponse
+	// cached is true when the list is in its plan's cache, so that other
+	// streams may send the same msg.
+	cached bool
+	once   sync.Once
+	// msg is resp encoded once, by the first shared stream that sends it,
+	// for every shared stream (see shareable); nil until then, or when
+	// encoding failed.
+	msg *grpc.PreparedMsg
+}
+
+// message returns what st sends for l: the encoded message when st and
+// l may share it (encoding it the first time), or else resp, which grpc
+// encodes for st. Safe for concurrent use.
+func (l *encodedList) message(st *streamState) any {
+	if !st.shared || !l.cached {
+		return l.resp
+	}
+	l.once.Do(func() {
+		var pm grpc.PreparedMsg
+		if err := pm.Encode(st.stream, l.resp); err == nil {
+			l.msg = &pm
+		}
+	})
+	if l.msg == nil {
+		return l.resp
+	}
+	return l.msg
+}
+
+// listKey appends to b a key of entries: for each, 0 for a drop, or its
+// index + 1, as uvarints. ok is false when a drop entry has another token
+// than the plan's (the key would not tell them apart).
+func listKey(b []byte, entries []policy.Entry, dropToken string) (key []byte, ok bool) {
+	for _, e := range entries {
+		if e.Drop {
+			if e.DropToken != dropToken {
+				return b, false
+			}
+			b = append(b, 0)
+			continue
+		}
+		b = binary.AppendUvarint(b, uint64(e.Index)+1)
+	}
+	return b, true
+}
+
+// list returns the list that entries (from p's policy, and p's drops)
+// make: the one made for another stream with the same entries, or a new
+// one, kept for the others while the plan holds fewer than
+// maxCachedLists. Safe for concurrent use.
+func (p *plan) list(entries []policy.Entry) *encodedList {
+	var buf [128]byte
+	key, ok := listKey(buf[:0], entries, p.dropToken)
+	if ok {
+		p.lists.mu.Lock()
+		l := p.lists.lists[string(key)]
+		p.lists.mu.Unlock()
+		if l != nil {
+			return l
+		}
+	}
+	l := p.newList(entries)
+	if !ok {
+		return l
+	}
+	p.lists.mu.Lock()
+	defer p.lists.mu.Unlock()
+	if old := p.lists.lists[string(key)]; old != nil {
+		return old
+	}
+	if len(p.lists.lists) < maxCachedLists {
+		if p.lists.lists == nil {
+			p.lists.lists = map[string]*encodedList{}
+		}
+		l.cached = true
+		p.lists.lists[string(key)] = l
+	}
+	return l
+}
+
+// newList makes the list of entries.
+func (p *plan) newList(entries []policy.Entry) *encodedList {
+	l := &encodedList{servers: make([]*lbpb.Server, 0, len(entries)), ids: make([]string, 0, len(entries))}
+	for _, e := range entries {
+		if e.Drop {
+			l.servers = append(l.servers, &lbpb.Server{Drop: true, LoadBalanceToken: e.DropToken})
+			continue
+		}
+		l.servers = append(l.servers, p.servers[e.Index])
+		l.ids = append(l.ids, p.snap.Endpoints[e.Index].ID)
+	}
+	l.resp = &lbpb.LoadBalanceResponse{
+		LoadBalanceResponseType: &lbpb.LoadBalanceResponse_ServerList{ServerList: &lbpb.ServerList{Servers: l.servers}},
+	}
+	return l
 }
 
 func newPlan(snap discovery.Snapshot, policyName string, pol policy.Policy, key lbtoken.Key) *plan {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -101,8 +102,8 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		ignored:   fullBucket(float64(set.MaxIgnoredMessages), s.now()),
 		reports:   fullBucket(s.reportBurst, s.now()),
 		setChange: set.changed,
+		shared:    shareable(ctx),
 	}
-	defer st.stopSender()
 	if age := s.cfg.MaxStreamAge; age > 0 {
 		// ± 10 %, from the stream's seed, so streams do not end together.
 		jitter := time.Duration(float64(age) * (float64(st.client.Seed%2001)/10000 - 0.1))
@@ -233,14 +234,16 @@ type streamState struct {
 	// Server.labelOf); nil when it cannot.
 	labelChange <-chan struct{}
 
-	// The sender goroutine does the stream's Sends (see send).
-	out       chan *lbpb.LoadBalanceResponse // nil until the sender runs; closed to stop it
-	sendDone  chan error                     // one result per message taken from out
+	// A sender goroutine does each Send, and ends with it (see send).
+	sendDone  chan error // one result per sender; nil until the first send
 	sendTimer *time.Timer
+	// shared is true when the stream may send lists encoded once for
+	// every stream of a plan (see shareable).
+	shared bool
 
 	sentInitial  bool
-	sent         []*lbpb.Server // the last list sent, nil if none
-	sentIDs      []string       // endpoint IDs of sent, for policy stickiness
+	sent         *encodedList // the last list sent, nil if none
+	sentIDs      []string     // endpoint IDs of sent (its ids), for policy stickiness
 	sentFallback bool           // the last message sent was a FallbackResponse
 	first        string         // endpoint ID of the first entry of the last list built, counted in svc.assigned
 	prevPlan     *plan          // the plan the stream last answered from, nil before its first answer
@@ -487,25 +490,33 @@ func (st *streamState) sendFallback(reason string) error {
 	return nil
 }
 
-// send hands m to the sender goroutine and waits until grpc took it. A
-// client that does not read its lists makes grpc's Send block on flow
-// control until the stream ends; so when m is not taken within
-// SendTimeout, send gives up and returns ResourceExhausted: the handler
-// returns it, grpc ends the stream, and that unblocks the sender. It may
-// return errEnd (the server closes: end cleanly) or the stream's error.
-func (st *streamState) send(m *lbpb.LoadBalanceResponse) error {
+// send sends m (a *lbpb.LoadBalanceResponse, or a *grpc.PreparedMsg on
+// a shared stream) and waits until grpc took it. The Send runs on a
+// goroutine of its own that lives only while it does, so that the
+// handler can give up on it: a client that does not read its lists makes
+// grpc's Send block on flow control until the stream ends; so when m is
+// not taken within SendTimeout, send returns ResourceExhausted: the
+// handler returns it, grpc ends the stream, and that unblocks the Send.
+// It may return errEnd (the server closes: end cleanly) or the stream's
+// error. Only the handler goroutine calls it.
+func (st *streamState) send(m any) error {
 	s := st.srv
-	if st.out == nil {
-		st.startSender()
+	if st.sendDone == nil {
+		st.sendDone = make(chan error, 1)
+		st.sendTimer = time.NewTimer(time.Hour)
+		st.sendTimer.Stop()
 	}
 	timeout := s.live().SendTimeout
+	// The sender counts in the server's stream WaitGroup (the handler's
+	// count is held, so adding is safe), so Close waits for it too; it
+	// ends when its Send returns, which the stream's end guarantees.
+	s.streams.Add(1)
+	go func(done chan<- error) {
+		defer s.streams.Done()
+		done <- st.sendMsg(m) // buffered: send takes the result, or has left
+	}(st.sendDone)
 	st.sendTimer.Reset(timeout)
 	defer st.sendTimer.Stop()
-	select {
-	case st.out <- m: // the sender waits for messages whenever it has none
-	case <-st.ctx.Done():
-		return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
-	}
 	select {
 	case err := <-st.sendDone:
 		if err != nil {
@@ -524,34 +535,38 @@ func (st *streamState) send(m *lbpb.LoadBalanceResponse) error {
 	}
 }
 
-// startSender starts the goroutine that sends what send hands it. It
-// counts in the server's stream WaitGroup (the handler's count is held,
-// so adding is safe), so Close waits for it too; it ends when stopSender
-// closes out, after its last Send returned, which the stream's end
-// guarantees.
-func (st *streamState) startSender() {
-	st.out = make(chan *lbpb.LoadBalanceResponse)
-	st.sendDone = make(chan error, 1)
-	st.sendTimer = time.NewTimer(time.Hour)
-	st.sendTimer.Stop()
-	st.srv.streams.Add(1)
-	go func(out <-chan *lbpb.LoadBalanceResponse, done chan<- error) {
-		defer st.srv.streams.Done()
-		var err error
-		for m := range out {
-			if err == nil { // after a failed Send nothing more can be sent
-				err = st.stream.Send(m)
-			}
-			done <- err // buffered: send takes each result, or has left
-		}
-	}(st.out, st.sendDone)
+// sendMsg does one Send of m. Safe to call from the sender goroutine
+// while the handler waits.
+func (st *streamState) sendMsg(m any) error {
+	if r, ok := m.(*lbpb.LoadBalanceResponse); ok {
+		return st.stream.Send(r)
+	}
+	return st.stream.SendMsg(m)
 }
 
-// stopSender ends the sender goroutine once its Send returns.
-func (st *streamState) stopSender() {
-	if st.out != nil {
-		close(st.out)
+// compressionInfo is what the stream grpc hands a handler tells of its
+// encoding (grpc's transport stream, behind grpc.ServerTransportStream).
+type compressionInfo interface {
+	RecvCompress() string
+	SendCompress() string
+	ContentSubtype() string
+}
+
+// shareable reports whether the stream of ctx may send a message encoded
+// for another stream (a grpc.PreparedMsg, see encodedList.message): its
+// content subtype is proto and neither its client's messages nor its
+// responses are compressed (grpc compresses a response with the
+// compressor the client's messages came with; a compressed PreparedMsg
+// holds buffers each Send gives back). False when grpc does not tell.
+// Does not block.
+func shareable(ctx context.Context) bool {
+	info, ok := grpc.ServerTransportStreamFromContext(ctx).(compressionInfo)
+	if !ok {
+		return false
 	}
+	identity := func(c string) bool { return c == "" || c == encoding.Identity }
+	sub := info.ContentSubtype()
+	return identity(info.RecvCompress()) && identity(info.SendCompress()) && (sub == "" || sub == "proto")
 }
 
 // update sends what plan p calls for, if it differs from what was sent.
@@ -579,29 +594,21 @@ func (st *streamState) update(p *plan) error {
 	if p.dropShare > 0 {
 		entries = policy.AddDrops(entries, p.dropShare, p.dropToken, p.maxEntries)
 	}
-	list := make([]*lbpb.Server, 0, len(entries))
-	ids := make([]string, 0, len(entries))
-	for _, e := range entries {
-		if e.Drop {
-			list = append(list, &lbpb.Server{Drop: true, LoadBalanceToken: e.DropToken})
-			continue
-		}
-		list = append(list, p.servers[e.Index])
-		ids = append(ids, p.snap.Endpoints[e.Index].ID)
-	}
-	if !st.sentFallback && serverListEqual(st.sent, list) {
+	// Streams that get the same entries from p share one list, encoded
+	// once.
+	el := p.list(entries)
+	if !st.sentFallback && st.sent != nil && (st.sent == el || serverListEqual(st.sent.servers, el.servers)) {
 		return nil
 	}
-	if err := st.send(&lbpb.LoadBalanceResponse{
-		LoadBalanceResponseType: &lbpb.LoadBalanceResponse_ServerList{ServerList: &lbpb.ServerList{Servers: list}},
-	}); err != nil {
+	if err := st.send(el.message(st)); err != nil {
 		return err
 	}
+	n := len(el.servers)
 	st.srv.counters.listsSent.Add(1)
 	st.relabel()
-	st.srv.obs.ListSent(st.label, len(list), len(list)-len(ids), sinceChange)
-	st.sent, st.sentIDs, st.sentFallback = list, ids, false
-	st.log.Debug("sent list", "entries", len(list), "policy", p.policyName, "index", p.snap.Index)
+	st.srv.obs.ListSent(st.label, n, n-len(el.ids), sinceChange)
+	st.sent, st.sentIDs, st.sentFallback = el, el.ids, false
+	st.log.Debug("sent list", "entries", n, "policy", p.policyName, "index", p.snap.Index)
 	return nil
 }
 
@@ -621,8 +628,8 @@ func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) error {
 		return st.ignore()
 	}
 	res := s.clientStats.Add(st.key, cs, time.Now())
-	if res.Started > 0 && st.svc != nil && len(st.sent) > 0 {
-		st.svc.attribute(s.live().childPolicy(st.key.Service), len(st.sent), st.sentIDs, res.Started)
+	if res.Started > 0 && st.svc != nil && st.sent != nil && len(st.sent.servers) > 0 {
+		st.svc.attribute(s.live().childPolicy(st.key.Service), len(st.sent.servers), st.sentIDs, res.Started)
 	}
 	if res.OtherTokens > 0 {
 		s.throttle.Log(context.Background(), slog.LevelDebug, "client stats name drop tokens this balancer never issued", "stream", st.key.Stream, "peer", st.key.Peer,

@@ -1,0 +1,296 @@
+package lbserver
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
+	"google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/policy"
+)
+
+// countingSeeds gives each stream its own seed, 0, 1, 2, …, so that
+// round_robin rotates their lists.
+func countingSeeds(s *Server) {
+	var n atomic.Uint64
+	s.seed = func() uint64 { return n.Add(1) - 1 }
+}
+
+// currentPlan returns the plan the server's service name balances with.
+func currentPlan(t *testing.T, s *Server, name string) *plan {
+	t.Helper()
+	s.reg.mu.Lock()
+	defer s.reg.mu.Unlock()
+	svc := s.reg.services[name]
+	if svc == nil {
+		t.Fatalf("service %q not watched", name)
+	}
+	return svc.cur.Load()
+}
+
+// TestListsEncodedOnce: streams that get the same list from a plan share
+// one list, encoded once; what each client decodes is exactly the list
+// the policy chose for it, also for a client whose messages are
+// compressed (its responses are compressed, so it gets the list encoded
+// for it alone).
+func TestListsEncodedOnce(t *testing.T) {
+	src := newFakeSource(snap("enc", ep("a", "10.0.0.1:1"), ep("b", "10.0.0.2:2"), ep("c", "10.0.0.3:3")))
+	cfg := testConfig(src)
+	cfg.LoadReports = false
+	s, addr := serveAt(t, cfg, countingSeeds)
+	c := dialFrom(t, addr, "127.0.0.1")
+	gz := dialFrom(t, addr, "127.0.0.1", grpc.WithDefaultCallOptions(grpc.UseCompressor(gzip.Name)))
+
+	got := map[string]int{} // list → streams that got it
+	// The compressed stream comes first: it must not encode the list
+	// it gets for the streams after it.
+	got[strings.Join(recvList(t, openOK(t, gz, "enc")), ",")]++
+	p := currentPlan(t, s, "enc")
+	p.lists.mu.Lock()
+	for _, l := range p.lists.lists {
+		if l.msg != nil {
+			t.Errorf("the compressed stream encoded list %v for other streams", addrs(l.resp.GetServerList()))
+		}
+	}
+	p.lists.mu.Unlock()
+	for range 11 {
+		got[strings.Join(recvList(t, openOK(t, c, "enc")), ",")]++
+	}
+	if p2 := currentPlan(t, s, "enc"); p2 != p {
+		t.Fatal("the plan changed")
+	}
+	pr := p.prepare()
+	// What round_robin chooses for seeds 0-11 (the streams have no
+	// previous list; Assigned changes nothing in round_robin's choice).
+	want := map[string]int{}
+	for seed := range 12 {
+		entries := pr.List(policy.StreamInput{Client: policy.Client{Seed: uint64(seed)}, Assigned: make([]int, 3)})
+		var l []string
+		for _, e := range entries {
+			l = append(l, p.snap.Endpoints[e.Index].Addr.String())
+		}
+		want[strings.Join(l, ",")]++
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("lists the clients decoded (list: streams) %v, want %v", got, want)
+	}
+	p.lists.mu.Lock()
+	defer p.lists.mu.Unlock()
+	if len(p.lists.lists) != len(want) {
+		t.Errorf("the plan holds %d lists, want one per distinct list (%d)", len(p.lists.lists), len(want))
+	}
+	for _, l := range p.lists.lists {
+		if l.msg == nil {
+			t.Errorf("list %v was not encoded once for its streams", addrs(l.resp.GetServerList()))
+		}
+		if !l.cached {
+			t.Errorf("list %v in the cache is not marked cached", addrs(l.resp.GetServerList()))
+		}
+	}
+}
+
+// TestPlanListKeys: lists are shared by their entries; a drop with
+// another token than the plan's is never shared; a plan keeps at most
+// maxCachedLists lists and makes the others per stream.
+func TestPlanListKeys(t *testing.T) {
+	var eps []discovery.Endpoint
+	for i := range 20 {
+		eps = append(eps, ep(fmt.Sprintf("e%02d", i), fmt.Sprintf("10.0.0.%d:80", i+1)))
+	}
+	p := newPlan(discovery.Snapshot{Service: "k", Endpoints: eps}, "round_robin", nil, nil)
+	p.dropToken = "drop-x"
+	a := p.list([]policy.Entry{{Index: 1}, {Index: 0}, {Drop: true, DropToken: "drop-x"}})
+	if b := p.list([]policy.Entry{{Index: 1}, {Index: 0}, {Drop: true, DropToken: "drop-x"}}); b != a {
+		t.Error("the same entries made two lists")
+	}
+	if got := addrs(a.resp.GetServerList()); strings.Join(got, ",") != "10.0.0.2:80,10.0.0.1:80,drop:drop-x" {
+		t.Errorf("list %v", got)
+	}
+	if strings.Join(a.ids, ",") != "e01,e00" {
+		t.Errorf("ids %v, want [e01 e00]", a.ids)
+	}
+	for _, other := range [][]policy.Entry{
+		{{Index: 0}, {Index: 1}, {Drop: true, DropToken: "drop-x"}},
+		{{Index: 1}, {Index: 0}},
+		{{Index: 1}, {Index: 0}, {Index: 2}},
+	} {
+		if p.list(other) == a {
+			t.Errorf("entries %v share the list of other entries", other)
+		}
+	}
+	if l := p.list([]policy.Entry{{Index: 1}, {Drop: true, DropToken: "drop-y"}}); l.cached || p.list([]policy.Entry{{Index: 1}, {Drop: true, DropToken: "drop-y"}}) == l {
+		t.Error("a drop with a token other than the plan's was shared")
+	}
+	// Fill the cache: the lists past the bound are made per stream.
+	for i := 0; len(p.lists.lists) < maxCachedLists; i++ {
+		p.list([]policy.Entry{{Index: i % 20}, {Index: (i / 20) % 20}, {Index: i / 400}})
+	}
+	l := p.list([]policy.Entry{{Index: 19}, {Index: 19}, {Index: 19}, {Index: 19}})
+	if l.cached || len(p.lists.lists) != maxCachedLists {
+		t.Errorf("past the bound: list cached %v, %d lists kept, want uncached and %d", l.cached, len(p.lists.lists), maxCachedLists)
+	}
+	if got := l.message(&streamState{shared: true}); got != l.resp {
+		t.Errorf("an uncached list sends %T, want its response", got)
+	}
+}
+
+// TestEncodedListDecodes: the message encoded once decodes to exactly
+// the list's response.
+func TestEncodedListDecodes(t *testing.T) {
+	p := newPlan(snap("d", ep("a", "10.0.0.1:1"), ep("b", "[2001:db8::1]:2")), "round_robin", nil, nil)
+	p.dropToken = "drop-t"
+	l := p.list([]policy.Entry{{Index: 1}, {Drop: true, DropToken: "drop-t"}, {Index: 0}})
+	b, err := proto.Marshal(l.resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back lbpb.LoadBalanceResponse
+	if err := proto.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(addrs(back.GetServerList()), ","); got != "[2001:db8::1]:2,drop:drop-t,10.0.0.1:1" {
+		t.Errorf("decoded %v", got)
+	}
+}
+
+// fakeTransportStream is what grpc.ServerTransportStreamFromContext
+// returns, with the encoding shareable reads.
+type fakeTransportStream struct {
+	grpc.ServerTransportStream
+	recv, send, sub string
+}
+
+func (f fakeTransportStream) RecvCompress() string   { return f.recv }
+func (f fakeTransportStream) SendCompress() string   { return f.send }
+func (f fakeTransportStream) ContentSubtype() string { return f.sub }
+
+func TestShareable(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ts   grpc.ServerTransportStream
+		want bool
+	}{
+		{"plain", fakeTransportStream{}, true},
+		{"proto subtype, identity", fakeTransportStream{recv: "identity", send: "identity", sub: "proto"}, true},
+		{"client compresses", fakeTransportStream{recv: "gzip"}, false},
+		{"server compresses", fakeTransportStream{send: "gzip"}, false},
+		{"other codec", fakeTransportStream{sub: "json"}, false},
+		{"grpc does not tell", struct{ grpc.ServerTransportStream }{}, false},
+		{"no transport stream", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := metadata.NewIncomingContext(context.Background(), metadata.MD{})
+			if tc.ts != nil {
+				ctx = grpc.NewContextWithServerTransportStream(ctx, tc.ts)
+			}
+			if got := shareable(ctx); got != tc.want {
+				t.Errorf("shareable = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestListChangesInOrder: every stream ends with the last plan's list
+// and never gets an older list after a newer one, however fast plans
+// change.
+func TestListChangesInOrder(t *testing.T) {
+	const streams, changes = 20, 40
+	mk := func(port int) discovery.Snapshot {
+		return snap("ord", ep("a", fmt.Sprintf("10.0.0.1:%d", port)), ep("b", fmt.Sprintf("10.0.0.2:%d", port)))
+	}
+	src := newFakeSource(mk(1000))
+	cfg := testConfig(src)
+	cfg.LoadReports = false
+	_, addr := serveAt(t, cfg, countingSeeds)
+	c := dialFrom(t, addr, "127.0.0.1")
+	var ss []lbStream
+	for range streams {
+		st := openOK(t, c, "ord")
+		recvList(t, st)
+		ss = append(ss, st)
+	}
+	for port := 1001; port <= 1000+changes; port++ {
+		src.Push(mk(port))
+	}
+	for i, st := range ss {
+		last := 1000
+		for last != 1000+changes {
+			l := recvList(t, st)
+			var port int
+			for _, a := range l {
+				_, p, _ := strings.Cut(a, ":")
+				fmt.Sscan(p, &port)
+				if port != 0 {
+					break
+				}
+			}
+			if port <= last {
+				t.Fatalf("stream %d: list of port %d after port %d", i, port, last)
+			}
+			last = port
+		}
+	}
+}
+
+// lbserverGoroutines counts the goroutines running lbserver code whose
+// stack names fn.
+func lbserverGoroutines(fn string) int {
+	buf := make([]byte, 16<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, fn) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestGoroutinesPerStream: an open stream with its list costs lbserver
+// two goroutines, the handler and its receive loop; a send's goroutine
+// ends with the send.
+func TestGoroutinesPerStream(t *testing.T) {
+	const streams = 40
+	src := newFakeSource(snap("gor", ep("a", "10.0.0.1:1")))
+	cfg := testConfig(src)
+	cfg.LoadReports = false
+	_, addr := serveAt(t, cfg)
+	c := dialFrom(t, addr, "127.0.0.1")
+	// One stream first, so that the connection and the watch are there.
+	recvList(t, openOK(t, c, "gor"))
+	const handlers = "lbserver.(*Server).BalanceLoad"
+	before, total := lbserverGoroutines(handlers), runtime.NumGoroutine()
+	for range streams {
+		recvList(t, openOK(t, c, "gor"))
+	}
+	// The last sends' goroutines end just after the client got the list.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := lbserverGoroutines(handlers) - before
+		if got == 2*streams {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams: %d more lbserver goroutines, want %d (2 per stream)", streams, got, 2*streams)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := lbserverGoroutines("lbserver.(*streamState).send"); got != 0 {
+		t.Errorf("%d send goroutines with no send pending", got)
+	}
+	// The process's count also has the client's: grpc-go watches each
+	// client stream's context in a goroutine.
+	if d := runtime.NumGoroutine() - total; d > 3*streams {
+		t.Errorf("%d streams added %d goroutines, want at most %d (2 in lbserver, 1 in the client per stream)", streams, d, 3*streams)
+	}
+}
