@@ -159,6 +159,11 @@ func measureAll(ctx context.Context, o options, args []string) (Results, error) 
 		}
 		res.Scenarios = append(res.Scenarios, b.runScenario(ctx, spec))
 	}
+	counts := []int{1, 10, 100, 1000}
+	if o.quick {
+		counts = counts[:3]
+	}
+	res.Propagation = b.runPropagation(ctx, counts)
 	// The load's processes are gone: the memory benchmarks have the
 	// machine to themselves (and their own Consul agents).
 	agent.Stop()

@@ -216,7 +216,20 @@ func renderMarkdown(res Results, plots map[string]string) string {
 	}
 
 	p("## Clients: balancer memory and propagation\n\n")
-	p("`BenchmarkClientMemory` (`go test -run '^$' -bench ClientMemory -benchtime 1x ./e2e`): the `lbserver` binary with N grpc-go clients, each on a connection of its own with one BalanceLoad stream, as every grpclb channel has; RSS per client once every stream has its list, and the time from one Consul change until each stream's next list. `%s` is the anchor: the same streams multiplexed 100 per connection.\n\n", subMultiplexed)
+	p("What a client costs the balancer, and how soon a change in Consul reaches every client.\n\n")
+	if len(res.Propagation) > 0 {
+		p("One Consul change reaching N clients (this command: the `lbserver` binary, N BalanceLoad streams each on a connection of its own, one instance added to a service of %d): the time from the registration until each stream's next list.\n\n", propInstances)
+		p("| clients | p50 ms | p99 ms | max ms |\n|---|---|---|---|\n")
+		for _, pr := range res.Propagation {
+			if pr.Err != "" {
+				p("| %d | not measured: %s | | |\n", pr.Clients, oneLine(pr.Err))
+				continue
+			}
+			p("| %d | %.1f | %.1f | %.1f |\n", pr.Clients, pr.P50Ms, pr.P99Ms, pr.MaxMs)
+		}
+		p("\n")
+	}
+	p("`BenchmarkClientMemory` (`go test -run '^$' -bench ClientMemory -benchtime 1x ./e2e`): the `lbserver` binary with N grpc-go clients, each on a connection of its own with one BalanceLoad stream, as every grpclb channel has; RSS per client once every stream has its list, and the time from one backend's deregistration until each stream's next list; `services=100`: 10,000 clients over 100 services, one change in each at once. `%s` is the anchor: the same streams multiplexed 100 per connection.\n\n", subMultiplexed)
 	if len(res.Clients) > 0 {
 		units := benchUnits(res.Clients, []string{unitKiB, unitKiBRecon, unitP50, unitP99})
 		p("| sub-benchmark | %s |\n|---|%s\n", strings.Join(units, " | "), strings.Repeat("---|", len(units)))
@@ -352,11 +365,17 @@ func writePlots(dir string, res Results) (map[string]string, error) {
 		}
 		for _, u := range []struct{ unit, chart, label string }{
 			{unitKiB, "mem", ""}, {unitKiBRecon, "mem", ", after all reconnected"},
-			{unitP50, "prop", " p50"}, {unitP99, "prop", " p99"},
+			{unitP50, "prop", ", one deregistered: p50"}, {unitP99, "prop", ", one deregistered: p99"},
 		} {
 			if v, ok := l.Metrics[u.unit]; ok {
 				add(u.chart+"|"+kind+u.label, float64(n), v)
 			}
+		}
+	}
+	for _, pr := range res.Propagation {
+		if pr.Err == "" {
+			add("prop|one instance added: p50", float64(pr.Clients), pr.P50Ms)
+			add("prop|one instance added: p99", float64(pr.Clients), pr.P99Ms)
 		}
 	}
 	for _, name := range order {

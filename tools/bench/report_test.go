@@ -41,7 +41,8 @@ func fixedResults(tweak func(*Results)) Results {
 			{Name: subServices, Metrics: map[string]float64{unitKiB: 15, unitP50: 300, unitP99: 600}},
 			{Name: subMultiplexed, Metrics: map[string]float64{unitKiB: 8, unitP50: 50, unitP99: 100}},
 		},
-		Collector: []BenchLine{{Name: "", Metrics: map[string]float64{unitEndpoint: 19.5, "goroutines/endpoint": 1}}},
+		Propagation: []Propagation{{Clients: 1, P50Ms: 5, P99Ms: 11, MaxMs: 12}, {Clients: 1000, Err: "opening 1000 streams: refused\nmore"}},
+		Collector:   []BenchLine{{Name: "", Metrics: map[string]float64{unitEndpoint: 19.5, "goroutines/endpoint": 1}}},
 	}
 	if tweak != nil {
 		tweak(&res)
@@ -119,6 +120,8 @@ func TestRenderMarkdown(t *testing.T) {
 		"![memory](bench/memory.png)",
 		"| `clients=10000,per-conn=100` | 8 | 50 | 100 |",
 		"| RSS-KiB/endpoint | 19.5 | 0 |",
+		"| 1 | 5.0 | 11.0 | 12.0 |",
+		"| 1000 | not measured: opening 1000 streams: refused | | |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)

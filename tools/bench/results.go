@@ -23,6 +23,8 @@ type Results struct {
 	// Scenarios: "sleep", "cpu" (a slow backend) and "datapath" (equal
 	// backends), in that order.
 	Scenarios []Scenario
+	// Propagation: one Consul change reaching 1 to 1,000 streams.
+	Propagation []Propagation
 	// Clients are BenchmarkClientMemory's sub-benchmarks (./e2e), Collector
 	// BenchmarkCollectorMemory's (./loadreport); the *Err fields say why
 	// one is missing.
