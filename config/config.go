@@ -186,8 +186,46 @@ type LoadReports struct {
 	// services drop only with their own Service.MaxDropShare). Default 0.5;
 	// 0 (never drop) to 0.99. Reloadable.
 	MaxDropShare float64 `yaml:"max_drop_share"`
+	// LatencyOutliers configures latency outlier detection for least_load
+	// services. Reloadable.
+	LatencyOutliers LatencyOutliers `yaml:"latency_outliers"`
 	// TLS of the ORCA streams to backends. Restart.
 	TLS ClientTLS `yaml:"tls"`
+}
+
+// LatencyOutliers configures how least_load treats a backend much slower
+// than its peers: it gets a probe share of the calls instead of its load
+// weight (see loadweight.OutlierConfig, whose defaults these are). Every
+// field: Reloadable.
+type LatencyOutliers struct {
+	// Enabled detects outliers in every least_load service that does not
+	// set services.<name>.latency_outliers. Default true.
+	Enabled bool `yaml:"enabled"`
+	// Factor: a backend is ejected above factor × the median latency of
+	// the service's backends. Default 2; (1, 1000].
+	Factor float64 `yaml:"factor"`
+	// ReadmitFactor: readmitted at or under readmit_factor × the median.
+	// Default 1.5; (1, factor].
+	ReadmitFactor float64 `yaml:"readmit_factor"`
+	// MinExcess: ejected only that much above the median too. Default
+	// 1ms; not negative.
+	MinExcess Duration `yaml:"min_excess"`
+	// MinEndpoints with a known latency for any ejection. Default 3; at
+	// least 3.
+	MinEndpoints int `yaml:"min_endpoints"`
+	// MaxEjectedFraction of a service's backends ejected at once (at
+	// least one). Default 0.5; (0, 1].
+	MaxEjectedFraction float64 `yaml:"max_ejected_fraction"`
+	// BaseEjectionTime is the least time a backend stays ejected; ejected
+	// again soon after its readmission, twice as long as the last time.
+	// Default 5s; positive.
+	BaseEjectionTime Duration `yaml:"base_ejection_time"`
+	// MaxEjectionTime caps the ejection time. Default 5m; at least
+	// base_ejection_time.
+	MaxEjectionTime Duration `yaml:"max_ejection_time"`
+	// ProbeShare of the service's calls each ejected backend gets (at
+	// most a tenth of an even share). Default 0.005; (0, 0.1].
+	ProbeShare float64 `yaml:"probe_share"`
 }
 
 // RateLimits configures how per-service rate limits are enforced. Every
@@ -324,4 +362,9 @@ type Service struct {
 	MaxRateLimitDropShare *float64 `yaml:"max_rate_limit_drop_share,omitempty"`
 	// ChildPolicy: round_robin or pick_first; "": the balancer's.
 	ChildPolicy string `yaml:"child_policy,omitempty"`
+	// LatencyOutliers turns latency outlier detection on or off for the
+	// service under least_load (absent:
+	// load_reports.latency_outliers.enabled, true by default). It has no
+	// effect under another policy.
+	LatencyOutliers *bool `yaml:"latency_outliers,omitempty"`
 }

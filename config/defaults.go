@@ -6,6 +6,7 @@ import (
 	"github.com/lookaside-lb/lookaside/discovery/consul"
 	"github.com/lookaside-lb/lookaside/dnsserver"
 	"github.com/lookaside-lb/lookaside/lbserver"
+	"github.com/lookaside-lb/lookaside/loadweight"
 )
 
 // Defaults that belong to the process rather than to a package's Config.
@@ -68,6 +69,7 @@ func Default() Config {
 			Blackout:          Duration(lb.LoadWeight.BlackoutPeriod),
 			OverloadThreshold: lb.LoadWeight.OverloadThreshold,
 			MaxDropShare:      lb.LoadWeight.MaxDropShare,
+			LatencyOutliers:   latencyOutliers(lb.LoadWeight.Outliers),
 		},
 		RateLimits: RateLimits{
 			MaxDropShare:       lb.MaxRateLimitDropShare,
@@ -95,5 +97,35 @@ func Default() Config {
 			MaxInflight: dc.MaxInflight,
 			MaxTCPConns: dc.MaxTCPConns,
 		},
+	}
+}
+
+// latencyOutliers is the configuration of o.
+func latencyOutliers(o loadweight.OutlierConfig) LatencyOutliers {
+	return LatencyOutliers{
+		Enabled:            o.Enabled,
+		Factor:             o.Factor,
+		ReadmitFactor:      o.ReadmitFactor,
+		MinExcess:          Duration(o.MinExcess),
+		MinEndpoints:       o.MinEndpoints,
+		MaxEjectedFraction: o.MaxEjectedFraction,
+		BaseEjectionTime:   Duration(o.BaseEjectionTime),
+		MaxEjectionTime:    Duration(o.MaxEjectionTime),
+		ProbeShare:         o.ProbeShare,
+	}
+}
+
+// Outliers is the loadweight.OutlierConfig of l.
+func (l LatencyOutliers) Outliers() loadweight.OutlierConfig {
+	return loadweight.OutlierConfig{
+		Enabled:            l.Enabled,
+		Factor:             l.Factor,
+		ReadmitFactor:      l.ReadmitFactor,
+		MinExcess:          l.MinExcess.D(),
+		MinEndpoints:       l.MinEndpoints,
+		MaxEjectedFraction: l.MaxEjectedFraction,
+		BaseEjectionTime:   l.BaseEjectionTime.D(),
+		MaxEjectionTime:    l.MaxEjectionTime.D(),
+		ProbeShare:         l.ProbeShare,
 	}
 }

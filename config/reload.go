@@ -9,7 +9,7 @@ import (
 // reloadable lists the paths (and path prefixes, ending in ".") that a
 // running replica applies on SIGHUP without a restart: per-service
 // settings, policies and their options, zones, client-facing limits, rate
-// limits, overload thresholds and the log level (lbserver.Settings, what
+// limits, overload thresholds, latency outliers and the log level (lbserver.Settings, what
 // Server.Reconfigure takes, plus the log level). Every other path needs a
 // restart, the TLS file paths too: the files' contents are read again on
 // SIGHUP and when they change, but which files is fixed at start.
@@ -23,6 +23,7 @@ var reloadable = []string{
 	"load_reports.blackout",
 	"load_reports.overload_threshold",
 	"load_reports.max_drop_share",
+	"load_reports.latency_outliers",
 	"rate_limits.",
 	"limits.max_streams",
 	"limits.max_streams_per_ip",

@@ -105,11 +105,14 @@ func TestEveryPathClassified(t *testing.T) {
 	}
 	wantReload := "log.level balancer.policy balancer.max_list_entries balancer.hash_subset balancer.child_policy balancer.zones " +
 		"load_reports.blackout load_reports.overload_threshold load_reports.max_drop_share " +
+		"load_reports.latency_outliers.enabled load_reports.latency_outliers.factor load_reports.latency_outliers.readmit_factor " +
+		"load_reports.latency_outliers.min_excess load_reports.latency_outliers.min_endpoints load_reports.latency_outliers.max_ejected_fraction " +
+		"load_reports.latency_outliers.base_ejection_time load_reports.latency_outliers.max_ejection_time load_reports.latency_outliers.probe_share " +
 		"rate_limits.max_drop_share rate_limits.max_client_rate_share rate_limits.max_client_call_rate " +
 		"limits.max_streams limits.max_streams_per_ip limits.max_streams_per_conn limits.max_stream_rate_per_ip limits.stream_burst_per_ip " +
 		"limits.max_ignored_messages limits.max_conns limits.max_conns_per_ip limits.send_timeout " +
 		"services.<name>.policy services.<name>.max_list_entries services.<name>.hash_subset services.<name>.aliases services.<name>.tags " +
-		"services.<name>.rate_limit services.<name>.max_drop_share services.<name>.max_rate_limit_drop_share services.<name>.child_policy"
+		"services.<name>.rate_limit services.<name>.max_drop_share services.<name>.max_rate_limit_drop_share services.<name>.child_policy services.<name>.latency_outliers"
 	if got := strings.Join(reload, " "); got != wantReload {
 		t.Errorf("reloadable paths:\n got: %s\nwant: %s", got, wantReload)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/lookaside-lb/lookaside/lbserver"
 	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/loadreport"
+	"github.com/lookaside-lb/lookaside/loadweight"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -534,6 +535,31 @@ func (v *validator) loadReports() {
 	}
 	if !(l.MaxDropShare >= 0 && l.MaxDropShare <= policy.MaxDropShare) {
 		v.add("load_reports.max_drop_share", fnum(l.MaxDropShare), fmt.Sprintf("is not in [0, %v]", policy.MaxDropShare))
+	}
+	o := l.LatencyOutliers
+	const lo = "load_reports.latency_outliers."
+	if !(o.Factor > 1 && o.Factor <= loadweight.MaxOutlierFactor) {
+		v.add(lo+"factor", fnum(o.Factor), fmt.Sprintf("is not in (1, %v]", loadweight.MaxOutlierFactor))
+	}
+	if !(o.ReadmitFactor > 1 && o.ReadmitFactor <= o.Factor) {
+		v.add(lo+"readmit_factor", fnum(o.ReadmitFactor), fmt.Sprintf("is not in (1, factor %v]", fnum(o.Factor)))
+	}
+	if o.MinExcess < 0 {
+		v.add(lo+"min_excess", fdur(o.MinExcess), "is negative")
+	}
+	if o.MinEndpoints < loadweight.MinOutlierEndpoints {
+		v.add(lo+"min_endpoints", inum(o.MinEndpoints), fmt.Sprintf("is under %d", loadweight.MinOutlierEndpoints))
+	}
+	if !(o.MaxEjectedFraction > 0 && o.MaxEjectedFraction <= 1) {
+		v.add(lo+"max_ejected_fraction", fnum(o.MaxEjectedFraction), "is not in (0, 1]")
+	}
+	if o.BaseEjectionTime <= 0 {
+		v.add(lo+"base_ejection_time", fdur(o.BaseEjectionTime), "is not positive")
+	} else if o.MaxEjectionTime < o.BaseEjectionTime {
+		v.add(lo+"max_ejection_time", fdur(o.MaxEjectionTime), "is under base_ejection_time "+fdur(o.BaseEjectionTime))
+	}
+	if !(o.ProbeShare > 0 && o.ProbeShare <= loadweight.MaxProbeShare) {
+		v.add(lo+"probe_share", fnum(o.ProbeShare), fmt.Sprintf("is not in (0, %v]", loadweight.MaxProbeShare))
 	}
 	v.clientTLS("load_reports.tls", l.TLS)
 	if l.TLS.Enabled && !l.Enabled {

@@ -32,13 +32,13 @@ const (
 	DefaultBaseEjectionTime    = 5 * time.Second
 	DefaultMaxEjectionTime     = 5 * time.Minute
 	DefaultProbeShare          = 0.005
-	MaxProbeShare              = 0.1
 )
 
 // Bounds of OutlierConfig's fields.
 const (
-	maxOutlierFactor    = 1000.0
-	minOutlierEndpoints = 3
+	MaxOutlierFactor    = 1000.0
+	MinOutlierEndpoints = 3
+	MaxProbeShare       = 0.1
 )
 
 // OutlierConfig configures latency outlier detection (see the package
@@ -113,8 +113,8 @@ func DefaultOutlierConfig() OutlierConfig {
 // enabled (a disabled config may be enabled by a reload).
 func (c OutlierConfig) validate() []error {
 	var errs []error
-	if !(c.Factor > 1 && c.Factor <= maxOutlierFactor) {
-		errs = append(errs, fmt.Errorf("outlier factor %v is not in (1, %v]", c.Factor, maxOutlierFactor))
+	if !(c.Factor > 1 && c.Factor <= MaxOutlierFactor) {
+		errs = append(errs, fmt.Errorf("outlier factor %v is not in (1, %v]", c.Factor, MaxOutlierFactor))
 	}
 	if !(c.ReadmitFactor > 1 && c.ReadmitFactor <= c.Factor) {
 		errs = append(errs, fmt.Errorf("outlier readmit factor %v is not in (1, factor %v]", c.ReadmitFactor, c.Factor))
@@ -122,8 +122,8 @@ func (c OutlierConfig) validate() []error {
 	if c.MinExcess < 0 {
 		errs = append(errs, fmt.Errorf("outlier min excess %v is negative", c.MinExcess))
 	}
-	if c.MinEndpoints < minOutlierEndpoints {
-		errs = append(errs, fmt.Errorf("outlier min endpoints %d is under %d", c.MinEndpoints, minOutlierEndpoints))
+	if c.MinEndpoints < MinOutlierEndpoints {
+		errs = append(errs, fmt.Errorf("outlier min endpoints %d is under %d", c.MinEndpoints, MinOutlierEndpoints))
 	}
 	if !(c.MaxEjectedFraction > 0 && c.MaxEjectedFraction <= 1) {
 		errs = append(errs, fmt.Errorf("outlier max ejected fraction %v is not in (0, 1]", c.MaxEjectedFraction))

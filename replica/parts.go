@@ -124,6 +124,7 @@ func lbSettings(cfg config.Config) lbserver.Settings {
 	ls.LoadWeight.BlackoutPeriod = lr.Blackout.D()
 	ls.LoadWeight.OverloadThreshold = lr.OverloadThreshold
 	ls.LoadWeight.MaxDropShare = lr.MaxDropShare
+	ls.LoadWeight.Outliers = lr.LatencyOutliers.Outliers()
 
 	rl := cfg.RateLimits
 	ls.MaxRateLimitDropShare = rl.MaxDropShare
@@ -146,6 +147,13 @@ func lbSettings(cfg config.Config) lbserver.Settings {
 		}
 		if s.MaxRateLimitDropShare != nil {
 			ss.MaxRateLimitDropShare = *s.MaxRateLimitDropShare
+		}
+		switch {
+		case s.LatencyOutliers == nil:
+		case *s.LatencyOutliers:
+			ss.LatencyOutliers = lbserver.OutliersOn
+		default:
+			ss.LatencyOutliers = lbserver.OutliersOff
 		}
 		ls.Services[name] = ss
 	}

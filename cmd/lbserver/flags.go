@@ -34,6 +34,9 @@ var groups = []struct {
 		"lb-token-key-file"}},
 	{"Load reports (ORCA) and overload drops", []string{"load-reports", "load-report-interval", "load-blackout", "overload-threshold", "max-drop-share",
 		"orca-tls-ca", "orca-tls-cert", "orca-tls-key", "orca-tls-server-name"}},
+	{"Latency outliers (least_load)", []string{"latency-outliers", "service-latency-outliers", "outlier-factor", "outlier-readmit-factor",
+		"outlier-min-excess", "outlier-min-endpoints", "outlier-max-ejected-fraction", "outlier-base-ejection-time", "outlier-max-ejection-time",
+		"outlier-probe-share"}},
 	{"Rate limits", []string{"rate-limit", "max-rate-limit-drop-share", "max-client-rate-share", "max-client-call-rate"}},
 	{"Limits on what clients can make the balancer hold", []string{
 		"max-streams", "max-streams-per-ip", "max-streams-per-conn", "max-stream-rate-per-ip", "stream-burst-per-ip",
@@ -114,6 +117,24 @@ func bindFlags(fs *flag.FlagSet, cfg *config.Config, cmd *command) {
 	durVar(fs, &lr.Blackout, "load-blackout", "least_load: how long a backend must report before its load counts")
 	fs.Float64Var(&lr.OverloadThreshold, "overload-threshold", lr.OverloadThreshold, "utilization above which a backend is overloaded; calls are dropped when all are")
 	fs.Float64Var(&lr.MaxDropShare, "max-drop-share", lr.MaxDropShare, "most calls dropped for overload by least_load services, as a share (0: never drop for overload; other services drop only with their own services.<name>.max_drop_share; rate limits have -max-rate-limit-drop-share)")
+	lo := &lr.LatencyOutliers
+	fs.BoolVar(&lo.Enabled, "latency-outliers", lo.Enabled, "least_load: give a backend much slower than its peers (mean calls in flight / QPS, from ORCA) a probe share of the calls instead of its load weight, in every service without its own -service-latency-outliers")
+	fs.Var(newPerService(cfg, func(s *config.Service, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", v)
+		}
+		s.LatencyOutliers = &b
+		return nil
+	}), "service-latency-outliers", "per-service latency outlier detection under least_load: `service=true|false,...` (default -latency-outliers)")
+	fs.Float64Var(&lo.Factor, "outlier-factor", lo.Factor, "eject a backend whose latency is above this many times the median of its service's backends, in (1, 1000]")
+	fs.Float64Var(&lo.ReadmitFactor, "outlier-readmit-factor", lo.ReadmitFactor, "readmit an ejected backend once its latency is at most this many times the median, in (1, -outlier-factor]")
+	durVar(fs, &lo.MinExcess, "outlier-min-excess", "eject only a backend at least this much slower than the median")
+	fs.IntVar(&lo.MinEndpoints, "outlier-min-endpoints", lo.MinEndpoints, "backends with a known latency needed for any ejection (at least 3)")
+	fs.Float64Var(&lo.MaxEjectedFraction, "outlier-max-ejected-fraction", lo.MaxEjectedFraction, "most of a service's backends ejected at once, as a share in (0, 1] (at least one)")
+	durVar(fs, &lo.BaseEjectionTime, "outlier-base-ejection-time", "least time a backend stays ejected; ejected again soon after its readmission, twice as long as the last time")
+	durVar(fs, &lo.MaxEjectionTime, "outlier-max-ejection-time", "most time a backend stays ejected once its latency is back")
+	fs.Float64Var(&lo.ProbeShare, "outlier-probe-share", lo.ProbeShare, "share of its service's calls an ejected backend gets, in (0, 0.1] (at most a tenth of an even share)")
 	fs.StringVar(&lr.TLS.CAFile, "orca-tls-ca", lr.TLS.CAFile, "CA certificate `file`: ORCA streams to backends use TLS and verify the backends' certificates with it")
 	fs.StringVar(&lr.TLS.CertFile, "orca-tls-cert", lr.TLS.CertFile, "client certificate `file` for ORCA streams (backends requiring mTLS)")
 	fs.StringVar(&lr.TLS.KeyFile, "orca-tls-key", lr.TLS.KeyFile, "client key `file` for ORCA streams")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/lookaside-lb/lookaside/config"
 	"github.com/lookaside-lb/lookaside/dnsserver"
 	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 	"github.com/lookaside-lb/lookaside/lbserver"
@@ -45,6 +46,11 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-rate-limit", "svc=-3", "-static", "a=127.0.0.1:1"}, "services.svc.rate_limit: -3"},
 		{[]string{"-overload-threshold", "0", "-static", "a=127.0.0.1:1"}, "load_reports.overload_threshold: 0"},
 		{[]string{"-max-drop-share", "1.5", "-static", "a=127.0.0.1:1"}, "load_reports.max_drop_share: 1.5"},
+		{[]string{"-outlier-factor", "1", "-static", "a=127.0.0.1:1"}, "load_reports.latency_outliers.factor: 1"},
+		{[]string{"-outlier-readmit-factor", "3", "-static", "a=127.0.0.1:1"}, "load_reports.latency_outliers.readmit_factor: 3 is not in (1, factor 2]"},
+		{[]string{"-outlier-probe-share", "0.5", "-static", "a=127.0.0.1:1"}, "load_reports.latency_outliers.probe_share: 0.5"},
+		{[]string{"-outlier-max-ejection-time", "1s", "-static", "a=127.0.0.1:1"}, "load_reports.latency_outliers.max_ejection_time: 1s is under base_ejection_time 5s"},
+		{[]string{"-service-latency-outliers", "svc=maybe"}, `invalid value "svc=maybe" for flag -service-latency-outliers`},
 		{[]string{"-max-rate-limit-drop-share", "0", "-static", "a=127.0.0.1:1"}, "rate_limits.max_drop_share: 0"},
 		{[]string{"-max-client-rate-share", "0", "-static", "a=127.0.0.1:1"}, "rate_limits.max_client_rate_share: 0"},
 		{[]string{"-max-client-call-rate", "-1", "-static", "a=127.0.0.1:1"}, "rate_limits.max_client_call_rate: -1"},
@@ -102,6 +108,33 @@ func TestRateLimitFlags(t *testing.T) {
 	var stderr bytes.Buffer
 	if code := run(context.Background(), []string{"-max-stream-rate-per-ip", "0", "-stream-burst-per-ip", "0", "-static", "a=127.0.0.1:1", "-listen", "256.0.0.1:1"}, io.Discard, &stderr); code == 0 || strings.Contains(stderr.String(), "burst") {
 		t.Errorf("exit %d, stderr %q; want only the bad -listen refused", code, stderr.String())
+	}
+}
+
+// TestLatencyOutlierFlags: the flags set load_reports.latency_outliers and
+// the per-service switch.
+func TestLatencyOutlierFlags(t *testing.T) {
+	cfg, _, err := load(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lo := cfg.LoadReports.LatencyOutliers; !lo.Enabled || lo.Factor != 2 || lo.ProbeShare != 0.005 {
+		t.Errorf("defaults: %+v; want on, factor 2, probe share 0.005", lo)
+	}
+	cfg, _, err = load([]string{"-latency-outliers=false", "-service-latency-outliers", "a=true,b=false", "-outlier-factor", "3",
+		"-outlier-readmit-factor", "2", "-outlier-min-excess", "2ms", "-outlier-min-endpoints", "4", "-outlier-max-ejected-fraction", "0.25",
+		"-outlier-base-ejection-time", "10s", "-outlier-max-ejection-time", "1m", "-outlier-probe-share", "0.01"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config.LatencyOutliers{Factor: 3, ReadmitFactor: 2, MinExcess: config.Duration(2 * time.Millisecond), MinEndpoints: 4,
+		MaxEjectedFraction: 0.25, BaseEjectionTime: config.Duration(10 * time.Second), MaxEjectionTime: config.Duration(time.Minute), ProbeShare: 0.01}
+	if got := cfg.LoadReports.LatencyOutliers; got != want {
+		t.Errorf("parsed: %+v\nwant %+v", got, want)
+	}
+	a, b := cfg.Services["a"].LatencyOutliers, cfg.Services["b"].LatencyOutliers
+	if a == nil || !*a || b == nil || *b {
+		t.Errorf("-service-latency-outliers a=true,b=false: a %v, b %v", a, b)
 	}
 }
 
