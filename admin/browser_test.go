@@ -46,11 +46,11 @@ func TestBrowserStatusPage(t *testing.T) {
 	shown := browsertest.Poll(t, ctx, 10*time.Second, "the page to show four services", browsertest.ShownServices,
 		func(s []browsertest.ShownService) bool { return len(s) == 4 })
 	want := []browsertest.ShownService{
-		{Name: evilName, Rows: []string{`10.0.0.9:1 id"><img src=x onerror=alert(1)> critical 0 – – – – 0 0 – (100.0%)`}},
+		{Name: evilName, Rows: []string{`10.0.0.9:1 id"><img src=x onerror=alert(1)> critical 0 – – – – – 0 0 – (100.0%)`}},
 		{Name: "new-srv"},
 		{Name: "user-srv", Rows: []string{
-			"10.0.0.1:50051 user-srv-1 passing 1 – – – unimplemented 1 100 25.0% (25.0%)",
-			"10.0.0.2:50051 user-srv-2 node-b passing 3 1.25 42.0% 31.5 800ms 1 300 75.0% (75.0%)",
+			"10.0.0.1:50051 user-srv-1 passing 1 – – – unimplemented – 1 100 25.0% (25.0%)",
+			"10.0.0.2:50051 user-srv-2 node-b passing 3 1.25 42.0% 31.5 800ms 20.1ms outlier 1 300 75.0% (75.0%)",
 		}},
 		{Name: xssName},
 	}

@@ -47,12 +47,13 @@ func fakeStatus() Status {
 			{
 				Service: "user-srv", Policy: "weighted_round_robin", PolicySource: lbserver.PolicyFromConfig, ChildPolicy: "round_robin",
 				Streams: 2, Ready: true, SnapshotArrived: now.Add(-10 * time.Second), LoadReports: true,
+				LatencyOutliers: true, Outliers: 1, MedianLatency: 5234 * time.Microsecond, OutlierEjections: 2,
 				Endpoints: []lbserver.EndpointStatus{
 					{ID: "user-srv-1", InstanceID: "user-srv-1", Address: "10.0.0.1:50051", Weight: 1, Health: "passing",
 						CallsAttributed: 100.4, FirstOf: 1, LoadStream: "unimplemented"},
 					{ID: "node-b/user-srv-2", InstanceID: "user-srv-2", Node: "node-b", Address: "10.0.0.2:50051", Weight: 3, Health: "passing",
 						CallsAttributed: 299.6, FirstOf: 1, HasReport: true, Utilization: 0.42, QPS: 31.5, ReportAge: 800 * time.Millisecond,
-						LoadWeight: 1.25, LoadStream: "connected"},
+						LoadWeight: 1.25, LoadStream: "connected", Latency: 20140 * time.Microsecond, Outlier: true},
 				},
 				RoundRobinList: []lbserver.ListEntry{
 					{ID: "node-b/user-srv-2", Address: "10.0.0.2:50051"}, {ID: "user-srv-1", Address: "10.0.0.1:50051"},
@@ -213,11 +214,12 @@ func TestStatusPageShows(t *testing.T) {
 		"Replicas (2)", "127.0.0.1:7000 this one passing", "127.0.0.2:7000 critical",
 		"clients (streams) 3 of 10 started",
 		"user-srv weighted_round_robin · config child round_robin",
-		"clients 2 endpoints 2 calls reported 400 endpoints from discovery 10s ago load reports on",
+		"clients 2 endpoints 2 calls reported 400 endpoints from discovery 10s ago load reports on latency outliers 1 · median 5.23ms",
 		// the rows: address, ID, node, health, weight, load weight,
-		// utilization, qps, report age, pick_first clients, calls, share
-		"10.0.0.1:50051 user-srv-1 passing 1 – – – unimplemented 1 100 25.0% (25.0%)",
-		"10.0.0.2:50051 user-srv-2 node-b passing 3 1.25 42.0% 31.5 800ms 1 300 75.0% (75.0%)",
+		// utilization, qps, report age, latency, pick_first clients,
+		// calls, share
+		"10.0.0.1:50051 user-srv-1 passing 1 – – – unimplemented – 1 100 25.0% (25.0%)",
+		"10.0.0.2:50051 user-srv-2 node-b passing 3 1.25 42.0% 31.5 800ms 20.1ms outlier 1 300 75.0% (75.0%)",
 		"a new round_robin client gets 10.0.0.2:50051, 10.0.0.1:50051, 10.0.0.2:50051, 10.0.0.2:50051 (4 entries)",
 		"a new pick_first client gets 10.0.0.2:50051",
 		"drops 25.0% (rate limit)", "offered 133/s", "rate limit 100/s",

@@ -76,6 +76,11 @@ type serviceView struct {
 	RoundRobinLen  int
 	PickFirst      string
 	LoadReports    bool
+	// Outliers: latency outliers are detected ("on"), with Ejected
+	// endpoints ejected now, against MedianLatency.
+	Outliers      bool
+	Ejected       int
+	MedianLatency string
 	// HasNode: an endpoint has a node name (two nodes register the same
 	// ID); the node column is shown only then.
 	HasNode bool
@@ -95,6 +100,8 @@ type endpointView struct {
 	Utilization string
 	QPS         string
 	ReportAge   string
+	Latency     string
+	Outlier     bool
 	First       int64
 	Calls       int64
 	CallPct     string
@@ -268,6 +275,22 @@ func formatDuration(d time.Duration) string {
 		return fmt.Sprintf("%dh%02dm", int(d/time.Hour), int(d%time.Hour/time.Minute))
 	}
 	return fmt.Sprintf("%dd%dh", int(d/(24*time.Hour)), int(d%(24*time.Hour)/time.Hour))
+}
+
+// formatLatency formats a latency with three significant digits or so:
+// 850µs, 5.23ms, 20.1ms; "–" for 0 (unknown).
+func formatLatency(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "–"
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
+	case d < 10*time.Millisecond:
+		return d.Round(10 * time.Microsecond).String()
+	case d < time.Second:
+		return d.Round(100 * time.Microsecond).String()
+	}
+	return formatDuration(d)
 }
 
 // ago formats how long before now t was; "never" for the zero time.

@@ -20,6 +20,9 @@ func serviceViewOf(s lbserver.ServiceStatus, now time.Time) serviceView {
 		PickFirst:      s.PickFirst.Address,
 		RoundRobinLen:  len(s.RoundRobinList),
 		LoadReports:    s.LoadReports,
+		Outliers:       s.LatencyOutliers,
+		Ejected:        s.Outliers,
+		MedianLatency:  formatLatency(s.MedianLatency),
 	}
 	if s.OverloadDropShare > 0 {
 		v.Drops = append(v.Drops, dropView{"overload", formatPct(s.OverloadDropShare)})
@@ -70,6 +73,8 @@ func serviceViewOf(s lbserver.ServiceStatus, now time.Time) serviceView {
 			Utilization: "–",
 			QPS:         "–",
 			ReportAge:   "–",
+			Latency:     formatLatency(e.Latency),
+			Outlier:     e.Outlier,
 			Calls:       calls,
 			First:       int64(e.FirstOf),
 		}

@@ -436,9 +436,9 @@ func TestStatusGauges(t *testing.T) {
 	b.status = []lbserver.ServiceStatus{
 		{Service: "made-up", Endpoints: []lbserver.EndpointStatus{{ID: "x", HasReport: true, Utilization: 1}}},
 		{Service: "orders", Fallback: true, FallbackReason: lbserver.FallbackNoInstances},
-		{Service: "user-srv", OverloadDropShare: 0.25, LoadReports: true, Endpoints: []lbserver.EndpointStatus{
-			{ID: "a", HasReport: true, Utilization: 0.5, ReportAge: 1500 * time.Millisecond, LoadWeight: 1.2},
-			{ID: "n2/b", HasReport: true, Utilization: 0.9, ReportAge: 250 * time.Millisecond, LoadWeight: 0.8},
+		{Service: "user-srv", OverloadDropShare: 0.25, LoadReports: true, Outliers: 1, OutlierEjections: 3, Endpoints: []lbserver.EndpointStatus{
+			{ID: "a", HasReport: true, Utilization: 0.5, ReportAge: 1500 * time.Millisecond, LoadWeight: 1.2, Latency: 5 * time.Millisecond},
+			{ID: "n2/b", HasReport: true, Utilization: 0.9, ReportAge: 250 * time.Millisecond, LoadWeight: 0.8, Latency: 20 * time.Millisecond, Outlier: true},
 			{ID: "c"}, // no report yet
 		}},
 		// Another tag filter of user-srv: the unfiltered name speaks for it.
@@ -452,10 +452,20 @@ lookaside_lb_drop_share{cause="overload",service="orders"} 0
 lookaside_lb_drop_share{cause="overload",service="user-srv"} 0.25
 lookaside_lb_drop_share{cause="rate_limit",service="orders"} 0
 lookaside_lb_drop_share{cause="rate_limit",service="user-srv"} 0
+# HELP lookaside_lb_latency_outliers Endpoints of the service ejected as latency outliers now (least_load: they get a probe share of the calls).
+# TYPE lookaside_lb_latency_outliers gauge
+lookaside_lb_latency_outliers{service="user-srv"} 1
+# HELP lookaside_lb_outlier_ejections_total Latency outlier ejections of the service's endpoints since the service was watched.
+# TYPE lookaside_lb_outlier_ejections_total counter
+lookaside_lb_outlier_ejections_total{service="user-srv"} 3
 # HELP lookaside_lb_service_endpoints Usable endpoints of the service now (passing instances).
 # TYPE lookaside_lb_service_endpoints gauge
 lookaside_lb_service_endpoints{service="orders"} 0
 lookaside_lb_service_endpoints{service="user-srv"} 3
+# HELP lookaside_orca_latency_seconds Endpoint's smoothed mean latency from its load reports: mean calls in flight / calls per second (absent when unknown).
+# TYPE lookaside_orca_latency_seconds gauge
+lookaside_orca_latency_seconds{endpoint="a",service="user-srv"} 0.005
+lookaside_orca_latency_seconds{endpoint="n2/b",service="user-srv"} 0.02
 # HELP lookaside_lb_service_fallback 1 when new streams of the service get a FallbackResponse instead of a list, else 0.
 # TYPE lookaside_lb_service_fallback gauge
 lookaside_lb_service_fallback{service="orders"} 1
@@ -473,6 +483,7 @@ lookaside_orca_report_age_seconds{endpoint="n2/b",service="user-srv"} 0.25
 lookaside_orca_utilization_ratio{endpoint="a",service="user-srv"} 0.5
 lookaside_orca_utilization_ratio{endpoint="n2/b",service="user-srv"} 0.9
 `, "lookaside_lb_drop_share", "lookaside_lb_service_endpoints", "lookaside_lb_service_fallback",
+		"lookaside_lb_latency_outliers", "lookaside_lb_outlier_ejections_total", "lookaside_orca_latency_seconds",
 		"lookaside_orca_load_weight", "lookaside_orca_report_age_seconds", "lookaside_orca_utilization_ratio")
 
 	// A service no longer watched has no gauge at the next scrape.

@@ -24,6 +24,12 @@ var (
 		"1 when new streams of the service get a FallbackResponse instead of a list, else 0.", []string{"service"}, nil)
 	descDropShare = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "lb", "drop_share"),
 		"Share of calls the service's lists drop, by cause (overload, rate_limit).", []string{"service", "cause"}, nil)
+	descOutliers = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "lb", "latency_outliers"),
+		"Endpoints of the service ejected as latency outliers now (least_load: they get a probe share of the calls).", []string{"service"}, nil)
+	descEjections = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "lb", "outlier_ejections_total"),
+		"Latency outlier ejections of the service's endpoints since the service was watched.", []string{"service"}, nil)
+	descLatency = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "orca", "latency_seconds"),
+		"Endpoint's smoothed mean latency from its load reports: mean calls in flight / calls per second (absent when unknown).", []string{"service", "endpoint"}, nil)
 	descReportAge = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "orca", "report_age_seconds"),
 		"Age of the endpoint's freshest ORCA load report (absent without a fresh one).", []string{"service", "endpoint"}, nil)
 	descUtilization = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "orca", "utilization_ratio"),
@@ -35,7 +41,8 @@ var (
 // describeStatus sends the descriptions of the metrics read from the
 // balancer's Status.
 func describeStatus(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEndpoints, descFallback, descDropShare, descReportAge, descUtilization, descLoadWeight} {
+	for _, d := range []*prometheus.Desc{descEndpoints, descFallback, descDropShare, descOutliers, descEjections,
+		descReportAge, descUtilization, descLoadWeight, descLatency} {
 		ch <- d
 	}
 }
@@ -65,6 +72,10 @@ func (m *Metrics) statusMetrics(src *Sources, _ time.Time, watched map[string]bo
 		gauge(descFallback, bool01(ss.Fallback), svc)
 		gauge(descDropShare, ss.OverloadDropShare, svc, "overload")
 		gauge(descDropShare, ss.RateLimitDropShare, svc, "rate_limit")
+		if ss.LoadReports {
+			gauge(descOutliers, float64(ss.Outliers), svc)
+			out = append(out, prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(ss.OutlierEjections), svc))
+		}
 		for _, ep := range ss.Endpoints {
 			if ep.HasReport {
 				gauge(descReportAge, ep.ReportAge.Seconds(), svc, ep.ID)
@@ -72,6 +83,9 @@ func (m *Metrics) statusMetrics(src *Sources, _ time.Time, watched map[string]bo
 			}
 			if ep.LoadWeight > 0 {
 				gauge(descLoadWeight, ep.LoadWeight, svc, ep.ID)
+			}
+			if ep.Latency > 0 {
+				gauge(descLatency, ep.Latency.Seconds(), svc, ep.ID)
 			}
 		}
 	}
