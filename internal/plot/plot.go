@@ -61,11 +61,22 @@ type Chart struct {
 	LogX bool
 	// YMin and YMax fix the y range when YMax > YMin; else it is the data's.
 	YMin, YMax float64
-	// LegendBottom puts the legend at the bottom right of the plot area
-	// instead of the top right (where a CDF has its tail).
-	LegendBottom bool
-	Series       []Series
+	// Legend is the corner of the plot area that holds the legend: put it
+	// where the data is not (a CDF's tail is at the top right).
+	Legend Corner
+	Series []Series
 }
+
+// Corner is a corner of the plot area.
+type Corner int
+
+// The corners; the zero value is TopRight.
+const (
+	TopRight Corner = iota
+	BottomRight
+	TopLeft
+	BottomLeft
+)
 
 // palette holds the series colors, in order; they repeat past its end.
 var palette = []color.RGBA{
@@ -231,11 +242,9 @@ func (c Chart) ranges() (xr, yr span, err error) {
 	if xr.hi <= xr.lo {
 		xr.lo, xr.hi = xr.lo-1, xr.hi+1
 	}
-	if !c.LogX {
-		// Keep the first and last points off the frame.
-		pad := (xr.hi - xr.lo) * 0.04
-		xr.lo, xr.hi = xr.lo-pad, xr.hi+pad
-	}
+	// Keep the first and last points off the frame.
+	pad := (xr.hi - xr.lo) * 0.03
+	xr.lo, xr.hi = xr.lo-pad, xr.hi+pad
 	if c.YMax > c.YMin {
 		return xr, span{c.YMin, c.YMax}, nil
 	}
@@ -351,8 +360,11 @@ func (c Chart) legend(img *image.RGBA, area image.Rectangle) {
 	}
 	const lineH, swatch = 16, 18
 	box := image.Rect(area.Max.X-width-swatch-22, area.Min.Y+6, area.Max.X-6, area.Min.Y+12+named*lineH)
-	if c.LegendBottom {
+	if c.Legend == BottomRight || c.Legend == BottomLeft {
 		box = box.Add(image.Pt(0, area.Dy()-box.Dy()-12))
+	}
+	if c.Legend == TopLeft || c.Legend == BottomLeft {
+		box = box.Add(image.Pt(area.Min.X+6-box.Min.X, 0))
 	}
 	draw.Draw(img, box, image.NewUniform(white), image.Point{}, draw.Src)
 	rect(img, box, black)

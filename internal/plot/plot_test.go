@@ -58,7 +58,7 @@ func TestRenderSizeAndSeries(t *testing.T) {
 		},
 		{
 			name: "log x, given size, points at or below zero skipped",
-			chart: Chart{Width: 400, Height: 300, LogX: true, YMin: 0, YMax: 1, Series: []Series{
+			chart: Chart{Width: 400, Height: 300, LogX: true, YMin: 0, YMax: 1, Legend: BottomLeft, Series: []Series{
 				{Name: "cdf", X: []float64{0, 1, 10, 100}, Y: []float64{0, 0.2, 0.9, 1}},
 			}},
 			wantW: 400, wantH: 300,
@@ -85,6 +85,9 @@ func TestRenderSizeAndSeries(t *testing.T) {
 				// The legend (top right) uses the colors too: count
 				// outside it.
 				legend := image.Rect(area.Max.X-200, area.Min.Y, area.Max.X, area.Min.Y+14+16*len(tt.chart.Series))
+				if tt.chart.Legend == BottomLeft {
+					legend = image.Rect(area.Min.X, area.Max.Y-14-16*len(tt.chart.Series)-12, area.Min.X+200, area.Max.Y)
+				}
 				got := count(img, area, Color(i))-count(img, legend, Color(i)) > 0
 				if got != want {
 					t.Errorf("series %d (%s) drawn in the plot area: %v, want %v", i, tt.chart.Series[i].Name, got, want)

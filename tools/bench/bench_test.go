@@ -50,6 +50,14 @@ func TestQuickEndToEnd(t *testing.T) {
 			}
 		}
 	}
+	if len(res.Propagation) != 3 {
+		t.Errorf("propagation measured for %d client counts, want 1, 10 and 100", len(res.Propagation))
+	}
+	for _, pr := range res.Propagation {
+		if pr.Err != "" || pr.P99Ms <= 0 {
+			t.Errorf("propagation to %d clients: p99 %v ms, error %q", pr.Clients, pr.P99Ms, pr.Err)
+		}
+	}
 	if res.ClientsErr != "" || len(res.Clients) == 0 {
 		t.Errorf("client benchmark: %d lines, %s", len(res.Clients), res.ClientsErr)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -332,7 +333,7 @@ func writePlots(dir string, res Results) (map[string]string, error) {
 		c := plot.Chart{
 			Title:  "Latency CDF: " + s.Title,
 			XLabel: "call latency, ms (log scale)", YLabel: "share of calls at most this long",
-			LogX: true, YMin: 0, YMax: 1, LegendBottom: true,
+			LogX: true, YMin: 0, YMax: 1, Legend: plot.BottomRight,
 		}
 		for _, r := range s.Runs {
 			if len(r.CDFMs) > 0 {
@@ -345,8 +346,8 @@ func writePlots(dir string, res Results) (map[string]string, error) {
 	}
 	// Memory and propagation against the number of clients, from
 	// BenchmarkClientMemory's sub-benchmarks.
-	mem := plot.Chart{Title: "Balancer RSS per client", XLabel: "clients (log scale)", YLabel: "KiB per client", LogX: true}
-	prop := plot.Chart{Title: "One Consul change: time until each client's next list", XLabel: "clients (log scale)", YLabel: "ms", LogX: true}
+	mem := plot.Chart{Title: "Balancer RSS per client", XLabel: "clients (log scale)", YLabel: "KiB per client", LogX: true, Legend: plot.BottomRight}
+	prop := plot.Chart{Title: "One Consul change: time until each client's next list", XLabel: "clients (log scale)", YLabel: "ms", LogX: true, Legend: plot.TopLeft}
 	type pts struct{ x, y []float64 }
 	series := map[string]*pts{}
 	var order []string
@@ -387,6 +388,20 @@ func writePlots(dir string, res Results) (map[string]string, error) {
 			prop.Series = append(prop.Series, s)
 		}
 	}
+	// The goals, as flat lines across the measured range.
+	goalLine := func(c *plot.Chart, name string, y float64) {
+		lo, hi := math.Inf(1), math.Inf(-1)
+		for _, s := range c.Series {
+			for _, x := range s.X {
+				lo, hi = min(lo, x), max(hi, x)
+			}
+		}
+		if len(c.Series) > 0 {
+			c.Series = append(c.Series, plot.Series{Name: name, X: []float64{lo, hi}, Y: []float64{y, y}})
+		}
+	}
+	goalLine(&mem, fmt.Sprintf("goal: %g KiB per client", goalKiBPerClient), goalKiBPerClient)
+	goalLine(&prop, fmt.Sprintf("goal at 10,000 clients: p99 %g ms", goalChangeP99Ms), goalChangeP99Ms)
 	if err := save("memory", mem); err != nil {
 		return nil, err
 	}
