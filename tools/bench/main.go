@@ -143,14 +143,17 @@ func measureAll(ctx context.Context, o options, args []string) (Results, error) 
 	for _, spec := range []scenarioSpec{
 		{
 			key: "sleep", title: "Slow backend (sleep)", configs: slowConfigs,
+			note:     "One backend of five takes four times as long per call, asleep: it costs no CPU. Round robin gives it a fifth of the calls, and every one of them is a slow call; the oracle never calls it.",
 			backends: []backendSpec{fast, fast, fast, fast, {args: []string{"-latency", "20ms"}, slow: true}},
 		},
 		{
 			key: "cpu", title: "Slow backend (CPU-bound)", configs: slowConfigs, needFlag: "call-cpu",
+			note:     fmt.Sprintf("The slow backend spends its extra time on the CPU: %v of CPU time in every call (`-call-cpu`) after the same 5 ms sleep as the others. On a 2-core machine shared by the client, Consul, the balancer and five backends, the calls a balancer still sends it queue for the CPU, so its latency grows with its share: under round robin (a fifth of the calls) it is the bottleneck of the whole closed loop.", o.slowCPU),
 			backends: []backendSpec{fast, fast, fast, fast, {args: []string{"-latency", "5ms", "-call-cpu", o.slowCPU.String()}, slow: true}},
 		},
 		{
 			key: "datapath", title: "Data path (equal backends)", configs: []string{cfgDirect, cfgRR, cfgLL},
+			note:     "Five alike backends. The balancer is not on the data path: a grpclb client calls the backends directly, with an lb-token in its metadata, so its calls/s should match a client that dials them itself with round robin. least_load with equal backends should stay within 3 % of round robin.",
 			backends: []backendSpec{fast, fast, fast, fast, fast},
 		},
 	} {

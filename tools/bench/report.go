@@ -178,6 +178,9 @@ func renderMarkdown(res Results, plots map[string]string) string {
 
 	for _, s := range res.Scenarios {
 		p("## %s\n\n", s.Title)
+		if s.Note != "" {
+			p("%s\n\n", s.Note)
+		}
 		p("Backends: %s.\n\n", s.Backends)
 		if s.Skipped != "" {
 			p("Not measured: %s.\n\n", s.Skipped)

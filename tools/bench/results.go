@@ -90,6 +90,8 @@ type Scenario struct {
 	Title string
 	// Backends describes the backends and their flags.
 	Backends string
+	// Note says what the scenario shows and how to read it.
+	Note string
 	// Skipped, if set, says why the scenario did not run.
 	Skipped string
 	Runs    []Run

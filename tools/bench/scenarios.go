@@ -42,9 +42,9 @@ type backendSpec struct {
 
 // scenarioSpec is what runScenario runs.
 type scenarioSpec struct {
-	key, title string
-	backends   []backendSpec
-	configs    []string
+	key, title, note string
+	backends         []backendSpec
+	configs          []string
 	// needFlag is a backend flag the scenario needs ("" for none).
 	needFlag string
 }
@@ -93,7 +93,7 @@ func (b *bench) backendArgs(svc string) []string {
 // in turn on them, and stops them. It blocks; a failure of one
 // configuration is recorded in its Run and the others still run.
 func (b *bench) runScenario(ctx context.Context, spec scenarioSpec) Scenario {
-	sc := Scenario{Key: spec.key, Title: spec.title, Backends: spec.describe()}
+	sc := Scenario{Key: spec.key, Title: spec.title, Note: spec.note, Backends: spec.describe()}
 	if spec.needFlag != "" && !b.bins.hasBackendFlag(spec.needFlag) {
 		sc.Skipped = fmt.Sprintf("cmd/backend has no -%s flag in this checkout", spec.needFlag)
 		b.logf("%s: skipped: %s", spec.key, sc.Skipped)
