@@ -58,7 +58,10 @@ type clientsCase struct {
 // and its goroutines, heap in use and goroutine stacks per stream (from
 // its /metrics). Then it deregisters the first instance of every service
 // at once and reports, over the streams, the p50 and p99 of the time until
-// each stream's next list (the one without that instance).
+// each stream's next list (the one without that instance), and the CPU
+// time the balancer used until the last stream had it
+// (balancer-cpu-ms/change: unlike the times, it hardly depends on what
+// else the machine runs).
 //
 // Sub-benchmarks (their names and the metrics KiB-RSS/client,
 // p50-change-ms and p99-change-ms are parsed by tools/bench):
@@ -186,6 +189,43 @@ func saveProfiles(t testing.TB, addr, prefix string) {
 		}
 	}
 	t.Logf("profiles saved as %s-*", prefix)
+}
+
+// cpuTime returns the CPU time (user and system) process pid used so
+// far, from /proc/pid/stat, in clock ticks of 10 ms.
+func cpuTime(pid int) (time.Duration, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command (in parentheses, which may hold
+	// spaces): utime and stime are the 14th and 15th of the line.
+	_, rest, ok := strings.Cut(string(raw), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, raw)
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}
+
+// saveURL saves what a GET of url answers in file; errors are ignored
+// (the file is then missing or short).
+func saveURL(url, file string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	os.WriteFile(file, body, 0o644)
 }
 
 // freeLoopback returns a loopback address with a port free now.
@@ -423,6 +463,22 @@ func benchClients(b *testing.B, lbBin string, c clientsCase) {
 
 	// Propagation: the first instance of every service leaves, at once;
 	// every stream's next list.
+	profiled := make(chan struct{})
+	if dir := os.Getenv("LOOKASIDE_CLIENTS_PROFILES"); dir != "" {
+		// The balancer's CPU profile over the change's first 3 s.
+		file := filepath.Join(dir, strings.NewReplacer("=", "", ",", "-").Replace(c.name)) + "-cpu.pb.gz"
+		go func() {
+			defer close(profiled)
+			saveURL("http://"+admin+"/debug/pprof/profile?seconds=3", file)
+		}()
+		time.Sleep(100 * time.Millisecond)
+	} else {
+		close(profiled)
+	}
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
 	changed := time.Now()
 	if err := runAll(len(svcs), min(len(svcs), 32), func(i int) error {
 		return consulAgent.ServiceDeregister(instID(svcs[i], 0))
@@ -440,6 +496,11 @@ func benchClients(b *testing.B, lbBin string, c clientsCase) {
 		return true
 	})
 	b.StopTimer()
+	<-profiled
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
 	var lat []time.Duration
 	for _, bc := range cs {
 		for _, s := range bc.streams {
@@ -450,8 +511,10 @@ func benchClients(b *testing.B, lbBin string, c clientsCase) {
 	pct := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
 	b.ReportMetric(float64(pct(0.5).Microseconds())/1000, "p50-change-ms")
 	b.ReportMetric(float64(pct(0.99).Microseconds())/1000, "p99-change-ms")
-	b.Logf("%s: %d streams on %d connections over %d services; one instance of each service deregistered → next list min %v, p50 %v, p99 %v, max %v",
-		c.name, c.streams, len(cs), c.services, lat[0].Round(time.Millisecond), pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
+	b.ReportMetric(float64((cpu1-cpu0).Microseconds())/1000, "balancer-cpu-ms/change")
+	b.Logf("%s: %d streams on %d connections over %d services; one instance of each service deregistered → next list min %v, p50 %v, p99 %v, max %v; the balancer's CPU time meanwhile %v",
+		c.name, c.streams, len(cs), c.services, lat[0].Round(time.Millisecond), pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond),
+		(cpu1 - cpu0).Round(time.Millisecond))
 }
 
 // recv reads stream until it ends: it closes s.first at the first list
