@@ -16,6 +16,7 @@ import (
 	"github.com/lookaside-lb/lookaside/internal/logthrottle"
 	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/loadreport"
+	"github.com/lookaside-lb/lookaside/loadweight"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -52,6 +53,9 @@ type plan struct {
 	// loadWeights, aligned with snap.Endpoints, are the weights derived
 	// from load reports (policy.Input.LoadWeights); nil without them.
 	loadWeights []float64
+	// load is the Weigher's Result the plan's loadWeights came from (zero
+	// without load weights); set by the planner.
+	load loadweight.Result
 	// dropShare of every list is drop entries with dropToken.
 	dropShare float64
 	dropToken string
