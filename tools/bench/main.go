@@ -40,6 +40,7 @@ type options struct {
 	slowCPU time.Duration
 	skipGo  bool
 	render  string
+	note    string
 }
 
 func main() {
@@ -50,6 +51,7 @@ func main() {
 	fs.DurationVar(&o.slowCPU, "slow-call-cpu", defaultSlowCPU, "CPU-bound scenario: CPU time the slow backend spends in every call (backend -call-cpu), on top of its 5ms -latency")
 	fs.BoolVar(&o.skipGo, "skip-go-bench", false, "skip the go test benchmarks (client and endpoint memory, propagation)")
 	fs.StringVar(&o.render, "render", "", "render the report from this results.json instead of measuring")
+	fs.StringVar(&o.note, "note", "", "a sentence shown under the report's title, e.g. that the machine was busy (kept in results.json; with -render, replaces the saved one)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: go run ./tools/bench [flags]\n\nMeasures Lookaside against client-side balancing with out-of-process backends and a Consul dev agent, and writes BENCHMARKS.md with PNG plots.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -84,6 +86,9 @@ func run(ctx context.Context, o options, args []string) error {
 		if err != nil {
 			return err
 		}
+	}
+	if o.note != "" {
+		res.Note = o.note
 	}
 	return writeReport(o.out, res)
 }

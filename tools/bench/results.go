@@ -17,7 +17,9 @@ type Results struct {
 	Command string
 	// Quick is set by -quick: short windows, fewer clients; the figures are
 	// a smoke test, not for publication.
-	Quick   bool
+	Quick bool
+	// Note is -note: a sentence shown under the title.
+	Note    string
 	Machine Machine
 	Timing  Timing
 	// Scenarios: "sleep", "cpu" (a slow backend) and "datapath" (equal
