@@ -210,6 +210,9 @@ type LatencyOutliers struct {
 	// MinExcess: ejected only that much above the median too. Default
 	// 1ms; not negative.
 	MinExcess Duration `yaml:"min_excess"`
+	// EjectAfter: ejected once above the line for this long. Default 2s;
+	// not negative (0: at once).
+	EjectAfter Duration `yaml:"eject_after"`
 	// MinEndpoints with a known latency for any ejection. Default 3; at
 	// least 3.
 	MinEndpoints int `yaml:"min_endpoints"`

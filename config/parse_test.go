@@ -42,7 +42,7 @@ func TestDefaultIsTheFlagDefaults(t *testing.T) {
 			MaxStreamAge:          Duration(30 * time.Minute),
 		},
 		LoadReports: LoadReports{Enabled: true, Interval: Duration(time.Second), Blackout: Duration(10 * time.Second), OverloadThreshold: 0.9, MaxDropShare: 0.5,
-			LatencyOutliers: LatencyOutliers{Enabled: true, Factor: 2, ReadmitFactor: 1.5, MinExcess: Duration(time.Millisecond), MinEndpoints: 3,
+			LatencyOutliers: LatencyOutliers{Enabled: true, Factor: 2, ReadmitFactor: 1.5, MinExcess: Duration(time.Millisecond), EjectAfter: Duration(2 * time.Second), MinEndpoints: 3,
 				MaxEjectedFraction: 0.5, BaseEjectionTime: Duration(5 * time.Second), MaxEjectionTime: Duration(5 * time.Minute), ProbeShare: 0.005}},
 		RateLimits: RateLimits{MaxDropShare: 0.9, MaxClientRateShare: 0.5, MaxClientCallRate: 100000},
 		Limits: Limits{

@@ -106,7 +106,7 @@ func TestEveryPathClassified(t *testing.T) {
 	wantReload := "log.level balancer.policy balancer.max_list_entries balancer.hash_subset balancer.child_policy balancer.zones " +
 		"load_reports.blackout load_reports.overload_threshold load_reports.max_drop_share " +
 		"load_reports.latency_outliers.enabled load_reports.latency_outliers.factor load_reports.latency_outliers.readmit_factor " +
-		"load_reports.latency_outliers.min_excess load_reports.latency_outliers.min_endpoints load_reports.latency_outliers.max_ejected_fraction " +
+		"load_reports.latency_outliers.min_excess load_reports.latency_outliers.eject_after load_reports.latency_outliers.min_endpoints load_reports.latency_outliers.max_ejected_fraction " +
 		"load_reports.latency_outliers.base_ejection_time load_reports.latency_outliers.max_ejection_time load_reports.latency_outliers.probe_share " +
 		"rate_limits.max_drop_share rate_limits.max_client_rate_share rate_limits.max_client_call_rate " +
 		"limits.max_streams limits.max_streams_per_ip limits.max_streams_per_conn limits.max_stream_rate_per_ip limits.stream_burst_per_ip " +

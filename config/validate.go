@@ -547,6 +547,9 @@ func (v *validator) loadReports() {
 	if o.MinExcess < 0 {
 		v.add(lo+"min_excess", fdur(o.MinExcess), "is negative")
 	}
+	if o.EjectAfter < 0 {
+		v.add(lo+"eject_after", fdur(o.EjectAfter), "is negative")
+	}
 	if o.MinEndpoints < loadweight.MinOutlierEndpoints {
 		v.add(lo+"min_endpoints", inum(o.MinEndpoints), fmt.Sprintf("is under %d", loadweight.MinOutlierEndpoints))
 	}

@@ -77,6 +77,7 @@ func TestLatencyOutliersStatus(t *testing.T) {
 	cfg.LoadWeight.BlackoutPeriod = 0
 	cfg.LoadWeight.MinUpdateInterval = 0
 	cfg.LoadWeight.Outliers.BaseEjectionTime = 100 * time.Millisecond
+	cfg.LoadWeight.Outliers.EjectAfter = 100 * time.Millisecond
 	cfg.Services = map[string]ServiceSettings{
 		"ll":   {Policy: leastload.Name},
 		"off":  {Policy: leastload.Name, LatencyOutliers: OutliersOff},

@@ -27,6 +27,7 @@ const (
 	DefaultOutlierFactor       = 2.0
 	DefaultReadmitFactor       = 1.5
 	DefaultMinExcess           = time.Millisecond
+	DefaultEjectAfter          = 2 * time.Second
 	DefaultMinOutlierEndpoints = 3
 	DefaultMaxEjectedFraction  = 0.5
 	DefaultBaseEjectionTime    = 5 * time.Second
@@ -63,6 +64,12 @@ type OutlierConfig struct {
 	// so that services answering in microseconds do not eject on noise.
 	// Default 1 ms; must not be negative.
 	MinExcess time.Duration
+	// EjectAfter is how long an endpoint's latency must stay above the
+	// ejection line, from one Update to the next, before it is ejected,
+	// so that a blip (a pause, a burst of slow calls in a short load
+	// window) does not eject a backend that is not slow. Default 2 s; 0
+	// ejects at the first Update above the line; must not be negative.
+	EjectAfter time.Duration
 	// MinEndpoints is how many endpoints must have a known latency for
 	// any to be ejected (Envoy's success_rate_minimum_hosts). Default 3;
 	// at least 3, so that the median is a peer's.
@@ -92,8 +99,8 @@ type OutlierConfig struct {
 }
 
 // DefaultOutlierConfig returns an OutlierConfig with every default set,
-// enabled: eject above 2× the median latency (and 1 ms over it) among at
-// least 3 endpoints, readmit under 1.5×, at most half ejected, for 5 s at
+// enabled: eject above 2× the median latency (and 1 ms over it) for 2 s,
+// among at least 3 endpoints, readmit under 1.5×, at most half ejected, for 5 s at
 // first and up to 5 min, with a 0.5 % probe share.
 func DefaultOutlierConfig() OutlierConfig {
 	return OutlierConfig{
@@ -101,6 +108,7 @@ func DefaultOutlierConfig() OutlierConfig {
 		Factor:             DefaultOutlierFactor,
 		ReadmitFactor:      DefaultReadmitFactor,
 		MinExcess:          DefaultMinExcess,
+		EjectAfter:         DefaultEjectAfter,
 		MinEndpoints:       DefaultMinOutlierEndpoints,
 		MaxEjectedFraction: DefaultMaxEjectedFraction,
 		BaseEjectionTime:   DefaultBaseEjectionTime,
@@ -121,6 +129,9 @@ func (c OutlierConfig) validate() []error {
 	}
 	if c.MinExcess < 0 {
 		errs = append(errs, fmt.Errorf("outlier min excess %v is negative", c.MinExcess))
+	}
+	if c.EjectAfter < 0 {
+		errs = append(errs, fmt.Errorf("outlier eject-after %v is negative", c.EjectAfter))
 	}
 	if c.MinEndpoints < MinOutlierEndpoints {
 		errs = append(errs, fmt.Errorf("outlier min endpoints %d is under %d", c.MinEndpoints, MinOutlierEndpoints))

@@ -71,7 +71,8 @@
 // at least Outliers.MinEndpoints (3) endpoints have a known latency, an
 // endpoint is ejected when its latency is above Outliers.Factor (2) × the
 // median of those latencies and at least Outliers.MinExcess (1 ms) above
-// it. At most Outliers.MaxEjectedFraction (half) of the endpoints, and
+// it, and has stayed so for Outliers.EjectAfter (2 s, from one Update to
+// the next). At most Outliers.MaxEjectedFraction (half) of the endpoints, and
 // never all, are ejected at once: the ejected keep their places, then the
 // slowest go first.
 //

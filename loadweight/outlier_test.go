@@ -41,10 +41,11 @@ type ostep struct {
 }
 
 // outlierConfig is exact: no blackout, no smoothing, every change
-// published at once.
+// published at once, ejection at the first Update above the line.
 func outlierConfig() loadweight.Config {
 	cfg := loadweight.DefaultConfig()
 	cfg.BlackoutPeriod, cfg.Smoothing, cfg.MinUpdateInterval, cfg.ChangeThreshold = 0, 1, 0, 0
+	cfg.Outliers.EjectAfter = 0
 	return cfg
 }
 
@@ -288,4 +289,20 @@ func TestLatencies(t *testing.T) {
 	if res := w.Published(); res.Latencies[0] != 0 {
 		t.Errorf("published latencies %v, want those of the first Update (unknown)", res.Latencies)
 	}
+}
+
+// TestOutlierEjectAfter: an endpoint is ejected only once its latency has
+// stayed above the line for EjectAfter; a dip below starts the count
+// again.
+func TestOutlierEjectAfter(t *testing.T) {
+	cfg := outlierConfig()
+	cfg.Outliers.EjectAfter = 2 * time.Second
+	eps := policytest.Endpoints("a", "b", "c")
+	runOutliers(t, cfg, eps, []ostep{
+		{name: "above", at: 0, reports: lreps(0, 5, 5, 20), publish: true, next: 2},
+		{name: "1.9 s above", at: 1.9, reports: lreps(1.9, 5, 5, 20), next: 2},
+		{name: "a dip", at: 2, reports: lreps(2, 5, 5, 9), next: -1},
+		{name: "above again", at: 3, reports: lreps(3, 5, 5, 20), next: 5},
+		{name: "2 s above", at: 5, reports: lreps(5, 5, 5, 20), publish: true, outliers: "c", ejections: 1, next: 10},
+	})
 }

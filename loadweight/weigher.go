@@ -138,6 +138,7 @@ type endpoint struct {
 // ejection is an endpoint's outlier state.
 type ejection struct {
 	ejected   bool
+	above     time.Time     // since when its latency has been above the ejection line; zero: not above
 	at        time.Time     // when last ejected
 	length    time.Duration // how long the current (or last) ejection lasts at least
 	readmitAt time.Time     // when last readmitted; zero: never
@@ -449,10 +450,24 @@ func (w *Weigher) detectOutliers(now time.Time, eps []discovery.Endpoint, lats [
 
 	// Ejections, the slowest first, up to the limit; if endpoints left and
 	// too many are ejected, the fastest of them are readmitted.
+	// An endpoint is a candidate once it has been above the line for
+	// EjectAfter.
 	w.order = w.order[:0]
-	for i := range eps {
-		if outs[i] || above(lats[i], oc.Factor) {
+	for i, e := range eps {
+		out := &w.states[e.ID].out
+		switch {
+		case outs[i]:
+			out.above = time.Time{}
 			w.order = append(w.order, i)
+		case !above(lats[i], oc.Factor):
+			out.above = time.Time{}
+		case out.above.IsZero() && oc.EjectAfter > 0:
+			out.above = now
+			soonest(now.Add(oc.EjectAfter))
+		case now.Sub(out.above) >= oc.EjectAfter:
+			w.order = append(w.order, i)
+		default:
+			soonest(out.above.Add(oc.EjectAfter))
 		}
 	}
 	// The ejected keep their places; then the slowest first.

@@ -458,6 +458,7 @@ func TestConfigValidate(t *testing.T) {
 		{"readmit over factor", func(c *loadweight.Config) { c.Outliers.ReadmitFactor = 2.5 }, []string{"readmit factor"}},
 		{"readmit factor 1", func(c *loadweight.Config) { c.Outliers.ReadmitFactor = 1 }, []string{"readmit factor"}},
 		{"negative min excess", func(c *loadweight.Config) { c.Outliers.MinExcess = -1 }, []string{"min excess"}},
+		{"negative eject-after", func(c *loadweight.Config) { c.Outliers.EjectAfter = -1 }, []string{"eject-after"}},
 		{"2 min endpoints", func(c *loadweight.Config) { c.Outliers.MinEndpoints = 2 }, []string{"min endpoints"}},
 		{"no ejections", func(c *loadweight.Config) { c.Outliers.MaxEjectedFraction = 0 }, []string{"max ejected fraction"}},
 		{"zero ejection time", func(c *loadweight.Config) { c.Outliers.BaseEjectionTime = 0 }, []string{"base ejection time"}},
@@ -499,7 +500,7 @@ func TestDefaultConfig(t *testing.T) {
 		MinWeightFraction: 0.1, ChangeThreshold: 0.1, MinUpdateInterval: time.Second,
 		OverloadThreshold: 0.9, MaxDropShare: 0.5,
 		Outliers: loadweight.OutlierConfig{
-			Enabled: true, Factor: 2, ReadmitFactor: 1.5, MinExcess: time.Millisecond, MinEndpoints: 3,
+			Enabled: true, Factor: 2, ReadmitFactor: 1.5, MinExcess: time.Millisecond, EjectAfter: 2 * time.Second, MinEndpoints: 3,
 			MaxEjectedFraction: 0.5, BaseEjectionTime: 5 * time.Second, MaxEjectionTime: 5 * time.Minute,
 			ProbeShare: 0.005,
 		},

@@ -19,11 +19,11 @@ func TestLBSettingsLatencyOutliers(t *testing.T) {
 	on, off := true, false
 	lo := &cfg.LoadReports.LatencyOutliers
 	lo.Enabled, lo.Factor, lo.ReadmitFactor, lo.MinExcess = false, 3, 2, config.Duration(2*time.Millisecond)
-	lo.MinEndpoints, lo.MaxEjectedFraction, lo.ProbeShare = 4, 0.25, 0.01
+	lo.MinEndpoints, lo.MaxEjectedFraction, lo.ProbeShare, lo.EjectAfter = 4, 0.25, 0.01, config.Duration(3*time.Second)
 	lo.BaseEjectionTime, lo.MaxEjectionTime = config.Duration(10*time.Second), config.Duration(time.Minute)
 	cfg.Services = map[string]config.Service{"a": {LatencyOutliers: &on}, "b": {LatencyOutliers: &off}, "c": {}}
 	ls := lbSettings(cfg)
-	want := loadweight.OutlierConfig{Factor: 3, ReadmitFactor: 2, MinExcess: 2 * time.Millisecond, MinEndpoints: 4,
+	want := loadweight.OutlierConfig{Factor: 3, ReadmitFactor: 2, MinExcess: 2 * time.Millisecond, EjectAfter: 3 * time.Second, MinEndpoints: 4,
 		MaxEjectedFraction: 0.25, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: time.Minute, ProbeShare: 0.01}
 	if got := ls.LoadWeight.Outliers; got != want {
 		t.Errorf("outliers %+v\nwant %+v", got, want)

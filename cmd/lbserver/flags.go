@@ -35,7 +35,7 @@ var groups = []struct {
 	{"Load reports (ORCA) and overload drops", []string{"load-reports", "load-report-interval", "load-blackout", "overload-threshold", "max-drop-share",
 		"orca-tls-ca", "orca-tls-cert", "orca-tls-key", "orca-tls-server-name"}},
 	{"Latency outliers (least_load)", []string{"latency-outliers", "service-latency-outliers", "outlier-factor", "outlier-readmit-factor",
-		"outlier-min-excess", "outlier-min-endpoints", "outlier-max-ejected-fraction", "outlier-base-ejection-time", "outlier-max-ejection-time",
+		"outlier-min-excess", "outlier-eject-after", "outlier-min-endpoints", "outlier-max-ejected-fraction", "outlier-base-ejection-time", "outlier-max-ejection-time",
 		"outlier-probe-share"}},
 	{"Rate limits", []string{"rate-limit", "max-rate-limit-drop-share", "max-client-rate-share", "max-client-call-rate"}},
 	{"Limits on what clients can make the balancer hold", []string{
@@ -130,6 +130,7 @@ func bindFlags(fs *flag.FlagSet, cfg *config.Config, cmd *command) {
 	fs.Float64Var(&lo.Factor, "outlier-factor", lo.Factor, "eject a backend whose latency is above this many times the median of its service's backends, in (1, 1000]")
 	fs.Float64Var(&lo.ReadmitFactor, "outlier-readmit-factor", lo.ReadmitFactor, "readmit an ejected backend once its latency is at most this many times the median, in (1, -outlier-factor]")
 	durVar(fs, &lo.MinExcess, "outlier-min-excess", "eject only a backend at least this much slower than the median")
+	durVar(fs, &lo.EjectAfter, "outlier-eject-after", "eject a backend only once its latency has stayed above the line this long (0: at once)")
 	fs.IntVar(&lo.MinEndpoints, "outlier-min-endpoints", lo.MinEndpoints, "backends with a known latency needed for any ejection (at least 3)")
 	fs.Float64Var(&lo.MaxEjectedFraction, "outlier-max-ejected-fraction", lo.MaxEjectedFraction, "most of a service's backends ejected at once, as a share in (0, 1] (at least one)")
 	durVar(fs, &lo.BaseEjectionTime, "outlier-base-ejection-time", "least time a backend stays ejected; ejected again soon after its readmission, twice as long as the last time")

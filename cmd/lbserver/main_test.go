@@ -122,12 +122,12 @@ func TestLatencyOutlierFlags(t *testing.T) {
 		t.Errorf("defaults: %+v; want on, factor 2, probe share 0.005", lo)
 	}
 	cfg, _, err = load([]string{"-latency-outliers=false", "-service-latency-outliers", "a=true,b=false", "-outlier-factor", "3",
-		"-outlier-readmit-factor", "2", "-outlier-min-excess", "2ms", "-outlier-min-endpoints", "4", "-outlier-max-ejected-fraction", "0.25",
+		"-outlier-readmit-factor", "2", "-outlier-min-excess", "2ms", "-outlier-eject-after", "3s", "-outlier-min-endpoints", "4", "-outlier-max-ejected-fraction", "0.25",
 		"-outlier-base-ejection-time", "10s", "-outlier-max-ejection-time", "1m", "-outlier-probe-share", "0.01"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := config.LatencyOutliers{Factor: 3, ReadmitFactor: 2, MinExcess: config.Duration(2 * time.Millisecond), MinEndpoints: 4,
+	want := config.LatencyOutliers{Factor: 3, ReadmitFactor: 2, MinExcess: config.Duration(2 * time.Millisecond), EjectAfter: config.Duration(3 * time.Second), MinEndpoints: 4,
 		MaxEjectedFraction: 0.25, BaseEjectionTime: config.Duration(10 * time.Second), MaxEjectionTime: config.Duration(time.Minute), ProbeShare: 0.01}
 	if got := cfg.LoadReports.LatencyOutliers; got != want {
 		t.Errorf("parsed: %+v\nwant %+v", got, want)

@@ -318,7 +318,7 @@ func TestProbeShare(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("%d endpoints, %d slow", tc.n, tc.slow), func(t *testing.T) {
 			cfg := loadweight.DefaultConfig()
-			cfg.BlackoutPeriod = 0
+			cfg.BlackoutPeriod, cfg.Outliers.EjectAfter = 0, 0
 			w, err := loadweight.New(cfg)
 			if err != nil {
 				t.Fatal(err)
