@@ -37,10 +37,13 @@ var KeepaliveParams = keepalive.ServerParameters{Time: time.Minute, Timeout: 20 
 // defaults (32 KiB read and 32 KiB write buffer per connection, windows
 // that grow with bandwidth estimation) are sized for bulk transfers.
 const (
-	// ReadBufferSize is each connection's read buffer: it holds a few
-	// of the client's small frames, so one read syscall serves them; a
-	// larger frame (up to -max-request-size) is read past it.
-	ReadBufferSize = 4 << 10
+	// ReadBufferSize is each connection's read buffer, held for the
+	// connection's life: 1 KiB holds what a client sends at once (the
+	// stream's HEADERS and initial request, a few hundred bytes; a
+	// ClientStats of a few dozen), so one read syscall serves it; a
+	// larger frame (up to -max-request-size) is read past it. 4 KiB cost
+	// 3 KiB more per client for nothing (BenchmarkClientMemory).
+	ReadBufferSize = 1 << 10
 	// WriteBufferSize is the buffer a connection gathers frames in
 	// before writing them to the socket: one HTTP/2 frame of the default
 	// maximum size (16 KiB), so that a long list is written in one
