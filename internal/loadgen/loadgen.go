@@ -67,6 +67,20 @@ func ClosedLoop(ctx context.Context, workers int, d time.Duration, maxPerWorker 
 	return res
 }
 
+// Add adds the calls of o to r, as if they had been made in one load:
+// counts and latencies are added, and so are the elapsed times. r's maps
+// must not be nil.
+func (r *Result) Add(o Result) {
+	for id, n := range o.Calls {
+		r.Calls[id] += n
+	}
+	for c, n := range o.Failures {
+		r.Failures[c] += n
+	}
+	r.Latencies = append(r.Latencies, o.Latencies...)
+	r.Elapsed += o.Elapsed
+}
+
 // Total returns the number of successful calls.
 func (r Result) Total() int {
 	n := 0

@@ -103,3 +103,15 @@ func TestPercentileMeanCDF(t *testing.T) {
 		t.Error("an empty result has no CDF")
 	}
 }
+
+func TestAdd(t *testing.T) {
+	r := Result{Calls: map[string]int{"a": 1}, Failures: map[codes.Code]int{}, Latencies: []time.Duration{time.Millisecond}, Elapsed: time.Second}
+	r.Add(Result{Calls: map[string]int{"a": 2, "b": 3}, Failures: map[codes.Code]int{codes.Unavailable: 1},
+		Latencies: []time.Duration{2 * time.Millisecond, 3 * time.Millisecond}, Elapsed: time.Second})
+	if r.Calls["a"] != 3 || r.Calls["b"] != 3 || r.Failures[codes.Unavailable] != 1 || len(r.Latencies) != 3 || r.Elapsed != 2*time.Second {
+		t.Errorf("after Add: %+v", r)
+	}
+	if got := r.Rate(); got != 3 {
+		t.Errorf("Rate = %v, want 6 calls / 2 s", got)
+	}
+}

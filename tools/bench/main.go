@@ -109,11 +109,13 @@ func measureAll(ctx context.Context, o options, args []string) (Results, error) 
 			LoadWindow:     time.Second,
 			Workers:        8,
 			Warmup:         5 * time.Second,
+			Rewarm:         2 * time.Second,
 			Window:         10 * time.Second,
+			Rounds:         2,
 		},
 	}
 	if o.quick {
-		res.Timing.Warmup, res.Timing.Window = 3*time.Second, 2*time.Second
+		res.Timing.Warmup, res.Timing.Window, res.Timing.Rounds = 3*time.Second, 2*time.Second, 1
 	}
 	root, err := moduleRoot(ctx)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/lookaside-lb/lookaside/internal/plot"
 )
@@ -166,7 +167,8 @@ func renderMarkdown(res Results, plots map[string]string) string {
 	t := res.Timing
 	p("## How the load is made\n\n")
 	p("Every backend is a `cmd/backend` process registered in a Consul dev agent, sized for 8 calls at once (`-capacity 8`: it reports application utilization = mean calls in flight / 8) and reporting ORCA load over a %v window (`-load-window`) at most every %v (`-orca-min-interval`). ", t.LoadWindow, t.ReportInterval)
-	p("One client process (this command) runs %d closed-loop workers: each makes one `GetUserList` call at a time, back to back. Each configuration is dialled afresh, warmed up for %v, then measured for %v (at most %d calls per worker); calls/s is the successful calls over the measured time.\n\n", t.Workers, t.Warmup, t.Window, int(t.Window.Seconds()*maxCallRate))
+	p("One client process (this command) runs %d closed-loop workers: each makes one `GetUserList` call at a time, back to back. All the configurations of a scenario are dialled at once and stay open; they are measured in %d interleaved round(s) (A B C D, A B C D), %v of calls per configuration in all (at most %d calls per worker per round), so that a change in the machine's load falls on all of them alike. A configuration's first round follows a %v warm-up (longer than the blackout), each later one a %v warm-up (the load window and one weight update, so that the weights follow its own traffic). calls/s is the successful calls over the measured time.\n\n",
+		t.Workers, max(1, t.Rounds), t.Window, int((t.Window/time.Duration(max(1, t.Rounds))).Seconds()*maxCallRate), t.Warmup, t.Rewarm)
 	p("| configuration | how the client balances |\n|---|---|\n")
 	p("| %s | grpc-go's `grpclb` policy (round_robin child) fed by an `lbserver` process with `-policy round_robin` |\n", configTitle[cfgRR])
 	p("| %s | the same, `-policy least_load` with its default settings |\n", configTitle[cfgLL])

@@ -63,8 +63,13 @@ type Timing struct {
 	// averaged over it).
 	LoadWindow time.Duration
 	Workers    int
-	Warmup     time.Duration
-	Window     time.Duration
+	// Warmup precedes a configuration's first round, Rewarm its others;
+	// Window is its measured time, split into Rounds rounds that
+	// alternate between the configurations.
+	Warmup time.Duration
+	Rewarm time.Duration
+	Window time.Duration
+	Rounds int
 }
 
 // Configuration keys of a Run.

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"google.golang.org/grpc"
 	_ "google.golang.org/grpc/balancer/weightedroundrobin" // registers A58's weighted_round_robin
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
@@ -130,23 +131,72 @@ func (b *bench) runScenario(ctx context.Context, spec scenarioSpec) Scenario {
 			fast = append(fast, addrs[p.name])
 		}
 	}
+	// Dial every configuration first and keep it open, then measure
+	// them in interleaved rounds (A B C D, A B C D), so that a change in
+	// the machine's load during the run falls on all of them alike.
+	type active struct {
+		cfg  string
+		call loadgen.Call
+		stop func()
+		res  loadgen.Result
+		err  string
+	}
+	var cfgs []*active
+	defer func() {
+		for _, a := range cfgs {
+			if a.stop != nil {
+				a.stop()
+			}
+		}
+	}()
 	for _, cfg := range spec.configs {
-		b.logf("%s: %s: warm-up %v, then %v measured", spec.key, cfg, b.timing.Warmup, b.timing.Window)
-		r := b.measure(ctx, svc, cfg, all, fast, slowID)
+		a := &active{cfg: cfg, res: loadgen.Result{Calls: map[string]int{}, Failures: map[codes.Code]int{}}}
+		cfgs = append(cfgs, a)
+		call, stop, err := b.open(ctx, svc, cfg, all, fast)
+		if err != nil {
+			a.err = err.Error()
+			b.logf("%s: %s: %s", spec.key, cfg, a.err)
+			continue
+		}
+		a.call, a.stop = call, stop
+	}
+	t := b.timing
+	rounds := max(1, t.Rounds)
+	perRound := t.Window / time.Duration(rounds)
+	bound := func(d time.Duration) int { return max(1, int(d.Seconds()*maxCallRate)) }
+	for r := range rounds {
+		for _, a := range cfgs {
+			if a.call == nil || ctx.Err() != nil {
+				continue
+			}
+			warm := t.Rewarm
+			if r == 0 {
+				warm = t.Warmup
+			}
+			b.logf("%s: %s: round %d of %d: warm-up %v, then %v measured", spec.key, a.cfg, r+1, rounds, warm, perRound)
+			loadgen.ClosedLoop(ctx, t.Workers, warm, bound(warm), a.call)
+			a.res.Add(loadgen.ClosedLoop(ctx, t.Workers, perRound, bound(perRound), a.call))
+		}
+	}
+	for _, a := range cfgs {
+		r := Run{Config: a.cfg, SlowShare: -1, Err: a.err}
+		if ctx.Err() != nil && r.Err == "" {
+			r.Err = ctx.Err().Error()
+		}
+		if r.Err == "" {
+			r = summarize(a.cfg, a.res, slowID)
+		}
 		if r.Err != "" {
-			b.logf("%s: %s: %s", spec.key, cfg, r.Err)
+			b.logf("%s: %s: %s", spec.key, a.cfg, r.Err)
 		} else {
 			share := ""
 			if r.SlowShare >= 0 {
 				share = fmt.Sprintf(", slow backend %.1f%% of calls", 100*r.SlowShare)
 			}
 			b.logf("%s: %s: %.0f calls/s, p50 %.2f ms, p90 %.2f ms, p99 %.2f ms%s",
-				spec.key, cfg, r.Rate, r.P50Ms, r.P90Ms, r.P99Ms, share)
+				spec.key, a.cfg, r.Rate, r.P50Ms, r.P90Ms, r.P99Ms, share)
 		}
 		sc.Runs = append(sc.Runs, r)
-		if ctx.Err() != nil {
-			break
-		}
 	}
 	return sc
 }
@@ -173,17 +223,15 @@ func (b *bench) waitPassing(ctx context.Context, svc string, n int) (map[string]
 	}
 }
 
-// measure runs one configuration: it starts an lbserver for the Lookaside
-// ones, dials, waits until every backend it should use has answered, warms
-// up and measures.
-func (b *bench) measure(ctx context.Context, svc, cfg string, all, fast []string, slowID string) Run {
-	run := Run{Config: cfg, SlowShare: -1}
+// open readies one configuration: it starts an lbserver for the Lookaside
+// ones, dials, and waits until every backend the configuration should use
+// has answered. It returns the call to load it with and a function that
+// closes it all.
+func (b *bench) open(ctx context.Context, svc, cfg string, all, fast []string) (loadgen.Call, func(), error) {
 	cc, stop, want, err := b.dial(ctx, svc, cfg, all, fast)
 	if err != nil {
-		run.Err = err.Error()
-		return run
+		return nil, nil, err
 	}
-	defer stop()
 	c := userpb.NewUserClient(cc)
 	call := func(ctx context.Context) (string, error) {
 		ctx, cancel := context.WithTimeout(ctx, callTimeout)
@@ -195,16 +243,15 @@ func (b *bench) measure(ctx context.Context, svc, cfg string, all, fast []string
 		return r.BackendId, nil
 	}
 	if err := waitSeen(ctx, call, want); err != nil {
-		run.Err = err.Error()
-		return run
+		stop()
+		return nil, nil, err
 	}
-	bound := func(d time.Duration) int { return max(1, int(d.Seconds()*maxCallRate)) }
-	loadgen.ClosedLoop(ctx, b.timing.Workers, b.timing.Warmup, bound(b.timing.Warmup), call)
-	res := loadgen.ClosedLoop(ctx, b.timing.Workers, b.timing.Window, bound(b.timing.Window), call)
-	if ctx.Err() != nil {
-		run.Err = ctx.Err().Error()
-		return run
-	}
+	return call, stop, nil
+}
+
+// summarize turns the measured calls of configuration cfg into its Run.
+func summarize(cfg string, res loadgen.Result, slowID string) Run {
+	run := Run{Config: cfg, SlowShare: -1}
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	run.Calls = res.Total()
 	for _, n := range res.Failures {
