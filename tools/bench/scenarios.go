@@ -90,9 +90,10 @@ func (b *bench) backendArgs(svc string) []string {
 		"-capacity", "8"}
 }
 
-// runScenario starts the scenario's backends, measures each configuration
-// in turn on them, and stops them. It blocks; a failure of one
-// configuration is recorded in its Run and the others still run.
+// runScenario starts the scenario's backends, opens every configuration
+// on them, measures the configurations in interleaved rounds, and stops it
+// all. It blocks; a failure of one configuration is recorded in its Run
+// and the others still run.
 func (b *bench) runScenario(ctx context.Context, spec scenarioSpec) Scenario {
 	sc := Scenario{Key: spec.key, Title: spec.title, Note: spec.note, Backends: spec.describe()}
 	if spec.needFlag != "" && !b.bins.hasBackendFlag(spec.needFlag) {
