@@ -49,7 +49,7 @@ func main() {
 	fs.StringVar(&o.out, "out", "docs", "directory that receives BENCHMARKS.md; the plots and results.json go to its bench/ subdirectory")
 	fs.BoolVar(&o.quick, "quick", false, "a smoke test: short warm-up and windows, 1,000 clients only; the report says its figures are not for publication")
 	fs.DurationVar(&o.slowCPU, "slow-call-cpu", defaultSlowCPU, "CPU-bound scenario: CPU time the slow backend spends in every call (backend -call-cpu), on top of its 5ms -latency")
-	fs.BoolVar(&o.skipGo, "skip-go-bench", false, "skip the go test benchmarks (client and endpoint memory, propagation)")
+	fs.BoolVar(&o.skipGo, "skip-go-bench", false, "skip the go test benchmarks (BenchmarkClientMemory in ./e2e, BenchmarkCollectorMemory in ./loadreport)")
 	fs.StringVar(&o.render, "render", "", "render the report from this results.json instead of measuring")
 	fs.StringVar(&o.note, "note", "", "a sentence shown under the report's title, e.g. that the machine was busy (kept in results.json; with -render, replaces the saved one)")
 	fs.Usage = func() {
