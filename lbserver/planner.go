@@ -281,7 +281,7 @@ func (p *planner) plan(snapChanged, force bool) {
 	np.arrived, np.fromSnap = p.arrived, snapChanged
 	np.rateLimit = p.rateLimit
 	if len(p.res.Weights) == len(p.snap.Endpoints) {
-		np.loadWeights = p.res.Weights
+		np.loadWeights, np.load = p.res.Weights, p.res
 	}
 	// The policy's work shared by every stream is done here, once per
 	// plan (with the service's policy options); streams only do what
@@ -301,15 +301,17 @@ func (p *planner) plan(snapChanged, force bool) {
 	p.svc.publish(np)
 }
 
-// loadViews holds, for Status, the latest load-weight Result of each
-// service whose planner runs (*service → *loadView). Each planner stores
-// its own entry with each Result it takes and deletes it when it stops.
+// loadViews holds, for Status, what each running planner knows of its
+// service's latencies beyond its plan (*service → *loadView): the plan
+// carries the outlier decisions its weights came from (plan.load), but
+// latencies move with every report, and a plan is made only when weights
+// change enough. Each planner stores its own entry and deletes it when it
+// stops.
 var loadViews sync.Map
 
-// loadView is what Status shows of a service's latency outliers.
-// Immutable.
+// loadView is what Status shows of a service's latencies. Immutable.
 type loadView struct {
-	res       loadweight.Result // Latencies, Outliers, MedianLatency (aligned with the plan's endpoints)
+	res       loadweight.Result // the Result in force (its Outliers are the plan's)
 	ejections uint64            // since the service was watched
 	enabled   bool              // outliers are detected
 	lat       []time.Duration   // latencies of the planner's endpoints, as of its last Update

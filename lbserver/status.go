@@ -198,10 +198,11 @@ func (svc *service) status(now time.Time, child string) ServiceStatus {
 		st.OutlierEjections = v.ejections
 		st.MedianLatency = v.median
 		st.LatencyOutliers = v.enabled
-		if len(v.res.Outliers) == len(eps) {
-			st.Outliers = v.res.Ejected
+		// The outliers the plan's weights (and so its lists) come from.
+		if len(p.load.Outliers) == len(eps) {
+			st.Outliers = p.load.Ejected
 			for i := range eps {
-				st.Endpoints[i].Outlier = v.res.Outliers[i]
+				st.Endpoints[i].Outlier = p.load.Outliers[i]
 			}
 		}
 		if len(v.lat) == len(eps) {
