@@ -36,6 +36,7 @@ func FuzzParse(f *testing.F) {
 		"limits: {max_streams: 1e3, max_conns: 0x10}\n",
 		"dns:\n  allow: [10.0.0.1/8, '::1']\n  ttl: 1.5s\n",
 		"rate_limits:\n  max_drop_share: .nan\n",
+		"load_reports:\n  latency_outliers: {factor: 1.5, readmit_factor: 2, eject_after: -1s}\nservices:\n  a: {latency_outliers: false}\n",
 		"? [a]\n: b\n",
 		"a: &a [*a]\n",
 	} {

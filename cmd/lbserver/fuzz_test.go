@@ -20,6 +20,7 @@ func FuzzFlags(f *testing.F) {
 		"-listen=127.0.0.1:0\x00--config=/nonexistent\x00-max-streams\x001",
 		"-consul-tag\x00a,,b\x00-dns-allow\x0010.0.0.0/8,::1",
 		"-rate-limit\x00svc=NaN\x00-max-drop-share\x00Inf",
+		"-latency-outliers=false\x00-service-latency-outliers\x00a=true,b=0\x00-outlier-probe-share\x00NaN\x00-outlier-eject-after\x000",
 	} {
 		f.Add(seed)
 	}
