@@ -122,8 +122,11 @@ func headline(res Results) []goalRow {
 		v, ok := metric(res.Clients, c.sub, c.unit)
 		if !ok {
 			why := "no `" + c.sub + "` " + c.unit + " in BenchmarkClientMemory's output"
-			if res.Quick {
+			switch {
+			case res.Quick:
 				why = "not run by -quick"
+			case len(res.Clients) == 0 && res.ClientsErr != "":
+				why = oneLine(res.ClientsErr)
 			}
 			missing(c.figure, c.goal, why)
 			continue
@@ -133,7 +136,11 @@ func headline(res Results) []goalRow {
 	if v, ok := metric(res.Collector, "", unitEndpoint); ok {
 		rows = append(rows, goalRow{"load collection per endpoint (1,000 endpoints): RSS", fmt.Sprintf("%.1f KiB", v), fmt.Sprintf("≤ %g KiB", goalKiBPerEndpoint), verdict(v <= goalKiBPerEndpoint)})
 	} else {
-		missing("load collection per endpoint (1,000 endpoints): RSS", fmt.Sprintf("≤ %g KiB", goalKiBPerEndpoint), "BenchmarkCollectorMemory did not report "+unitEndpoint)
+		why := "BenchmarkCollectorMemory did not report " + unitEndpoint
+		if len(res.Collector) == 0 && res.CollectorErr != "" {
+			why = oneLine(res.CollectorErr)
+		}
+		missing("load collection per endpoint (1,000 endpoints): RSS", fmt.Sprintf("≤ %g KiB", goalKiBPerEndpoint), why)
 	}
 	return rows
 }

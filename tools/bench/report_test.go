@@ -99,6 +99,16 @@ func TestHeadlineFollowsTheData(t *testing.T) {
 	if r := find("one change reaching 10,000 clients: p99"); r.measured != "not measured" || r.verdict != "not run by -quick" {
 		t.Errorf("clients row of a quick run: %+v", r)
 	}
+	res.Quick = false
+	res.ClientsErr = "skipped (-skip-go-bench)"
+	res.Collector, res.CollectorErr = nil, "go test -bench CollectorMemory ./loadreport: exit status 1\nFAIL"
+	rows = headline(res)
+	if r := find("LB memory per client on its own connection (10,000 clients)"); r.verdict != "skipped (-skip-go-bench)" {
+		t.Errorf("clients row of a run without go benchmarks: %+v", r)
+	}
+	if r := find("load collection per endpoint (1,000 endpoints): RSS"); r.verdict != "go test -bench CollectorMemory ./loadreport: exit status 1" {
+		t.Errorf("collector row of a failed benchmark: %+v", r)
+	}
 }
 
 func TestRenderMarkdown(t *testing.T) {
