@@ -1,0 +1,18 @@
+// Package xds is the balancer's xDS face: an Aggregated Discovery Service
+// (State of the World) that gRPC's proxyless xDS clients (xds:///name)
+// read their Listener, RouteConfiguration, Cluster and
+// ClusterLoadAssignment from, built from the same per-service assignments
+// the grpclb face serves.
+//
+// Names follow what a gRPC client asks for: the Listener is named by the
+// dial target's path ("user-srv" for xds:///user-srv), its route
+// configuration has the same name, and both lead to the Cluster and
+// ClusterLoadAssignment named by the service's canonical name. A name no
+// service answers to is left out of the responses, which the client
+// reports as "resource not found".
+//
+// What a balancing policy becomes for a client that balances itself is a
+// Shape: gRPC clients ignore endpoint weights under ROUND_ROBIN but honour
+// locality weights, so weighted policies put each endpoint in a locality
+// of its own.
+package xds

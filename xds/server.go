@@ -1,0 +1,381 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"time"
+
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/lookaside-lb/lookaside/internal/logthrottle"
+)
+
+// ErrUnknown is what a Feed's Subscribe returns (wrapped) for a name no
+// service answers to. The server then leaves the resource out of its
+// responses, which a gRPC client reports as "resource not found".
+var ErrUnknown = errors.New("xds: unknown service")
+
+// Feed is the balancer the xDS face serves from: it maps the names clients
+// ask for to services and follows their assignments. Implementations must
+// be safe for concurrent use.
+type Feed interface {
+	// Subscribe starts following the service that answers to name (a
+	// listener, route or cluster name). notify is called, without
+	// blocking and from any goroutine, after every change of the
+	// subscription's assignment until Close returns. It returns an error
+	// wrapping ErrUnknown for a name no service answers to, and another
+	// error when a limit refuses the subscription. It does not block.
+	Subscribe(name string, notify func()) (Subscription, error)
+}
+
+// Subscription follows one service for one stream.
+type Subscription interface {
+	// Assignment returns the service's current assignment, and false
+	// while the balancer has none yet (before Consul's first answer).
+	Assignment() (Assignment, bool)
+	// Close ends the subscription; notify is not called after it returns.
+	Close()
+}
+
+// Defaults and bounds of Options.
+const (
+	// DefaultMaxNames is the default Options.MaxNames.
+	DefaultMaxNames = 100
+	// nackLogInterval bounds the NACK log lines per client reason.
+	nackLogInterval = time.Minute
+)
+
+// Options configure a Server.
+type Options struct {
+	// MaxNames bounds how many resource names of one type a stream may
+	// subscribe to; a request naming more ends the stream with
+	// ResourceExhausted. Default DefaultMaxNames.
+	MaxNames int
+	// LRS makes Clusters point clients at this server for their load
+	// reports (lrs_server: self).
+	LRS bool
+	// Logger receives the server's logs (component=xds). Default
+	// slog.Default().
+	Logger *slog.Logger
+	// OnNACK, when set, is called for every NACK a client sends: the
+	// resource type and the client's reason. It must not block.
+	OnNACK func(typeURL, reason string)
+}
+
+// Server is an Aggregated Discovery Service (State of the World) for
+// gRPC's xDS clients: Listener → RouteConfiguration → Cluster →
+// ClusterLoadAssignment for every service a client names, from a Feed.
+// Register it on a grpc.Server with Register. Safe for concurrent use.
+type Server struct {
+	discoverypb.UnimplementedAggregatedDiscoveryServiceServer
+
+	// Read-only after New.
+	feed     Feed
+	maxNames int
+	lrs      bool
+	log      *slog.Logger
+	nackLog  *logthrottle.Logger
+	onNACK   func(typeURL, reason string)
+}
+
+// New returns a Server that serves from feed.
+func New(feed Feed, opts Options) *Server {
+	if opts.MaxNames <= 0 {
+		opts.MaxNames = DefaultMaxNames
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "xds")
+	return &Server{
+		feed:     feed,
+		maxNames: opts.MaxNames,
+		lrs:      opts.LRS,
+		log:      log,
+		nackLog:  logthrottle.New(log, nackLogInterval),
+		onNACK:   opts.OnNACK,
+	}
+}
+
+// Register registers s as the ADS service of gs.
+func (s *Server) Register(gs grpc.ServiceRegistrar) {
+	discoverypb.RegisterAggregatedDiscoveryServiceServer(gs, s)
+}
+
+// typeOrder is the order in which a stream sends its pending types: a
+// client follows Listener → Route → Cluster → Endpoints.
+var typeOrder = [...]string{ListenerType, RouteType, ClusterType, EndpointType}
+
+// StreamAggregatedResources serves one ADS stream until the client ends it
+// or its context is done. It runs on the stream's goroutine, with one
+// more goroutine receiving requests.
+func (s *Server) StreamAggregatedResources(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	st := &adsStream{
+		srv:   s,
+		send:  stream.Send,
+		subs:  map[string]*subRef{},
+		types: map[string]*typeState{},
+		wake:  make(chan struct{}, 1),
+	}
+	defer st.closeAll()
+
+	reqs := make(chan *discoverypb.DiscoveryRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case err := <-recvErr:
+			if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+				return nil
+			}
+			return err
+		case req := <-reqs:
+			if err := st.handle(req); err != nil {
+				return err
+			}
+		case <-st.wake:
+			for _, t := range st.types {
+				t.stale = true
+			}
+		}
+		if err := st.flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// DeltaAggregatedResources is not served: gRPC clients use State of the
+// World.
+func (s *Server) DeltaAggregatedResources(discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	return status.Error(codes.Unimplemented, "xds: delta xDS is not served; use state of the world")
+}
+
+// adsStream is one ADS stream's state, owned by its handler goroutine.
+type adsStream struct {
+	srv   *Server
+	send  func(*discoverypb.DiscoveryResponse) error
+	node  string
+	subs  map[string]*subRef    // by name, over every type
+	types map[string]*typeState // by type URL, once the client asked
+	wake  chan struct{}         // a subscription changed
+	nonce uint64                // the last nonce sent
+}
+
+// subRef is a subscription shared by the types that name it.
+type subRef struct {
+	sub  Subscription // nil: unknown or refused (err)
+	err  error
+	refs int
+}
+
+// typeState is one resource type's state in a stream.
+type typeState struct {
+	url     string
+	names   []string // subscribed, sorted, unique
+	version uint64   // of the last response
+	nonce   string   // of the last response; "" before the first
+	sent    []*anypb.Any
+	stale   bool // a subscription changed since the last flush
+	asked   bool // the client asked since the last response
+}
+
+// handle takes in one request: an ACK, a NACK, or a change of the names
+// the client subscribes to.
+func (st *adsStream) handle(req *discoverypb.DiscoveryRequest) error {
+	url := req.GetTypeUrl()
+	if !slices.Contains(typeOrder[:], url) {
+		return status.Errorf(codes.InvalidArgument, "xds: resource type %s is not served", logthrottle.Quote(url))
+	}
+	if st.node == "" {
+		st.node = req.GetNode().GetId()
+	}
+	t := st.types[url]
+	if t == nil {
+		t = &typeState{url: url}
+		st.types[url] = t
+	}
+	// A NACK counts even when it answers an older response: the client
+	// rejected what it was sent.
+	if d := req.GetErrorDetail(); d != nil && req.GetResponseNonce() != "" {
+		reason := d.GetMessage()
+		st.srv.nackLog.LogKey(context.Background(), slog.LevelWarn, url+"\x00"+reason, "xDS client rejected a resource",
+			"node", logthrottle.Quote(st.node), "type", url, "version", req.GetVersionInfo(), "reason", logthrottle.Quote(reason))
+		if st.srv.onNACK != nil {
+			st.srv.onNACK(url, reason)
+		}
+	}
+	if n := req.GetResponseNonce(); n != "" && n != t.nonce {
+		return nil // answers an older response; the client will ask again
+	}
+	names := slices.Clone(req.GetResourceNames())
+	slices.Sort(names)
+	names = slices.Compact(names)
+	if len(names) > st.srv.maxNames {
+		return status.Errorf(codes.ResourceExhausted, "xds: %d %s names in one request, at most %d", len(names), url, st.srv.maxNames)
+	}
+	if req.GetResponseNonce() == "" || !slices.Equal(names, t.names) {
+		t.asked = true
+	}
+	for _, n := range names {
+		if !slices.Contains(t.names, n) {
+			st.acquire(n)
+		}
+	}
+	for _, n := range t.names {
+		if !slices.Contains(names, n) {
+			st.release(n)
+		}
+	}
+	t.names = names
+	return nil
+}
+
+// acquire adds a reference to name's subscription, subscribing on the
+// first.
+func (st *adsStream) acquire(name string) {
+	if r := st.subs[name]; r != nil {
+		r.refs++
+		return
+	}
+	sub, err := st.srv.feed.Subscribe(name, st.notify)
+	st.subs[name] = &subRef{sub: sub, err: err, refs: 1}
+	if err != nil && !errors.Is(err, ErrUnknown) {
+		st.srv.log.Debug("xDS subscription refused", "name", logthrottle.Quote(name), "err", err)
+	}
+}
+
+// release drops a reference to name's subscription, closing it with the
+// last.
+func (st *adsStream) release(name string) {
+	r := st.subs[name]
+	if r == nil {
+		return
+	}
+	if r.refs--; r.refs == 0 {
+		if r.sub != nil {
+			r.sub.Close()
+		}
+		delete(st.subs, name)
+	}
+}
+
+func (st *adsStream) closeAll() {
+	for name, r := range st.subs {
+		if r.sub != nil {
+			r.sub.Close()
+		}
+		delete(st.subs, name)
+	}
+}
+
+// notify is every subscription's change callback: it wakes the handler.
+func (st *adsStream) notify() {
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+}
+
+// flush sends, in type order, a response for every type whose resources
+// differ from what was last sent, or that the client asked for anew.
+func (st *adsStream) flush() error {
+	for _, url := range typeOrder {
+		t := st.types[url]
+		if t == nil || (!t.asked && !t.stale) {
+			continue
+		}
+		res, ready := st.resources(t)
+		if !ready {
+			continue // a subscribed cluster's first assignment is pending
+		}
+		t.stale = false
+		if !t.asked && slices.EqualFunc(res, t.sent, func(a, b *anypb.Any) bool { return proto.Equal(a, b) }) {
+			continue
+		}
+		t.asked = false
+		t.version++
+		st.nonce++
+		t.nonce = strconv.FormatUint(st.nonce, 10)
+		t.sent = res
+		if err := st.send(&discoverypb.DiscoveryResponse{
+			VersionInfo: strconv.FormatUint(t.version, 10),
+			TypeUrl:     url,
+			Nonce:       t.nonce,
+			Resources:   res,
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resources returns the resources of t's subscribed names that exist, in
+// name order, and whether they are ready to send. A Listener needs only
+// its service to exist; the other types need the service's assignment.
+// Listeners and Clusters wait until every existing subscribed service has
+// its first assignment, since a client takes a name missing from their
+// responses as a resource removed.
+func (st *adsStream) resources(t *typeState) ([]*anypb.Any, bool) {
+	var out []*anypb.Any
+	for _, name := range t.names {
+		r := st.subs[name]
+		if r == nil || r.sub == nil {
+			continue
+		}
+		if t.url == ListenerType {
+			out = append(out, mustAny(Listener(name, name)))
+			continue
+		}
+		a, ok := r.sub.Assignment()
+		if !ok {
+			if t.url == ClusterType {
+				return nil, false
+			}
+			continue
+		}
+		if err := a.Validate(); err != nil {
+			st.srv.log.Error("xDS assignment not served", "name", name, "err", err)
+			continue
+		}
+		var m proto.Message
+		switch t.url {
+		case RouteType:
+			m = Route(name, a.Cluster, a.Shape)
+		case ClusterType:
+			m = Cluster(a, st.srv.lrs)
+		case EndpointType:
+			m = LoadAssignment(a)
+		default:
+			panic(fmt.Sprintf("xds: type %s", t.url))
+		}
+		out = append(out, mustAny(m))
+	}
+	return out, true
+}

@@ -1,0 +1,193 @@
+package xds_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	grpcstatus "google.golang.org/grpc/status"
+
+	"github.com/lookaside-lb/lookaside/xds"
+)
+
+// syncBuffer is a log sink safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// rawADS opens a bare ADS stream to addr, to play a client byte by byte.
+func rawADS(t *testing.T, addr string) discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	s, err := discoverypb.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func request(url, version, nonce string, names ...string) *discoverypb.DiscoveryRequest {
+	return &discoverypb.DiscoveryRequest{Node: &corepb.Node{Id: "raw"}, TypeUrl: url, VersionInfo: version, ResponseNonce: nonce, ResourceNames: names}
+}
+
+func TestNACKIsLoggedCountedAndOtherUpdatesGoOn(t *testing.T) {
+	bs := startBackends(t, 2)
+	feed := newFeed()
+	feed.set(xds.Assignment{Cluster: "a", Endpoints: endpoints(bs)})
+	feed.set(xds.Assignment{Cluster: "b", Endpoints: endpoints(bs)})
+	var logs syncBuffer
+	var mu sync.Mutex
+	var nacks []string
+	addr := startXDS(t, feed, xds.Options{
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		OnNACK: func(url, reason string) { mu.Lock(); nacks = append(nacks, url+": "+reason); mu.Unlock() },
+	})
+	s := rawADS(t, addr)
+	if err := s.Send(request(xds.EndpointType, "", "", "a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	r1, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r1.Resources) != 2 {
+		t.Fatalf("first EDS response has %d resources, want 2", len(r1.Resources))
+	}
+	// The client rejects it.
+	nack := request(xds.EndpointType, "", r1.Nonce, "a", "b")
+	nack.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: "weights make no sense"}
+	if err := s.Send(nack); err != nil {
+		t.Fatal(err)
+	}
+	// A later change still reaches it.
+	feed.set(xds.Assignment{Cluster: "b", Endpoints: endpoints(bs[:1])})
+	r2, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.VersionInfo == r1.VersionInfo || r2.Nonce == r1.Nonce {
+		t.Fatalf("second response reuses version %q nonce %q", r2.VersionInfo, r2.Nonce)
+	}
+	var cla endpointpb.ClusterLoadAssignment
+	if err := r2.Resources[1].UnmarshalTo(&cla); err != nil || cla.ClusterName != "b" || len(cla.Endpoints[0].LbEndpoints) != 1 {
+		t.Fatalf("second response's b: %v (err %v), want one endpoint", &cla, err)
+	}
+	var got string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		got = strings.Join(nacks, "|")
+		mu.Unlock()
+		if got != "" {
+			break
+		}
+	}
+	if got != xds.EndpointType+": weights make no sense" {
+		t.Errorf("NACKs reported %q", got)
+	}
+	if l := logs.String(); !strings.Contains(l, "rejected") || !strings.Contains(l, "weights make no sense") || !strings.Contains(l, `raw`) {
+		t.Errorf("log has no line with the NACK's reason and node:\n%s", l)
+	}
+}
+
+func TestStreamRefusals(t *testing.T) {
+	feed := newFeed()
+	addr := startXDS(t, feed, xds.Options{MaxNames: 3})
+	tests := []struct {
+		name string
+		req  *discoverypb.DiscoveryRequest
+		code codes.Code
+	}{
+		{"too many names", request(xds.ListenerType, "", "", "a", "b", "c", "d"), codes.ResourceExhausted},
+		{"unknown type", request("type.googleapis.com/envoy.config.listener.v3.Nope", "", ""), codes.InvalidArgument},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := rawADS(t, addr)
+			if err := s.Send(tc.req); err != nil {
+				t.Fatal(err)
+			}
+			_, err := s.Recv()
+			if grpcstatus.Code(err) != tc.code {
+				t.Fatalf("got %v, want %v", err, tc.code)
+			}
+		})
+	}
+	waitOpen(t, feed, 0)
+}
+
+// waitOpen waits until feed has n open subscriptions.
+func waitOpen(t *testing.T, feed *fakeFeed, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for feed.open() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d subscriptions open, want %d", feed.open(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSubscriptionsFollowTheClient(t *testing.T) {
+	bs := startBackends(t, 1)
+	feed := newFeed()
+	for _, c := range []string{"a", "b"} {
+		feed.set(xds.Assignment{Cluster: c, Endpoints: endpoints(bs)})
+	}
+	addr := startXDS(t, feed, xds.Options{})
+	s := rawADS(t, addr)
+	if err := s.Send(request(xds.ClusterType, "", "", "a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(t, feed, 2)
+	// ACK while dropping b: b's subscription closes, and the new set is sent.
+	if err := s.Send(request(xds.ClusterType, r.VersionInfo, r.Nonce, "a")); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r2.Resources) != 1 {
+		t.Fatalf("after unsubscribing b: %d clusters, want 1", len(r2.Resources))
+	}
+	waitOpen(t, feed, 1)
+	s.CloseSend()
+	if _, err := s.Recv(); err == nil {
+		t.Fatal("stream still open after the client closed it")
+	}
+	waitOpen(t, feed, 0)
+}
