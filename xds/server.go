@@ -152,10 +152,7 @@ func (s *Server) StreamAggregatedResources(stream discoverypb.AggregatedDiscover
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case err := <-recvErr:
-			if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
-				return nil
-			}
-			return err
+			return recvEnd(err)
 		case req := <-reqs:
 			if err := st.handle(req); err != nil {
 				return err
