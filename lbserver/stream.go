@@ -51,7 +51,6 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 	defer s.counters.streamsActive.Add(-1)
 
 	id := s.streamSeq.Add(1)
-	log := s.log.With("stream", id, "peer", peerAddr.String())
 
 	// Recv runs in its own goroutine so that a silent client can be timed
 	// out and ClientStats read while lists are sent. It ends when the
@@ -73,9 +72,11 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		}
 	}()
 
-	name, outcome, err := s.awaitInitial(ctx, reqs, recvErr)
+	// The stream's one timer: the initial request's, then its sends'.
+	timer := time.NewTimer(s.cfg.InitialRequestTimeout)
+	name, outcome, err := s.awaitInitial(ctx, reqs, recvErr, timer)
 	if err != nil {
-		log.Debug("stream rejected", "err", err)
+		s.log.Debug("stream rejected", "stream", id, "peer", peerAddr, "err", err)
 		s.obs.StreamStarted(NoServiceLabel)
 		s.obs.StreamEnded(NoServiceLabel, outcome)
 		return err
@@ -89,7 +90,7 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		s.obs.StreamEnded(NoServiceLabel, OutcomeInvalid)
 		return status.Errorf(codes.InvalidArgument, "lbserver: invalid name: %v", err)
 	}
-	log.Debug("stream started", "name", quote(name), "service", quote(svcName))
+	s.log.Debug("stream started", "stream", id, "peer", peerAddr, "name", quote(name), "service", quote(svcName))
 
 	st := &streamState{
 		srv:       s,
@@ -98,7 +99,7 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		reqs:      reqs,
 		recvErr:   recvErr,
 		client:    policy.Client{Addr: peerAddr.Addr(), Name: name, Seed: s.seed()},
-		baseLog:   log,
+		sendTimer: timer,
 		ignored:   fullBucket(float64(set.MaxIgnoredMessages), s.now()),
 		reports:   fullBucket(s.reportBurst, s.now()),
 		setChange: set.changed,
@@ -115,14 +116,14 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 	// stream moves there (serve returns errMoved).
 	for {
 		st.key = clientstats.ClientKey{Service: svcName, Stream: id, Peer: peerAddr.String()}
-		st.log = log.With("service", quote(svcName))
+		st.log = nil // made again, with the service, when needed
 		st.label, st.labelChange = s.labelOf(svcName)
 		st.outcome = ""
 		s.obs.StreamStarted(st.label)
 		err := st.serve(svcName)
 		if errors.Is(err, errMoved) {
 			s.obs.StreamEnded(st.label, OutcomeMoved)
-			st.log.Info("stream moves to another service after a reconfiguration", "to", quote(st.movedTo))
+			st.logger().Info("stream moves to another service after a reconfiguration", "to", quote(st.movedTo))
 			svcName = st.movedTo
 			continue
 		}
@@ -181,10 +182,10 @@ func outcomeOf(err error) string {
 	return OutcomeError
 }
 
-// awaitInitial waits for the initial request and returns its name, or the
+// awaitInitial waits for the initial request, up to timer (set to
+// InitialRequestTimeout; stopped on return), and returns its name, or the
 // error that ends the stream with its Observer outcome.
-func (s *Server) awaitInitial(ctx context.Context, reqs <-chan *lbpb.LoadBalanceRequest, recvErr <-chan error) (name, outcome string, err error) {
-	timer := time.NewTimer(s.cfg.InitialRequestTimeout)
+func (s *Server) awaitInitial(ctx context.Context, reqs <-chan *lbpb.LoadBalanceRequest, recvErr <-chan error, timer *time.Timer) (name, outcome string, err error) {
 	defer timer.Stop()
 	select {
 	case req := <-reqs:
@@ -219,8 +220,7 @@ type streamState struct {
 	svc     *service         // nil until the service is acquired
 	client  policy.Client
 	key     clientstats.ClientKey
-	baseLog *slog.Logger // without the service
-	log     *slog.Logger
+	log     *slog.Logger // nil until logger makes it
 	ignored tokenBucket // messages ignored (see ignore)
 	reports tokenBucket // ClientStats while the service does not exist (see handleUnknown)
 	// setChange is closed when the settings it was read from are replaced.
@@ -235,8 +235,8 @@ type streamState struct {
 	labelChange <-chan struct{}
 
 	// A sender goroutine does each Send, and ends with it (see send).
-	sendDone  chan error // one result per sender; nil until the first send
-	sendTimer *time.Timer
+	sendDone  chan error  // one result per sender; nil until the first send
+	sendTimer *time.Timer // the stream's timer, stopped; nil until needed
 	// shared is true when the stream may send lists encoded once for
 	// every stream of a plan (see shareable).
 	shared bool
@@ -298,7 +298,7 @@ func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBala
 			return st.end(OutcomeShutdown, errEnd)
 		case <-st.expired:
 			s.counters.streamsExpired.Add(1)
-			st.log.Debug("stream reached its maximum age")
+			st.debug("stream reached its maximum age")
 			return st.end(OutcomeExpired, errEnd)
 		case <-st.setChange:
 			set := s.live()
@@ -309,6 +309,24 @@ func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBala
 			}
 			return nil
 		}
+	}
+}
+
+// logger returns the stream's logger, with its stream ID, peer and
+// service, made at its first use: most streams never log, and a logger
+// with attributes costs a few hundred bytes.
+func (st *streamState) logger() *slog.Logger {
+	if st.log == nil {
+		st.log = st.srv.log.With("stream", st.key.Stream, "peer", st.key.Peer, "service", quote(st.key.Service))
+	}
+	return st.log
+}
+
+// debug logs at DEBUG with the stream's logger, if the server's logger
+// logs DEBUG.
+func (st *streamState) debug(msg string, args ...any) {
+	if st.srv.log.Enabled(context.Background(), slog.LevelDebug) {
+		st.logger().Debug(msg, args...)
 	}
 }
 
@@ -440,7 +458,7 @@ func (st *streamState) setLabel() {
 	if label == st.label {
 		return
 	}
-	st.log.Debug("stream counted under another service label", "from", st.label, "to", label)
+	st.debug("stream counted under another service label", "from", st.label, "to", label)
 	s.obs.StreamEnded(st.label, OutcomeMoved)
 	st.label = label
 	s.obs.StreamStarted(label)
@@ -486,7 +504,7 @@ func (st *streamState) sendFallback(reason string) error {
 		s.opsLog.info(st.key.Service, "answering with fallback", "service", quote(st.key.Service), "reason", reason)
 	}
 	st.first = ""
-	st.log.Debug("sent fallback", "reason", reason)
+	st.debug("sent fallback", "reason", reason)
 	return nil
 }
 
@@ -503,6 +521,8 @@ func (st *streamState) send(m any) error {
 	s := st.srv
 	if st.sendDone == nil {
 		st.sendDone = make(chan error, 1)
+	}
+	if st.sendTimer == nil {
 		st.sendTimer = time.NewTimer(time.Hour)
 		st.sendTimer.Stop()
 	}
@@ -608,7 +628,7 @@ func (st *streamState) update(p *plan) error {
 	st.relabel()
 	st.srv.obs.ListSent(st.label, n, n-len(el.ids), sinceChange)
 	st.sent, st.sentIDs, st.sentFallback = el, el.ids, false
-	st.log.Debug("sent list", "entries", n, "policy", p.policyName, "index", p.snap.Index)
+	st.debug("sent list", "entries", n, "policy", p.policyName, "index", p.snap.Index)
 	return nil
 }
 
@@ -643,7 +663,7 @@ func (st *streamState) handleRequest(req *lbpb.LoadBalanceRequest) error {
 	}
 	switch res.Verdict {
 	case clientstats.Accepted:
-		st.log.Debug("client stats", "started", cs.GetNumCallsStarted(), "finished", cs.GetNumCallsFinished(),
+		st.debug("client stats", "started", cs.GetNumCallsStarted(), "finished", cs.GetNumCallsFinished(),
 			"known_received", cs.GetNumCallsFinishedKnownReceived(), "failed_to_send", cs.GetNumCallsFinishedWithClientFailedToSend(),
 			"drop_tokens", len(cs.GetCallsFinishedWithDrop()))
 		return nil

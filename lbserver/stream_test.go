@@ -3,6 +3,7 @@ package lbserver
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -292,5 +294,28 @@ func TestGoroutinesPerStream(t *testing.T) {
 	// client stream's context in a goroutine.
 	if d := runtime.NumGoroutine() - total; d > 3*streams {
 		t.Errorf("%d streams added %d goroutines, want at most %d (2 in lbserver, 1 in the client per stream)", streams, d, 3*streams)
+	}
+}
+
+// TestStreamLogAttributes: the stream's logger, made at its first use,
+// names the stream, its peer and its service.
+func TestStreamLogAttributes(t *testing.T) {
+	src := newFakeSource(snap("logged", ep("a", "10.0.0.1:1")))
+	cfg := testConfig(src)
+	cfg.LoadReports = false
+	var logs syncbuf.Buffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	_, addr := serveAt(t, cfg)
+	recvList(t, openOK(t, dialFrom(t, addr, "127.0.0.1"), "logged"))
+	waitUntil(t, "the stream's debug line for its list", func() bool { return strings.Contains(logs.String(), `msg="sent list"`) })
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if !strings.Contains(line, `msg="sent list"`) {
+			continue
+		}
+		for _, want := range []string{"stream=", "peer=127.0.0.1:", `service="\"logged\""`, "entries=1"} {
+			if !strings.Contains(line, want) {
+				t.Errorf("line %q lacks %s", line, want)
+			}
+		}
 	}
 }
