@@ -63,6 +63,8 @@ type plan struct {
 	changed chan struct{}
 	// lists are the lists streams were sent from this plan (see list).
 	lists listCache
+	// xds is the plan's xDS assignment (see xdsAssignment).
+	xds xdsCache
 }
 
 // maxCachedLists bounds the distinct lists a plan keeps (see plan.list):
@@ -249,6 +251,11 @@ type service struct {
 	// reported starting, attributed by the lists they were sent (see
 	// attribute). Endpoints that left are dropped as plans are published.
 	attributed map[string]float64
+
+	watchMu sync.Mutex
+	// watchers are the xDS subscriptions notified of every plan; guarded
+	// by watchMu.
+	watchers map[*xdsSub]struct{}
 }
 
 // wake asks the planner to take the settings in force. Safe for concurrent
@@ -456,6 +463,7 @@ func (r *registry) startLocked(name string) *service {
 func (s *service) publish(p *plan) {
 	old := s.cur.Swap(p)
 	close(old.changed)
+	s.notifyWatchers()
 	if p.fromSnap {
 		s.assignMu.Lock()
 		for id := range s.attributed {

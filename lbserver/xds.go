@@ -1,0 +1,198 @@
+package lbserver
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"sync"
+
+	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/policy/leastconn"
+	"github.com/lookaside-lb/lookaside/policy/leastload"
+	"github.com/lookaside-lb/lookaside/policy/random"
+	"github.com/lookaside-lb/lookaside/policy/roundrobin"
+	"github.com/lookaside-lb/lookaside/policy/sourcehash"
+	"github.com/lookaside-lb/lookaside/policy/weightedrandom"
+	"github.com/lookaside-lb/lookaside/policy/weightedroundrobin"
+	"github.com/lookaside-lb/lookaside/xds"
+)
+
+// XDSFeed returns the feed the xDS face (package xds) serves from: the
+// server's own services, mapped from the names xDS clients ask for as
+// BalanceLoad streams map their initial request's name, watched through
+// the same registry (and its limit on watched services), with the same
+// plans. Safe for concurrent use.
+func (s *Server) XDSFeed() xds.Feed { return xdsFeed{s} }
+
+// xdsFeed is Server's xds.Feed.
+type xdsFeed struct{ s *Server }
+
+// Subscribe maps name as a stream's initial request name is mapped and
+// acquires its service. A name the discovery Directory does not list costs
+// one lookup and starts no watch: the error wraps xds.ErrUnknown. A name
+// that does not map, or a refusal of the registry (too many services,
+// shutting down) is another error. notify is called after every plan the
+// service publishes, until Close returns. Does not block.
+func (f xdsFeed) Subscribe(name string, notify func()) (xds.Subscription, error) {
+	s := f.s
+	svcName, err := s.live().names.Map(name)
+	if err != nil {
+		s.counters.invalidRequests.Add(1)
+		return nil, fmt.Errorf("lbserver: xds name %s: %w: %v", quote(name), xds.ErrUnknown, err)
+	}
+	if s.dir != nil {
+		base, _ := discovery.SplitName(svcName)
+		if exists, ready, _ := s.dir.Lookup(base); !exists && ready {
+			s.counters.unknownServices.Add(1)
+			return nil, fmt.Errorf("lbserver: xds name %s: service %s: %w", quote(name), quote(svcName), xds.ErrUnknown)
+		}
+	}
+	svc, err := s.reg.acquire(svcName)
+	if err != nil {
+		if errors.Is(err, errTooManySvcs) {
+			s.throttle.Warn("refusing xDS subscription: too many services watched", "service", quote(svcName), "max", s.cfg.MaxServices)
+		}
+		return nil, err
+	}
+	sub := &xdsSub{s: s, svc: svc, notify: notify}
+	svc.addWatcher(sub)
+	return sub, nil
+}
+
+// xdsSub is one xDS stream's subscription to one service.
+type xdsSub struct {
+	s      *Server
+	svc    *service
+	notify func()
+	once   sync.Once
+}
+
+// Assignment returns the assignment of the service's current plan, and
+// false before its first answer. Safe for concurrent use.
+func (x *xdsSub) Assignment() (xds.Assignment, bool) {
+	p := x.svc.cur.Load()
+	if !p.ready {
+		return xds.Assignment{}, false
+	}
+	return p.xdsAssignment(x.svc.name), true
+}
+
+// Close stops the notifications and gives the service back. Safe to call
+// twice.
+func (x *xdsSub) Close() {
+	x.once.Do(func() {
+		x.svc.removeWatcher(x)
+		x.s.reg.release(x.svc)
+	})
+}
+
+// addWatcher has w notified of every plan published from now on. Safe for
+// concurrent use.
+func (s *service) addWatcher(w *xdsSub) {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	if s.watchers == nil {
+		s.watchers = map[*xdsSub]struct{}{}
+	}
+	s.watchers[w] = struct{}{}
+}
+
+// removeWatcher stops notifying w; once it returns, w is not called. Safe
+// for concurrent use.
+func (s *service) removeWatcher(w *xdsSub) {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	delete(s.watchers, w)
+}
+
+// notifyWatchers calls every watcher's notify (which does not block).
+func (s *service) notifyWatchers() {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	for w := range s.watchers {
+		w.notify()
+	}
+}
+
+// xdsCache is a plan's xDS assignment, made once.
+type xdsCache struct {
+	once sync.Once
+	a    xds.Assignment
+}
+
+// xdsAssignment returns the plan's assignment for service name (its
+// canonical name), made on first use. Safe for concurrent use.
+func (p *plan) xdsAssignment(name string) xds.Assignment {
+	p.xds.once.Do(func() { p.xds.a = assignmentOf(name, p) })
+	return p.xds.a
+}
+
+// xdsShape is what each policy becomes for an xDS client (see
+// docs/xds.md); a policy not listed gets ShapeRoundRobin.
+var xdsShape = map[string]xds.Shape{
+	roundrobin.Name:         xds.ShapeRoundRobin,
+	random.Name:             xds.ShapeRoundRobin,
+	weightedroundrobin.Name: xds.ShapeWeighted,
+	weightedrandom.Name:     xds.ShapeWeighted,
+	leastload.Name:          xds.ShapeWeighted,
+	sourcehash.Name:         xds.ShapeRingHash,
+	leastconn.Name:          xds.ShapeLeastRequest,
+}
+
+// assignmentOf converts a ready plan into an xDS assignment: the shape of
+// its policy, its endpoints (the first of those sharing an address; at
+// most xds.MaxEndpoints) with their Consul weights, or under least_load
+// the plan's load weights when it has them, and its drop share.
+func assignmentOf(name string, p *plan) xds.Assignment {
+	a := xds.Assignment{Cluster: name, Shape: xdsShape[p.policyName]}
+	eps := p.snap.Endpoints
+	var weights []uint32
+	if p.policyName == leastload.Name && len(p.loadWeights) == len(eps) {
+		weights = scaleWeights(p.loadWeights)
+	}
+	seen := make(map[netip.AddrPort]bool, len(eps))
+	for i, ep := range eps {
+		if len(a.Endpoints) == xds.MaxEndpoints {
+			break
+		}
+		addr := netip.AddrPortFrom(ep.Addr.Addr().Unmap(), ep.Addr.Port())
+		if seen[addr] || !addr.Addr().IsValid() || addr.Port() == 0 {
+			continue
+		}
+		seen[addr] = true
+		w := uint32(min(max(ep.Weight, 1), xds.MaxWeight))
+		if weights != nil {
+			w = weights[i]
+		}
+		a.Endpoints = append(a.Endpoints, xds.Endpoint{ID: ep.ID, Addr: addr, Weight: w})
+	}
+	if p.dropShare > 0 && p.dropToken != "" {
+		a.Drops = []xds.Drop{{Category: p.dropToken, Share: min(p.dropShare, 1)}}
+	}
+	return a
+}
+
+// scaleWeights scales positive weights to integers in [1, xds.MaxWeight]
+// keeping their ratios (the largest becomes xds.MaxWeight; one too small
+// to keep its ratio becomes 1). Weights that are not positive numbers
+// count as the smallest positive one; nil when none is.
+func scaleWeights(ws []float64) []uint32 {
+	lo, hi := math.Inf(1), 0.0
+	for _, w := range ws {
+		if w > 0 && !math.IsInf(w, 1) {
+			lo, hi = min(lo, w), max(hi, w)
+		}
+	}
+	if hi == 0 {
+		return nil
+	}
+	out := make([]uint32, len(ws))
+	for i, w := range ws {
+		if !(w > 0) || math.IsInf(w, 1) {
+			w = lo
+		}
+		out[i] = uint32(min(max(math.Round(w/hi*xds.MaxWeight), 1), xds.MaxWeight))
+	}
+	return out
+}
