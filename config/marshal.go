@@ -21,16 +21,43 @@ func (c Config) Marshal() ([]byte, error) {
 	if c.Consul.Token != "" {
 		c.Consul.Token = Redacted
 	}
+	var doc yaml.Node
+	if err := doc.Encode(c); err != nil {
+		return nil, err
+	}
+	sortServices(&doc)
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)
-	if err := enc.Encode(c); err != nil {
+	if err := enc.Encode(&doc); err != nil {
 		return nil, err
 	}
 	if err := enc.Close(); err != nil {
 		return nil, err
 	}
 	return b.Bytes(), nil
+}
+
+// sortServices orders the services section of doc (a Config encoded as a
+// mapping) by the keys' encoded values, byte by byte. The encoder's own
+// order ranks two names of invalid UTF-8 alike and leaves them in the map's
+// random order, so that one configuration would print two ways.
+func sortServices(doc *yaml.Node) {
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		if doc.Content[i].Value != "services" || doc.Content[i+1].Kind != yaml.MappingNode {
+			continue
+		}
+		m := doc.Content[i+1]
+		type pair struct{ k, v *yaml.Node }
+		pairs := make([]pair, 0, len(m.Content)/2)
+		for j := 0; j+1 < len(m.Content); j += 2 {
+			pairs = append(pairs, pair{m.Content[j], m.Content[j+1]})
+		}
+		slices.SortStableFunc(pairs, func(a, b pair) int { return strings.Compare(a.k.Value, b.k.Value) })
+		for j, p := range pairs {
+			m.Content[2*j], m.Content[2*j+1] = p.k, p.v
+		}
+	}
 }
 
 // String is Marshal's output, or the error it met.

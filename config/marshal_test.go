@@ -100,3 +100,20 @@ func TestNames(t *testing.T) {
 		t.Error("Canonical changed the config it was called on")
 	}
 }
+
+// Two service names the encoder cannot order (invalid UTF-8 that decodes
+// alike) still print one way, so that a configuration parsed twice prints
+// the same.
+func TestMarshalOrdersServicesByKey(t *testing.T) {
+	c := Default()
+	c.Services = map[string]Service{"0000\xfa": {Aliases: []string{"2"}}, "0000\x9b": {Aliases: []string{"c"}}, "b": {}, "a": {}}
+	first := c.String()
+	for range 50 {
+		if got := c.String(); got != first {
+			t.Fatalf("printed two ways:\n%s\n---\n%s", first, got)
+		}
+	}
+	if a, b := strings.Index(first, "\n  a:"), strings.Index(first, "\n  b:"); a < 0 || b < a {
+		t.Errorf("services not in key order:\n%s", first)
+	}
+}
