@@ -109,6 +109,12 @@ type Config struct {
 	// Observer is told of streams, lists, fallbacks and refusals, for
 	// metrics; see Observer. Nil observes nothing.
 	Observer Observer
+	// XDS makes Serve also serve gRPC's xDS clients on the listener: the
+	// Aggregated Discovery Service (envoy.service.discovery.v3, State of
+	// the World) from the same watches and plans as BalanceLoad streams,
+	// and the Load Reporting Service, whose reports count as ClientStats
+	// (see docs/xds.md). Default true.
+	XDS bool
 }
 
 // DefaultConfig returns a Config with every field but Source set to its
@@ -126,6 +132,7 @@ func DefaultConfig() Config {
 		MaxRequestSize:        64 << 10,
 		LoadReports:           true,
 		LoadReport:            loadreport.DefaultConfig(),
+		XDS:                   true,
 		Logger:                slog.Default(),
 	}
 }

@@ -205,6 +205,11 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 	}
 	gs := grpc.NewServer(opts...)
 	s.Register(gs)
+	if s.cfg.XDS {
+		if err := s.registerXDS(gs); err != nil {
+			return fmt.Errorf("lbserver: serve: %w", err)
+		}
+	}
 	hs := health.NewServer()
 	setHealth := func(st healthpb.HealthCheckResponse_ServingStatus) {
 		hs.SetServingStatus("", st)

@@ -78,6 +78,7 @@ type counters struct {
 	slowReadersCut  atomic.Int64
 	floodsCut       atomic.Int64
 	unknownServices atomic.Int64
+	xdsNACKs        [len(xdsTypes)]atomic.Int64
 }
 
 // Stats is a copy of the server's counters.
@@ -107,6 +108,9 @@ type Stats struct {
 	// how many watches were started in all.
 	ServicesWatched int64
 	WatchesStarted  int64
+	// XDSNACKs counts the responses xDS clients rejected, by resource
+	// type: listener, route, cluster, endpoint.
+	XDSNACKs map[string]int64
 }
 
 // New validates cfg and returns a Server. It starts no goroutine until a
@@ -211,6 +215,7 @@ func (s *Server) Stats() Stats {
 		ConnsOpen:          int64(s.conns.open()),
 		ServicesWatched:    int64(s.reg.watched()),
 		WatchesStarted:     s.reg.started.Load(),
+		XDSNACKs:           s.xdsNACKs(),
 	}
 }
 

@@ -475,6 +475,14 @@ func (s *service) publish(p *plan) {
 	}
 }
 
+// has reports whether service name is watched now. Safe for concurrent
+// use.
+func (r *registry) has(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.services[name] != nil
+}
+
 // all returns the services watched now. Safe for concurrent use.
 func (r *registry) all() []*service {
 	r.mu.Lock()

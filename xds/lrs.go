@@ -96,13 +96,34 @@ func (s *LRSServer) StreamLoadStats(stream lrspb.LoadReportingService_StreamLoad
 	}
 	id := streamIDs.Add(1)
 	defer s.sink.Forget(id)
-	peer := peerOf(stream.Context())
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	peer := peerOf(ctx)
 	if err := stream.Send(&lrspb.LoadStatsResponse{
 		SendAllClusters:       true,
 		LoadReportingInterval: durationpb.New(s.interval),
 	}); err != nil {
 		return err
 	}
+	// Reports are received on their own goroutine, which ends with the
+	// stream, so that the handler returns as soon as ctx ends (the stream
+	// given may have a context that ends before the client's stream does).
+	reqs := make(chan *lrspb.LoadStatsRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	for req := first; ; {
 		loads, err := Loads(req)
 		if err != nil {
@@ -111,8 +132,12 @@ func (s *LRSServer) StreamLoadStats(stream lrspb.LoadReportingService_StreamLoad
 		if len(loads) > 0 {
 			s.sink.Load(id, peer, loads)
 		}
-		if req, err = stream.Recv(); err != nil {
+		select {
+		case req = <-reqs:
+		case err := <-recvErr:
 			return recvEnd(err)
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
 }

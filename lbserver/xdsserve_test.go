@@ -1,0 +1,180 @@
+package lbserver
+
+import (
+	"context"
+	"math"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	grpcxds "google.golang.org/grpc/xds"
+
+	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/xds"
+)
+
+// healthBackends starts n health servers on loopback and returns their
+// addresses.
+func healthBackends(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	for range n {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs := grpc.NewServer()
+		healthpb.RegisterHealthServer(gs, health.NewServer())
+		go gs.Serve(lis)
+		t.Cleanup(gs.Stop)
+		out = append(out, lis.Addr().String())
+	}
+	return out
+}
+
+// xdsHealthClient dials xds:///target with a bootstrap naming the balancer
+// at addr.
+func xdsHealthClient(t *testing.T, addr, target string) (healthpb.HealthClient, func()) {
+	t.Helper()
+	boot, err := xds.Bootstrap(xds.BootstrapOptions{Server: addr, NodeID: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := grpcxds.NewXDSResolverWithConfigForTesting(boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient("xds:///"+target, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return healthpb.NewHealthClient(cc), func() { cc.Close() }
+}
+
+// spreadCalls makes n calls and counts them by backend address.
+func spreadCalls(t *testing.T, c healthpb.HealthClient, n int) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var p peer.Peer
+		_, err := c.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&p))
+		cancel()
+		if err != nil {
+			t.Fatalf("call: %v", err)
+		}
+		out[p.Addr.String()]++
+	}
+	return out
+}
+
+func TestServeXDS(t *testing.T) {
+	bs := healthBackends(t, 3)
+	var eps []discovery.Endpoint
+	for i, a := range bs {
+		e := ep(string(rune('a'+i)), a)
+		e.Weight = i + 1
+		eps = append(eps, e)
+	}
+	src := newFakeSource(snap("svc", eps...))
+	cfg := testConfig(src)
+	cfg.ClientStatsInterval = time.Second // LRS reports every second
+	cfg.Services = map[string]ServiceSettings{"svc": {Policy: "weighted_round_robin"}}
+	s, addr := serveAt(t, cfg)
+
+	c, closeClient := xdsHealthClient(t, addr, "SVC:50051")
+	defer closeClient()
+	// Warm up: every backend's connection is ready.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(spreadCalls(t, c, 30)) < len(bs) {
+		if time.Now().After(deadline) {
+			t.Fatal("not every backend gets calls after 10 s")
+		}
+	}
+	// grpc-go picks localities at random by weight: over 10,000 calls a
+	// share's standard deviation is at most 0.5 point.
+	const calls = 10000
+	base := s.ClientStats().Service("svc").Started
+	got := spreadCalls(t, c, calls)
+	for i, a := range bs {
+		share, want := float64(got[a])/calls, float64(i+1)/6
+		if math.Abs(share-want) > 0.02 {
+			t.Errorf("backend %d (weight %d): share %.3f, want %.3f ± 0.02; spread %v", i, i+1, share, want, got)
+		}
+	}
+	// The LRS reports reach the client stats of the service.
+	deadline = time.Now().Add(10 * time.Second)
+	for s.ClientStats().Service("svc").Started < base+calls {
+		if time.Now().After(deadline) {
+			t.Fatalf("client stats %+v after 10 s, want %d calls started", s.ClientStats().Service("svc"), calls)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := s.ClientStats().Service("svc"); st.Finished < calls || st.KnownReceived < calls {
+		t.Errorf("client stats %+v: want %d finished and known received", st, calls)
+	}
+	if n := s.Stats().XDSNACKs; n["listener"]+n["route"]+n["cluster"]+n["endpoint"] != 0 {
+		t.Errorf("NACKs %v, want none", n)
+	}
+}
+
+func TestServeXDSDisabled(t *testing.T) {
+	src := newFakeSource(snap("svc", ep("a", "127.0.0.1:1")))
+	cfg := testConfig(src)
+	cfg.XDS = false
+	_, addr := serveAt(t, cfg)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true},
+		"/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources")
+	if err == nil {
+		err = st.RecvMsg(new(struct{}))
+	}
+	if err == nil || status.Code(err) != codes.Unimplemented {
+		t.Errorf("ADS with XDS off: %v, want Unimplemented", err)
+	}
+}
+
+func TestServeXDSShutdownEndsStreams(t *testing.T) {
+	bs := healthBackends(t, 1)
+	src := newFakeSource(snap("svc", ep("a", bs[0])))
+	s, err := New(testConfig(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, lis, s, ServeOptions{ShutdownTimeout: 10 * time.Second}) }()
+	c, closeClient := xdsHealthClient(t, lis.Addr().String(), "svc")
+	defer closeClient()
+	spreadCalls(t, c, 5) // the ADS and LRS streams are open
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("shutdown took %v with xDS streams open, want them ended at once", d)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+}
