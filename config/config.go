@@ -34,6 +34,8 @@ type Config struct {
 	// TLS is the balancer listener's TLS (and mTLS with ClientCAFile).
 	TLS   ServerTLS `yaml:"tls"`
 	Admin Admin     `yaml:"admin"`
+	// XDS serves gRPC's xDS clients on the balancer listener.
+	XDS XDS `yaml:"xds"`
 	// Services holds per-service settings, by Consul service name (case is
 	// ignored; no port and no "@tag" filter: a service's settings apply to
 	// every tag filter of it, and Service.Tags makes clients naming it get
@@ -334,6 +336,14 @@ type Admin struct {
 	Listen string `yaml:"listen"`
 	// Pprof serves /debug/pprof/ there. Default false; needs Listen.
 	Pprof bool `yaml:"pprof"`
+}
+
+// XDS configures the xDS face: the Aggregated Discovery Service (State
+// of the World) and the Load Reporting Service, served on Listen with its
+// TLS, from the same watches and policies as grpclb (docs/xds.md). Restart.
+type XDS struct {
+	// Enabled serves xDS on the balancer listener. Default true.
+	Enabled bool `yaml:"enabled"`
 }
 
 // Service holds one service's settings; zero fields (and absent keys)

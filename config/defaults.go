@@ -45,6 +45,7 @@ func Default() Config {
 			ResolveInterval: Duration(cc.ResolveInterval),
 			ResyncInterval:  Duration(cc.ResyncInterval),
 		},
+		XDS: XDS{Enabled: lb.XDS},
 		Register: Register{
 			Service:       DefaultRegisterService,
 			CheckInterval: Duration(DefaultCheckInterval),

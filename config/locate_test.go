@@ -36,7 +36,7 @@ services:
 		t.Fatal(err)
 	}
 	_, err := LoadValid(path)
-	want := path + `: line 6: tls_defaults: unknown key (keys of the top level: listen, shutdown_timeout, log, consul, static, register, balancer, load_reports, rate_limits, limits, dns, tls, admin, services)`
+	want := path + `: line 6: tls_defaults: unknown key (keys of the top level: listen, shutdown_timeout, log, consul, static, register, balancer, load_reports, rate_limits, limits, dns, tls, admin, xds, services)`
 	if err == nil || err.Error() != want {
 		t.Fatalf("LoadValid:\n got: %v\nwant: %s", err, want)
 	}

@@ -55,6 +55,7 @@ func TestDefaultIsTheFlagDefaults(t *testing.T) {
 			Allow:     []string{"127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"},
 			RateLimit: 200, RateBurst: 400, MaxInflight: 256, MaxTCPConns: 128,
 		},
+		XDS: XDS{Enabled: true},
 	}
 	if diff := cmp.Diff(want, Default()); diff != "" {
 		t.Errorf("Default() (-want +got):\n%s", diff)
@@ -145,7 +146,7 @@ func TestParseErrors(t *testing.T) {
 		want string
 	}{
 		{"unknown top-level key", "listen: :1\nlisten_addr: :2\n",
-			`line 2: listen_addr: unknown key (keys of the top level: listen, shutdown_timeout, log, consul, static, register, balancer, load_reports, rate_limits, limits, dns, tls, admin, services)`},
+			`line 2: listen_addr: unknown key (keys of the top level: listen, shutdown_timeout, log, consul, static, register, balancer, load_reports, rate_limits, limits, dns, tls, admin, xds, services)`},
 		{"unknown nested key", "consul:\n  adress: x\n",
 			`line 2: consul.adress: unknown key (keys of consul: address, token, token_file, datacenter, tags, stale, include_warning, wait, max_conns, max_fetches, resolve_interval, resync_interval, tls)`},
 		{"unknown key in a service", "services:\n  a:\n    polcy: random\n",

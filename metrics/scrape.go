@@ -21,6 +21,8 @@ var (
 		"Service watches started.", nil, nil)
 	descBadClientStats = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "lb", "client_stats_rejected_total"),
 		"ClientStats messages clamped or ignored as implausible.", nil, nil)
+	descXDSNACKs = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "xds", "nacks_total"),
+		"xDS responses clients rejected (NACK), by resource type: listener, route, cluster, endpoint.", []string{"type"}, nil)
 	descConsulReachable = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "consul", "reachable"),
 		"1 when the latest Consul request that completed was answered, else 0.", nil, nil)
 	descConsulReady = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "consul", "catalog_ready"),
@@ -45,7 +47,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, v := range m.vecs() {
 		v.Describe(ch)
 	}
-	for _, d := range []*prometheus.Desc{descConnsOpen, descServicesWatched, descWatchesStarted, descBadClientStats,
+	for _, d := range []*prometheus.Desc{descConnsOpen, descServicesWatched, descWatchesStarted, descBadClientStats, descXDSNACKs,
 		descConsulReachable, descConsulReady, descConsulContactAge, descConsulAnswerAge, descCertExpiry} {
 		ch <- d
 	}
@@ -90,6 +92,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			prometheus.MustNewConstMetric(descServicesWatched, prometheus.GaugeValue, float64(st.ServicesWatched)),
 			prometheus.MustNewConstMetric(descWatchesStarted, prometheus.CounterValue, float64(st.WatchesStarted)),
 			prometheus.MustNewConstMetric(descBadClientStats, prometheus.CounterValue, float64(st.BadClientStats)))
+		for typ, n := range st.XDSNACKs {
+			consts = append(consts, prometheus.MustNewConstMetric(descXDSNACKs, prometheus.CounterValue, float64(n), typ))
+		}
 		m.readClientStats(src, b.ClientStats(), watched)
 		consts = append(consts, m.statusMetrics(src, now, watched)...)
 	}

@@ -99,6 +99,7 @@ func lbConfig(cfg config.Config) lbserver.Config {
 	lc.MaxStreamAge = b.MaxStreamAge.D()
 	lc.MaxRequestSize = cfg.Limits.MaxRequestSize
 	lc.LoadReports = cfg.LoadReports.Enabled
+	lc.XDS = cfg.XDS.Enabled
 	lc.LoadReport.Interval = cfg.LoadReports.Interval.D()
 	return lc
 }

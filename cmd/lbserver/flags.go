@@ -45,6 +45,7 @@ var groups = []struct {
 		"dns-allow", "dns-rate-limit", "dns-rate-burst", "dns-max-inflight", "dns-max-tcp-conns"}},
 	{"TLS on the balancer listener", []string{"tls-cert", "tls-key", "tls-client-ca"}},
 	{"Admin listener (metrics, status page, pprof, channelz)", []string{"admin-listen", "admin-pprof"}},
+	{"xDS clients (xds:///service; see docs/xds.md and lbserver xds-bootstrap)", []string{"xds"}},
 }
 
 // command holds the flags that are not part of the config tree.
@@ -187,6 +188,8 @@ func bindFlags(fs *flag.FlagSet, cfg *config.Config, cmd *command) {
 	a := &cfg.Admin
 	fs.StringVar(&a.Listen, "admin-listen", a.Listen, "serve /metrics (Prometheus), the status page (/), /status.json and channelz on this `host:port` (off by default; keep it on loopback or a private network)")
 	fs.BoolVar(&a.Pprof, "admin-pprof", a.Pprof, "also serve Go's /debug/pprof/ on -admin-listen")
+
+	fs.BoolVar(&cfg.XDS.Enabled, "xds", cfg.XDS.Enabled, "also serve gRPC's xDS clients on -listen (ADS and LRS, with the listener's TLS): they dial xds:///<service> with a bootstrap naming this balancer (-xds=false: grpclb only)")
 }
 
 // usage prints -h: the flags by group.
