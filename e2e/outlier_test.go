@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
@@ -48,23 +47,6 @@ func oracleClient(t testing.TB, addrs []string) userpb.UserClient {
 }
 
 var oracleSeq atomic.Uint64
-
-// merge adds the calls of b to a (Elapsed adds up: loads run one after
-// the other).
-func merge(a, b loadgen.Result) loadgen.Result {
-	if a.Calls == nil {
-		a.Calls, a.Failures = map[string]int{}, map[codes.Code]int{}
-	}
-	for id, n := range b.Calls {
-		a.Calls[id] += n
-	}
-	for c, n := range b.Failures {
-		a.Failures[c] += n
-	}
-	a.Latencies = append(a.Latencies, b.Latencies...)
-	a.Elapsed += b.Elapsed
-	return a
-}
 
 // endpointStatus returns the status of backend id in service svc on l.
 func endpointStatus(l *lb, svc, id string) (lbserver.ServiceStatus, lbserver.EndpointStatus, bool) {
@@ -153,8 +135,8 @@ func testSlowBackend(t *testing.T, svc string, l *lb, c userpb.UserClient, bs []
 	oc := oracleClient(t, fast)
 	var res, oracle loadgen.Result
 	for range 3 {
-		res = merge(res, closedLoop(t.Context(), c, 8, 2*time.Second))
-		oracle = merge(oracle, closedLoop(t.Context(), oc, 8, 2*time.Second))
+		res.Add(closedLoop(t.Context(), c, 8, 2*time.Second))
+		oracle.Add(closedLoop(t.Context(), oc, 8, 2*time.Second))
 	}
 	logResult(t, "least_load, one slow backend ejected", res, slow.ID())
 	logResult(t, "oracle (round robin over the four fast ones)", oracle, slow.ID())
@@ -306,8 +288,8 @@ func TestOutlierEqualBackends(t *testing.T) {
 	// In turns, to share the machine's noise.
 	var rll, rrr loadgen.Result
 	for range 3 {
-		rll = merge(rll, closedLoop(t.Context(), cll, 8, time.Second))
-		rrr = merge(rrr, closedLoop(t.Context(), crr, 8, time.Second))
+		rll.Add(closedLoop(t.Context(), cll, 8, time.Second))
+		rrr.Add(closedLoop(t.Context(), crr, 8, time.Second))
 	}
 	logResult(t, "least_load", rll, "")
 	logResult(t, "round_robin", rrr, "")

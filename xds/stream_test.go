@@ -1,7 +1,6 @@
 package xds_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
@@ -18,26 +17,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	grpcstatus "google.golang.org/grpc/status"
 
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 	"github.com/lookaside-lb/lookaside/xds"
 )
-
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // rawADS opens a bare ADS stream to addr, to play a client byte by byte.
 func rawADS(t *testing.T, addr string) discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
@@ -65,7 +47,7 @@ func TestNACKIsLoggedCountedAndOtherUpdatesGoOn(t *testing.T) {
 	feed := newFeed()
 	feed.set(xds.Assignment{Cluster: "a", Endpoints: endpoints(bs)})
 	feed.set(xds.Assignment{Cluster: "b", Endpoints: endpoints(bs)})
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	var mu sync.Mutex
 	var nacks []string
 	addr := startXDS(t, feed, xds.Options{

@@ -68,9 +68,15 @@ func ClosedLoop(ctx context.Context, workers int, d time.Duration, maxPerWorker 
 }
 
 // Add adds the calls of o to r, as if they had been made in one load:
-// counts and latencies are added, and so are the elapsed times. r's maps
-// must not be nil.
+// counts and latencies are added, and so are the elapsed times. A zero r
+// is ready to add to.
 func (r *Result) Add(o Result) {
+	if r.Calls == nil {
+		r.Calls = map[string]int{}
+	}
+	if r.Failures == nil {
+		r.Failures = map[codes.Code]int{}
+	}
 	for id, n := range o.Calls {
 		r.Calls[id] += n
 	}
