@@ -209,6 +209,9 @@ A client's name ("user-srv:50051") maps to the service "user-srv": the port
 can make the balancer hold is bounded (-max-streams*, -max-conns*, ...), and
 names Consul does not list cost no watch. The replica reports NOT_SERVING until
 it has read Consul once.
+
+xDS clients (xds:///user-srv) are served on -listen too (-xds);
+'lbserver xds-bootstrap -server HOST:PORT' prints the bootstrap they read.
 `)
 	for _, g := range groups {
 		fmt.Fprintf(w, "\n%s:\n", g.title)

@@ -1,6 +1,8 @@
 // Command lbserver is the Lookaside balancer: a grpclb server
 // (grpc.lb.v1.LoadBalancer) that finds backends in Consul, or in a static
-// list, and streams ordered server lists to grpclb clients.
+// list, and streams ordered server lists to grpclb clients; it serves
+// gRPC's xDS clients too (-xds). `lbserver xds-bootstrap -server HOST:PORT`
+// prints the bootstrap those clients read.
 //
 // It only parses the config file and flags into a config.Config and runs
 // a replica (package replica) with it; run it with -h for the flags.
@@ -125,6 +127,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // runWith is run where each value received on hups reloads the
 // configuration.
 func runWith(ctx context.Context, args []string, stdout, stderr io.Writer, hups <-chan os.Signal) int {
+	if len(args) > 0 && args[0] == bootstrapCommand {
+		return runBootstrap(args[1:], stdout, stderr)
+	}
 	cfg, cmd, err := load(args, stderr)
 	if errors.Is(err, errHelp) {
 		return 0
