@@ -135,4 +135,3 @@ func TestXDSUnknownService(t *testing.T) {
 		t.Errorf("unknown service: %d watches started (was %d), %d unknown names counted; want no watch and the name counted", st.WatchesStarted, watches, st.UnknownServices)
 	}
 }
-
