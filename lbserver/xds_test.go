@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -179,4 +180,57 @@ func TestXDSFeedLimit(t *testing.T) {
 	if _, err := s.XDSFeed().Subscribe("b", func() {}); err == nil || errors.Is(err, xds.ErrUnknown) {
 		t.Errorf("second service over the limit: %v, want a refusal", err)
 	}
+}
+
+func TestXDSNACKsCounted(t *testing.T) {
+	s, err := New(testConfig(newFakeSource()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.countNACK(xds.ClusterType, "bad policy")
+	s.countNACK(xds.ClusterType, "bad policy")
+	s.countNACK(xds.EndpointType, "weights")
+	s.countNACK("type.googleapis.com/other", "ignored")
+	want := map[string]int64{"listener": 0, "route": 0, "cluster": 2, "endpoint": 1}
+	if got := s.Stats().XDSNACKs; !reflect.DeepEqual(got, want) {
+		t.Errorf("XDSNACKs = %v, want %v", got, want)
+	}
+}
+
+// FuzzXDSSubscribe: any name an xDS client sends either maps to the one
+// service the directory lists or is unknown, starting no watch for
+// anything else; a subscription closes cleanly.
+func FuzzXDSSubscribe(f *testing.F) {
+	for _, s := range []string{"svc", "SVC:443", "svc.", "svc@b,a", "", "a/b", "svc:", ":80", "svc.lb.internal", "\xff", "svc%20"} {
+		f.Add(s)
+	}
+	src := newFakeSource(snap("svc", ep("a", "127.0.0.1:1")))
+	cfg := testConfig(dirSrc{src, newFakeDir(true, "svc")})
+	cfg.WatchLinger = 0
+	cfg.Zones = []string{"lb.internal"}
+	s, err := New(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(s.Close)
+	feed := s.XDSFeed()
+	f.Fuzz(func(t *testing.T, name string) {
+		sub, err := feed.Subscribe(name, func() {})
+		if err != nil {
+			if !errors.Is(err, xds.ErrUnknown) {
+				t.Fatalf("Subscribe(%q) = %v, want ErrUnknown or success", name, err)
+			}
+			return
+		}
+		defer sub.Close()
+		if a, ok := sub.Assignment(); ok && a.Cluster != "svc" && !strings.HasPrefix(a.Cluster, "svc@") {
+			t.Fatalf("Subscribe(%q): cluster %q", name, a.Cluster)
+		}
+		for _, svc := range s.reg.all() {
+			if base, _ := discovery.SplitName(svc.name); base != "svc" {
+				t.Fatalf("Subscribe(%q) watches %q", name, svc.name)
+			}
+		}
+	})
 }

@@ -624,3 +624,17 @@ func TestObserversDoNotWaitForScrapes(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestXDSNACKs(t *testing.T) {
+	b := &fakeBalancer{reg: clientstats.New(clientstats.Config{}), stats: lbserver.Stats{
+		XDSNACKs: map[string]int64{"listener": 0, "route": 0, "cluster": 2, "endpoint": 1}}}
+	m, _ := newTestMetrics(Sources{Balancer: b, Directory: directory{}})
+	compare(t, m, `
+# HELP lookaside_xds_nacks_total xDS responses clients rejected (NACK), by resource type: listener, route, cluster, endpoint.
+# TYPE lookaside_xds_nacks_total counter
+lookaside_xds_nacks_total{type="cluster"} 2
+lookaside_xds_nacks_total{type="endpoint"} 1
+lookaside_xds_nacks_total{type="listener"} 0
+lookaside_xds_nacks_total{type="route"} 0
+`, "lookaside_xds_nacks_total")
+}
