@@ -2,8 +2,10 @@ package lbserver
 
 import (
 	"context"
+	"maps"
 	"math"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -188,16 +190,20 @@ func (l *xdsLoads) Forget(id uint64) {
 }
 
 // clientStatsOf converts one xDS load report to the ClientStats a grpclb
-// client would have sent for the same calls.
+// client would have sent for the same calls. A grpclb client counts a
+// dropped call as started and finished (and under its drop token), an xDS
+// client only as dropped: drops are added to started and finished, so that
+// the offered rate a rate limit measures includes them as it does for
+// grpclb clients.
 func clientStatsOf(cl xds.ClusterLoad) *lbpb.ClientStats {
-	finished := sat64(cl.Succeeded, cl.Errored)
+	done := sat64(cl.Succeeded, cl.Errored)
 	cs := &lbpb.ClientStats{
-		NumCallsStarted:               int64c(cl.Issued),
-		NumCallsFinished:              int64c(finished),
-		NumCallsFinishedKnownReceived: int64c(finished),
+		NumCallsStarted:               int64c(sat64(cl.Issued, cl.TotalDropped)),
+		NumCallsFinished:              int64c(sat64(done, cl.TotalDropped)),
+		NumCallsFinishedKnownReceived: int64c(done),
 	}
-	for cat, n := range cl.Dropped {
-		cs.CallsFinishedWithDrop = append(cs.CallsFinishedWithDrop, &lbpb.ClientStatsPerToken{LoadBalanceToken: cat, NumCalls: int64c(n)})
+	for _, cat := range slices.Sorted(maps.Keys(cl.Dropped)) {
+		cs.CallsFinishedWithDrop = append(cs.CallsFinishedWithDrop, &lbpb.ClientStatsPerToken{LoadBalanceToken: cat, NumCalls: int64c(cl.Dropped[cat])})
 	}
 	return cs
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	grpcxds "google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/xds"
@@ -176,5 +178,19 @@ func TestServeXDSShutdownEndsStreams(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("Serve did not return")
+	}
+}
+
+func TestClientStatsOfLoad(t *testing.T) {
+	got := clientStatsOf(xds.ClusterLoad{Cluster: "svc", Issued: 100, Succeeded: 80, Errored: 5, InProgress: 15,
+		Dropped: map[string]uint64{"drop-ratelimit": 30, "drop-overload": 10}, TotalDropped: 40})
+	want := &lbpb.ClientStats{NumCallsStarted: 140, NumCallsFinished: 125, NumCallsFinishedKnownReceived: 85,
+		CallsFinishedWithDrop: []*lbpb.ClientStatsPerToken{{LoadBalanceToken: "drop-overload", NumCalls: 10}, {LoadBalanceToken: "drop-ratelimit", NumCalls: 30}}}
+	if !proto.Equal(got, want) {
+		t.Errorf("clientStatsOf = %v, want %v", got, want)
+	}
+	huge := clientStatsOf(xds.ClusterLoad{Issued: math.MaxUint64, Succeeded: math.MaxUint64, Errored: 1, TotalDropped: 1})
+	if huge.NumCallsStarted != math.MaxInt64 || huge.NumCallsFinished != math.MaxInt64 {
+		t.Errorf("saturated counts: %v", huge)
 	}
 }
