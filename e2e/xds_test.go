@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -11,6 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 	grpcxds "google.golang.org/grpc/xds"
 
+	"github.com/lookaside-lb/lookaside/internal/lbdial"
+	"github.com/lookaside-lb/lookaside/lbserver"
 	"github.com/lookaside-lb/lookaside/policy/weightedroundrobin"
 	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
 	"github.com/lookaside-lb/lookaside/xds"
@@ -133,5 +136,109 @@ func TestXDSUnknownService(t *testing.T) {
 	}
 	if st := l.server().Stats(); st.WatchesStarted != watches || st.UnknownServices == 0 {
 		t.Errorf("unknown service: %d watches started (was %d), %d unknown names counted; want no watch and the name counted", st.WatchesStarted, watches, st.UnknownServices)
+	}
+}
+
+// TestXDSMixedFleet: grpclb and xDS clients of one weighted service, at
+// once, both follow the Consul weights.
+func TestXDSMixedFleet(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	weights := []int{1, 1, 2}
+	bs := startWeighted(t, svc, nil, weights...)
+	l := startLB(t, withPolicy(weightedroundrobin.Name))
+	gc := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{l.addr}})
+	xc := xdsClient(t, l.addr, svc)
+	waitSeen(t, gc, bs...)
+	waitSeen(t, xc, bs...)
+	gl := startLoadFor(t.Context(), gc, time.Millisecond, 4*time.Second)
+	xl := startLoadFor(t.Context(), xc, time.Millisecond, 4*time.Second)
+	time.Sleep(4 * time.Second)
+	gcounts, gerr := gl.finish()
+	xcounts, xerr := xl.finish()
+	if err := errors.Join(gerr, xerr); err != nil {
+		t.Errorf("failed calls: %v", err)
+	}
+	checkShares(t, "grpclb client", bs, weights, gcounts, 0.02)
+	// About 3,000 calls picked at random by weight: σ ≤ 0.9 point.
+	checkShares(t, "xDS client", bs, weights, xcounts, 0.035)
+}
+
+// TestXDSBalancerRestart: xDS clients keep their configuration while the
+// balancer restarts under load, and fail no call.
+func TestXDSBalancerRestart(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	bs := startBackends(t, svc, 3)
+	l := startLB(t, nil)
+	c := xdsClient(t, l.addr, svc)
+	waitSeen(t, c, bs...)
+	ld := startLoadFor(t.Context(), c, 2*time.Millisecond, 30*time.Second)
+	defer ld.finish()
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	l.stop()
+	t.Logf("balancer stopped in %v", time.Since(start).Round(time.Millisecond))
+	time.Sleep(time.Second)
+	l.start()
+	// After the restart the client's new stream gets the same resources,
+	// and later changes reach it: a new backend gets calls.
+	nb := startBackend(t, svc, nil)
+	waitFor(t, 20*time.Second, "calls to a backend that joined after the restart", func() bool { return !ld.last(nb.ID()).IsZero() })
+	counts, err := ld.finish()
+	if err != nil {
+		t.Errorf("failed calls across the balancer's restart: %v", err)
+	}
+	for _, b := range bs {
+		if counts[b.ID()] == 0 {
+			t.Errorf("backend %s got no call: %v", b.ID(), counts)
+		}
+	}
+	t.Logf("%d calls across the restart, per backend %v", ld.calls.Load(), counts)
+}
+
+// TestXDSRateLimitDrops: an xDS client's load reports feed the service's
+// rate limit, and the drop share it leads to reaches the client as
+// drop_overloads: the calls it lets through come near the limit.
+func TestXDSRateLimitDrops(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	startBackends(t, svc, 2)
+	const limit = 100.0
+	l := startLB(t, func(c *lbserver.Config) {
+		c.Services = map[string]lbserver.ServiceSettings{svc: {RateLimit: limit}}
+		c.MaxClientRateShare = 100 // one client may make the whole offered rate
+	})
+	c := xdsClient(t, l.addr, svc)
+	waitFor(t, 20*time.Second, "a first call", func() bool { _, err := call(t.Context(), c); return err == nil })
+	ld := startLoadFor(t.Context(), c, 2*time.Millisecond, 30*time.Second)
+	defer ld.finish()
+	ok := func() int {
+		ld.mu.Lock()
+		defer ld.mu.Unlock()
+		n := 0
+		for _, v := range ld.counts {
+			n += v
+		}
+		return n
+	}
+	// Reports every second; the share settles within a few.
+	time.Sleep(6 * time.Second)
+	ok0, all0, t0 := ok(), ld.calls.Load(), time.Now()
+	time.Sleep(4 * time.Second)
+	ok1, all1, t1 := ok(), ld.calls.Load(), time.Now()
+	secs := t1.Sub(t0).Seconds()
+	passed, offered := float64(ok1-ok0)/secs, float64(all1-all0)/secs
+	t.Logf("offered %.0f calls/s, passed %.0f calls/s (limit %.0f), dropped share %.2f", offered, passed, limit, 1-passed/offered)
+	if offered < 2*limit {
+		t.Skipf("the machine offered only %.0f calls/s", offered)
+	}
+	if passed < 0.6*limit || passed > 1.4*limit {
+		t.Errorf("passed %.0f calls/s, want the limit %.0f ± 40%%", passed, limit)
+	}
+	for _, err := range ld.failed() {
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("a failed call is not a drop: %v", err)
+		}
 	}
 }
