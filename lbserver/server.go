@@ -100,7 +100,8 @@ type Stats struct {
 	// MaxIgnoredMessages of their messages were ignored within a minute.
 	FloodingStreamsCut int64
 	// UnknownServices counts streams for services the discovery Directory
-	// said do not exist, answered with a fallback and no watch.
+	// said do not exist, answered with a fallback and no watch, and xDS
+	// subscriptions to such services, answered as not found.
 	UnknownServices int64
 	// ConnsOpen is the client connections open now (through Listener).
 	ConnsOpen int64

@@ -38,7 +38,6 @@ func (f xdsFeed) Subscribe(name string, notify func()) (xds.Subscription, error)
 	s := f.s
 	svcName, err := s.live().names.Map(name)
 	if err != nil {
-		s.counters.invalidRequests.Add(1)
 		return nil, fmt.Errorf("lbserver: xds name %s: %w: %v", quote(name), xds.ErrUnknown, err)
 	}
 	if s.dir != nil {
