@@ -195,3 +195,14 @@ func scaleWeights(ws []float64) []uint32 {
 	}
 	return out
 }
+
+// Appeared implements xds.Appearer: the discovery Directory's change
+// channel, nil without a Directory (a name is then never refused as
+// unknown). Does not block.
+func (f xdsFeed) Appeared() <-chan struct{} {
+	if f.s.dir == nil {
+		return nil
+	}
+	_, _, changed := f.s.dir.Lookup("")
+	return changed
+}

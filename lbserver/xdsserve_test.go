@@ -194,3 +194,32 @@ func TestClientStatsOfLoad(t *testing.T) {
 		t.Errorf("saturated counts: %v", huge)
 	}
 }
+
+// TestXDSServiceAppears: an xDS client that asked for a service before it
+// existed gets it once the directory lists it, on the same stream.
+func TestXDSServiceAppears(t *testing.T) {
+	bs := healthBackends(t, 1)
+	src := newFakeSource(snap("later", ep("a", bs[0])))
+	dir := newFakeDir(true, "svc")
+	cfg := testConfig(dirSrc{src, dir})
+	_, addr := serveAt(t, cfg)
+	c, closeClient := xdsHealthClient(t, addr, "later")
+	defer closeClient()
+	called := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := c.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+		called <- err
+	}()
+	time.Sleep(500 * time.Millisecond) // the client subscribed, and was refused
+	if w, _ := src.counts("later"); w != 0 {
+		t.Fatalf("%d watches of a service the directory does not list", w)
+	}
+	start := time.Now()
+	dir.set("later", true)
+	if err := <-called; err != nil {
+		t.Fatalf("call after the service appeared: %v", err)
+	}
+	t.Logf("call answered %v after the service appeared", time.Since(start).Round(time.Millisecond))
+}

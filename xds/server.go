@@ -37,6 +37,17 @@ type Feed interface {
 	Subscribe(name string, notify func()) (Subscription, error)
 }
 
+// Appearer may be implemented by a Feed whose unknown names can come to
+// exist (a service registered after a client asked for it): a stream that
+// holds names Subscribe refused subscribes to them again whenever the
+// channel of its last Appeared call is closed.
+type Appearer interface {
+	// Appeared returns a channel that is closed when a name Subscribe
+	// refused since this call may be accepted now; nil for never. It
+	// does not block.
+	Appeared() <-chan struct{}
+}
+
 // Subscription follows one service for one stream.
 type Subscription interface {
 	// Assignment returns the service's current assignment, and false
@@ -147,7 +158,18 @@ func (s *Server) StreamAggregatedResources(stream discoverypb.AggregatedDiscover
 			}
 		}
 	}()
+	// appeared is taken before any Subscribe it covers, and again each
+	// time it fires, so that no name that comes to exist is missed.
+	ap, _ := s.feed.(Appearer)
+	var appeared <-chan struct{}
+	if ap != nil {
+		appeared = ap.Appeared()
+	}
 	for {
+		var retry <-chan struct{}
+		if st.refused() {
+			retry = appeared
+		}
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
@@ -160,6 +182,13 @@ func (s *Server) StreamAggregatedResources(stream discoverypb.AggregatedDiscover
 		case <-st.wake:
 			for _, t := range st.types {
 				t.stale = true
+			}
+		case <-retry:
+			appeared = ap.Appeared()
+			if st.resubscribe() {
+				for _, t := range st.types {
+					t.stale = true
+				}
 			}
 		}
 		if err := st.flush(); err != nil {
@@ -281,6 +310,31 @@ func (st *adsStream) release(name string) {
 		}
 		delete(st.subs, name)
 	}
+}
+
+// refused reports whether the stream holds a name Subscribe refused.
+func (st *adsStream) refused() bool {
+	for _, r := range st.subs {
+		if r.sub == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// resubscribe subscribes again to the names Subscribe refused, and reports
+// whether any is accepted now.
+func (st *adsStream) resubscribe() bool {
+	accepted := false
+	for name, r := range st.subs {
+		if r.sub != nil {
+			continue
+		}
+		if r.sub, r.err = st.srv.feed.Subscribe(name, st.notify); r.sub != nil {
+			accepted = true
+		}
+	}
+	return accepted
 }
 
 func (st *adsStream) closeAll() {
