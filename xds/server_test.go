@@ -277,7 +277,10 @@ func TestUnknownNameIsNotFound(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 	defer cancel()
 	_, err := c.Check(ctx, &healthpb.HealthCheckRequest{})
-	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "nosuch") {
+	// grpc-go names the resource, or, in some interleavings of its
+	// resolver and balancer updates, says the resolver produced zero
+	// addresses (seen once under -race); either way the call fails.
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "nosuch") && !strings.Contains(err.Error(), "zero addresses") {
 		t.Fatalf("call to an unknown service: %v, want Unavailable naming the resource", err)
 	}
 	if n := feed.open(); n != 0 {
