@@ -221,8 +221,8 @@ type streamState struct {
 	client  policy.Client
 	key     clientstats.ClientKey
 	log     *slog.Logger // nil until logger makes it
-	ignored tokenBucket // messages ignored (see ignore)
-	reports tokenBucket // ClientStats while the service does not exist (see handleUnknown)
+	ignored tokenBucket  // messages ignored (see ignore)
+	reports tokenBucket  // ClientStats while the service does not exist (see handleUnknown)
 	// setChange is closed when the settings it was read from are replaced.
 	setChange <-chan struct{}
 	// label is the Observer label of the stream's service; outcome, when
@@ -244,9 +244,9 @@ type streamState struct {
 	sentInitial  bool
 	sent         *encodedList // the last list sent, nil if none
 	sentIDs      []string     // endpoint IDs of sent (its ids), for policy stickiness
-	sentFallback bool           // the last message sent was a FallbackResponse
-	first        string         // endpoint ID of the first entry of the last list built, counted in svc.assigned
-	prevPlan     *plan          // the plan the stream last answered from, nil before its first answer
+	sentFallback bool         // the last message sent was a FallbackResponse
+	first        string       // endpoint ID of the first entry of the last list built, counted in svc.assigned
+	prevPlan     *plan        // the plan the stream last answered from, nil before its first answer
 }
 
 var (
