@@ -113,15 +113,26 @@ type lrsStream struct {
 
 func (l lrsStream) Context() context.Context { return l.ctx }
 
-// untilClosed runs serve, counted among the server's streams, with a
-// context that ends with ctx or when the server closes; a stream ended by
-// the close returns Unavailable, so that its client goes to another
-// replica. Blocks until serve returns.
+// untilClosed runs serve, counted among the server's streams and within
+// the stream limits (in total, per IP, per connection, and the rate per
+// IP, as BalanceLoad streams), with a context that ends with ctx or when
+// the server closes; a stream ended by the close returns Unavailable, so
+// that its client goes to another replica. Blocks until serve returns.
 func (s *Server) untilClosed(ctx context.Context, serve func(context.Context) error) error {
 	if !s.enter() {
 		return status.Error(codes.Unavailable, "lbserver: shutting down")
 	}
 	defer s.streams.Done()
+	peer := peerOf(ctx)
+	if lim, ok := s.slots.take(peer); !ok {
+		s.refuse(lim, peer)
+		return s.refusedStatus(lim)
+	}
+	defer s.slots.give(peer)
+	if !s.rates.take(peer.Addr()) {
+		s.refuse(limitStreamRatePerIP, peer)
+		return s.refusedStatus(limitStreamRatePerIP)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {

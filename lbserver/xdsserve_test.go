@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 	"google.golang.org/grpc/codes"
@@ -222,4 +223,40 @@ func TestXDSServiceAppears(t *testing.T) {
 		t.Fatalf("call after the service appeared: %v", err)
 	}
 	t.Logf("call answered %v after the service appeared", time.Since(start).Round(time.Millisecond))
+}
+
+// TestXDSStreamLimits: ADS streams count against the stream limits.
+func TestXDSStreamLimits(t *testing.T) {
+	src := newFakeSource(snap("svc", ep("a", "127.0.0.1:1")))
+	cfg := testConfig(src)
+	cfg.MaxStreamsPerIP, cfg.MaxStreamsPerConn = 1, 1
+	s, addr := serveAt(t, cfg)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ads := discoverypb.NewAggregatedDiscoveryServiceClient(cc)
+	first, err := ads.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Send(&discoverypb.DiscoveryRequest{TypeUrl: xds.ListenerType, ResourceNames: []string{"svc"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Recv(); err != nil {
+		t.Fatalf("first stream: %v", err)
+	}
+	second, err := ads.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := second.Recv(); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("second stream from the IP over max streams per IP 1: %v, want ResourceExhausted", err)
+	}
+	if r := s.Stats().Refused; r.StreamsPerIP+r.StreamsPerConn != 1 {
+		t.Errorf("refused %+v, want 1 stream per IP or per connection", r)
+	}
 }
