@@ -146,11 +146,11 @@ func New(src Sources) *Metrics {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: prometheus.BuildFQName(Namespace, "clientstats", name), Help: help},
 			append([]string{"service"}, labels...))
 	}
-	m.csStarted = cs("calls_started_total", "Calls grpclb clients reported starting (ClientStats, as accepted), by service.")
-	m.csFinished = cs("calls_finished_total", "Calls grpclb clients reported finished, by service.")
-	m.csFailed = cs("calls_failed_to_send_total", "Calls grpclb clients reported failing to send, by service.")
-	m.csKnownReceived = cs("calls_known_received_total", "Calls grpclb clients reported a backend received, by service.")
-	m.csDropped = cs("calls_dropped_total", "Calls grpclb clients reported dropped by the lists' drop entries, by service and drop token.", "token")
+	m.csStarted = cs("calls_started_total", "Calls clients reported starting (grpclb ClientStats and xDS LRS, as accepted), by service.")
+	m.csFinished = cs("calls_finished_total", "Calls clients reported finished, by service.")
+	m.csFailed = cs("calls_failed_to_send_total", "Calls clients reported failing to send, by service.")
+	m.csKnownReceived = cs("calls_known_received_total", "Calls clients reported a backend received, by service.")
+	m.csDropped = cs("calls_dropped_total", "Calls clients reported dropped by the drop entries or drop_overloads, by service and drop token.", "token")
 	co := func(name string) string { return prometheus.BuildFQName(Namespace, "consul", name) }
 	m.consulRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: co("requests_total"),
 		Help: "Requests sent to Consul, by kind."}, []string{"kind"})

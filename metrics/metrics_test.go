@@ -246,19 +246,19 @@ func TestClientStatsCounters(t *testing.T) {
 	report(reg, kx, 7, 7, map[string]int64{"forged": 1})
 	want := func(started, finished, known, drops string) string {
 		return `
-# HELP lookaside_clientstats_calls_started_total Calls grpclb clients reported starting (ClientStats, as accepted), by service.
+# HELP lookaside_clientstats_calls_started_total Calls clients reported starting (grpclb ClientStats and xDS LRS, as accepted), by service.
 # TYPE lookaside_clientstats_calls_started_total counter
 lookaside_clientstats_calls_started_total{service="_unknown"} 7
 lookaside_clientstats_calls_started_total{service="user-srv"} ` + started + `
-# HELP lookaside_clientstats_calls_finished_total Calls grpclb clients reported finished, by service.
+# HELP lookaside_clientstats_calls_finished_total Calls clients reported finished, by service.
 # TYPE lookaside_clientstats_calls_finished_total counter
 lookaside_clientstats_calls_finished_total{service="_unknown"} 7
 lookaside_clientstats_calls_finished_total{service="user-srv"} ` + finished + `
-# HELP lookaside_clientstats_calls_known_received_total Calls grpclb clients reported a backend received, by service.
+# HELP lookaside_clientstats_calls_known_received_total Calls clients reported a backend received, by service.
 # TYPE lookaside_clientstats_calls_known_received_total counter
 lookaside_clientstats_calls_known_received_total{service="_unknown"} 7
 lookaside_clientstats_calls_known_received_total{service="user-srv"} ` + known + `
-# HELP lookaside_clientstats_calls_dropped_total Calls grpclb clients reported dropped by the lists' drop entries, by service and drop token.
+# HELP lookaside_clientstats_calls_dropped_total Calls clients reported dropped by the drop entries or drop_overloads, by service and drop token.
 # TYPE lookaside_clientstats_calls_dropped_total counter
 lookaside_clientstats_calls_dropped_total{service="_unknown",token="drop-overload"} 0
 lookaside_clientstats_calls_dropped_total{service="_unknown",token="drop-ratelimit"} 0
@@ -551,7 +551,7 @@ func TestWithServer(t *testing.T) {
 	names := []string{"lookaside_lb_streams_open", "lookaside_lb_lists_sent_total", "lookaside_lb_service_endpoints",
 		"lookaside_clientstats_calls_started_total", "lookaside_lb_services_watched"}
 	want := `
-# HELP lookaside_clientstats_calls_started_total Calls grpclb clients reported starting (ClientStats, as accepted), by service.
+# HELP lookaside_clientstats_calls_started_total Calls clients reported starting (grpclb ClientStats and xDS LRS, as accepted), by service.
 # TYPE lookaside_clientstats_calls_started_total counter
 lookaside_clientstats_calls_started_total{service="user-srv"} 300
 # HELP lookaside_lb_lists_sent_total Server lists sent to clients, by service.
