@@ -558,7 +558,9 @@ func TestRegistrationWithChecksFetchesOnlyItsService(t *testing.T) {
 func TestHiddenCatalogChangeSeenWithinASweep(t *testing.T) {
 	old := explainedSweep
 	explainedSweep = 300 * time.Millisecond
-	defer func() { explainedSweep = old }()
+	// Restored after the source's goroutines stop (cleanups run last
+	// first), not when the test function returns while they still run.
+	t.Cleanup(func() { explainedSweep = old })
 	f := newFake()
 	f.set("svc", withCheck(entryA, "c-a", api.HealthPassing))
 	f.set("other", entry("n3", "10.0.0.3", "o", "", 80))
