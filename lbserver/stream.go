@@ -549,9 +549,27 @@ func (st *streamState) send(m any) error {
 			"service", quote(st.key.Service), logattr.Duration("send_timeout", timeout))
 		return st.end(OutcomeSlowReader, status.Errorf(codes.ResourceExhausted, "lbserver: stream cut: the client did not read its lists within %v (limit send-timeout)", timeout))
 	case <-st.ctx.Done():
+		if st.sentMeanwhile() {
+			return nil // counted as sent; the caller sees the end next
+		}
 		return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
 	case <-s.closing:
+		if st.sentMeanwhile() {
+			return nil
+		}
 		return st.end(OutcomeShutdown, errEnd)
+	}
+}
+
+// sentMeanwhile reports whether the Send that send waits for has already
+// returned without error, when the stream's end and the Send's result come
+// at once: the client may hold the list, so it counts as sent.
+func (st *streamState) sentMeanwhile() bool {
+	select {
+	case err := <-st.sendDone:
+		return err == nil
+	default:
+		return false
 	}
 }
 
