@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 
 	"github.com/lookaside-lb/lookaside/backend"
 	"github.com/lookaside-lb/lookaside/discovery/consul"
@@ -148,6 +149,7 @@ type lb struct {
 	t      testing.TB
 	addr   string
 	tweak  func(*lbserver.Config)
+	opts   []grpc.ServerOption // extra grpc.Server options (TLS credentials)
 	mu     sync.Mutex
 	srv    *lbserver.Server // guarded by mu
 	cancel context.CancelFunc
@@ -156,7 +158,14 @@ type lb struct {
 
 func startLB(t testing.TB, tweak func(*lbserver.Config)) *lb {
 	t.Helper()
-	l := &lb{t: t, addr: "127.0.0.1:0", tweak: tweak}
+	return startLBWith(t, tweak)
+}
+
+// startLBWith starts a balancer whose grpc.Server also gets opts (for
+// example grpc.Creds for TLS).
+func startLBWith(t testing.TB, tweak func(*lbserver.Config), opts ...grpc.ServerOption) *lb {
+	t.Helper()
+	l := &lb{t: t, addr: "127.0.0.1:0", tweak: tweak, opts: opts}
 	l.start()
 	t.Cleanup(l.stop)
 	return l
@@ -192,7 +201,9 @@ func (l *lb) start() {
 	l.addr = lis.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- lbserver.Serve(ctx, lis, srv, lbserver.ServeOptions{ShutdownTimeout: 5 * time.Second}) }()
+	go func() {
+		done <- lbserver.Serve(ctx, lis, srv, lbserver.ServeOptions{ShutdownTimeout: 5 * time.Second, GRPC: l.opts})
+	}()
 	l.mu.Lock()
 	l.srv, l.cancel, l.done = srv, cancel, done
 	l.mu.Unlock()

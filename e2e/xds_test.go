@@ -25,7 +25,17 @@ import (
 // GRPC_XDS_BOOTSTRAP, so that tests in one process each have their own.
 func xdsClient(t testing.TB, addr, target string) userpb.UserClient {
 	t.Helper()
-	boot, err := xds.Bootstrap(xds.BootstrapOptions{Server: addr, NodeID: t.Name()})
+	return xdsClientWith(t, xds.BootstrapOptions{Server: addr}, target)
+}
+
+// xdsClientWith is xdsClient with a bootstrap made from o (TLS files to
+// the balancer); an empty NodeID becomes the test's name.
+func xdsClientWith(t testing.TB, o xds.BootstrapOptions, target string) userpb.UserClient {
+	t.Helper()
+	if o.NodeID == "" {
+		o.NodeID = t.Name()
+	}
+	boot, err := xds.Bootstrap(o)
 	if err != nil {
 		t.Fatal(err)
 	}
