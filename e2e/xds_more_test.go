@@ -2,15 +2,27 @@ package e2e
 
 import (
 	"context"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
+	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 	"github.com/lookaside-lb/lookaside/internal/tlsfiles"
 	"github.com/lookaside-lb/lookaside/internal/tlsfiles/tlstest"
+	"github.com/lookaside-lb/lookaside/lbserver"
+	"github.com/lookaside-lb/lookaside/metrics"
 	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
 	"github.com/lookaside-lb/lookaside/xds"
 )
@@ -86,5 +98,141 @@ func callsFail(t *testing.T, c userpb.UserClient, who string) {
 			t.Errorf("call %d of %s: %v, want Unavailable or DeadlineExceeded", i, who, err)
 		}
 		t.Logf("call %d of %s: %v after %v", i, who, err, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// rawADS opens a bare ADS stream to addr (plaintext), to play a client
+// message by message; the stream ends with the test.
+func rawADS(t *testing.T, addr string) discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	s, err := discoverypb.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitAvoided calls c until 4 calls in a row are served by backends other
+// than id (under round robin over 3 backends at most 2 in a row are while
+// id is in the client's list), for at most timeout and 100,000 calls. It
+// returns when the first of those calls started. Failed calls are counted
+// in *failed and do not end the run.
+func waitAvoided(t *testing.T, c userpb.UserClient, id string, timeout time.Duration, failed *int) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var run int
+	var runStart time.Time
+	for range 100000 {
+		if time.Now().After(deadline) {
+			break
+		}
+		start := time.Now()
+		r, err := call(t.Context(), c)
+		switch {
+		case err != nil:
+			*failed++
+			run = 0
+		case r.BackendId == id:
+			run = 0
+		default:
+			if run == 0 {
+				runStart = start
+			}
+			if run++; run == 4 {
+				return runStart
+			}
+		}
+	}
+	t.Fatalf("calls still reach %s %v after the change", id, timeout)
+	return time.Time{}
+}
+
+// TestXDSNACKThroughTheBalancer: a client that rejects a Cluster is
+// logged with its reason and node and counted (Stats.XDSNACKs and
+// lookaside_xds_nacks_total), and later Consul changes to the
+// same service still reach the xDS clients.
+func TestXDSNACKThroughTheBalancer(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	bs := startBackends(t, svc, 3)
+	var logs syncbuf.Buffer
+	l := startLB(t, func(c *lbserver.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	c := xdsClient(t, l.addr, svc)
+	waitSeen(t, c, bs...)
+
+	s := rawADS(t, l.addr)
+	node := &corepb.Node{Id: "e2e-nacking-client"}
+	if err := s.Send(&discoverypb.DiscoveryRequest{Node: node, TypeUrl: xds.ClusterType, ResourceNames: []string{svc}}); err != nil {
+		t.Fatal(err)
+	}
+	r1, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cl clusterpb.Cluster
+	if len(r1.Resources) != 1 || r1.Resources[0].UnmarshalTo(&cl) != nil || cl.Name != svc {
+		t.Fatalf("Cluster response for %s: %v", svc, r1)
+	}
+	const reason = "e2e: lb_policy not accepted by this client"
+	if err := s.Send(&discoverypb.DiscoveryRequest{Node: node, TypeUrl: xds.ClusterType, ResourceNames: []string{svc},
+		ResponseNonce: r1.Nonce, ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: reason}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the NACK counted", func() bool { return l.server().Stats().XDSNACKs["cluster"] > 0 })
+	if got := l.server().Stats().XDSNACKs; got["cluster"] != 1 || got["listener"]+got["route"]+got["endpoint"] != 0 {
+		t.Errorf("NACKs counted %v, want cluster: 1 and no other", got)
+	}
+	ms := httptest.NewServer(metrics.New(metrics.Sources{Balancer: l.server()}).Handler())
+	defer ms.Close()
+	if got := scrape(t, ms.URL)[series("lookaside_xds_nacks_total", "type", "cluster")]; got != 1 {
+		t.Errorf("lookaside_xds_nacks_total{type=\"cluster\"} = %v, want 1", got)
+	}
+	waitFor(t, 5*time.Second, "the NACK logged", func() bool {
+		lg := logs.String()
+		return strings.Contains(lg, "xDS client rejected a resource") && strings.Contains(lg, reason) && strings.Contains(lg, node.Id)
+	})
+
+	// A backend leaving Consul (it keeps serving) still reaches the real
+	// client on the same service, and the NACKing stream gets the new
+	// endpoints too if it asks for them.
+	gone := bs[0]
+	changed := time.Now()
+	if err := gone.Deregister(); err != nil {
+		t.Fatal(err)
+	}
+	var failed int
+	at := waitAvoided(t, c, gone.ID(), 10*time.Second, &failed)
+	t.Logf("after the NACK, a backend leaving Consul reached the xDS client in %v", at.Sub(changed).Round(time.Millisecond))
+	if failed > 0 {
+		t.Errorf("%d failed calls while the backend left", failed)
+	}
+	eds := cl.GetEdsClusterConfig().GetServiceName()
+	if eds == "" {
+		eds = cl.Name
+	}
+	if err := s.Send(&discoverypb.DiscoveryRequest{Node: node, TypeUrl: xds.EndpointType, ResourceNames: []string{eds}}); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cla endpointpb.ClusterLoadAssignment
+	if len(r2.Resources) != 1 || r2.Resources[0].UnmarshalTo(&cla) != nil || len(cla.Endpoints) == 0 {
+		t.Fatalf("EDS response after the NACK: %v", r2)
+	}
+	n := 0
+	for _, loc := range cla.Endpoints {
+		n += len(loc.LbEndpoints)
+	}
+	if n != 2 {
+		t.Errorf("EDS response after the NACK has %d endpoints, want 2: %v", n, &cla)
 	}
 }
