@@ -3,7 +3,11 @@ package e2e
 import (
 	"context"
 	"log/slog"
+	"math"
+	"net"
 	"net/http/httptest"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +16,7 @@ import (
 	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/hashicorp/consul/api"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -154,6 +159,28 @@ func waitAvoided(t *testing.T, c userpb.UserClient, id string, timeout time.Dura
 	return time.Time{}
 }
 
+// waitReached calls c until a call is served by id, for at most timeout
+// and 100,000 calls, and returns when that call started. Failed calls
+// are counted in *failed.
+func waitReached(t *testing.T, c userpb.UserClient, id string, timeout time.Duration, failed *int) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for range 100000 {
+		if time.Now().After(deadline) {
+			break
+		}
+		start := time.Now()
+		r, err := call(t.Context(), c)
+		if err != nil {
+			*failed++
+		} else if r.BackendId == id {
+			return start
+		}
+	}
+	t.Fatalf("no call reached %s %v after the change", id, timeout)
+	return time.Time{}
+}
+
 // TestXDSNACKThroughTheBalancer: a client that rejects a Cluster is
 // logged with its reason and node and counted (Stats.XDSNACKs and
 // lookaside_xds_nacks_total), and later Consul changes to the
@@ -235,4 +262,78 @@ func TestXDSNACKThroughTheBalancer(t *testing.T) {
 	if n != 2 {
 		t.Errorf("EDS response after the NACK has %d endpoints, want 2: %v", n, &cla)
 	}
+}
+
+// TestXDSPropagation: 20 Consul changes to a service of 3 backends (one
+// backend's registration removed and added again, alternately, through
+// the agent API; the backend keeps serving) each reach a real xDS client
+// within 5 s; it logs the distribution of the time from the Consul change
+// to the client's first call that reflects it.
+func TestXDSPropagation(t *testing.T) {
+	t.Parallel()
+	svc := serviceName(t)
+	bs := startBackends(t, svc, 3)
+	l := startLB(t, nil)
+	c := xdsClient(t, l.addr, svc)
+	waitSeen(t, c, bs...)
+
+	moving := bs[0].ID()
+	as, _, err := agent.Client().Agent().Service(moving, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered again as the backend registers itself (consulreg), but
+	// with its gRPC check passing from the start, so that the time
+	// measured is Consul's, the balancer's and the client's, not the
+	// check interval's.
+	reg := &api.AgentServiceRegistration{ID: as.ID, Name: as.Service, Address: as.Address, Port: as.Port,
+		Tags: as.Tags, Meta: as.Meta, Weights: &api.AgentWeights{Passing: as.Weights.Passing, Warning: as.Weights.Warning},
+		Check: &api.AgentServiceCheck{CheckID: moving + ":grpc-health", Name: "gRPC health", Status: api.HealthPassing,
+			GRPC: net.JoinHostPort(as.Address, strconv.Itoa(as.Port)), Interval: "1s", Timeout: "1s", DeregisterCriticalServiceAfter: "1m"}}
+	const changes = 20
+	const bound = 5 * time.Second
+	var leave, join []time.Duration
+	failed := 0
+	for i := range changes {
+		start := time.Now()
+		if i%2 == 0 {
+			if err := agent.Client().Agent().ServiceDeregister(moving); err != nil {
+				t.Fatal(err)
+			}
+			leave = append(leave, waitAvoided(t, c, moving, bound, &failed).Sub(start))
+		} else {
+			if err := agent.Client().Agent().ServiceRegister(reg); err != nil {
+				t.Fatal(err)
+			}
+			join = append(join, waitReached(t, c, moving, bound, &failed).Sub(start))
+		}
+		time.Sleep(100 * time.Millisecond) // the client ACKs; the next change is a new one
+	}
+	all := append(slices.Clone(leave), join...)
+	for _, d := range []struct {
+		what string
+		ds   []time.Duration
+	}{{"leave", leave}, {"join", join}, {"all", all}} {
+		p50, p99, mx := percentiles(d.ds)
+		t.Logf("%s (%d changes): p50 %v, p99 %v, max %v", d.what, len(d.ds), p50, p99, mx)
+	}
+	for _, d := range all {
+		if d > bound {
+			t.Errorf("a change reached the client after %v, want within %v", d, bound)
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d failed calls during the changes", failed)
+	}
+}
+
+// percentiles returns the nearest-rank p50 and p99 and the maximum of ds,
+// rounded to 0.1 ms.
+func percentiles(ds []time.Duration) (p50, p99, mx time.Duration) {
+	s := slices.Sorted(slices.Values(ds))
+	rank := func(p float64) time.Duration {
+		i := int(math.Ceil(p*float64(len(s)))) - 1
+		return s[max(i, 0)].Round(100 * time.Microsecond)
+	}
+	return rank(0.50), rank(0.99), s[len(s)-1].Round(100 * time.Microsecond)
 }
