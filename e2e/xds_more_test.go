@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/lookaside-lb/lookaside/internal/syncbuf"
@@ -32,13 +33,22 @@ import (
 	"github.com/lookaside-lb/lookaside/xds"
 )
 
-// startTLSLB starts a balancer serving TLS with files' certificate and,
-// when mtls, requiring a client certificate signed by files' CA.
-func startTLSLB(t *testing.T, files tlstest.Files, mtls bool) *lb {
+// TLS modes of startTLSLB.
+const (
+	serverTLSOnly        = iota // TLS, no client certificate asked
+	serverMTLS                  // a client certificate signed by the CA required in the handshake
+	serverMTLSHealthOpen        // the handshake lets clients without one through; only the health service answers them (a replica registered in Consul)
+)
+
+// startTLSLB starts a balancer serving TLS with files' certificate, the
+// client CA (files' CA) and interceptors set for mode as the replica
+// package sets them.
+func startTLSLB(t *testing.T, files tlstest.Files, mode int) *lb {
 	t.Helper()
 	cfg := tlsfiles.Config{CertFile: files.Cert, KeyFile: files.Key, Logger: quietLogger()}
-	if mtls {
+	if mode != serverTLSOnly {
 		cfg.CAFile = files.CA
+		cfg.ClientCertOptional = mode == serverMTLSHealthOpen
 	}
 	store, err := tlsfiles.New(cfg)
 	if err != nil {
@@ -48,7 +58,12 @@ func startTLSLB(t *testing.T, files tlstest.Files, mtls bool) *lb {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return startLBWith(t, nil, grpc.Creds(creds))
+	opts := []grpc.ServerOption{grpc.Creds(creds)}
+	if mode == serverMTLSHealthOpen {
+		u, st := tlsfiles.RequireVerifiedClient(healthpb.Health_Check_FullMethodName, healthpb.Health_Watch_FullMethodName)
+		opts = append(opts, grpc.ChainUnaryInterceptor(u), grpc.ChainStreamInterceptor(st))
+	}
+	return startLBWith(t, nil, opts...)
 }
 
 // TestXDSOverTLS: xDS clients whose bootstrap (xds.Bootstrap with a CA,
@@ -64,7 +79,7 @@ func TestXDSOverTLS(t *testing.T) {
 	clientFiles := pki.files(t, "client", "client")
 
 	t.Run("TLS", func(t *testing.T) {
-		l := startTLSLB(t, lbFiles, false)
+		l := startTLSLB(t, lbFiles, serverTLSOnly)
 		c := xdsClientWith(t, xds.BootstrapOptions{Server: l.addr, CAFile: lbFiles.CA}, svc)
 		waitSeen(t, c, bs...)
 		checkShares(t, "calls", bs, []int{1, 1}, spread(t, c, 100), 0.01)
@@ -72,19 +87,25 @@ func TestXDSOverTLS(t *testing.T) {
 		pc := xdsClientWith(t, xds.BootstrapOptions{Server: l.addr, NodeID: t.Name() + "-plaintext"}, svc)
 		callsFail(t, pc, "a plaintext client")
 	})
-	t.Run("mTLS", func(t *testing.T) {
-		l := startTLSLB(t, lbFiles, true)
-		c := xdsClientWith(t, xds.BootstrapOptions{Server: l.addr, CAFile: clientFiles.CA, CertFile: clientFiles.Cert, KeyFile: clientFiles.Key}, svc)
-		waitSeen(t, c, bs...)
-		checkShares(t, "calls", bs, []int{1, 1}, spread(t, c, 100), 0.01)
+	for _, mode := range []struct {
+		name string
+		mode int
+	}{{"mTLS", serverMTLS}, {"mTLS with open health", serverMTLSHealthOpen}} {
+		t.Run(mode.name, func(t *testing.T) {
+			l := startTLSLB(t, lbFiles, mode.mode)
+			c := xdsClientWith(t, xds.BootstrapOptions{Server: l.addr, CAFile: clientFiles.CA, CertFile: clientFiles.Cert, KeyFile: clientFiles.Key}, svc)
+			waitSeen(t, c, bs...)
+			checkShares(t, "calls", bs, []int{1, 1}, spread(t, c, 100), 0.01)
 
-		// Without a certificate the TLS handshake fails: no configuration,
-		// every call fails.
-		nc := xdsClientWith(t, xds.BootstrapOptions{Server: l.addr, CAFile: clientFiles.CA, NodeID: t.Name() + "-nocert"}, svc)
-		callsFail(t, nc, "a client without a certificate")
-		// The client with a certificate still works.
-		spread(t, c, 10)
-	})
+			// Without a certificate: refused in the handshake, or (open
+			// health) its ADS stream refused; no configuration, every
+			// call fails.
+			nc := xdsClientWith(t, xds.BootstrapOptions{Server: l.addr, CAFile: clientFiles.CA, NodeID: t.Name() + "-nocert"}, svc)
+			callsFail(t, nc, "a client without a certificate")
+			// The client with a certificate still works.
+			spread(t, c, 10)
+		})
+	}
 }
 
 // callsFail makes 3 calls with c, each within 3 s, and fails the test
