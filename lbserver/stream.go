@@ -20,6 +20,7 @@ import (
 	"github.com/lookaside-lb/lookaside/clientstats"
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/internal/logattr"
+	"github.com/lookaside-lb/lookaside/internal/recvloop"
 	"github.com/lookaside-lb/lookaside/policy"
 )
 
@@ -55,22 +56,7 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 	// Recv runs in its own goroutine so that a silent client can be timed
 	// out and ClientStats read while lists are sent. It ends when the
 	// stream's context does, which grpc ends as this handler returns.
-	reqs := make(chan *lbpb.LoadBalanceRequest)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	reqs, recvErr := recvloop.Start(ctx, stream.Recv)
 
 	// The stream's one timer: the initial request's, then its sends'.
 	timer := time.NewTimer(s.cfg.InitialRequestTimeout)

@@ -270,15 +270,19 @@ func TestGoroutinesPerStream(t *testing.T) {
 	c := dialFrom(t, addr, "127.0.0.1")
 	// One stream first, so that the connection and the watch are there.
 	recvList(t, openOK(t, c, "gor"))
-	const handlers = "lbserver.(*Server).BalanceLoad"
-	before, total := lbserverGoroutines(handlers), runtime.NumGoroutine()
+	// The handlers, and the receive loops they start (created by
+	// recvloop.Start).
+	count := func() int {
+		return lbserverGoroutines("lbserver.(*Server).BalanceLoad") + lbserverGoroutines("recvloop.Start")
+	}
+	before, total := count(), runtime.NumGoroutine()
 	for range streams {
 		recvList(t, openOK(t, c, "gor"))
 	}
 	// The last sends' goroutines end just after the client got the list.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		got := lbserverGoroutines(handlers) - before
+		got := count() - before
 		if got == 2*streams {
 			break
 		}

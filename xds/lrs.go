@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/lookaside-lb/lookaside/internal/recvloop"
 )
 
 // Bounds of one load report: a report beyond them ends its stream with
@@ -108,22 +110,7 @@ func (s *LRSServer) StreamLoadStats(stream lrspb.LoadReportingService_StreamLoad
 	// Reports are received on their own goroutine, which ends with the
 	// stream, so that the handler returns as soon as ctx ends (the stream
 	// given may have a context that ends before the client's stream does).
-	reqs := make(chan *lrspb.LoadStatsRequest)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	reqs, recvErr := recvloop.Start(ctx, stream.Recv)
 	for req := first; ; {
 		loads, err := Loads(req)
 		if err != nil {

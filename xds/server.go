@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/lookaside-lb/lookaside/internal/logthrottle"
+	"github.com/lookaside-lb/lookaside/internal/recvloop"
 )
 
 // ErrUnknown is what a Feed's Subscribe returns (wrapped) for a name no
@@ -142,22 +143,7 @@ func (s *Server) StreamAggregatedResources(stream discoverypb.AggregatedDiscover
 	}
 	defer st.closeAll()
 
-	reqs := make(chan *discoverypb.DiscoveryRequest)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	reqs, recvErr := recvloop.Start(ctx, stream.Recv)
 	// appeared is taken before any Subscribe it covers, and again each
 	// time it fires, so that no name that comes to exist is missed.
 	ap, _ := s.feed.(Appearer)
