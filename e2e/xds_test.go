@@ -8,15 +8,14 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	grpcxds "google.golang.org/grpc/xds"
 
 	"github.com/lookaside-lb/lookaside/internal/lbdial"
 	"github.com/lookaside-lb/lookaside/lbserver"
 	"github.com/lookaside-lb/lookaside/policy/weightedroundrobin"
 	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
 	"github.com/lookaside-lb/lookaside/xds"
+	"github.com/lookaside-lb/lookaside/xds/xdstest"
 )
 
 // xdsClient dials xds:///target as a user's grpc-go client does with a
@@ -32,23 +31,7 @@ func xdsClient(t testing.TB, addr, target string) userpb.UserClient {
 // the balancer); an empty NodeID becomes the test's name.
 func xdsClientWith(t testing.TB, o xds.BootstrapOptions, target string) userpb.UserClient {
 	t.Helper()
-	if o.NodeID == "" {
-		o.NodeID = t.Name()
-	}
-	boot, err := xds.Bootstrap(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rb, err := grpcxds.NewXDSResolverWithConfigForTesting(boot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := grpc.NewClient("xds:///"+target, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return userpb.NewUserClient(cc)
+	return userpb.NewUserClient(xdstest.Dial(t, o, target))
 }
 
 // TestXDSRoundRobin: an xDS client of a round_robin service spreads its

@@ -16,11 +16,11 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-	grpcxds "google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/xds"
+	"github.com/lookaside-lb/lookaside/xds/xdstest"
 )
 
 // healthBackends starts n health servers on loopback and returns their
@@ -46,18 +46,7 @@ func healthBackends(t *testing.T, n int) []string {
 // at addr.
 func xdsHealthClient(t *testing.T, addr, target string) (healthpb.HealthClient, func()) {
 	t.Helper()
-	boot, err := xds.Bootstrap(xds.BootstrapOptions{Server: addr, NodeID: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rb, err := grpcxds.NewXDSResolverWithConfigForTesting(boot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := grpc.NewClient("xds:///"+target, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc := xdstest.Dial(t, xds.BootstrapOptions{Server: addr}, target)
 	return healthpb.NewHealthClient(cc), func() { cc.Close() }
 }
 

@@ -13,14 +13,13 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-	grpcxds "google.golang.org/grpc/xds"
 
 	"github.com/lookaside-lb/lookaside/xds"
+	"github.com/lookaside-lb/lookaside/xds/xdstest"
 )
 
 // fakeFeed serves assignments set by the test, by name.
@@ -131,20 +130,7 @@ func startBackends(t *testing.T, n int) []netip.AddrPort {
 // client with a bootstrap naming that server would.
 func xdsClient(t *testing.T, addr, target string) healthpb.HealthClient {
 	t.Helper()
-	boot, err := xds.Bootstrap(xds.BootstrapOptions{Server: addr, NodeID: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rb, err := grpcxds.NewXDSResolverWithConfigForTesting(boot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := grpc.NewClient("xds:///"+target, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return healthpb.NewHealthClient(cc)
+	return healthpb.NewHealthClient(xdstest.Dial(t, xds.BootstrapOptions{Server: addr}, target))
 }
 
 // spread makes n calls and counts them by backend address; failures are
