@@ -27,11 +27,19 @@ func serveORCA(t *testing.T) (string, *atomic.Int64) {
 		t.Fatal(err)
 	}
 	var open atomic.Int64
-	srv := grpc.NewServer(grpc.StreamInterceptor(func(s any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	addr := serveReporter(t, rep, grpc.StreamInterceptor(func(s any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		open.Add(1)
 		defer open.Add(-1)
 		return h(s, ss)
 	}))
+	return addr, &open
+}
+
+// serveReporter serves rep on a loopback port of a gRPC server with opts
+// until the test ends, and returns the address.
+func serveReporter(t *testing.T, rep *loadreport.Reporter, opts ...grpc.ServerOption) string {
+	t.Helper()
+	srv := grpc.NewServer(opts...)
 	rep.Register(srv)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -47,7 +55,7 @@ func serveORCA(t *testing.T) (string, *atomic.Int64) {
 		srv.Stop()
 		<-done
 	})
-	return lis.Addr().String(), &open
+	return lis.Addr().String()
 }
 
 // TestLoadReportsOnlyWhereUsed: a service opens ORCA streams to its

@@ -1,12 +1,9 @@
 package lbserver
 
 import (
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
 
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/loadreport"
@@ -31,23 +28,7 @@ func serveLatency(t *testing.T, d time.Duration) (string, *latencyLoad) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
-	rep.Register(srv)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		rep.Close()
-		srv.Stop()
-		<-done
-	})
-	return lis.Addr().String(), load
+	return serveReporter(t, rep), load
 }
 
 // TestLatencyOutliersStatus: a least_load service whose endpoint reports
