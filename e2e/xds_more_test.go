@@ -20,7 +20,6 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -31,6 +30,7 @@ import (
 	"github.com/lookaside-lb/lookaside/metrics"
 	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
 	"github.com/lookaside-lb/lookaside/xds"
+	"github.com/lookaside-lb/lookaside/xds/xdstest"
 )
 
 // TLS modes of startTLSLB.
@@ -127,24 +127,6 @@ func callsFail(t *testing.T, c userpb.UserClient, who string) {
 	}
 }
 
-// rawADS opens a bare ADS stream to addr (plaintext), to play a client
-// message by message; the stream ends with the test.
-func rawADS(t *testing.T, addr string) discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
-	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	t.Cleanup(cancel)
-	s, err := discoverypb.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // waitAvoided calls c until 4 calls in a row are served by backends other
 // than id (under round robin over 3 backends at most 2 in a row are while
 // id is in the client's list), for at most timeout and 100,000 calls. It
@@ -215,7 +197,7 @@ func TestXDSNACKThroughTheBalancer(t *testing.T) {
 	c := xdsClient(t, l.addr, svc)
 	waitSeen(t, c, bs...)
 
-	s := rawADS(t, l.addr)
+	s := xdstest.RawADS(t, l.addr)
 	node := &corepb.Node{Id: "e2e-nacking-client"}
 	if err := s.Send(&discoverypb.DiscoveryRequest{Node: node, TypeUrl: xds.ClusterType, ResourceNames: []string{svc}}); err != nil {
 		t.Fatal(err)

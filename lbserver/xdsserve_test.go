@@ -12,7 +12,6 @@ import (
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -22,25 +21,6 @@ import (
 	"github.com/lookaside-lb/lookaside/xds"
 	"github.com/lookaside-lb/lookaside/xds/xdstest"
 )
-
-// healthBackends starts n health servers on loopback and returns their
-// addresses.
-func healthBackends(t *testing.T, n int) []string {
-	t.Helper()
-	var out []string
-	for range n {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		gs := grpc.NewServer()
-		healthpb.RegisterHealthServer(gs, health.NewServer())
-		go gs.Serve(lis)
-		t.Cleanup(gs.Stop)
-		out = append(out, lis.Addr().String())
-	}
-	return out
-}
 
 // xdsHealthClient dials xds:///target with a bootstrap naming the balancer
 // at addr.
@@ -68,10 +48,10 @@ func spreadCalls(t *testing.T, c healthpb.HealthClient, n int) map[string]int {
 }
 
 func TestServeXDS(t *testing.T) {
-	bs := healthBackends(t, 3)
+	bs := xdstest.HealthBackends(t, 3)
 	var eps []discovery.Endpoint
 	for i, a := range bs {
-		e := ep(string(rune('a'+i)), a)
+		e := ep(string(rune('a'+i)), a.String())
 		e.Weight = i + 1
 		eps = append(eps, e)
 	}
@@ -96,7 +76,7 @@ func TestServeXDS(t *testing.T) {
 	base := s.ClientStats().Service("svc").Started
 	got := spreadCalls(t, c, calls)
 	for i, a := range bs {
-		share, want := float64(got[a])/calls, float64(i+1)/6
+		share, want := float64(got[a.String()])/calls, float64(i+1)/6
 		if math.Abs(share-want) > 0.02 {
 			t.Errorf("backend %d (weight %d): share %.3f, want %.3f ± 0.02; spread %v", i, i+1, share, want, got)
 		}
@@ -140,8 +120,8 @@ func TestServeXDSDisabled(t *testing.T) {
 }
 
 func TestServeXDSShutdownEndsStreams(t *testing.T) {
-	bs := healthBackends(t, 1)
-	src := newFakeSource(snap("svc", ep("a", bs[0])))
+	bs := xdstest.HealthBackends(t, 1)
+	src := newFakeSource(snap("svc", ep("a", bs[0].String())))
 	s, err := New(testConfig(src))
 	if err != nil {
 		t.Fatal(err)
@@ -188,8 +168,8 @@ func TestClientStatsOfLoad(t *testing.T) {
 // TestXDSServiceAppears: an xDS client that asked for a service before it
 // existed gets it once the directory lists it, on the same stream.
 func TestXDSServiceAppears(t *testing.T) {
-	bs := healthBackends(t, 1)
-	src := newFakeSource(snap("later", ep("a", bs[0])))
+	bs := xdstest.HealthBackends(t, 1)
+	src := newFakeSource(snap("later", ep("a", bs[0].String())))
 	dir := newFakeDir(true, "svc")
 	cfg := testConfig(dirSrc{src, dir})
 	_, addr := serveAt(t, cfg)

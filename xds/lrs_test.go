@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/lookaside-lb/lookaside/xds"
+	"github.com/lookaside-lb/lookaside/xds/xdstest"
 )
 
 // sink sums what clients report, per cluster.
@@ -62,7 +63,7 @@ func (s *sink) get(cluster string) (issued, dropped uint64, byLoc map[string]uin
 }
 
 func TestLRSReportsArrive(t *testing.T) {
-	bs := startBackends(t, 2)
+	bs := xdstest.HealthBackends(t, 2)
 	feed := newFeed()
 	feed.set(xds.Assignment{Cluster: "user-srv", Shape: xds.ShapeWeighted, Endpoints: endpoints(bs, 1, 3),
 		Drops: []xds.Drop{{Category: "drop-overload", Share: 0.1}}})

@@ -13,7 +13,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -107,25 +106,6 @@ func startXDS(t *testing.T, feed xds.Feed, opts xds.Options) string {
 	return lis.Addr().String()
 }
 
-// startBackends starts n health servers on loopback and returns their
-// addresses.
-func startBackends(t *testing.T, n int) []netip.AddrPort {
-	t.Helper()
-	var out []netip.AddrPort
-	for range n {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		gs := grpc.NewServer()
-		healthpb.RegisterHealthServer(gs, health.NewServer())
-		go gs.Serve(lis)
-		t.Cleanup(gs.Stop)
-		out = append(out, netip.MustParseAddrPort(lis.Addr().String()))
-	}
-	return out
-}
-
 // xdsClient dials xds:///target through the server at addr, as a user's
 // client with a bootstrap naming that server would.
 func xdsClient(t *testing.T, addr, target string) healthpb.HealthClient {
@@ -182,7 +162,7 @@ func waitCalls(t *testing.T, c healthpb.HealthClient, what string, cond func(map
 }
 
 func TestShapesAsClientsSeeThem(t *testing.T) {
-	bs := startBackends(t, 3)
+	bs := xdstest.HealthBackends(t, 3)
 	tests := []struct {
 		name  string
 		a     xds.Assignment
@@ -237,7 +217,7 @@ func TestShapesAsClientsSeeThem(t *testing.T) {
 }
 
 func TestChangesReachClients(t *testing.T) {
-	bs := startBackends(t, 3)
+	bs := xdstest.HealthBackends(t, 3)
 	feed := newFeed()
 	addr := startXDS(t, feed, xds.Options{})
 	feed.set(xds.Assignment{Cluster: "user-srv", Endpoints: endpoints(bs)}, "users")

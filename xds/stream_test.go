@@ -1,7 +1,6 @@
 package xds_test
 
 import (
-	"context"
 	"log/slog"
 	"strings"
 	"sync"
@@ -12,38 +11,20 @@ import (
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	grpcstatus "google.golang.org/grpc/status"
 
 	"github.com/lookaside-lb/lookaside/internal/syncbuf"
 	"github.com/lookaside-lb/lookaside/xds"
+	"github.com/lookaside-lb/lookaside/xds/xdstest"
 )
-
-// rawADS opens a bare ADS stream to addr, to play a client byte by byte.
-func rawADS(t *testing.T, addr string) discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
-	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	s, err := discoverypb.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
 
 func request(url, version, nonce string, names ...string) *discoverypb.DiscoveryRequest {
 	return &discoverypb.DiscoveryRequest{Node: &corepb.Node{Id: "raw"}, TypeUrl: url, VersionInfo: version, ResponseNonce: nonce, ResourceNames: names}
 }
 
 func TestNACKIsLoggedCountedAndOtherUpdatesGoOn(t *testing.T) {
-	bs := startBackends(t, 2)
+	bs := xdstest.HealthBackends(t, 2)
 	feed := newFeed()
 	feed.set(xds.Assignment{Cluster: "a", Endpoints: endpoints(bs)})
 	feed.set(xds.Assignment{Cluster: "b", Endpoints: endpoints(bs)})
@@ -54,7 +35,7 @@ func TestNACKIsLoggedCountedAndOtherUpdatesGoOn(t *testing.T) {
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 		OnNACK: func(url, reason string) { mu.Lock(); nacks = append(nacks, url+": "+reason); mu.Unlock() },
 	})
-	s := rawADS(t, addr)
+	s := xdstest.RawADS(t, addr)
 	if err := s.Send(request(xds.EndpointType, "", "", "a", "b")); err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +95,7 @@ func TestStreamRefusals(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := rawADS(t, addr)
+			s := xdstest.RawADS(t, addr)
 			if err := s.Send(tc.req); err != nil {
 				t.Fatal(err)
 			}
@@ -140,13 +121,13 @@ func waitOpen(t *testing.T, feed *fakeFeed, n int) {
 }
 
 func TestSubscriptionsFollowTheClient(t *testing.T) {
-	bs := startBackends(t, 1)
+	bs := xdstest.HealthBackends(t, 1)
 	feed := newFeed()
 	for _, c := range []string{"a", "b"} {
 		feed.set(xds.Assignment{Cluster: c, Endpoints: endpoints(bs)})
 	}
 	addr := startXDS(t, feed, xds.Options{})
-	s := rawADS(t, addr)
+	s := xdstest.RawADS(t, addr)
 	if err := s.Send(request(xds.ClusterType, "", "", "a", "b")); err != nil {
 		t.Fatal(err)
 	}
