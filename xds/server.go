@@ -62,7 +62,8 @@ type Subscription interface {
 const (
 	// DefaultMaxNames is the default Options.MaxNames.
 	DefaultMaxNames = 100
-	// nackLogInterval bounds the NACK log lines per client reason.
+	// nackLogInterval bounds the NACK log lines: one per resource type per
+	// interval, whatever the clients give as reasons.
 	nackLogInterval = time.Minute
 )
 
@@ -237,8 +238,11 @@ func (st *adsStream) handle(req *discoverypb.DiscoveryRequest) error {
 	// rejected what it was sent.
 	if d := req.GetErrorDetail(); d != nil && req.GetResponseNonce() != "" {
 		reason := d.GetMessage()
-		st.srv.nackLog.LogKey(context.Background(), slog.LevelWarn, url+"\x00"+reason, "xDS client rejected a resource",
-			"node", logthrottle.Quote(st.node), "type", url, "version", req.GetVersionInfo(), "reason", logthrottle.Quote(reason))
+		// Keyed by the type alone (one of four, checked above): the reason
+		// and node are the client's, so keying by them would let a client
+		// fill the throttle's table and the log with reasons of its own.
+		st.srv.nackLog.LogKey(context.Background(), slog.LevelWarn, url, "xDS client rejected a resource",
+			"node", logthrottle.Quote(st.node), "type", url, "version", logthrottle.Quote(req.GetVersionInfo()), "reason", logthrottle.Quote(reason))
 		if st.srv.onNACK != nil {
 			st.srv.onNACK(url, reason)
 		}

@@ -1,6 +1,7 @@
 package xds_test
 
 import (
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -153,4 +154,44 @@ func TestSubscriptionsFollowTheClient(t *testing.T) {
 		t.Fatal("stream still open after the client closed it")
 	}
 	waitOpen(t, feed, 0)
+}
+
+// TestNACKLogIsBoundedByType: reasons are the client's, so NACKs with
+// ever new reasons still log one line per resource type per interval.
+func TestNACKLogIsBoundedByType(t *testing.T) {
+	bs := xdstest.HealthBackends(t, 1)
+	feed := newFeed()
+	feed.set(xds.Assignment{Cluster: "a", Endpoints: endpoints(bs)})
+	var logs syncbuf.Buffer
+	nacks := make(chan string, 100)
+	addr := startXDS(t, feed, xds.Options{
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		OnNACK: func(_, reason string) { nacks <- reason },
+	})
+	s := xdstest.RawADS(t, addr)
+	if err := s.Send(request(xds.ClusterType, "", "", "a")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	for i := range n {
+		nack := request(xds.ClusterType, "", r.Nonce, "a")
+		nack.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: fmt.Sprintf("reason %d", i)}
+		if err := s.Send(nack); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		select {
+		case <-nacks:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d NACKs reported, want %d", i, n)
+		}
+	}
+	if got := strings.Count(logs.String(), "rejected a resource"); got != 1 {
+		t.Errorf("%d NACK log lines for %d NACKs of one type, want 1:\n%s", got, n, logs.String())
+	}
 }
