@@ -288,9 +288,11 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		open, mine := l.open, l.perIP[ip]
 		l.mu.Unlock()
 		if full {
-			c.Close()
+			// Counted before the close, so that a client that sees its
+			// connection closed sees it counted too.
 			l.s.counters.tcpRejected.Add(1)
 			l.s.guard(GuardTCPRejected)
+			c.Close()
 			l.s.tlog.Warn("DNS TCP connection over the limit: closed", "source", ip.String(), "open", open, "open_from_source", mine)
 			continue
 		}
