@@ -50,6 +50,13 @@ func TestQuickEndToEnd(t *testing.T) {
 			}
 		}
 	}
+	if s, ok := res.scenario("sleep"); ok {
+		for _, cfg := range []string{cfgXDSRR, cfgXDSLL} {
+			if _, ok := s.run(cfg); !ok {
+				t.Errorf("sleep: no figures for %s", cfg)
+			}
+		}
+	}
 	if len(res.Propagation) != 3 {
 		t.Errorf("propagation measured for %d client counts, want 1, 10 and 100", len(res.Propagation))
 	}
@@ -60,6 +67,9 @@ func TestQuickEndToEnd(t *testing.T) {
 	}
 	if res.ClientsErr != "" || len(res.Clients) == 0 {
 		t.Errorf("client benchmark: %d lines, %s", len(res.Clients), res.ClientsErr)
+	}
+	if res.XDSClientsErr != "" || len(res.XDSClients) == 0 {
+		t.Errorf("xDS client benchmark: %d lines, %s", len(res.XDSClients), res.XDSClientsErr)
 	}
 	if res.CollectorErr != "" || len(res.Collector) == 0 {
 		t.Errorf("collector benchmark: %d lines, %s", len(res.Collector), res.CollectorErr)

@@ -49,7 +49,7 @@ func main() {
 	fs.StringVar(&o.out, "out", "docs", "directory that receives BENCHMARKS.md; the plots and results.json go to its bench/ subdirectory")
 	fs.BoolVar(&o.quick, "quick", false, "a smoke test: short warm-up and windows, 1,000 clients only; the report says its figures are not for publication")
 	fs.DurationVar(&o.slowCPU, "slow-call-cpu", defaultSlowCPU, "CPU-bound scenario: CPU time the slow backend spends in every call (backend -call-cpu), on top of its 5ms -latency")
-	fs.BoolVar(&o.skipGo, "skip-go-bench", false, "skip the go test benchmarks (BenchmarkClientMemory in ./e2e, BenchmarkCollectorMemory in ./loadreport)")
+	fs.BoolVar(&o.skipGo, "skip-go-bench", false, "skip the go test benchmarks (BenchmarkClientMemory and BenchmarkXDSClientMemory in ./e2e, BenchmarkCollectorMemory in ./loadreport)")
 	fs.StringVar(&o.render, "render", "", "render the report from this results.json instead of measuring")
 	fs.StringVar(&o.note, "note", "", "a sentence shown under the report's title, e.g. that the machine was busy (kept in results.json; with -render, replaces the saved one)")
 	fs.Usage = func() {
@@ -145,7 +145,13 @@ func measureAll(ctx context.Context, o options, args []string) (Results, error) 
 	defer agent.Stop()
 	b := &bench{bins: bins, consul: agent.HTTPAddr(), client: agent.Client(), timing: res.Timing, logf: logf}
 
-	slowConfigs := []string{cfgRR, cfgLL, cfgA58, cfgOracle}
+	// The xDS clients on the slow-backend scenarios; -quick measures
+	// them in the sleep scenario only, to stay a short smoke test.
+	slowConfigs := []string{cfgRR, cfgLL, cfgXDSRR, cfgXDSLL, cfgA58, cfgOracle}
+	cpuConfigs := slowConfigs
+	if o.quick {
+		cpuConfigs = []string{cfgRR, cfgLL, cfgA58, cfgOracle}
+	}
 	fast := backendSpec{args: []string{"-latency", "5ms"}}
 	for _, spec := range []scenarioSpec{
 		{
@@ -154,7 +160,7 @@ func measureAll(ctx context.Context, o options, args []string) (Results, error) 
 			backends: []backendSpec{fast, fast, fast, fast, {args: []string{"-latency", "20ms"}, slow: true}},
 		},
 		{
-			key: "cpu", title: "Slow backend (CPU-bound)", configs: slowConfigs, needFlag: "call-cpu",
+			key: "cpu", title: "Slow backend (CPU-bound)", configs: cpuConfigs, needFlag: "call-cpu",
 			note:     fmt.Sprintf("The slow backend spends its extra time on the CPU: %v of CPU time in every call (`-call-cpu`) after the same 5 ms sleep as the others. On a 2-core machine shared by the client, Consul, the balancer and five backends, the calls a balancer still sends it queue for the CPU, so its latency grows with its share: under round robin (a fifth of the calls) it is the bottleneck of the whole closed loop.", o.slowCPU),
 			backends: []backendSpec{fast, fast, fast, fast, {args: []string{"-latency", "5ms", "-call-cpu", o.slowCPU.String()}, slow: true}},
 		},
@@ -178,17 +184,25 @@ func measureAll(ctx context.Context, o options, args []string) (Results, error) 
 	// machine to themselves (and their own Consul agents).
 	agent.Stop()
 	if o.skipGo {
-		res.ClientsErr, res.CollectorErr = "skipped (-skip-go-bench)", "skipped (-skip-go-bench)"
+		res.ClientsErr, res.XDSClientsErr, res.CollectorErr = "skipped (-skip-go-bench)", "skipped (-skip-go-bench)", "skipped (-skip-go-bench)"
 	} else {
-		pattern, limit := "ClientMemory", 12*time.Minute
+		// One go test run for the grpclb and the xDS clients' benchmarks
+		// (the pattern matches BenchmarkClientMemory and
+		// BenchmarkXDSClientMemory): one build and one Consul agent.
+		pattern, limit := "ClientMemory", 18*time.Minute
 		if o.quick {
-			pattern, limit = "ClientMemory/^clients=1000$", 5*time.Minute
+			pattern, limit = "ClientMemory/^(clients=1000|streams=100)$", 5*time.Minute
 		}
 		logf("go test -bench %s ./e2e (up to %v)", pattern, limit)
-		res.Clients, err = goBench(ctx, root, consulBin, "./e2e", pattern, "BenchmarkClientMemory", limit)
-		if err != nil {
-			res.ClientsErr = err.Error()
-			logf("%v", err)
+		lines, errs := goBenchEach(ctx, root, consulBin, "./e2e", pattern, limit, "BenchmarkClientMemory", "BenchmarkXDSClientMemory")
+		res.Clients, res.XDSClients = lines[0], lines[1]
+		if errs[0] != nil {
+			res.ClientsErr = errs[0].Error()
+			logf("%v", errs[0])
+		}
+		if errs[1] != nil {
+			res.XDSClientsErr = errs[1].Error()
+			logf("%v", errs[1])
 		}
 		logf("go test -bench CollectorMemory ./loadreport")
 		res.Collector, err = goBench(ctx, root, consulBin, "./loadreport", "CollectorMemory", "BenchmarkCollectorMemory", 5*time.Minute)

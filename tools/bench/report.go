@@ -181,7 +181,9 @@ func renderMarkdown(res Results, plots map[string]string) string {
 	p("| %s | the same, `-policy least_load` with its default settings |\n", configTitle[cfgLL])
 	p("| %s | `weighted_round_robin` on the client, dialling every backend directly (their addresses from Consul through a manual resolver), `enableOobLoadReport: true` |\n", configTitle[cfgA58])
 	p("| %s | client-side `round_robin` over the fast backends' addresses only: what a balancer that knew in advance could do |\n", configTitle[cfgOracle])
-	p("| %s | client-side `round_robin` over every backend's address, no balancer (data path) |\n\n", configTitle[cfgDirect])
+	p("| %s | client-side `round_robin` over every backend's address, no balancer (data path) |\n", configTitle[cfgDirect])
+	p("| %s | grpc-go's xDS client (`xds:///<service>`, bootstrap naming the balancer) fed by the `-policy round_robin` lbserver above: one locality, `ROUND_ROBIN` |\n", configTitle[cfgXDSRR])
+	p("| %s | the same, fed by the `-policy least_load` lbserver: one locality per endpoint weighted by the load weights |\n\n", configTitle[cfgXDSLL])
 	p("Load-report timing, the same for Lookaside and A58 where they have the same knob:\n\n")
 	p("| knob | value | Lookaside | grpc-go weighted_round_robin |\n|---|---|---|---|\n")
 	p("| report interval | %v | `-load-report-interval` | `oobReportingPeriod` |\n", t.ReportInterval)
@@ -224,6 +226,17 @@ func renderMarkdown(res Results, plots map[string]string) string {
 			if w, ok := s.run(cfgA58); ok {
 				p("\nleast_load against grpc-go's weighted_round_robin: p99 %.2f×, calls/s %.3f.\n", ll.P99Ms/w.P99Ms, ll.Rate/w.Rate)
 			}
+		}
+		var vs []string
+		for _, pair := range xdsPairs {
+			x, okX := s.run(pair.xds)
+			g, okG := s.run(pair.grpclb)
+			if okX && okG {
+				vs = append(vs, fmt.Sprintf("%s p99 %.2f×, calls/s %.3f", pair.policy, x.P99Ms/g.P99Ms, x.Rate/g.Rate))
+			}
+		}
+		if len(vs) > 0 {
+			p("\nxDS clients against grpclb clients of the same lbserver: %s.\n", strings.Join(vs, "; "))
 		}
 		if f, ok := plots["latency-"+s.Key]; ok {
 			p("\n![latency CDF, %s](%s)\n", s.Title, f)
@@ -270,6 +283,8 @@ func renderMarkdown(res Results, plots map[string]string) string {
 			p("![%s](%s)\n\n", k, f)
 		}
 	}
+
+	renderXDS(p, res)
 
 	p("## Endpoints: load collection\n\n")
 	p("`BenchmarkCollectorMemory` (`go test -run '^$' -bench CollectorMemory -benchtime 1x ./loadreport`): what collecting ORCA load reports costs the balancer per endpoint, at 1,000 endpoints. Without load reports (round_robin and every policy but least_load, unless a service sets its own `max_drop_share`) there is no collector: no connection, goroutine or memory per endpoint.\n\n")
@@ -360,8 +375,9 @@ func writePlots(dir string, res Results) (map[string]string, error) {
 		}
 	}
 	// Memory and propagation against the number of clients, from
-	// BenchmarkClientMemory's sub-benchmarks.
-	mem := plot.Chart{Title: "Balancer RSS per client", XLabel: "clients (log scale)", YLabel: "KiB per client", LogX: true, Legend: plot.BottomRight}
+	// BenchmarkClientMemory's and BenchmarkXDSClientMemory's
+	// sub-benchmarks.
+	mem := plot.Chart{Title: "Balancer RSS per client (grpclb) or ADS stream (xDS)", XLabel: "clients (log scale)", YLabel: "KiB per client", LogX: true, Legend: plot.BottomRight}
 	prop := plot.Chart{Title: "One Consul change: time until each client's next list", XLabel: "clients (log scale)", YLabel: "ms", LogX: true, Legend: plot.TopLeft}
 	type pts struct{ x, y []float64 }
 	series := map[string]*pts{}
@@ -388,6 +404,7 @@ func writePlots(dir string, res Results) (map[string]string, error) {
 			}
 		}
 	}
+	xdsPlotPoints(res, add)
 	for _, pr := range res.Propagation {
 		if pr.Err == "" {
 			add("prop|one instance added: p50", float64(pr.Clients), pr.P50Ms)

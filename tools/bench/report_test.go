@@ -4,6 +4,7 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,7 +27,8 @@ func fixedResults(tweak func(*Results)) Results {
 		Timing:    Timing{ReportInterval: 100 * time.Millisecond, Blackout: time.Second, WeightUpdate: time.Second, LoadWindow: time.Second, Workers: 8, Warmup: 5 * time.Second, Window: 10 * time.Second},
 		Scenarios: []Scenario{
 			{Key: "sleep", Title: "Slow backend (sleep)", Backends: "4 × `-latency 5ms`", Runs: []Run{
-				run(cfgRR, 800, 23, 0.2), run(cfgLL, 1200, 12, 0.01), run(cfgA58, 1000, 22, 0.06), run(cfgOracle, 1250, 10, 0),
+				run(cfgRR, 800, 23, 0.2), run(cfgLL, 1200, 12, 0.01), run(cfgXDSRR, 780, 24, 0.2), run(cfgXDSLL, 1100, 15, 0.03),
+				run(cfgA58, 1000, 22, 0.06), run(cfgOracle, 1250, 10, 0),
 			}},
 			{Key: "cpu", Title: "Slow backend (CPU-bound)", Backends: "…", Runs: []Run{
 				run(cfgRR, 400, 120, 0.2), run(cfgLL, 1000, 30, 0.05), run(cfgA58, 900, 60, 0.03), run(cfgOracle, 1200, 12, 0),
@@ -43,6 +45,11 @@ func fixedResults(tweak func(*Results)) Results {
 		},
 		Propagation: []Propagation{{Clients: 1, P50Ms: 5, P99Ms: 11, MaxMs: 12}, {Clients: 1000, Err: "opening 1000 streams: refused\nmore"}},
 		Collector:   []BenchLine{{Name: "", Metrics: map[string]float64{unitEndpoint: 19.5, "goroutines/endpoint": 1}}},
+		XDSClients: []BenchLine{
+			{Name: "streams=1000", Metrics: map[string]float64{unitKiBStream: 20, unitP50: 30, unitP99: 60}},
+			{Name: subXDSStreams10k, Metrics: map[string]float64{unitKiBStream: 25.875, "goroutines/stream": 2, unitP50: 150, unitP99: 300}},
+			{Name: "streams=10000,lrs", Metrics: map[string]float64{unitKiBStream: 40, unitP99: 320}},
+		},
 	}
 	if tweak != nil {
 		tweak(&res)
@@ -133,6 +140,17 @@ func TestRenderMarkdown(t *testing.T) {
 		"| RSS-KiB/endpoint | 19.5 | 0 |",
 		"| 1 | 5.0 | 11.0 | 12.0 |",
 		"| 1000 | not measured: opening 1000 streams: refused | | |",
+		// xDS: the configuration table, the scenario's comparison line,
+		// the xDS section's rows and the memory table against grpclb.
+		"| Lookaside round_robin, xDS client | grpc-go's xDS client",
+		"xDS clients against grpclb clients of the same lbserver: round_robin p99 1.04×, calls/s 0.975; least_load p99 1.25×, calls/s 0.917.",
+		"## xDS clients",
+		"| Slow backend (sleep) | Lookaside least_load, xDS client | 1100 | 6.00 | 15.00 | 3.0 % | 0.880 | 1.50× | 1.25×, 0.917 |",
+		"| Slow backend (CPU-bound) | Lookaside round_robin, xDS client | not measured: not run by -quick | | | | | | |",
+		"| per stream | grpclb `clients=1000` | grpclb `clients=10000` | xDS `streams=1000` | xDS `streams=10000` | xDS `streams=10000,lrs` |",
+		"| balancer RSS per stream, KiB | 12.5 | 17.25 | 20 | 25.875 | 40 |",
+		"| one change: p99 ms until each stream has it | 40 | 200 | 60 | 300 | 320 |",
+		"At 10,000: an xDS stream costs the balancer 25.9 KiB of RSS, 1.50× a grpclb client's 17.2 KiB; one change reaches every xDS stream in p99 300 ms, 1.50× the grpclb clients' 200 ms.",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
@@ -219,5 +237,43 @@ func TestClientsOf(t *testing.T) {
 		if n != tt.n || kind != tt.kind {
 			t.Errorf("clientsOf(%q) = %d, %q; want %d, %q", tt.name, n, kind, tt.n, tt.kind)
 		}
+	}
+}
+
+func TestXDSKind(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		n    int
+		kind string
+	}{
+		{"streams=100", 100, "xDS: ADS stream, own connection"},
+		{"streams=10000,lrs", 10000, "xDS: ADS + LRS streams, own connection"},
+		{"other", 0, "xDS: ADS stream, own connection"},
+	} {
+		n, kind := xdsKind(tt.name)
+		if n != tt.n || kind != tt.kind {
+			t.Errorf("xdsKind(%q) = %d, %q; want %d, %q", tt.name, n, kind, tt.n, tt.kind)
+		}
+	}
+}
+
+// TestRenderOldResults: results.json of a run before the xDS figures
+// still renders, saying they were not measured.
+func TestRenderOldResults(t *testing.T) {
+	res := fixedResults(func(r *Results) {
+		r.XDSClients = nil
+		r.Scenarios[0].Runs = slices.DeleteFunc(r.Scenarios[0].Runs, func(x Run) bool { return x.Config == cfgXDSRR || x.Config == cfgXDSLL })
+	})
+	md := renderMarkdown(res, nil)
+	for _, want := range []string{
+		"| Slow backend (sleep) | Lookaside least_load, xDS client | not measured: not run | | | | | | |",
+		"| per stream | grpclb `clients=1000` | grpclb `clients=10000` |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q", want)
+		}
+	}
+	if strings.Contains(md, "xDS clients against grpclb clients") || strings.Contains(md, "At 10,000: an xDS stream") {
+		t.Error("markdown compares xDS figures that were not measured")
 	}
 }

@@ -23,7 +23,8 @@ type Results struct {
 	Machine Machine
 	Timing  Timing
 	// Scenarios: "sleep", "cpu" (a slow backend) and "datapath" (equal
-	// backends), in that order.
+	// backends), in that order. The slow-backend scenarios also measure
+	// xDS clients (cfgXDSRR, cfgXDSLL; with -quick in "sleep" only).
 	Scenarios []Scenario
 	// Propagation: one Consul change reaching 1 to 1,000 streams.
 	Propagation []Propagation
@@ -34,6 +35,11 @@ type Results struct {
 	ClientsErr   string
 	Collector    []BenchLine
 	CollectorErr string
+	// XDSClients are BenchmarkXDSClientMemory's sub-benchmarks (./e2e):
+	// ADS streams' memory and one change's fan-out; XDSClientsErr says
+	// why some are missing. Absent from results of older runs.
+	XDSClients    []BenchLine `json:",omitempty"`
+	XDSClientsErr string      `json:",omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -79,6 +85,10 @@ const (
 	cfgA58    = "grpc-wrr"
 	cfgOracle = "oracle"
 	cfgDirect = "direct-rr"
+	// The xDS configurations: grpc-go's xDS client (xds:///<service>)
+	// fed by the same lbserver process as cfgRR and cfgLL.
+	cfgXDSRR = "xds-rr"
+	cfgXDSLL = "xds-ll"
 )
 
 // configTitle names a configuration in the report.
@@ -88,6 +98,8 @@ var configTitle = map[string]string{
 	cfgA58:    "grpc-go weighted_round_robin (A58, OOB ORCA)",
 	cfgOracle: "oracle: round_robin over the fast backends only",
 	cfgDirect: "direct: client-side round_robin, no balancer",
+	cfgXDSRR:  "Lookaside round_robin, xDS client",
+	cfgXDSLL:  "Lookaside least_load, xDS client",
 }
 
 // Scenario is one set of backends and the configurations measured on it,

@@ -17,10 +17,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	grpcxds "google.golang.org/grpc/xds" // registers the xds:/// resolver and the xDS balancers
 
 	"github.com/lookaside-lb/lookaside/internal/lbdial"
 	"github.com/lookaside-lb/lookaside/internal/loadgen"
 	userpb "github.com/lookaside-lb/lookaside/proto/user/v1"
+	"github.com/lookaside-lb/lookaside/xds"
 )
 
 // Bounds of the steps around a measurement.
@@ -135,6 +137,10 @@ func (b *bench) runScenario(ctx context.Context, spec scenarioSpec) Scenario {
 	// Dial every configuration first and keep it open, then measure
 	// them in interleaved rounds (A B C D, A B C D), so that a change in
 	// the machine's load during the run falls on all of them alike.
+	// One lbserver per policy, shared by the grpclb and the xDS
+	// configurations of that policy (a replica serves both on one port).
+	lbs := &lbservers{b: b, procs: map[string]*process{}}
+	defer lbs.stop()
 	type active struct {
 		cfg  string
 		call loadgen.Call
@@ -153,7 +159,7 @@ func (b *bench) runScenario(ctx context.Context, spec scenarioSpec) Scenario {
 	for _, cfg := range spec.configs {
 		a := &active{cfg: cfg, res: loadgen.Result{Calls: map[string]int{}, Failures: map[codes.Code]int{}}}
 		cfgs = append(cfgs, a)
-		call, stop, err := b.open(ctx, svc, cfg, all, fast)
+		call, stop, err := b.open(ctx, lbs, svc, cfg, all, fast)
 		if err != nil {
 			a.err = err.Error()
 			b.logf("%s: %s: %s", spec.key, cfg, a.err)
@@ -224,12 +230,42 @@ func (b *bench) waitPassing(ctx context.Context, svc string, n int) (map[string]
 	}
 }
 
-// open readies one configuration: it starts an lbserver for the Lookaside
-// ones, dials, and waits until every backend the configuration should use
-// has answered. It returns the call to load it with and a function that
-// closes it all.
-func (b *bench) open(ctx context.Context, svc, cfg string, all, fast []string) (loadgen.Call, func(), error) {
-	cc, stop, want, err := b.dial(ctx, svc, cfg, all, fast)
+// lbservers are the lbserver processes of one scenario, one per policy,
+// started on first use. Used by the scenario's goroutine only.
+type lbservers struct {
+	b     *bench
+	procs map[string]*process // by policy
+}
+
+// get returns the lbserver of policy, starting it if need be.
+func (l *lbservers) get(ctx context.Context, policy string) (*process, error) {
+	if p := l.procs[policy]; p != nil {
+		return p, nil
+	}
+	p, err := start(ctx, l.b.bins.lbserver, "-listen", "127.0.0.1:0", "-consul", l.b.consul, "-policy", policy,
+		"-load-report-interval", l.b.timing.ReportInterval.String(), "-load-blackout", l.b.timing.Blackout.String(),
+		"-client-stats-interval", "1s", "-shutdown-timeout", "3s", "-log-level", "warn")
+	if err != nil {
+		return nil, err
+	}
+	l.procs[policy] = p
+	return p, nil
+}
+
+// stop stops every lbserver started.
+func (l *lbservers) stop() {
+	for _, p := range l.procs {
+		p.stop()
+	}
+}
+
+// open readies one configuration: for the Lookaside ones it starts the
+// lbserver of its policy unless lbs has it already, it dials, and it
+// waits until every backend the configuration should use has answered.
+// It returns the call to load it with and a function that closes the
+// connection.
+func (b *bench) open(ctx context.Context, lbs *lbservers, svc, cfg string, all, fast []string) (loadgen.Call, func(), error) {
+	cc, stop, want, err := b.dial(ctx, lbs, svc, cfg, all, fast)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -278,25 +314,48 @@ func summarize(cfg string, res loadgen.Result, slowID string) Run {
 
 var schemes atomic.Uint64
 
+// lookasidePolicy is the lbserver -policy of each Lookaside configuration.
+var lookasidePolicy = map[string]string{
+	cfgRR: "round_robin", cfgLL: "least_load",
+	cfgXDSRR: "round_robin", cfgXDSLL: "least_load",
+}
+
 // dial returns a connection for configuration cfg, a function that closes
-// it (and stops the configuration's lbserver), and how many distinct
-// backends its calls should reach.
-func (b *bench) dial(ctx context.Context, svc, cfg string, all, fast []string) (*grpc.ClientConn, func(), int, error) {
+// it, and how many distinct backends its calls should reach. The
+// Lookaside configurations get their lbserver from lbs.
+func (b *bench) dial(ctx context.Context, lbs *lbservers, svc, cfg string, all, fast []string) (*grpc.ClientConn, func(), int, error) {
 	switch cfg {
 	case cfgRR, cfgLL:
-		policy := map[string]string{cfgRR: "round_robin", cfgLL: "least_load"}[cfg]
-		p, err := start(ctx, b.bins.lbserver, "-listen", "127.0.0.1:0", "-consul", b.consul, "-policy", policy,
-			"-load-report-interval", b.timing.ReportInterval.String(), "-load-blackout", b.timing.Blackout.String(),
-			"-client-stats-interval", "1s", "-shutdown-timeout", "3s", "-log-level", "warn")
+		p, err := lbs.get(ctx, lookasidePolicy[cfg])
 		if err != nil {
 			return nil, nil, 0, err
 		}
 		cc, _, err := lbdial.Dial(lbdial.Options{Target: svc + ":50051", Balancers: []string{p.addr}})
 		if err != nil {
-			p.stop()
 			return nil, nil, 0, err
 		}
-		return cc, func() { cc.Close(); p.stop() }, len(all), nil
+		return cc, func() { cc.Close() }, len(all), nil
+	case cfgXDSRR, cfgXDSLL:
+		// What a user's grpc-go client does for xds:///svc, with the
+		// bootstrap `lbserver xds-bootstrap` prints, given to this
+		// connection alone (GRPC_XDS_BOOTSTRAP would be the process's).
+		p, err := lbs.get(ctx, lookasidePolicy[cfg])
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		boot, err := xds.Bootstrap(xds.BootstrapOptions{Server: p.addr, NodeID: "bench-" + cfg})
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		rb, err := grpcxds.NewXDSResolverWithConfigForTesting(boot)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		cc, err := grpc.NewClient("xds:///"+svc, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		return cc, func() { cc.Close() }, len(all), nil
 	case cfgA58:
 		// gRFC A58 with out-of-band ORCA, the same report timing as the
 		// balancer's: reports every ReportInterval, a blackout, weights
