@@ -137,6 +137,7 @@ func (c *conn[Req]) serve() {
 		}
 		return
 	}
+	s.nConns.Add(1)
 	err = c.readLoop()
 	s.nConns.Add(-1)
 	var ce *connErr
@@ -299,7 +300,6 @@ func (c *conn[Req]) own() error {
 		c.ageTimer = time.AfterFunc(age, c.aged)
 	}
 	c.mu.Unlock()
-	s.nConns.Add(1)
 	settings := []http2.Setting{
 		{ID: http2.SettingMaxConcurrentStreams, Val: cfg.MaxConcurrentStreams},
 		{ID: http2.SettingMaxHeaderListSize, Val: cfg.MaxHeaderListSize},
@@ -555,15 +555,15 @@ func (c *conn[Req]) onHeaders(f *http2.MetaHeadersFrame) error {
 		st.recvErrSent = true
 		st.recvErr <- io.EOF
 	}
-	c.s.wg.Add(1)
-	c.mu.Unlock()
-	c.s.nStreams.Add(1)
 	if timeoutSet {
 		// As grpc-go: at the deadline the stream is reset (CANCEL).
 		st.deadline = time.AfterFunc(timeout, func() {
 			c.resetStream(st, http2.ErrCodeCancel, status.Error(codes.DeadlineExceeded, "h2bidi: the stream's deadline passed"))
 		})
 	}
+	c.s.wg.Add(1)
+	c.mu.Unlock()
+	c.s.nStreams.Add(1)
 	go c.runHandler(st)
 	return nil
 }

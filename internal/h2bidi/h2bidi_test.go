@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -30,7 +31,13 @@ import (
 	"github.com/lookaside-lb/lookaside/internal/tlsfiles/tlstest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if kind := os.Getenv(memServerEnv); kind != "" {
+		memServerMain(kind)
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
 
 const method = "/grpc.lb.v1.LoadBalancer/BalanceLoad"
 

@@ -50,7 +50,7 @@ func (l *othersListener) Addr() net.Addr {
 }
 
 func (l *othersListener) setAddr(a net.Addr) {
-	if l.Addr().String() == (&net.TCPAddr{}).String() {
+	if l.addr.Load() == nil {
 		l.addr.Store(a)
 	}
 }
