@@ -84,7 +84,7 @@ func TestQuickEndToEnd(t *testing.T) {
 	if strings.Contains(string(md), "| Slow backend (sleep): least_load p99 / oracle p99 | not measured") {
 		t.Error("the headline lacks the sleep scenario's p99 ratio")
 	}
-	for _, name := range []string{"latency-sleep", "latency-cpu", "latency-datapath", "memory", "propagation"} {
+	for _, name := range []string{"latency-sleep", "latency-cpu", "latency-datapath", "memory", "propagation", "propagation-xds"} {
 		f, err := os.Open(filepath.Join(out, "bench", name+".png"))
 		if err != nil {
 			t.Errorf("plot %s: %v", name, err)

@@ -6,7 +6,7 @@
 // benchmarks (go test), and writes docs/BENCHMARKS.md with PNG plots in
 // docs/bench/.
 //
-//	go run ./tools/bench -out docs          # make bench: about 8 minutes on 2 cores
+//	go run ./tools/bench -out docs          # make bench: about 12 minutes on 2 cores
 //	go run ./tools/bench -quick -out /tmp/b # a smoke test: about 2 minutes
 //
 // Benchmarks report; they never fail on a time. The command exits non-zero
@@ -94,7 +94,7 @@ func run(ctx context.Context, o options, args []string) error {
 }
 
 // measureAll runs every measurement of the report. It blocks for the whole
-// run (about 8 minutes on 2 cores, 2 with -quick).
+// run (about 12 minutes on 2 cores, 2 with -quick).
 func measureAll(ctx context.Context, o options, args []string) (Results, error) {
 	begin := time.Now()
 	res := Results{

@@ -284,7 +284,7 @@ func renderMarkdown(res Results, plots map[string]string) string {
 		}
 	}
 
-	renderXDS(p, res)
+	renderXDS(p, res, plots)
 
 	p("## Endpoints: load collection\n\n")
 	p("`BenchmarkCollectorMemory` (`go test -run '^$' -bench CollectorMemory -benchtime 1x ./loadreport`): what collecting ORCA load reports costs the balancer per endpoint, at 1,000 endpoints. Without load reports (round_robin and every policy but least_load, unless a service sets its own `max_drop_share`) there is no collector: no connection, goroutine or memory per endpoint.\n\n")
@@ -438,6 +438,9 @@ func writePlots(dir string, res Results) (map[string]string, error) {
 		return nil, err
 	}
 	if err := save("propagation", prop); err != nil {
+		return nil, err
+	}
+	if err := save("propagation-xds", xdsPropagationChart(res)); err != nil {
 		return nil, err
 	}
 	return plots, nil

@@ -39,7 +39,7 @@ func fixedResults(tweak func(*Results)) Results {
 		},
 		Clients: []BenchLine{
 			{Name: "clients=1000", Metrics: map[string]float64{unitKiB: 12.5, unitP50: 20, unitP99: 40}},
-			{Name: subClients10k, Metrics: map[string]float64{unitKiB: 17.25, unitP50: 90, unitP99: 200}},
+			{Name: subClients10k, Metrics: map[string]float64{unitKiB: 17.25, unitP50: 90, unitP99: 200, unitCPU: 650}},
 			{Name: subServices, Metrics: map[string]float64{unitKiB: 15, unitP50: 300, unitP99: 600}},
 			{Name: subMultiplexed, Metrics: map[string]float64{unitKiB: 8, unitP50: 50, unitP99: 100}},
 		},
@@ -47,7 +47,7 @@ func fixedResults(tweak func(*Results)) Results {
 		Collector:   []BenchLine{{Name: "", Metrics: map[string]float64{unitEndpoint: 19.5, "goroutines/endpoint": 1}}},
 		XDSClients: []BenchLine{
 			{Name: "streams=1000", Metrics: map[string]float64{unitKiBStream: 20, unitP50: 30, unitP99: 60}},
-			{Name: subXDSStreams10k, Metrics: map[string]float64{unitKiBStream: 25.875, "goroutines/stream": 2, unitP50: 150, unitP99: 300}},
+			{Name: subXDSStreams10k, Metrics: map[string]float64{unitKiBStream: 25.875, "goroutines/stream": 2, unitP50: 150, unitP99: 300, unitCPU: 1300}},
 			{Name: "streams=10000,lrs", Metrics: map[string]float64{unitKiBStream: 40, unitP99: 320}},
 		},
 	}
@@ -150,7 +150,7 @@ func TestRenderMarkdown(t *testing.T) {
 		"| per stream | grpclb `clients=1000` | grpclb `clients=10000` | xDS `streams=1000` | xDS `streams=10000` | xDS `streams=10000,lrs` |",
 		"| balancer RSS per stream, KiB | 12.5 | 17.25 | 20 | 25.875 | 40 |",
 		"| one change: p99 ms until each stream has it | 40 | 200 | 60 | 300 | 320 |",
-		"At 10,000: an xDS stream costs the balancer 25.9 KiB of RSS, 1.50× a grpclb client's 17.2 KiB; one change reaches every xDS stream in p99 300 ms, 1.50× the grpclb clients' 200 ms.",
+		"At 10,000: an xDS stream costs the balancer 25.9 KiB of RSS, 1.50× a grpclb client's 17.2 KiB; one change reaches every xDS stream in p99 300 ms, 1.50× the grpclb clients' 200 ms, and takes the balancer 1300 ms of CPU time, 2.00× the grpclb clients' 650 ms",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
@@ -170,7 +170,7 @@ func TestWriteReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"latency-sleep", "latency-cpu", "latency-datapath", "memory", "propagation"} {
+	for _, name := range []string{"latency-sleep", "latency-cpu", "latency-datapath", "memory", "propagation", "propagation-xds"} {
 		path := filepath.Join(dir, "bench", name+".png")
 		f, err := os.Open(path)
 		if err != nil {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/lookaside-lb/lookaside/internal/plot"
 )
 
 // Names and metrics of BenchmarkXDSClientMemory's sub-benchmarks (the
@@ -11,6 +13,9 @@ import (
 const (
 	subXDSStreams10k = "streams=10000"
 	unitKiBStream    = "KiB-RSS/stream"
+	// unitCPU is the balancer's CPU time for one change, reported by
+	// both client benchmarks.
+	unitCPU = "balancer-cpu-ms/change"
 )
 
 // xdsPairs are the xDS configurations and the grpclb configuration of the
@@ -29,7 +34,7 @@ var xdsMetricRows = []struct{ label, grpclb, xds string }{
 	{"goroutine stacks per stream, KiB", "KiB-stack/client", "KiB-stack/stream"},
 	{"one change: p50 ms until each stream has it", unitP50, unitP50},
 	{"one change: p99 ms until each stream has it", unitP99, unitP99},
-	{"balancer CPU ms for the change", "balancer-cpu-ms/change", "balancer-cpu-ms/change"},
+	{"balancer CPU ms for the change", unitCPU, unitCPU},
 }
 
 // xdsKind names an xDS sub-benchmark's kind of stream for plots: how
@@ -52,7 +57,8 @@ func xdsKind(name string) (n int, kind string) {
 // renderXDS writes the xDS section of the report: xDS clients next to
 // grpclb clients on the slow-backend scenarios, then the xDS streams'
 // memory and fan-out next to grpclb clients'.
-func renderXDS(p func(format string, args ...any), res Results) {
+// plots are the plot files written, by key, as renderMarkdown has them.
+func renderXDS(p func(format string, args ...any), res Results, plots map[string]string) {
 	p("## xDS clients\n\n")
 	p("The same `lbserver` processes serve grpc-go's xDS client (`xds:///<service>`, see [xds.md](xds.md)): the xDS configurations dial the lbserver of the grpclb configuration with the same policy, through `grpc.NewClient(\"xds:///\"+service)` with the bootstrap `lbserver xds-bootstrap` prints, given to that connection alone (grpc-go's `xds.NewXDSResolverWithConfigForTesting`, as `xds/xdstest` does; `GRPC_XDS_BOOTSTRAP` would be the whole process's). They are measured in the same interleaved rounds as the others. ")
 	p("An xDS client balances by itself: under `round_robin` it gets one locality and round-robins over the endpoints; under `least_load` one locality per endpoint, weighted by the balancer's load weights (at most one update a second), and grpc-go draws each call's locality at random by weight, where a grpclb client follows the list the balancer made for it.\n\n")
@@ -149,30 +155,74 @@ func renderXDS(p func(format string, args ...any), res Results) {
 	x99, okX99 := metric(res.XDSClients, subXDSStreams10k, unitP99)
 	switch {
 	case okG && okX && okG99 && okX99 && g > 0 && g99 > 0:
-		p("At 10,000: an xDS stream costs the balancer %.1f KiB of RSS, %.2f× a grpclb client's %.1f KiB; one change reaches every xDS stream in p99 %.0f ms, %.2f× the grpclb clients' %.0f ms.\n\n", x, x/g, g, x99, x99/g99, g99)
+		p("At 10,000: an xDS stream costs the balancer %.1f KiB of RSS, %.2f× a grpclb client's %.1f KiB; one change reaches every xDS stream in p99 %.0f ms, %.2f× the grpclb clients' %.0f ms", x, x/g, g, x99, x99/g99, g99)
+		gc, okGC := metric(res.Clients, subClients10k, unitCPU)
+		xc, okXC := metric(res.XDSClients, subXDSStreams10k, unitCPU)
+		if okGC && okXC && gc > 0 {
+			p(", and takes the balancer %.0f ms of CPU time, %.2f× the grpclb clients' %.0f ms (a figure that depends less on what else the machine runs)", xc, xc/gc, gc)
+		}
+		p(".\n\n")
 	case res.Quick:
 		p("10,000 streams: not run by -quick.\n\n")
+	}
+	if f, ok := plots["propagation-xds"]; ok {
+		p("![one change: xDS streams and grpclb clients](%s)\n\n", f)
 	}
 	if res.XDSClientsErr != "" {
 		p("Not all measured:\n\n```\n%s\n```\n\n", res.XDSClientsErr)
 	}
 }
 
-// xdsPlotPoints adds the xDS sub-benchmarks' figures to the memory and
-// propagation plots through add (chart "mem" or "prop", series label).
+// xdsPlotPoints adds the xDS sub-benchmarks' memory per stream to the
+// memory plot through add (chart "mem", series label).
 func xdsPlotPoints(res Results, add func(name string, x, y float64)) {
 	for _, l := range res.XDSClients {
-		n, kind := xdsKind(l.Name)
-		if n == 0 {
-			continue
-		}
-		for _, u := range []struct{ unit, chart, label string }{
-			{unitKiBStream, "mem", ""},
-			{unitP50, "prop", ", one deregistered: p50"}, {unitP99, "prop", ", one deregistered: p99"},
-		} {
-			if v, ok := l.Metrics[u.unit]; ok {
-				add(u.chart+"|"+kind+u.label, float64(n), v)
+		if n, kind := xdsKind(l.Name); n > 0 {
+			if v, ok := l.Metrics[unitKiBStream]; ok {
+				add("mem|"+kind, float64(n), v)
 			}
 		}
 	}
+}
+
+// xdsPropagationChart plots one change's time until each stream has it,
+// p50 and p99, for the xDS streams and for the grpclb clients on their
+// own connections (one service); it has no series without xDS figures.
+func xdsPropagationChart(res Results) plot.Chart {
+	c := plot.Chart{Title: "One Consul change: xDS streams and grpclb clients", XLabel: "streams (log scale)", YLabel: "ms until each stream has it", LogX: true, Legend: plot.TopLeft}
+	if len(res.XDSClients) == 0 {
+		return c
+	}
+	series := func(name string, lines []BenchLine, keep func(string) (int, bool), unit string) {
+		var s plot.Series
+		s.Name = name
+		for _, l := range lines {
+			n, ok := keep(l.Name)
+			if v, has := l.Metrics[unit]; ok && has {
+				s.X = append(s.X, float64(n))
+				s.Y = append(s.Y, v)
+			}
+		}
+		if len(s.X) > 0 {
+			c.Series = append(c.Series, s)
+		}
+	}
+	grpclb := func(name string) (int, bool) {
+		n, kind := clientsOf(name)
+		return n, n > 0 && kind == "own connection" && !strings.Contains(name, "services=")
+	}
+	ads := func(name string) (int, bool) {
+		n, kind := xdsKind(name)
+		return n, n > 0 && !strings.Contains(kind, "LRS")
+	}
+	withLRS := func(name string) (int, bool) {
+		n, kind := xdsKind(name)
+		return n, n > 0 && strings.Contains(kind, "LRS")
+	}
+	for _, u := range []struct{ unit, label string }{{unitP50, "p50"}, {unitP99, "p99"}} {
+		series("grpclb client, own connection: "+u.label, res.Clients, grpclb, u.unit)
+		series("xDS ADS stream, own connection: "+u.label, res.XDSClients, ads, u.unit)
+		series("xDS ADS + LRS streams: "+u.label, res.XDSClients, withLRS, u.unit)
+	}
+	return c
 }
