@@ -202,9 +202,14 @@ func (c *conn[Req]) peek() (*replayConn, error) {
 		return nil, errors.New("not an HTTP/2 client preface")
 	}
 	c.raw.SetDeadline(time.Time{})
-	// An empty SETTINGS: a handed-off connection gets grpc.Server's own, and
-	// ours come once the connection is ours.
-	if err := c.writeFrames(func(b []byte) []byte { return appendSettings(b) }); err != nil {
+	// Our first SETTINGS only asks the client not to index the header
+	// fields it sends (a dynamic table of its headers would cost each
+	// connection a few hundred bytes; a grpc-go client applies it before its
+	// first request). The others come once the connection is ours: a
+	// handed-off connection gets grpc.Server's.
+	if err := c.writeFrames(func(b []byte) []byte {
+		return appendSettings(b, http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0})
+	}); err != nil {
 		return nil, err
 	}
 	fr := http2.NewFramer(io.Discard, rec)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +34,9 @@ const memServerEnv = "H2BIDI_MEM_SERVER"
 // line of stdin with "heap stack goroutines" after a GC, until stdin
 // closes.
 func memServerMain(kind string) {
+	if os.Getenv("H2BIDI_MEM_PROFILE") != "" {
+		runtime.MemProfileRate = 1
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
@@ -81,6 +85,13 @@ func memServerMain(kind string) {
 		debug.FreeOSMemory()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
+		if p := os.Getenv("H2BIDI_MEM_PROFILE"); p != "" {
+			if f, err := os.Create(p); err == nil {
+				pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+			fmt.Fprintln(os.Stderr, "heap", ms.HeapInuse, "stack", ms.StackInuse)
+		}
 		fmt.Println(ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine())
 	}
 }
@@ -162,22 +173,24 @@ func benchConnMemory(b *testing.B, kind string, n int) {
 		b.Fatal("the server printed no address")
 	}
 	addr := strings.TrimSpace(out.Text())
-	measure := func() (bytes, goroutines float64) {
+	measure := func() (heap, stack, goroutines float64) {
 		fmt.Fprintln(in, "mem")
 		if !out.Scan() {
 			b.Fatal("the server did not answer")
 		}
-		var heap, stack, g float64
-		fmt.Sscan(out.Text(), &heap, &stack, &g)
-		return heap + stack, g
+		fmt.Sscan(out.Text(), &heap, &stack, &goroutines)
+		return heap, stack, goroutines
 	}
 	// Warm up with one client so that one-time costs are in the base.
 	warm := openStreams(b, addr, 1)
-	base, baseG := measure()
+	baseH, baseS, baseG := measure()
 	streams := openStreams(b, addr, n)
-	used, usedG := measure()
-	b.ReportMetric((used-base)/float64(n), "server-B/conn")
-	b.ReportMetric((usedG-baseG)/float64(n), "server-goroutines/conn")
+	h, s, g := measure()
+	per := func(v, base float64) float64 { return (v - base) / float64(n) }
+	b.ReportMetric(per(h+s, baseH+baseS), "server-B/conn")
+	b.ReportMetric(per(h, baseH), "server-heap-B/conn")
+	b.ReportMetric(per(s, baseS), "server-stack-B/conn")
+	b.ReportMetric(per(g, baseG), "server-goroutines/conn")
 	for _, c := range append(streams, warm...) {
 		c()
 	}
