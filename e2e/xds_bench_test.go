@@ -57,8 +57,8 @@ type xdsStreamsCase struct {
 // and p99 of the time until each stream's ClusterLoadAssignment without
 // it, and the balancer's CPU time until the last stream had it.
 //
-// Sub-benchmarks (their names and the metrics KiB-RSS/stream,
-// p50-change-ms and p99-change-ms are parsed by tools/bench):
+// Sub-benchmarks (tools/bench parses their names and metrics, and shows
+// them next to BenchmarkClientMemory's per-client figures):
 //   - streams=100, streams=1000, streams=10000: N ADS streams.
 //   - streams=10000,lrs: the same with an LRS stream next to each ADS
 //     stream on its connection (its first request only: the clients
