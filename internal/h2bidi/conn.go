@@ -219,6 +219,10 @@ func (c *conn[Req]) peek() (*replayConn, error) {
 	var first *http2.MetaHeadersFrame
 	for first == nil {
 		f, err := fr.ReadFrame()
+		if _, ok := err.(http2.StreamError); ok {
+			// A header block we cannot read: grpc.Server answers it.
+			return &replayConn{Conn: nc, buf: rec.buf, auth: auth}, nil
+		}
 		if err != nil {
 			if ce, ok := err.(http2.ConnectionError); ok {
 				c.s.nProtoErrs.Add(1)
@@ -713,12 +717,9 @@ func (c *conn[Req]) receive(st *Stream[Req], data []byte) {
 			c.failStream(st, err)
 			return
 		}
+		// Grown as bytes come, not by the length announced: a client
+		// announcing large messages and sending little costs little.
 		k := min(5+n-len(st.partial), len(data))
-		if st.partial == nil || cap(st.partial) < 5+n {
-			p := make([]byte, len(st.partial), 5+n)
-			copy(p, st.partial)
-			st.partial = p
-		}
 		st.partial = append(st.partial, data[:k]...)
 		data = data[k:]
 		if len(st.partial) == 5+n {
@@ -892,6 +893,7 @@ func (c *conn[Req]) endLocked(st *Stream[Req], err error) {
 		st.recvErr <- err
 	}
 	st.wakeLocked()
+	st.idleLocked()
 	if st.deadline != nil {
 		st.deadline.Stop()
 	}
@@ -942,7 +944,9 @@ func (c *conn[Req]) resetStreamID(id uint32, code http2.ErrCode, err error) {
 // writeTrailers writes st's status: trailers, or a trailers-only response
 // when nothing was sent, then RST_STREAM NO_ERROR if the client has not
 // half-closed. It writes nothing once the stream was reset or its
-// trailers written.
+// trailers written. While a message is half written (a Send on another
+// goroutine waits for flow control), trailers would cut it: the stream
+// is reset instead, with the code closest to stat's.
 func (c *conn[Req]) writeTrailers(st *Stream[Req], stat *status.Status) {
 	c.wmu.Lock()
 	c.mu.Lock()
@@ -955,11 +959,15 @@ func (c *conn[Req]) writeTrailers(st *Stream[Req], stat *status.Status) {
 	if !st.headersSent {
 		httpStatus = http.StatusOK
 	}
+	midMessage := st.midMessage
 	st.headersSent, st.trailersSent = true, true
 	rst := !st.halfClosed
 	maxFrame := c.peerMaxFrame
 	c.mu.Unlock()
 	err := c.writeLocked(func(b []byte) []byte {
+		if midMessage {
+			return appendRSTStream(b, st.id, rstCode(stat.Code()))
+		}
 		b = appendStatus(b, st.id, maxFrame, stat, httpStatus)
 		if rst {
 			b = appendRSTStream(b, st.id, http2.ErrCodeNo)
@@ -973,8 +981,38 @@ func (c *conn[Req]) writeTrailers(st *Stream[Req], stat *status.Status) {
 	}
 }
 
-// finish ends a stream whose handler returned with err.
+// rstCode is the RST_STREAM code a grpc-go client turns into code (or
+// its nearest).
+func rstCode(code codes.Code) http2.ErrCode {
+	switch code {
+	case codes.ResourceExhausted:
+		return http2.ErrCodeEnhanceYourCalm
+	case codes.Canceled, codes.DeadlineExceeded:
+		return http2.ErrCodeCancel
+	}
+	return http2.ErrCodeInternal
+}
+
+// finish ends a stream whose handler returned with err. A message still
+// being sent (by a Send on another goroutine) may complete first, for up
+// to WriteTimeout.
 func (c *conn[Req]) finish(st *Stream[Req], err error) {
+	c.mu.Lock()
+	st.finishing = true
+	var idle chan struct{}
+	if st.midMessage && !st.ended {
+		idle = make(chan struct{})
+		st.idle = idle
+	}
+	c.mu.Unlock()
+	if idle != nil {
+		t := time.NewTimer(c.s.cfg.WriteTimeout)
+		select {
+		case <-idle:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	c.writeTrailers(st, status.Convert(err))
 	c.mu.Lock()
 	delete(c.streams, st.id)

@@ -822,3 +822,140 @@ func TestServeAfterStop(t *testing.T) {
 func lbpbClient(t testing.TB, addr string) (lbpb.LoadBalancer_BalanceLoadClient, error) {
 	return lbpb.NewLoadBalancerClient(dial(t, addr)).BalanceLoad(testCtx(t))
 }
+
+// TestConcurrentStreams: many connections and streams, each sending one
+// shared message from a goroutine other than the handler's, while the
+// handler returns on its own schedule (the sender must stop then).
+func TestConcurrentStreams(t *testing.T) {
+	shared := respFor(strings.Repeat("s", 3000))
+	var senders sync.WaitGroup
+	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
+		var r req
+		select {
+		case r = <-st.Messages():
+		case err := <-st.RecvErr():
+			return err
+		}
+		senders.Add(1)
+		go func() {
+			defer senders.Done()
+			for st.Send(shared) == nil {
+			}
+		}()
+		// Return after the client's next message (or its end).
+		select {
+		case <-st.Messages():
+		case <-st.RecvErr():
+		}
+		return status.Error(codes.Aborted, r.GetInitialRequest().GetName())
+	}})
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for c := range 10 {
+		cc := dial(t, e.addr)
+		for s := range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				name := fmt.Sprintf("c%d-s%d", c, s)
+				stream, err := lbpb.NewLoadBalancerClient(cc).BalanceLoad(ctx)
+				if err != nil {
+					errs <- err
+					return
+				}
+				stream.Send(initial(name))
+				for range 20 {
+					if _, err := stream.Recv(); err != nil {
+						errs <- fmt.Errorf("%s: %v", name, err)
+						return
+					}
+				}
+				stream.Send(initial("bye"))
+				for {
+					_, err := stream.Recv()
+					if err == nil {
+						continue
+					}
+					if s := status.Convert(err); s.Code() != codes.Aborted || s.Message() != name {
+						errs <- fmt.Errorf("%s: end %v", name, err)
+					}
+					return
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	senders.Wait()
+	waitFor(t, "streams to end", func() bool { return e.srv.Stats().Streams == 0 })
+}
+
+func TestDeadline(t *testing.T) {
+	got := make(chan error, 1)
+	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
+		<-st.Context().Done()
+		got <- <-st.RecvErr()
+		return st.Context().Err()
+	}})
+	ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Millisecond)
+	defer cancel()
+	stream, err := lbpb.NewLoadBalancerClient(dial(t, e.addr)).BalanceLoad(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("Recv: %v, want DeadlineExceeded", err)
+	}
+	if err := <-got; status.Code(err) != codes.DeadlineExceeded && status.Code(err) != codes.Canceled {
+		t.Fatalf("RecvErr: %v, want DeadlineExceeded (or Canceled when the client's RST came first)", err)
+	}
+}
+
+func TestTapPlainError(t *testing.T) {
+	e := start(t, Config[req]{Tap: func(ctx context.Context) (context.Context, error) {
+		return nil, errors.New("go away")
+	}})
+	stream, err := lbpb.NewLoadBalancerClient(dial(t, e.addr)).BalanceLoad(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("Recv: %v, want PermissionDenied", err)
+	}
+	if s := e.srv.Stats(); s.Streams != 0 {
+		t.Fatalf("Stats = %+v", s)
+	}
+}
+
+// TestLargeWindows: a client offering large windows gets a large message
+// at once; the server offering large windows takes a large request.
+func TestLargeWindows(t *testing.T) {
+	big := Frame(make([]byte, 1<<20))
+	e := start(t, Config[req]{InitialWindowSize: 1 << 20, Handler: func(st *Stream[req]) error {
+		r := <-st.Messages()
+		if n := len(r.GetInitialRequest().GetName()); n != 1<<20 {
+			return status.Errorf(codes.InvalidArgument, "name of %d bytes", n)
+		}
+		return st.Send(big)
+	}})
+	cc := dial(t, e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(4<<20))
+	stream, err := lbpb.NewLoadBalancerClient(cc).BalanceLoad(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(initial(strings.Repeat("n", 1<<20))); err != nil {
+		t.Fatal(err)
+	}
+	var resp lbpb.LoadBalanceResponse
+	if err := stream.RecvMsg(&resp); err != nil && status.Code(err) == codes.InvalidArgument {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("Recv: %v, want io.EOF", err)
+	}
+}

@@ -33,6 +33,13 @@ type Stream[Req any] struct {
 	recvErrSent  bool
 	headersSent  bool
 	trailersSent bool
+	// midMessage: a Send wrote part of a message (changed with c.wmu held
+	// too). finishing: the handler returned; no new message may start.
+	// idle, if set, is closed when midMessage turns false or the stream
+	// ends (finish waits on it).
+	midMessage bool
+	finishing  bool
+	idle       chan struct{}
 
 	// The reader's own fields.
 	recvWin     int64
@@ -61,6 +68,15 @@ func (st *Stream[Req]) Messages() <-chan Req { return st.msgs }
 // DeadlineExceeded at the grpc-timeout.
 func (st *Stream[Req]) RecvErr() <-chan error { return st.recvErr }
 
+// idleLocked releases a finish waiting for a half-written message. c.mu
+// is held.
+func (st *Stream[Req]) idleLocked() {
+	if st.idle != nil {
+		close(st.idle)
+		st.idle = nil
+	}
+}
+
 // wakeLocked wakes a waiting Send. c.mu is held.
 func (st *Stream[Req]) wakeLocked() {
 	select {
@@ -77,11 +93,18 @@ func (st *Stream[Req]) wakeLocked() {
 // stream, on any goroutine. msg is neither modified nor retained.
 func (st *Stream[Req]) Send(msg []byte) error {
 	c := st.c
+	defer func() {
+		// Whether the message went whole or not, a finish waiting for it
+		// goes on.
+		c.mu.Lock()
+		st.idleLocked()
+		c.mu.Unlock()
+	}()
 	for off := 0; off < len(msg); {
 		c.mu.Lock()
 		var n int64
 		for {
-			if st.ended || st.noWrite || st.trailersSent {
+			if st.ended || st.noWrite || st.trailersSent || (off == 0 && st.finishing) {
 				err := st.sendErrLocked()
 				c.mu.Unlock()
 				return err
@@ -113,6 +136,7 @@ func (st *Stream[Req]) Send(msg []byte) error {
 		}
 		headers := !st.headersSent
 		st.headersSent = true
+		st.midMessage = off+int(n) < len(msg)
 		maxFrame := c.peerMaxFrame
 		c.mu.Unlock()
 		chunk := msg[off : off+int(n)]
