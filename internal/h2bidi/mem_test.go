@@ -3,6 +3,8 @@ package h2bidi
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -17,7 +19,10 @@ import (
 
 	"google.golang.org/grpc"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/lookaside-lb/lookaside/internal/tlsfiles/tlstest"
 )
 
 // The memory benchmark's server runs in a process of its own (this test
@@ -34,19 +39,29 @@ const memServerEnv = "H2BIDI_MEM_SERVER"
 // line of stdin with "heap stack goroutines" after a GC, until stdin
 // closes.
 func memServerMain(kind string) {
+	var ok bool
 	if os.Getenv("H2BIDI_MEM_PROFILE") != "" {
 		runtime.MemProfileRate = 1
 	}
+	var lis net.Listener
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
+	}
+	var creds credentials.TransportCredentials
+	if kind, ok = strings.CutSuffix(kind, "-tls"); ok {
+		cert, err := tls.LoadX509KeyPair(os.Getenv(memServerEnv+"_CERT"), os.Getenv(memServerEnv+"_KEY"))
+		if err != nil {
+			panic(err)
+		}
+		creds = credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}})
 	}
 	// The handler a balancer has: the first request is answered with a
 	// list, then it waits for requests, its stream's end or a change.
 	change := make(chan struct{})
 	switch kind {
 	case "h2bidi":
-		srv, err := New(Config[req]{Method: method, Unmarshal: unmarshalReq, Handler: func(st *Stream[req]) error {
+		srv, err := New(Config[req]{Method: method, Unmarshal: unmarshalReq, Creds: creds, Handler: func(st *Stream[req]) error {
 			for {
 				select {
 				case r := <-st.Messages():
@@ -72,7 +87,11 @@ func memServerMain(kind string) {
 		}
 		go srv.Serve(lis)
 	case "grpc":
-		gs := grpc.NewServer()
+		var opts []grpc.ServerOption
+		if creds != nil {
+			opts = append(opts, grpc.Creds(creds))
+		}
+		gs := grpc.NewServer(opts...)
 		lbpb.RegisterLoadBalancerServer(gs, grpcLB{change: change})
 		go gs.Serve(lis)
 	default:
@@ -81,7 +100,11 @@ func memServerMain(kind string) {
 	fmt.Println(lis.Addr())
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
-		runtime.GC()
+		// A few collections, as a running server has between changes: each
+		// may halve a goroutine's stack that uses little of it.
+		for range 4 {
+			runtime.GC()
+		}
 		debug.FreeOSMemory()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
@@ -147,7 +170,7 @@ func (g grpcLB) BalanceLoad(s lbpb.LoadBalancer_BalanceLoadServer) error {
 // the clients) and goroutines per connection; "grpc" is grpc.Server with
 // the same handler, for comparison. It runs once whatever b.N.
 func BenchmarkConnMemory(b *testing.B) {
-	for _, kind := range []string{"h2bidi", "grpc"} {
+	for _, kind := range []string{"h2bidi", "grpc", "h2bidi-tls", "grpc-tls"} {
 		b.Run(kind, func(b *testing.B) { benchConnMemory(b, kind, 1000) })
 	}
 }
@@ -155,6 +178,15 @@ func BenchmarkConnMemory(b *testing.B) {
 func benchConnMemory(b *testing.B, kind string, n int) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), memServerEnv+"="+kind)
+	dialCreds := insecure.NewCredentials()
+	if strings.HasSuffix(kind, "-tls") {
+		ca := tlstest.NewCA(b, "bench ca")
+		files := tlstest.WriteFiles(b, b.TempDir(), ca.Issue(b, tlstest.Options{CommonName: "server", Names: []string{"127.0.0.1"}}))
+		cmd.Env = append(cmd.Env, memServerEnv+"_CERT="+files.Cert, memServerEnv+"_KEY="+files.Key)
+		pool := x509.NewCertPool()
+		pool.AddCert(ca.Cert)
+		dialCreds = credentials.NewTLS(&tls.Config{RootCAs: pool})
+	}
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -182,9 +214,9 @@ func benchConnMemory(b *testing.B, kind string, n int) {
 		return heap, stack, goroutines
 	}
 	// Warm up with one client so that one-time costs are in the base.
-	warm := openStreams(b, addr, 1)
+	warm := openStreams(b, addr, dialCreds, 1)
 	baseH, baseS, baseG := measure()
-	streams := openStreams(b, addr, n)
+	streams := openStreams(b, addr, dialCreds, n)
 	h, s, g := measure()
 	per := func(v, base float64) float64 { return (v - base) / float64(n) }
 	b.ReportMetric(per(h+s, baseH+baseS), "server-B/conn")
@@ -200,12 +232,12 @@ func benchConnMemory(b *testing.B, kind string, n int) {
 
 // openStreams opens n BalanceLoad streams, each on its own ClientConn,
 // waits for each one's first response, and returns their closers.
-func openStreams(b *testing.B, addr string, n int) []func() {
+func openStreams(b *testing.B, addr string, creds credentials.TransportCredentials, n int) []func() {
 	var closers []func()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for i := range n {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 		if err != nil {
 			b.Fatal(err)
 		}
