@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -957,5 +958,63 @@ func TestLargeWindows(t *testing.T) {
 	}
 	if _, err := stream.Recv(); err != io.EOF {
 		t.Fatalf("Recv: %v, want io.EOF", err)
+	}
+}
+
+// TestClientKeepalive: a grpc-go client's keepalive pings (at its floor of
+// 10 s, which cannot be scaled down from outside grpc-go) within the
+// server's policy keep the stream; too-frequent pings are tested with a
+// raw client (TestTooManyPings).
+func TestClientKeepalive(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for a grpc-go client's 10 s keepalive")
+	}
+	t.Parallel()
+	e := start(t, Config[req]{MinPingInterval: 5 * time.Second})
+	cc := dial(t, e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}))
+	stream, err := lbpb.NewLoadBalancerClient(cc).BalanceLoad(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Send(initial("a"))
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(12 * time.Second) // one ping, answered
+	stream.Send(initial("b"))
+	if _, err := stream.Recv(); err != nil {
+		t.Fatalf("after the client's keepalive ping: %v", err)
+	}
+	if s := e.srv.Stats(); s.Conns != 1 {
+		t.Fatalf("Stats = %+v, want the one connection", s)
+	}
+}
+
+// TestGracefulStopIdle: owned connections without streams, and a
+// handed-off one, do not hold GracefulStop (the GOAWAY ping's ack ends
+// them, not the 5 s timer).
+func TestGracefulStopIdle(t *testing.T) {
+	e := start(t, Config[req]{Handler: func(st *Stream[req]) error { return nil }})
+	ctx := testCtx(t)
+	for range 3 {
+		s, err := lbpb.NewLoadBalancerClient(dial(t, e.addr)).BalanceLoad(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != io.EOF {
+			t.Fatalf("Recv: %v, want io.EOF", err)
+		}
+	}
+	if _, err := healthpb.NewHealthClient(dial(t, e.addr)).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	begin := time.Now()
+	e.srv.GracefulStop()
+	if d := time.Since(begin); d > 4*time.Second {
+		t.Errorf("GracefulStop took %v", d)
+	}
+	if s := e.srv.Stats(); s.Conns != 0 {
+		t.Fatalf("Stats = %+v", s)
 	}
 }
