@@ -933,6 +933,9 @@ func (c *conn[Req]) resetStream(st *Stream[Req], code http2.ErrCode, err error) 
 func (c *conn[Req]) resetStreamID(id uint32, code http2.ErrCode, err error) {
 	c.mu.Lock()
 	st := c.streams[id]
+	if id%2 == 1 && id > c.lastStreamID {
+		c.lastStreamID = id // a new stream's unreadable header block: the stream is closed
+	}
 	c.mu.Unlock()
 	if st != nil {
 		c.resetStream(st, code, status.Errorf(codes.Internal, "h2bidi: stream error: %v", err))
