@@ -26,10 +26,11 @@ import (
 )
 
 var (
-	errStopped   = errors.New("h2bidi: server stopped")
-	errKeepalive = errors.New("h2bidi: keepalive ping not answered")
-	errAge       = errors.New("h2bidi: connection reached its maximum age and grace")
-	errDrained   = errors.New("h2bidi: connection drained")
+	errStopped      = errors.New("h2bidi: server stopped")
+	errKeepalive    = errors.New("h2bidi: keepalive ping not answered")
+	errAge          = errors.New("h2bidi: connection reached its maximum age and grace")
+	errDrained      = errors.New("h2bidi: connection drained")
+	errTooManyPings = errors.New("h2bidi: too many pings from the client")
 )
 
 // goAwayPing is the data of the PING that follows a graceful GOAWAY (as
@@ -240,6 +241,11 @@ func (c *conn[Req]) peek() (*replayConn, error) {
 				rec.buf = rec.buf[:len(rec.buf)-(9+8)]
 				data := f.Data
 				if err := c.writeFrames(func(b []byte) []byte { return appendPing(b, true, data) }); err != nil {
+					return nil, err
+				}
+				// The policy for a connection without streams, as grpc.Server
+				// would apply it.
+				if err := c.pingPolicy(0); err != nil {
 					return nil, err
 				}
 			}
@@ -816,15 +822,26 @@ func (c *conn[Req]) onPing(f *http2.PingFrame) error {
 	if err := c.writeFrames(func(b []byte) []byte { return appendPing(b, true, data) }); err != nil {
 		return err
 	}
+	c.mu.Lock()
+	ns := len(c.streams)
+	c.mu.Unlock()
+	return c.pingPolicy(ns)
+}
+
+// pingPolicy counts a client ping against the policy, as grpc-go's
+// server does (handlePing): a ping sooner than MinPingInterval after the
+// previous one (sooner than 2 h with no stream open, unless
+// PermitWithoutStream) is a strike; our headers or data written since the
+// previous ping forgive the strikes; a third strike ends the connection
+// with GOAWAY ENHANCE_YOUR_CALM "too_many_pings". ns is the number of open
+// streams. It runs on the reader.
+func (c *conn[Req]) pingPolicy(ns int) error {
 	now := time.Now()
 	defer func() { c.lastPingAt = now }()
 	if c.resetPingStrikes.CompareAndSwap(true, false) {
 		c.pingStrikes = 0
 		return nil
 	}
-	c.mu.Lock()
-	ns := len(c.streams)
-	c.mu.Unlock()
 	cfg := &c.s.cfg
 	if ns < 1 && !cfg.PermitWithoutStream {
 		if c.lastPingAt.Add(2 * time.Hour).After(now) {
@@ -835,7 +852,7 @@ func (c *conn[Req]) onPing(f *http2.PingFrame) error {
 	}
 	if c.pingStrikes > 2 {
 		c.goAway(http2.ErrCodeEnhanceYourCalm, "too_many_pings")
-		return errors.New("h2bidi: too many pings from the client")
+		return errTooManyPings
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package h2bidi
 import (
 	"bytes"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -257,4 +258,42 @@ func fieldValue(fields []hpack.HeaderField, name string) string {
 		}
 	}
 	return ""
+}
+
+// TestTooManyPingsBeforeFirstRequest: the policy holds while the server
+// waits for a connection's first request (as grpc.Server's would).
+func TestTooManyPingsBeforeFirstRequest(t *testing.T) {
+	e := start(t, Config[req]{})
+	c := dialRaw(t, e.addr)
+	for i := range 5 {
+		if c.fr.WritePing(false, [8]byte{byte(i)}) != nil {
+			break
+		}
+	}
+	if f, _ := c.next(t, isGoAway).(*goAway); f == nil || f.code != http2.ErrCodeEnhanceYourCalm || f.debug != "too_many_pings" {
+		t.Fatalf("GOAWAY = %+v, want ENHANCE_YOUR_CALM too_many_pings", f)
+	}
+}
+
+func TestMaxHeaderListSize(t *testing.T) {
+	e := start(t, Config[req]{MaxHeaderListSize: 1 << 10})
+	c := dialRaw(t, e.addr)
+	c.open(1)
+	// Over the limit, but not by so much that the framer gives up on the
+	// connection (a block over twice the limit is a PROTOCOL_ERROR, a field
+	// over the limit a COMPRESSION_ERROR).
+	big := strings.Repeat("v", 600)
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: requestBlock(method, "x-a", big, "x-b", big), EndHeaders: true})
+	r, _ := c.next(t, func(f any) bool { r, ok := f.(*rst); return ok && r.id == 3 }).(*rst)
+	if r == nil {
+		t.Fatal("no RST_STREAM for a header list over the limit")
+	}
+	// The connection still serves.
+	c.open(5)
+	c.fr.WriteData(5, false, Frame(nil))
+	c.fr.WriteData(5, true, nil)
+	h, _ := c.next(t, func(f any) bool { h, ok := f.(*headers); return ok && h.id == 5 && h.end }).(*headers)
+	if h == nil || fieldValue(h.fields, "grpc-status") != "0" {
+		t.Fatalf("stream 5: %+v", h)
+	}
 }
