@@ -3,6 +3,7 @@ package xds_test
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -193,5 +194,66 @@ func TestNACKLogIsBoundedByType(t *testing.T) {
 	}
 	if got := strings.Count(logs.String(), "rejected a resource"); got != 1 {
 		t.Errorf("%d NACK log lines for %d NACKs of one type, want 1:\n%s", got, n, logs.String())
+	}
+}
+
+// TestEndpointChangeSendsOnlyEndpoints: when a service's endpoints change,
+// a stream subscribed to its Listener, Route, Cluster and endpoints gets
+// the new ClusterLoadAssignment and nothing else, since the other three
+// are as they were.
+func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
+	bs := xdstest.HealthBackends(t, 2)
+	feed := newFeed()
+	feed.set(xds.Assignment{Cluster: "a", Endpoints: endpoints(bs)})
+	addr := startXDS(t, feed, xds.Options{LRS: true})
+	s := xdstest.RawADS(t, addr)
+	recv := func() *discoverypb.DiscoveryResponse {
+		t.Helper()
+		r, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(request(r.TypeUrl, r.VersionInfo, r.Nonce, "a")); err != nil { // ACK
+			t.Fatal(err)
+		}
+		return r
+	}
+	types := []string{xds.ListenerType, xds.RouteType, xds.ClusterType, xds.EndpointType}
+	for _, url := range types {
+		if err := s.Send(request(url, "", "", "a")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]int{}
+	for range types {
+		r := recv()
+		if len(r.Resources) != 1 {
+			t.Fatalf("%s: %d resources, want 1", r.TypeUrl, len(r.Resources))
+		}
+		got[r.TypeUrl]++
+	}
+	if len(got) != len(types) {
+		t.Fatalf("first responses by type: %v, want one of each", got)
+	}
+	// An endpoint leaves, then comes back: each time the endpoints alone
+	// are sent (a Listener, Route or Cluster would come first: a stream
+	// sends its types in that order).
+	for i, eps := range [][]netip.AddrPort{bs[:1], bs} {
+		feed.set(xds.Assignment{Cluster: "a", Endpoints: endpoints(eps)})
+		r := recv()
+		var cla endpointpb.ClusterLoadAssignment
+		if r.TypeUrl != xds.EndpointType || len(r.Resources) != 1 {
+			t.Fatalf("change %d: got %s with %d resources, want the endpoints alone", i, r.TypeUrl, len(r.Resources))
+		}
+		if err := r.Resources[0].UnmarshalTo(&cla); err != nil || len(cla.Endpoints[0].LbEndpoints) != len(eps) {
+			t.Fatalf("change %d: %v (err %v), want %d endpoints", i, &cla, err, len(eps))
+		}
+	}
+	// Nothing else was queued: the next response answers a new request.
+	if err := s.Send(request(xds.ListenerType, "", "", "a", "nosuch")); err != nil {
+		t.Fatal(err)
+	}
+	if r := recv(); r.TypeUrl != xds.ListenerType {
+		t.Fatalf("after the changes: got %s, want the Listeners asked for", r.TypeUrl)
 	}
 }
