@@ -41,6 +41,12 @@ type (
 		id   uint32
 		code http2.ErrCode
 	}
+	settings struct {
+		values map[http2.SettingID]uint32
+	}
+	windowUpdate struct {
+		id, incr uint32
+	}
 )
 
 func dialRaw(t testing.TB, addr string) *rawClient {
@@ -78,6 +84,15 @@ func dialRaw(t testing.TB, addr string) *rawClient {
 				v = &data{f.StreamID, len(f.Data()), f.StreamEnded()}
 			case *http2.RSTStreamFrame:
 				v = &rst{f.StreamID, f.ErrCode}
+			case *http2.SettingsFrame:
+				if f.IsAck() {
+					continue
+				}
+				s := &settings{values: map[http2.SettingID]uint32{}}
+				f.ForeachSetting(func(x http2.Setting) error { s.values[x.ID] = x.Val; return nil })
+				v = s
+			case *http2.WindowUpdateFrame:
+				v = &windowUpdate{f.StreamID, f.Increment}
 			default:
 				continue
 			}
@@ -295,5 +310,29 @@ func TestMaxHeaderListSize(t *testing.T) {
 	h, _ := c.next(t, func(f any) bool { h, ok := f.(*headers); return ok && h.id == 5 && h.end }).(*headers)
 	if h == nil || fieldValue(h.fields, "grpc-status") != "0" {
 		t.Fatalf("stream 5: %+v", h)
+	}
+}
+
+// TestSettings: the first SETTINGS says only not to index; the
+// connection's own come with its first request, and a connection window
+// update to reach InitialWindowSize.
+func TestSettings(t *testing.T) {
+	e := start(t, Config[req]{InitialWindowSize: 1 << 20, MaxConcurrentStreams: 7, MaxHeaderListSize: 8 << 10})
+	c := dialRaw(t, e.addr)
+	first, _ := c.next(t, func(f any) bool { _, ok := f.(*settings); return ok }).(*settings)
+	if first == nil || len(first.values) != 1 || first.values[http2.SettingHeaderTableSize] != 0 {
+		t.Fatalf("first SETTINGS = %+v", first)
+	}
+	c.open(1)
+	s, _ := c.next(t, func(f any) bool { _, ok := f.(*settings); return ok }).(*settings)
+	want := map[http2.SettingID]uint32{http2.SettingInitialWindowSize: 1 << 20, http2.SettingMaxConcurrentStreams: 7, http2.SettingMaxHeaderListSize: 8 << 10}
+	for id, v := range want {
+		if s == nil || s.values[id] != v {
+			t.Fatalf("SETTINGS = %+v, want %v", s, want)
+		}
+	}
+	w, _ := c.next(t, func(f any) bool { _, ok := f.(*windowUpdate); return ok }).(*windowUpdate)
+	if w == nil || w.id != 0 || w.incr != 1<<20-65535 {
+		t.Fatalf("WINDOW_UPDATE = %+v", w)
 	}
 }
