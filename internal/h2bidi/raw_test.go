@@ -336,3 +336,35 @@ func TestSettings(t *testing.T) {
 		t.Fatalf("WINDOW_UPDATE = %+v", w)
 	}
 }
+
+// TestResetAfterTrailers: as grpc-go, a stream the client has not
+// half-closed gets RST_STREAM NO_ERROR after its trailers; one it has does
+// not.
+func TestResetAfterTrailers(t *testing.T) {
+	e := start(t, Config[req]{Handler: func(st *Stream[req]) error { return nil }})
+	c := dialRaw(t, e.addr)
+	c.open(1)
+	h, _ := c.next(t, func(f any) bool { h, ok := f.(*headers); return ok && h.id == 1 }).(*headers)
+	if h == nil || !h.end || fieldValue(h.fields, ":status") != "200" || fieldValue(h.fields, "grpc-status") != "0" {
+		t.Fatalf("trailers-only response = %+v", h)
+	}
+	if r, _ := c.next(t, func(f any) bool { _, ok := f.(*rst); return ok }).(*rst); r == nil || r.id != 1 || r.code != http2.ErrCodeNo {
+		t.Fatalf("RST_STREAM = %+v, want stream 1 NO_ERROR", r)
+	}
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: requestBlock(method), EndHeaders: true, EndStream: true})
+	c.open(5)
+	// Stream 3's trailers, then stream 5's RST (and none for stream 3).
+	for {
+		f := c.next(t, func(f any) bool { _, ok := f.(*rst); return ok })
+		r, _ := f.(*rst)
+		if r == nil {
+			t.Fatal("no RST_STREAM for stream 5")
+		}
+		if r.id == 3 {
+			t.Fatal("RST_STREAM for stream 3, which the client half-closed")
+		}
+		if r.id == 5 {
+			break
+		}
+	}
+}
