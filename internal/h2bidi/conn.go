@@ -416,26 +416,19 @@ func (c *conn[Req]) onHeaders(f *http2.MetaHeadersFrame) error {
 		return c.writeFrames(func(b []byte) []byte { return appendRSTStream(b, id, http2.ErrCodeFrameSize) })
 	}
 	var (
-		isGRPC, protoErr     bool
-		ct, path, method     string
-		enc, timeoutV        string
-		timeoutSet           bool
-		headerErr            *status.Status
-		md                   = make(metadata.MD, len(f.Fields))
-		authorities, nhosts  int
-		rst                  = !f.StreamEnded()
-		contentTypeSubtypeOK = func(v string) bool {
-			if !strings.HasPrefix(v, "application/grpc") {
-				return false
-			}
-			v = v[len("application/grpc"):]
-			return v == "" || v[0] == '+' || v[0] == ';'
-		}
+		isGRPC, protoErr    bool
+		ct, path, method    string
+		enc, timeoutV       string
+		timeoutSet          bool
+		headerErr           *status.Status
+		md                  = make(metadata.MD, len(f.Fields))
+		authorities, nhosts int
+		rst                 = !f.StreamEnded()
 	)
 	for _, hf := range f.Fields {
 		switch hf.Name {
 		case "content-type":
-			if !contentTypeSubtypeOK(hf.Value) {
+			if !isGRPCContentType(hf.Value) {
 				ct = hf.Value
 				break
 			}
@@ -588,6 +581,14 @@ func (c *conn[Req]) runHandler(st *Stream[Req]) {
 	defer c.s.wg.Done()
 	err := c.s.cfg.Handler(st)
 	c.finish(st, err)
+}
+
+// isGRPCContentType reports whether v is application/grpc, or
+// application/grpc followed by '+' or ';' and a subtype (as grpc-go's
+// server accepts).
+func isGRPCContentType(v string) bool {
+	rest, ok := strings.CutPrefix(v, "application/grpc")
+	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
 }
 
 // isReservedHeader reports headers that are not metadata (grpc-go's list).
