@@ -3,7 +3,6 @@ package xds
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -13,7 +12,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/lookaside-lb/lookaside/internal/logthrottle"
@@ -94,10 +92,10 @@ type Server struct {
 	// Read-only after New.
 	feed     Feed
 	maxNames int
-	lrs      bool
 	log      *slog.Logger
 	nackLog  *logthrottle.Logger
 	onNACK   func(typeURL, reason string)
+	cache    *cache // the resources made, shared by the streams
 }
 
 // New returns a Server that serves from feed.
@@ -113,10 +111,10 @@ func New(feed Feed, opts Options) *Server {
 	return &Server{
 		feed:     feed,
 		maxNames: opts.MaxNames,
-		lrs:      opts.LRS,
 		log:      log,
 		nackLog:  logthrottle.New(log, nackLogInterval),
 		onNACK:   opts.OnNACK,
+		cache:    newCache(opts.LRS, log),
 	}
 }
 
@@ -167,16 +165,10 @@ func (s *Server) StreamAggregatedResources(stream discoverypb.AggregatedDiscover
 				return err
 			}
 		case <-st.wake:
-			for _, t := range st.types {
-				t.stale = true
-			}
+			// flush finds what changed.
 		case <-retry:
 			appeared = ap.Appeared()
-			if st.resubscribe() {
-				for _, t := range st.types {
-					t.stale = true
-				}
-			}
+			st.resubscribe()
 		}
 		if err := st.flush(); err != nil {
 			return err
@@ -201,16 +193,22 @@ type adsStream struct {
 	nonce uint64                // the last nonce sent
 }
 
-// subRef is a subscription shared by the types that name it.
+// subRef is a subscription shared by the types that name it, with the
+// resources last made for it.
 type subRef struct {
 	sub  Subscription // nil: unknown or refused (err)
 	err  error
 	refs int
+
+	seen bool                       // b and res are set
+	b    *clusterBuild              // of the assignment it had; nil: none yet
+	res  [len(typeOrder)]*anypb.Any // by typeOrder; nil: none (shared with other streams)
 }
 
 // typeState is one resource type's state in a stream.
 type typeState struct {
 	url     string
+	i       int      // in typeOrder
 	names   []string // subscribed, sorted, unique
 	version uint64   // of the last response
 	nonce   string   // of the last response; "" before the first
@@ -231,7 +229,7 @@ func (st *adsStream) handle(req *discoverypb.DiscoveryRequest) error {
 	}
 	t := st.types[url]
 	if t == nil {
-		t = &typeState{url: url}
+		t = &typeState{url: url, i: slices.Index(typeOrder[:], url)}
 		st.types[url] = t
 	}
 	// A NACK counts even when it answers an older response: the client
@@ -312,19 +310,14 @@ func (st *adsStream) refused() bool {
 	return false
 }
 
-// resubscribe subscribes again to the names Subscribe refused, and reports
-// whether any is accepted now.
-func (st *adsStream) resubscribe() bool {
-	accepted := false
+// resubscribe subscribes again to the names Subscribe refused; the next
+// flush sends those accepted now.
+func (st *adsStream) resubscribe() {
 	for name, r := range st.subs {
-		if r.sub != nil {
-			continue
-		}
-		if r.sub, r.err = st.srv.feed.Subscribe(name, st.notify); r.sub != nil {
-			accepted = true
+		if r.sub == nil {
+			r.sub, r.err = st.srv.feed.Subscribe(name, st.notify)
 		}
 	}
-	return accepted
 }
 
 func (st *adsStream) closeAll() {
@@ -347,6 +340,9 @@ func (st *adsStream) notify() {
 // flush sends, in type order, a response for every type whose resources
 // differ from what was last sent, or that the client asked for anew.
 func (st *adsStream) flush() error {
+	for name, r := range st.subs {
+		st.refresh(name, r)
+	}
 	for _, url := range typeOrder {
 		t := st.types[url]
 		if t == nil || (!t.asked && !t.stale) {
@@ -357,7 +353,7 @@ func (st *adsStream) flush() error {
 			continue // a subscribed cluster's first assignment is pending
 		}
 		t.stale = false
-		if !t.asked && slices.EqualFunc(res, t.sent, func(a, b *anypb.Any) bool { return proto.Equal(a, b) }) {
+		if !t.asked && slices.EqualFunc(res, t.sent, sameAny) {
 			continue
 		}
 		t.asked = false
@@ -377,6 +373,41 @@ func (st *adsStream) flush() error {
 	return nil
 }
 
+// refresh looks at r's assignment and, when it is not the one r's
+// resources were made from, takes the new ones from the server's cache
+// and marks stale the types that name r and whose resource changed: an
+// endpoint leaving changes the ClusterLoadAssignment alone. Costs a look
+// at the assignment when nothing changed.
+func (st *adsStream) refresh(name string, r *subRef) {
+	if r.sub == nil {
+		return
+	}
+	a, ok := r.sub.Assignment()
+	if r.seen && ok == (r.b != nil) && (!ok || sameAssignment(a, r.b.a)) {
+		return
+	}
+	c := st.srv.cache
+	var b *clusterBuild // held by r, which keeps it in the cache
+	var res [len(typeOrder)]*anypb.Any
+	res[0] = c.listener(name)
+	if ok {
+		if b = c.cluster(a); b.cla != nil {
+			res[1], res[2], res[3] = c.route(name, a.Cluster, a.Shape), b.cluster, b.cla
+		}
+	}
+	for i, url := range typeOrder {
+		// A Cluster response waits for every cluster's first assignment,
+		// so one arriving counts as a change.
+		changed := !sameAny(res[i], r.res[i]) || url == ClusterType && ok != (r.b != nil)
+		if t := st.types[url]; changed && t != nil {
+			if _, named := slices.BinarySearch(t.names, name); named {
+				t.stale = true
+			}
+		}
+	}
+	r.seen, r.b, r.res = true, b, res
+}
+
 // resources returns the resources of t's subscribed names that exist, in
 // name order, and whether they are ready to send. A Listener needs only
 // its service to exist; the other types need the service's assignment.
@@ -390,33 +421,12 @@ func (st *adsStream) resources(t *typeState) ([]*anypb.Any, bool) {
 		if r == nil || r.sub == nil {
 			continue
 		}
-		if t.url == ListenerType {
-			out = append(out, mustAny(Listener(name, name)))
-			continue
+		if t.url == ClusterType && r.b == nil {
+			return nil, false
 		}
-		a, ok := r.sub.Assignment()
-		if !ok {
-			if t.url == ClusterType {
-				return nil, false
-			}
-			continue
+		if x := r.res[t.i]; x != nil {
+			out = append(out, x)
 		}
-		if err := a.Validate(); err != nil {
-			st.srv.log.Error("xDS assignment not served", "name", name, "err", err)
-			continue
-		}
-		var m proto.Message
-		switch t.url {
-		case RouteType:
-			m = Route(name, a.Cluster, a.Shape)
-		case ClusterType:
-			m = Cluster(a, st.srv.lrs)
-		case EndpointType:
-			m = LoadAssignment(a)
-		default:
-			panic(fmt.Sprintf("xds: type %s", t.url))
-		}
-		out = append(out, mustAny(m))
 	}
 	return out, true
 }
