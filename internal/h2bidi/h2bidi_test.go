@@ -1016,3 +1016,33 @@ func TestGracefulStopIdle(t *testing.T) {
 		t.Fatalf("Stats = %+v", s)
 	}
 }
+
+// TestMaxConnectionAgeGrace: a stream still open at the age gets the
+// grace, then the connection closes under it.
+func TestMaxConnectionAgeGrace(t *testing.T) {
+	got := make(chan error, 1)
+	e := start(t, Config[req]{MaxConnectionAge: 100 * time.Millisecond, MaxConnectionAgeGrace: 200 * time.Millisecond,
+		Handler: func(st *Stream[req]) error {
+			st.Send(respFor("a"))
+			<-st.Context().Done()
+			got <- <-st.RecvErr()
+			return nil
+		}})
+	stream, err := lbpb.NewLoadBalancerClient(dial(t, e.addr)).BalanceLoad(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	begin := time.Now()
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Recv: %v, want Unavailable", err)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("the connection lasted %v past its age", d)
+	}
+	if err := <-got; status.Code(err) != codes.Unavailable {
+		t.Fatalf("RecvErr: %v, want Unavailable", err)
+	}
+}
