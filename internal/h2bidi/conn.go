@@ -37,6 +37,11 @@ var (
 // grpc-go's).
 var goAwayPing = [8]byte{1, 6, 1, 8, 0, 3, 3, 9}
 
+// lingerTime bounds how long a drained connection, shut for writing,
+// waits for the client to close it (as grpc-go's server waits for its
+// reader).
+const lingerTime = time.Second
+
 // connErr is a connection error: GOAWAY with code, then close.
 type connErr struct {
 	code http2.ErrCode
@@ -84,6 +89,10 @@ type conn[Req any] struct {
 	draining    bool
 	// Timers: keepalive, connection age, the wait for the GOAWAY ping's ack.
 	kaTimer, ageTimer, drainTimer *time.Timer
+	// lingerTimer closes a drained connection the client did not close.
+	lingerTimer *time.Timer
+	// handedOff: the connection is grpc.Server's now.
+	handedOff bool
 	// kaPrev is lastRead when the keepalive timer last looked;
 	// pingOutstanding says it sent a ping since.
 	kaPrev          int64
@@ -131,7 +140,8 @@ func (c *conn[Req]) serve() {
 	if rc != nil {
 		handedOff = true
 		c.mu.Lock()
-		c.closed = true // not ours to write to any more
+		c.closed = true // not ours to write to or close any more
+		c.handedOff = true
 		c.mu.Unlock()
 		if s.others.handOff(rc) {
 			s.nHandedOff.Add(1)
@@ -1165,28 +1175,48 @@ func (c *conn[Req]) isOwned() bool {
 	return c.owned && !c.closed
 }
 
-// close closes the connection once: its streams end Unavailable (their
-// handlers go on until they return), its timers stop.
+// close closes the connection: the first time, its streams end
+// Unavailable (their handlers go on until they return) and its timers
+// stop. A drained connection (err errDrained) is only shut for writing
+// first, so that the client reads our last frames and closes its end
+// (rather than get a reset for bytes it sent meanwhile); the reader reads
+// on until then, for at most lingerTime. Any other close, or the reader's
+// end, closes the socket. A handed-off connection is not closed here.
 func (c *conn[Req]) close(err error) {
 	c.mu.Lock()
-	if c.closed {
+	if c.handedOff {
 		c.mu.Unlock()
 		return
 	}
-	c.closed = true
-	msg := "h2bidi: the connection closed"
-	if err != nil {
-		msg += ": " + err.Error()
-	}
-	for _, st := range c.streams {
-		st.noWrite = true
-		c.endLocked(st, status.Error(codes.Unavailable, msg))
-	}
-	for _, t := range []*time.Timer{c.kaTimer, c.ageTimer, c.drainTimer} {
-		if t != nil {
-			t.Stop()
+	first := !c.closed
+	if first {
+		c.closed = true
+		msg := "h2bidi: the connection closed"
+		if err != nil {
+			msg += ": " + err.Error()
+		}
+		for _, st := range c.streams {
+			st.noWrite = true
+			c.endLocked(st, status.Error(codes.Unavailable, msg))
+		}
+		for _, t := range []*time.Timer{c.kaTimer, c.ageTimer, c.drainTimer} {
+			if t != nil {
+				t.Stop()
+			}
 		}
 	}
+	linger := first && errors.Is(err, errDrained) && c.owned
+	if !linger && c.lingerTimer != nil {
+		c.lingerTimer.Stop()
+	}
 	c.mu.Unlock()
+	if linger {
+		if cw, ok := c.raw.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			c.mu.Lock()
+			c.lingerTimer = time.AfterFunc(lingerTime, func() { c.raw.Close() })
+			c.mu.Unlock()
+			return
+		}
+	}
 	c.raw.Close()
 }
