@@ -66,6 +66,11 @@ func (st *Stream[Req]) Messages() <-chan Req { return st.msgs }
 // connection goes, ResourceExhausted for a message too large or a queue
 // full, Internal for a message that does not decode or is compressed,
 // DeadlineExceeded at the grpc-timeout.
+//
+// Unlike internal/recvloop, whose error comes after the last message was
+// taken, the value may come while messages still wait in Messages(): a
+// handler that needs every message drains Messages() (without blocking)
+// after RecvErr gives io.EOF.
 func (st *Stream[Req]) RecvErr() <-chan error { return st.recvErr }
 
 // idleLocked releases a finish waiting for a half-written message. c.mu
