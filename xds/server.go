@@ -248,7 +248,7 @@ func (st *adsStream) handle(req *discoverypb.DiscoveryRequest) error {
 	if n := req.GetResponseNonce(); n != "" && n != t.nonce {
 		return nil // answers an older response; the client will ask again
 	}
-	names := slices.Clone(req.GetResourceNames())
+	names := req.GetResourceNames() // sorted in place: the request is the handler's
 	slices.Sort(names)
 	names = slices.Compact(names)
 	if len(names) > st.srv.maxNames {
@@ -267,7 +267,9 @@ func (st *adsStream) handle(req *discoverypb.DiscoveryRequest) error {
 			st.release(n)
 		}
 	}
-	t.names = names
+	if !slices.Equal(names, t.names) {
+		t.names = names
+	}
 	return nil
 }
 
