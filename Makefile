@@ -27,9 +27,12 @@ vet: ## go vet and gofmt
 # The e2e tests run after the others, on a machine no other package's tests
 # are loading: the adversary tests time what an honest client sees. The
 # adversary suite, whose attackers share the test process, runs without the
-# race detector (the balancer it attacks is a binary of its own).
+# race detector (the balancer it attacks is a binary of its own). The lbserver
+# tests run a second time with BalanceLoad on grpc-go's server
+# (balancer.transport: grpc) instead of the balancer's own transport.
 test: vet ## vet, then every test (unit, then e2e against real Consul) with -race (the adversary suite without)
 	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) test -race -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/e2e$$')
+	LBSERVER_TEST_TRANSPORT=grpc $(GO) test -race -timeout $(TEST_TIMEOUT) ./lbserver
 	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) test -race -timeout $(TEST_TIMEOUT) ./e2e
 	LOOKASIDE_CONSUL=$$(scripts/consul.sh) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^TestAdversarySuite$$' ./e2e
 
@@ -56,6 +59,7 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; make test runs t
 	$(GO) test -run '^$$' -fuzz '^FuzzNameMapper$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./lbserver
 	$(GO) test -run '^$$' -fuzz '^FuzzStreamMessages$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./lbserver
 	$(GO) test -run '^$$' -fuzz '^FuzzXDSSubscribe$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./lbserver
+	$(GO) test -run '^$$' -fuzz '^FuzzServerConn$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./internal/h2bidi
 	$(GO) test -run '^$$' -fuzz '^FuzzServeDNS$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./dnsserver
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSpec$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./discovery/static
 	$(GO) test -run '^$$' -fuzz '^FuzzSnapshot$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./discovery/consul

@@ -164,6 +164,10 @@ type Balancer struct {
 	// MaxStreamAge ends streams after about this long. Default 30m; 0
 	// (never) or at least 10s. Restart.
 	MaxStreamAge Duration `yaml:"max_stream_age"`
+	// Transport serves BalanceLoad connections: lookaside (the balancer's
+	// own HTTP/2 transport, about half the memory per client) or grpc
+	// (grpc-go's server). Default lookaside. Restart.
+	Transport string `yaml:"transport"`
 	// LBTokenKeyFile holds a secret shared with the backends for keyed
 	// lb-tokens (16 to 4096 bytes). Default none. Restart.
 	LBTokenKeyFile string `yaml:"lb_token_key_file"`

@@ -63,6 +63,7 @@ func Default() Config {
 			WatchLinger:           Duration(lb.WatchLinger),
 			MaxServices:           lb.MaxServices,
 			MaxStreamAge:          Duration(lb.MaxStreamAge),
+			Transport:             lb.Transport,
 		},
 		LoadReports: LoadReports{
 			Enabled:           lb.LoadReports,

@@ -506,6 +506,9 @@ func (v *validator) balancer() {
 	if d := b.MaxStreamAge; d != 0 && d < Duration(10*time.Second) {
 		v.add("balancer.max_stream_age", fdur(d), "is not 0 (never) or at least 10s")
 	}
+	if t := b.Transport; t != lbserver.TransportLookaside && t != lbserver.TransportGRPC {
+		v.add("balancer.transport", q(t), "is not "+lbserver.TransportLookaside+" or "+lbserver.TransportGRPC)
+	}
 	if f := b.LBTokenKeyFile; f != "" {
 		if msg := checkReadable(f); msg != "" {
 			v.add("balancer.lb_token_key_file", q(f), msg)

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"google.golang.org/grpc"
 
 	"github.com/lookaside-lb/lookaside/backend"
 	"github.com/lookaside-lb/lookaside/discovery/consul"
@@ -149,7 +148,7 @@ type lb struct {
 	t      testing.TB
 	addr   string
 	tweak  func(*lbserver.Config)
-	opts   []grpc.ServerOption // extra grpc.Server options (TLS credentials)
+	serve  lbserver.ServeOptions // TLS and its rule; ShutdownTimeout is set by start
 	mu     sync.Mutex
 	srv    *lbserver.Server // guarded by mu
 	cancel context.CancelFunc
@@ -158,14 +157,14 @@ type lb struct {
 
 func startLB(t testing.TB, tweak func(*lbserver.Config)) *lb {
 	t.Helper()
-	return startLBWith(t, tweak)
+	return startLBWith(t, tweak, lbserver.ServeOptions{})
 }
 
-// startLBWith starts a balancer whose grpc.Server also gets opts (for
-// example grpc.Creds for TLS).
-func startLBWith(t testing.TB, tweak func(*lbserver.Config), opts ...grpc.ServerOption) *lb {
+// startLBWith starts a balancer served with o (for example its TLS
+// credentials).
+func startLBWith(t testing.TB, tweak func(*lbserver.Config), o lbserver.ServeOptions) *lb {
 	t.Helper()
-	l := &lb{t: t, addr: "127.0.0.1:0", tweak: tweak, opts: opts}
+	l := &lb{t: t, addr: "127.0.0.1:0", tweak: tweak, serve: o}
 	l.start()
 	t.Cleanup(l.stop)
 	return l
@@ -202,7 +201,9 @@ func (l *lb) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- lbserver.Serve(ctx, lis, srv, lbserver.ServeOptions{ShutdownTimeout: 5 * time.Second, GRPC: l.opts})
+		o := l.serve
+		o.ShutdownTimeout = 5 * time.Second
+		done <- lbserver.Serve(ctx, lis, srv, o)
 	}()
 	l.mu.Lock()
 	l.srv, l.cancel, l.done = srv, cancel, done

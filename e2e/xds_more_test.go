@@ -58,12 +58,14 @@ func startTLSLB(t *testing.T, files tlstest.Files, mode int) *lb {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := []grpc.ServerOption{grpc.Creds(creds)}
+	o := lbserver.ServeOptions{Creds: creds}
 	if mode == serverMTLSHealthOpen {
-		u, st := tlsfiles.RequireVerifiedClient(healthpb.Health_Check_FullMethodName, healthpb.Health_Watch_FullMethodName)
-		opts = append(opts, grpc.ChainUnaryInterceptor(u), grpc.ChainStreamInterceptor(st))
+		exempt := []string{healthpb.Health_Check_FullMethodName, healthpb.Health_Watch_FullMethodName}
+		u, st := tlsfiles.RequireVerifiedClient(exempt...)
+		o.GRPC = []grpc.ServerOption{grpc.ChainUnaryInterceptor(u), grpc.ChainStreamInterceptor(st)}
+		o.Authorize = tlsfiles.Verifier(exempt...)
 	}
-	return startLBWith(t, nil, opts...)
+	return startLBWith(t, nil, o)
 }
 
 // TestXDSOverTLS: xDS clients whose bootstrap (xds.Bootstrap with a CA,

@@ -115,6 +115,9 @@ type Config struct {
 	// and the Load Reporting Service, whose reports count as ClientStats
 	// (see docs/xds.md). Default true.
 	XDS bool
+	// Transport is what serves BalanceLoad connections:
+	// TransportLookaside (the default, also for "") or TransportGRPC.
+	Transport string
 }
 
 // DefaultConfig returns a Config with every field but Source set to its
@@ -133,6 +136,7 @@ func DefaultConfig() Config {
 		LoadReports:           true,
 		LoadReport:            loadreport.DefaultConfig(),
 		XDS:                   true,
+		Transport:             TransportLookaside,
 		Logger:                slog.Default(),
 	}
 }
@@ -171,6 +175,9 @@ func (c Config) validate() error {
 	}
 	if c.Logger == nil {
 		errs = append(errs, errors.New("no logger"))
+	}
+	if err := validTransport(c.Transport); err != nil {
+		errs = append(errs, err)
 	}
 	if c.LoadReports {
 		if err := c.LoadReport.Validate(); err != nil {

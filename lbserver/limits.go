@@ -324,6 +324,14 @@ func (s *Server) tapStream(ctx context.Context, info *tap.Info) (context.Context
 	if info.FullMethodName != balanceLoadMethod {
 		return ctx, nil
 	}
+	return s.admitStream(ctx)
+}
+
+// admitStream is tapStream for a BalanceLoad stream of either transport:
+// it refuses the stream of ctx's peer when that peer is at a stream limit
+// or over its stream rate, and otherwise returns ctx marked as having
+// taken its rate token. Does not block.
+func (s *Server) admitStream(ctx context.Context) (context.Context, error) {
 	peer := peerOf(ctx)
 	if lim, full := s.slots.full(peer); full {
 		s.refuse(lim, peer)

@@ -2,12 +2,15 @@ package lbserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -98,7 +101,20 @@ type ServeOptions struct {
 	// and Serve goes on without it if it does not.
 	Drain func(ctx context.Context)
 	// GRPC are extra options for the grpc.Server, after ServerOptions'.
+	// Transport credentials go in Creds, not here: the connections the
+	// balancer's own transport hands to the grpc.Server have done their
+	// TLS handshake already.
 	GRPC []grpc.ServerOption
+	// Creds, if set, are the listener's transport credentials (TLS), for
+	// both transports (see Config.Transport). Nil serves plaintext.
+	Creds credentials.TransportCredentials
+	// Authorize, if set, runs before every BalanceLoad stream of the
+	// balancer's own transport starts, with the stream's context (its
+	// peer and TLS state) and method, and refuses the stream with the
+	// status error it returns: the same rule as the interceptors in GRPC
+	// apply to the grpc.Server's calls (such as a verified client
+	// certificate, see tlsfiles.Verifier).
+	Authorize func(ctx context.Context, method string) error
 }
 
 // HealthService is the name under which the balancer reports its health
@@ -195,13 +211,22 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 	}
 	opts := s.GRPCOptions(o.GRPC...) // ServerOptions and the limits' options
 	if age := s.cfg.MaxStreamAge; age > 0 {
-		// GOAWAY at about the streams' age (grpc adds ± 10 %), so that
-		// clients reconnect, and may pick another replica, when their
-		// stream ends; streams still open after the grace are cut.
 		kp := KeepaliveParams
-		kp.MaxConnectionAge = age
-		kp.MaxConnectionAgeGrace = age/5 + 10*time.Second
+		kp.MaxConnectionAge, kp.MaxConnectionAgeGrace = connectionAge(age)
 		opts = append(opts, grpc.KeepaliveParams(kp))
+	}
+	// The balancer's own transport takes the connections whose first
+	// stream is BalanceLoad and hands the others to the grpc.Server.
+	var own *ownStreams
+	grpcLis := s.Listener(lis) // with the connection limits
+	if s.cfg.Transport != TransportGRPC {
+		var err error
+		if own, err = s.newOwnStreams(o.Creds, o.Authorize); err != nil {
+			return fmt.Errorf("lbserver: serve: %w", err)
+		}
+		opts = append(opts, grpc.Creds(own.OthersCreds()))
+	} else if o.Creds != nil {
+		opts = append(opts, grpc.Creds(o.Creds))
 	}
 	gs := grpc.NewServer(opts...)
 	s.Register(gs)
@@ -250,8 +275,17 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 			}
 		}()
 	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- gs.Serve(s.Listener(lis)) }() // with the connection limits
+	// Both servers serve until both are stopped; the first error of
+	// either stops the balancer.
+	srvs := servers{gs: gs, own: own}
+	serveErr := make(chan error, 2)
+	var serving sync.WaitGroup
+	if own != nil {
+		ownLis := grpcLis
+		grpcLis = own.Others()
+		serving.Go(func() { serveErr <- own.Serve(ownLis) })
+	}
+	serving.Go(func() { serveErr <- gs.Serve(grpcLis) })
 
 	select {
 	case err := <-serveErr:
@@ -260,6 +294,11 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 		s.Close()
 		stopDir()
 		<-dirDone
+		srvs.stop()
+		serving.Wait()
+		if err == nil {
+			err = errors.New("stopped serving")
+		}
 		return fmt.Errorf("lbserver: serve: %w", err)
 	case <-ctx.Done():
 	}
@@ -301,7 +340,7 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 	graceful := make(chan struct{})
 	go func() {
 		defer close(graceful)
-		gs.GracefulStop()
+		srvs.gracefulStop()
 	}()
 	// Past the graceful deadline the remaining connections are closed,
 	// leaving a moment before the bound for the streams and watchers to
@@ -322,7 +361,7 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 		if !stopped {
 			stopped = true
 			s.log.Warn("shutdown: streams still open near the shutdown timeout; closing their connections", logattr.Duration("timeout", o.ShutdownTimeout))
-			gs.Stop() // cancels the remaining streams
+			srvs.stop() // cancels the remaining streams
 			timer.Reset(time.Until(deadline))
 		}
 		select {
@@ -332,6 +371,34 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 			return nil
 		}
 	}
-	<-serveErr
+	serving.Wait()
 	return nil
+}
+
+// servers are the grpc.Server and the balancer's own transport (nil under
+// TransportGRPC), stopped together.
+type servers struct {
+	gs  *grpc.Server
+	own *ownStreams
+}
+
+// gracefulStop stops both gracefully, at once, and waits for both.
+func (v servers) gracefulStop() {
+	var wg sync.WaitGroup
+	if v.own != nil {
+		wg.Go(v.own.GracefulStop)
+	}
+	v.gs.GracefulStop()
+	wg.Wait()
+}
+
+// stop closes every connection of both and waits until their handlers
+// returned.
+func (v servers) stop() {
+	var wg sync.WaitGroup
+	if v.own != nil {
+		wg.Go(v.own.Stop)
+	}
+	v.gs.Stop()
+	wg.Wait()
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -109,8 +110,19 @@ func testConfig(src discovery.Source) Config {
 	cfg := DefaultConfig()
 	cfg.Source = src
 	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg.Transport = testTransport
 	return cfg
 }
+
+// testTransport is the transport the tests serve BalanceLoad with:
+// LBSERVER_TEST_TRANSPORT (make test runs the package with both), or the
+// default.
+var testTransport = func() string {
+	if t := os.Getenv("LBSERVER_TEST_TRANSPORT"); t != "" {
+		return t
+	}
+	return TransportLookaside
+}()
 
 type lbStream = grpc.BidiStreamingClient[lbpb.LoadBalanceRequest, lbpb.LoadBalanceResponse]
 

@@ -11,8 +11,10 @@ import (
 
 	"google.golang.org/grpc"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/h2bidi"
 	"github.com/lookaside-lb/lookaside/internal/logthrottle"
 	"github.com/lookaside-lb/lookaside/lbtoken"
 	"github.com/lookaside-lb/lookaside/loadreport"
@@ -95,14 +97,31 @@ type encodedList struct {
 	// for every shared stream (see shareable); nil until then, or when
 	// encoding failed.
 	msg *grpc.PreparedMsg
+	// framed is resp encoded once as a whole gRPC message, for the shared
+	// streams of the balancer's own transport; nil until the first of
+	// them sends it, or when encoding failed.
+	framedOnce sync.Once
+	framed     framedMsg
 }
 
 // message returns what st sends for l: the encoded message when st and
-// l may share it (encoding it the first time), or else resp, which grpc
-// encodes for st. Safe for concurrent use.
+// l may share it (encoding it the first time; a framedMsg for a stream of
+// the balancer's own transport, a grpc.PreparedMsg for grpc's), or else
+// resp, which the stream encodes for itself. Safe for concurrent use.
 func (l *encodedList) message(st *streamState) any {
 	if !st.shared || !l.cached {
 		return l.resp
+	}
+	if st.framed {
+		l.framedOnce.Do(func() {
+			if b, err := proto.Marshal(l.resp); err == nil {
+				l.framed = framedMsg(h2bidi.Frame(b))
+			}
+		})
+		if l.framed == nil {
+			return l.resp
+		}
+		return l.framed
 	}
 	l.once.Do(func() {
 		var pm grpc.PreparedMsg

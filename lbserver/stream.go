@@ -52,11 +52,14 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 	defer s.counters.streamsActive.Add(-1)
 
 	id := s.streamSeq.Add(1)
+	// A stream of the balancer's own transport is never compressed: it
+	// shares lists as framed bytes.
+	_, own := stream.(*ownStream)
 
 	// Recv runs in its own goroutine so that a silent client can be timed
 	// out and ClientStats read while lists are sent. It ends when the
 	// stream's context does, which grpc ends as this handler returns.
-	reqs, recvErr := recvloop.Start(ctx, stream.Recv)
+	reqs, recvErr := receive(ctx, stream)
 
 	// The stream's one timer: the initial request's, then its sends'.
 	timer := time.NewTimer(s.cfg.InitialRequestTimeout)
@@ -89,7 +92,8 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		ignored:   fullBucket(float64(set.MaxIgnoredMessages), s.now()),
 		reports:   fullBucket(s.reportBurst, s.now()),
 		setChange: set.changed,
-		shared:    shareable(ctx),
+		shared:    own || shareable(ctx),
+		framed:    own,
 	}
 	if age := s.cfg.MaxStreamAge; age > 0 {
 		// ± 10 %, from the stream's seed, so streams do not end together.
@@ -224,8 +228,9 @@ type streamState struct {
 	sendDone  chan error  // one result per sender; nil until the first send
 	sendTimer *time.Timer // the stream's timer, stopped; nil until needed
 	// shared is true when the stream may send lists encoded once for
-	// every stream of a plan (see shareable).
-	shared bool
+	// every stream of a plan (see shareable); framed when it sends them
+	// as framedMsg (an ownStream), rather than as a grpc.PreparedMsg.
+	shared, framed bool
 
 	sentInitial  bool
 	sent         *encodedList // the last list sent, nil if none
@@ -566,6 +571,19 @@ func (st *streamState) sendMsg(m any) error {
 		return st.stream.Send(r)
 	}
 	return st.stream.SendMsg(m)
+}
+
+// receive returns the channels of stream's messages and of the error
+// that ends them: the connection reader's, for a stream of the balancer's
+// own transport; otherwise those of a receive loop (internal/recvloop)
+// that Recv's on a goroutine of its own until the stream ends.
+func receive(ctx context.Context, stream balanceStream) (<-chan *lbpb.LoadBalanceRequest, <-chan error) {
+	if o, ok := stream.(interface {
+		channels() (<-chan *lbpb.LoadBalanceRequest, <-chan error)
+	}); ok {
+		return o.channels()
+	}
+	return recvloop.Start(ctx, stream.Recv)
 }
 
 // compressionInfo is what the stream grpc hands a handler tells of its

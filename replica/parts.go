@@ -97,6 +97,7 @@ func lbConfig(cfg config.Config) lbserver.Config {
 	lc.WatchLinger = b.WatchLinger.D()
 	lc.MaxServices = b.MaxServices
 	lc.MaxStreamAge = b.MaxStreamAge.D()
+	lc.Transport = b.Transport
 	lc.MaxRequestSize = cfg.Limits.MaxRequestSize
 	lc.LoadReports = cfg.LoadReports.Enabled
 	lc.XDS = cfg.XDS.Enabled

@@ -276,7 +276,7 @@ func (r *Replica) Run(ctx context.Context) error {
 	// The whole shutdown fits shutdown_timeout: Serve (health, drain,
 	// streams, watchers) takes it but a moment kept for the DNS responder.
 	serve := lbserver.ServeOptions{ShutdownTimeout: timeout - min(timeout/10, 500*time.Millisecond)}
-	if serve.GRPC, err = serverOptions(r.serverTLS); err != nil {
+	if err = serveTLS(r.serverTLS, &serve); err != nil {
 		r.srv.Close()
 		return err
 	}

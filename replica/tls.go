@@ -9,12 +9,13 @@ import (
 
 	"github.com/lookaside-lb/lookaside/config"
 	"github.com/lookaside-lb/lookaside/internal/tlsfiles"
+	"github.com/lookaside-lb/lookaside/lbserver"
 )
 
 // serverTLS returns the store of the balancer listener's certificate (and
 // client CA for mTLS), or nil when tls.cert_file is empty. healthOpen lets
 // clients without a certificate through the TLS handshake, for Consul's
-// health check of a registered replica; serverOptions then refuses them
+// health check of a registered replica; serveTLS then refuses them
 // every call but the health check.
 func serverTLS(t config.ServerTLS, healthOpen bool, log *slog.Logger) (*tlsfiles.Store, error) {
 	if t.CertFile == "" {
@@ -41,22 +42,25 @@ func clientTLS(path string, t config.ClientTLS, log *slog.Logger) (*tlsfiles.Sto
 	return s, nil
 }
 
-// serverOptions are the balancer's gRPC options for the listener's TLS:
-// its credentials and, when clients without a certificate get through the
-// handshake (serverTLS's healthOpen with mTLS), interceptors that let them
-// call the health service only.
-func serverOptions(s *tlsfiles.Store) ([]grpc.ServerOption, error) {
+// serveTLS sets o's TLS for the listener: its credentials and, when
+// clients without a certificate get through the handshake (serverTLS's
+// healthOpen with mTLS), the rule that lets them call the health service
+// only: interceptors for the grpc.Server and Authorize for the balancer's
+// own transport.
+func serveTLS(s *tlsfiles.Store, o *lbserver.ServeOptions) error {
 	if s == nil {
-		return nil, nil
+		return nil
 	}
 	creds, err := s.ServerCredentials()
 	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
+		return fmt.Errorf("tls: %w", err)
 	}
-	opts := []grpc.ServerOption{grpc.Creds(creds)}
+	o.Creds = creds
 	if s.Config().ClientCertOptional {
-		u, st := tlsfiles.RequireVerifiedClient(healthpb.Health_Check_FullMethodName, healthpb.Health_Watch_FullMethodName)
-		opts = append(opts, grpc.ChainUnaryInterceptor(u), grpc.ChainStreamInterceptor(st))
+		exempt := []string{healthpb.Health_Check_FullMethodName, healthpb.Health_Watch_FullMethodName}
+		u, st := tlsfiles.RequireVerifiedClient(exempt...)
+		o.GRPC = append(o.GRPC, grpc.ChainUnaryInterceptor(u), grpc.ChainStreamInterceptor(st))
+		o.Authorize = tlsfiles.Verifier(exempt...)
 	}
-	return opts, nil
+	return nil
 }

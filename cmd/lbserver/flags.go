@@ -30,7 +30,7 @@ var groups = []struct {
 	{"Registering this replica in Consul", []string{"register", "register-service", "register-id", "advertise", "check-interval", "drain-delay"}},
 	{"Balancing (per service: the config file's services section)", []string{
 		"policy", "service-policy", "max-list-entries", "hash-subset", "alias", "zone", "max-name-length",
-		"client-stats-interval", "initial-request-timeout", "first-list-timeout", "watch-linger", "max-services", "max-stream-age",
+		"client-stats-interval", "initial-request-timeout", "first-list-timeout", "watch-linger", "max-services", "max-stream-age", "transport",
 		"lb-token-key-file"}},
 	{"Load reports (ORCA) and overload drops", []string{"load-reports", "load-report-interval", "load-blackout", "overload-threshold", "max-drop-share",
 		"orca-tls-ca", "orca-tls-cert", "orca-tls-key", "orca-tls-server-name"}},
@@ -110,6 +110,7 @@ func bindFlags(fs *flag.FlagSet, cfg *config.Config, cmd *command) {
 	durVar(fs, &b.WatchLinger, "watch-linger", "keep watching a service this long after its last client left")
 	fs.IntVar(&b.MaxServices, "max-services", b.MaxServices, "most services watched at once (streams for more end with ResourceExhausted)")
 	durVar(fs, &b.MaxStreamAge, "max-stream-age", "end streams and connections after about this long (±10%), so clients re-spread over replicas (0: never)")
+	fs.StringVar(&b.Transport, "transport", b.Transport, "what serves BalanceLoad connections: lookaside (the balancer's own HTTP/2 transport: about half the memory per client, changes reach many clients sooner) or grpc (grpc-go's server)")
 	fs.StringVar(&b.LBTokenKeyFile, "lb-token-key-file", b.LBTokenKeyFile, "`file` holding a secret shared with the backends (backend -lb-token-key-file): lists carry keyed lb-tokens (HMAC-SHA256 of the instance ID), which outsiders cannot compute (16 to 4096 bytes; default: unkeyed tokens)")
 
 	lr := &cfg.LoadReports

@@ -103,6 +103,24 @@ func peerTLS(ctx context.Context) (credentials.TLSInfo, bool) {
 	return info, ok
 }
 
+// Verifier returns the rule RequireVerifiedClient's interceptors apply,
+// for servers that do not run interceptors: nil for a call of method
+// whose peer (in ctx) presented a client certificate that verified, or
+// for a call of an exempt method; otherwise an Unauthenticated status
+// error.
+func Verifier(exempt ...string) func(ctx context.Context, method string) error {
+	skip := make(map[string]bool, len(exempt))
+	for _, m := range exempt {
+		skip[m] = true
+	}
+	return func(ctx context.Context, method string) error {
+		if skip[method] || VerifiedClient(ctx) {
+			return nil
+		}
+		return status.Error(codes.Unauthenticated, "a client certificate signed by the server's client CA is required")
+	}
+}
+
 // RequireVerifiedClient returns server interceptors that end every call
 // whose peer presented no verified client certificate with
 // Unauthenticated, except calls to the exempt methods (full names, such
@@ -111,16 +129,7 @@ func peerTLS(ctx context.Context) (credentials.TLSInfo, bool) {
 // those methods: a Consul agent that presents no certificate can still
 // run its gRPC health check.
 func RequireVerifiedClient(exempt ...string) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
-	skip := make(map[string]bool, len(exempt))
-	for _, m := range exempt {
-		skip[m] = true
-	}
-	check := func(ctx context.Context, method string) error {
-		if skip[method] || VerifiedClient(ctx) {
-			return nil
-		}
-		return status.Error(codes.Unauthenticated, "a client certificate signed by the server's client CA is required")
-	}
+	check := Verifier(exempt...)
 	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		if err := check(ctx, info.FullMethod); err != nil {
 			return nil, err

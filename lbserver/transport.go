@@ -1,0 +1,165 @@
+package lbserver
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/lookaside-lb/lookaside/internal/h2bidi"
+)
+
+// Transports: what serves BalanceLoad connections (Config.Transport).
+const (
+	// TransportLookaside serves a connection whose first stream is
+	// BalanceLoad with internal/h2bidi: one goroutine per connection and
+	// one per stream, lists written to the socket by the stream that sends
+	// them, and a list encoded once for every stream that gets it. Other
+	// connections (health, reflection, xDS, compressed BalanceLoad) go to
+	// the grpc.Server. The default.
+	TransportLookaside = "lookaside"
+	// TransportGRPC serves every connection with grpc-go's server, which
+	// costs about twice the memory per client and takes longer to reach
+	// many clients with a change; for a client the balancer's own
+	// transport does not serve as grpc-go's does.
+	TransportGRPC = "grpc"
+)
+
+// validTransport reports whether t names a transport ("" is the default).
+func validTransport(t string) error {
+	switch t {
+	case "", TransportLookaside, TransportGRPC:
+		return nil
+	}
+	return fmt.Errorf("transport %q is not %q or %q", t, TransportLookaside, TransportGRPC)
+}
+
+// ownStreams is the internal/h2bidi server of BalanceLoad connections.
+type ownStreams = h2bidi.Server[*lbpb.LoadBalanceRequest]
+
+// newOwnStreams returns the h2bidi server that serves s's BalanceLoad
+// connections with the same limits, windows and keepalive as the
+// grpc.Server's (see GRPCOptions), TLS from creds (nil: plaintext), and
+// authorize (nil: none) run on each stream before its handler.
+func (s *Server) newOwnStreams(creds credentials.TransportCredentials, authorize func(ctx context.Context, method string) error) (*ownStreams, error) {
+	cfg := h2bidi.Config[*lbpb.LoadBalanceRequest]{
+		Method: balanceLoadMethod,
+		Unmarshal: func(b []byte) (*lbpb.LoadBalanceRequest, error) {
+			req := new(lbpb.LoadBalanceRequest)
+			if err := proto.Unmarshal(b, req); err != nil {
+				return nil, err
+			}
+			return req, nil
+		},
+		Handler: func(st *h2bidi.Stream[*lbpb.LoadBalanceRequest]) error {
+			return s.BalanceLoad(&ownStream{st: st})
+		},
+		Tap: func(ctx context.Context) (context.Context, error) {
+			if authorize != nil {
+				if err := authorize(ctx, balanceLoadMethod); err != nil {
+					return nil, err
+				}
+			}
+			return s.admitStream(ctx)
+		},
+		Creds:                creds,
+		MaxConcurrentStreams: uint32(2 * s.cfg.MaxStreamsPerConn),
+		InitialWindowSize:    InitialWindowSize,
+		MaxRecvMsgSize:       s.cfg.MaxRequestSize,
+		KeepaliveTime:        KeepaliveParams.Time,
+		KeepaliveTimeout:     KeepaliveParams.Timeout,
+		MinPingInterval:      KeepaliveEnforcement.MinTime,
+		PermitWithoutStream:  KeepaliveEnforcement.PermitWithoutStream,
+		Logger:               s.log,
+	}
+	if age := s.cfg.MaxStreamAge; age > 0 {
+		cfg.MaxConnectionAge, cfg.MaxConnectionAgeGrace = connectionAge(age)
+	}
+	return h2bidi.New(cfg)
+}
+
+// connectionAge returns the connection age and grace that go with the
+// streams' maximum age: a GOAWAY at about that age (± 10 %), so that
+// clients reconnect, and may pick another replica, when their stream
+// ends; streams still open after the grace are cut.
+func connectionAge(streamAge time.Duration) (age, grace time.Duration) {
+	return streamAge, streamAge/5 + 10*time.Second
+}
+
+// ownStream is a BalanceLoad stream served by internal/h2bidi, as the
+// handler sees a stream (balanceStream). Its messages come from the
+// connection's reader (see receive) and the lists it shares are framed
+// once (see encodedList.message).
+type ownStream struct {
+	grpcStreamStubs
+	st *h2bidi.Stream[*lbpb.LoadBalanceRequest]
+}
+
+func (o *ownStream) Context() context.Context { return o.st.Context() }
+
+// Send encodes m and sends it.
+func (o *ownStream) Send(m *lbpb.LoadBalanceResponse) error {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return o.st.Send(h2bidi.Frame(b))
+}
+
+// SendMsg sends a *lbpb.LoadBalanceResponse, or a framedMsg as it is.
+func (o *ownStream) SendMsg(m any) error {
+	switch m := m.(type) {
+	case framedMsg:
+		return o.st.Send(m)
+	case *lbpb.LoadBalanceResponse:
+		return o.Send(m)
+	}
+	return fmt.Errorf("lbserver: cannot send a %T", m)
+}
+
+// Recv waits for the next message; the handler takes them from
+// Messages and RecvErr instead (see receive).
+func (o *ownStream) Recv() (*lbpb.LoadBalanceRequest, error) {
+	select {
+	case m := <-o.st.Messages():
+		return m, nil
+	case err := <-o.st.RecvErr():
+		return nil, err
+	}
+}
+
+// RecvMsg is Recv for a *lbpb.LoadBalanceRequest.
+func (o *ownStream) RecvMsg(m any) error {
+	req, ok := m.(*lbpb.LoadBalanceRequest)
+	if !ok {
+		return fmt.Errorf("lbserver: cannot receive into a %T", m)
+	}
+	got, err := o.Recv()
+	if err != nil {
+		return err
+	}
+	proto.Merge(req, got)
+	return nil
+}
+
+// channels are the connection reader's channels of a stream: ownStream
+// has them; grpc's streams do not.
+func (o *ownStream) channels() (<-chan *lbpb.LoadBalanceRequest, <-chan error) {
+	return o.st.Messages(), o.st.RecvErr()
+}
+
+// grpcStreamStubs are the parts of grpc.ServerStream that BalanceLoad
+// never uses: it sends no header metadata and no trailer metadata.
+type grpcStreamStubs struct{}
+
+func (grpcStreamStubs) SetHeader(metadata.MD) error  { return nil }
+func (grpcStreamStubs) SendHeader(metadata.MD) error { return nil }
+func (grpcStreamStubs) SetTrailer(metadata.MD)       {}
+
+// framedMsg is a whole gRPC message, prefix and payload, as h2bidi
+// streams send it.
+type framedMsg []byte
