@@ -15,4 +15,8 @@
 // Shape: gRPC clients ignore endpoint weights under ROUND_ROBIN but honour
 // locality weights, so weighted policies put each endpoint in a locality
 // of its own.
+//
+// A resource is made and marshalled once for its content and shared by
+// every stream that serves it; a change sends a stream only the types
+// whose resource changed (an endpoint leaving: the ClusterLoadAssignment).
 package xds

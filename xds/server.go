@@ -208,13 +208,13 @@ type subRef struct {
 // typeState is one resource type's state in a stream.
 type typeState struct {
 	url     string
-	i       int      // in typeOrder
-	names   []string // subscribed, sorted, unique
-	version uint64   // of the last response
-	nonce   string   // of the last response; "" before the first
-	sent    []*anypb.Any
-	stale   bool // a subscription changed since the last flush
-	asked   bool // the client asked since the last response
+	i       int          // in typeOrder
+	names   []string     // subscribed, sorted, unique
+	version uint64       // of the last response
+	nonce   string       // of the last response; "" before the first
+	sent    []*anypb.Any // in the last response (shared with other streams)
+	stale   bool         // the resource of a name changed since the last flush
+	asked   bool         // the client asked since the last response
 }
 
 // handle takes in one request: an ACK, a NACK, or a change of the names

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -197,15 +198,11 @@ func TestNACKLogIsBoundedByType(t *testing.T) {
 	}
 }
 
-// TestEndpointChangeSendsOnlyEndpoints: when a service's endpoints change,
-// a stream subscribed to its Listener, Route, Cluster and endpoints gets
-// the new ClusterLoadAssignment and nothing else, since the other three
-// are as they were.
-func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
-	bs := xdstest.HealthBackends(t, 2)
-	feed := newFeed()
-	feed.set(xds.Assignment{Cluster: "a", Endpoints: endpoints(bs)})
-	addr := startXDS(t, feed, xds.Options{LRS: true})
+// subscribeAll opens a raw stream subscribed to name's Listener, Route,
+// Cluster and endpoints, takes the first response of each, and returns
+// the stream and a receive that ACKs what it takes.
+func subscribeAll(t *testing.T, addr, name string) (discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient, func() *discoverypb.DiscoveryResponse) {
+	t.Helper()
 	s := xdstest.RawADS(t, addr)
 	recv := func() *discoverypb.DiscoveryResponse {
 		t.Helper()
@@ -213,14 +210,14 @@ func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Send(request(r.TypeUrl, r.VersionInfo, r.Nonce, "a")); err != nil { // ACK
+		if err := s.Send(request(r.TypeUrl, r.VersionInfo, r.Nonce, name)); err != nil { // ACK
 			t.Fatal(err)
 		}
 		return r
 	}
 	types := []string{xds.ListenerType, xds.RouteType, xds.ClusterType, xds.EndpointType}
 	for _, url := range types {
-		if err := s.Send(request(url, "", "", "a")); err != nil {
+		if err := s.Send(request(url, "", "", name)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -235,6 +232,31 @@ func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
 	if len(got) != len(types) {
 		t.Fatalf("first responses by type: %v, want one of each", got)
 	}
+	return s, recv
+}
+
+// nothingQueued checks that the stream sent nothing more: its next
+// response answers a new request.
+func nothingQueued(t *testing.T, s discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient, recv func() *discoverypb.DiscoveryResponse, name string) {
+	t.Helper()
+	if err := s.Send(request(xds.ListenerType, "", "", name, "nosuch")); err != nil {
+		t.Fatal(err)
+	}
+	if r := recv(); r.TypeUrl != xds.ListenerType {
+		t.Fatalf("got %s, want the Listeners asked for", r.TypeUrl)
+	}
+}
+
+// TestEndpointChangeSendsOnlyEndpoints: when a service's endpoints change,
+// a stream subscribed to its Listener, Route, Cluster and endpoints gets
+// the new ClusterLoadAssignment and nothing else, since the other three
+// are as they were.
+func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
+	bs := xdstest.HealthBackends(t, 2)
+	feed := newFeed()
+	feed.set(xds.Assignment{Cluster: "a", Endpoints: endpoints(bs)})
+	addr := startXDS(t, feed, xds.Options{LRS: true})
+	s, recv := subscribeAll(t, addr, "a")
 	// An endpoint leaves, then comes back: each time the endpoints alone
 	// are sent (a Listener, Route or Cluster would come first: a stream
 	// sends its types in that order).
@@ -249,11 +271,25 @@ func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
 			t.Fatalf("change %d: %v (err %v), want %d endpoints", i, &cla, err, len(eps))
 		}
 	}
-	// Nothing else was queued: the next response answers a new request.
-	if err := s.Send(request(xds.ListenerType, "", "", "a", "nosuch")); err != nil {
-		t.Fatal(err)
+	nothingQueued(t, s, recv, "a")
+}
+
+// TestShapeChangeSendsRouteAndCluster: round robin to ring hash changes
+// the Route (hashing the channel) and the Cluster (its policy), not the
+// Listener, nor the endpoints (one locality either way).
+func TestShapeChangeSendsRouteAndCluster(t *testing.T) {
+	bs := xdstest.HealthBackends(t, 2)
+	feed := newFeed()
+	feed.set(xds.Assignment{Cluster: "a", Endpoints: endpoints(bs)})
+	addr := startXDS(t, feed, xds.Options{})
+	s, recv := subscribeAll(t, addr, "a")
+	feed.set(xds.Assignment{Cluster: "a", Shape: xds.ShapeRingHash, Endpoints: endpoints(bs)})
+	var got []string
+	for range 2 {
+		got = append(got, recv().TypeUrl)
 	}
-	if r := recv(); r.TypeUrl != xds.ListenerType {
-		t.Fatalf("after the changes: got %s, want the Listeners asked for", r.TypeUrl)
+	if want := []string{xds.RouteType, xds.ClusterType}; !slices.Equal(got, want) {
+		t.Fatalf("after a shape change: %v, want %v", got, want)
 	}
+	nothingQueued(t, s, recv, "a")
 }
