@@ -104,6 +104,9 @@ type conn[Req any] struct {
 	// resetPingStrikes is set by writes of headers and data: the next
 	// client ping forgives the strikes (as grpc-go).
 	resetPingStrikes atomic.Bool
+	// wuPending says a stream has a WINDOW_UPDATE decided by Next that is
+	// not written yet (Stream.wuIncr): whoever releases wmu writes it.
+	wuPending atomic.Bool
 
 	// The reader's own state.
 	fr          *http2.Framer
@@ -555,8 +558,7 @@ func (c *conn[Req]) onHeaders(f *http2.MetaHeadersFrame) error {
 		id:      id,
 		ctx:     ctx,
 		cancel:  cancel,
-		msgs:    make(chan Req, cfg.QueueLen),
-		recvErr: make(chan error, 1),
+		ready:   make(chan struct{}, 1),
 		wake:    make(chan struct{}, 1),
 		recvWin: int64(cfg.InitialWindowSize),
 	}
@@ -570,8 +572,8 @@ func (c *conn[Req]) onHeaders(f *http2.MetaHeadersFrame) error {
 	c.streams[id] = st
 	if f.StreamEnded() {
 		st.halfClosed = true
-		st.recvErrSent = true
-		st.recvErr <- io.EOF
+		st.recvEnd = io.EOF
+		st.signal()
 	}
 	if timeoutSet {
 		// As grpc-go: at the deadline the stream is reset (CANCEL).
@@ -670,80 +672,56 @@ func (c *conn[Req]) onData(f *http2.DataFrame) error {
 	id := f.StreamID
 	c.mu.Lock()
 	st := c.streams[id]
-	open := st != nil && !st.ended && !st.halfClosed
-	c.mu.Unlock()
 	if st == nil {
+		c.mu.Unlock()
 		if id > c.lastStreamID {
 			return &connErr{code: http2.ErrCodeProtocol, msg: fmt.Sprintf("DATA on idle stream %d", id)}
 		}
 		return nil // a stream that ended
 	}
-	if !open {
+	if st.ended || st.halfClosed {
+		c.mu.Unlock()
 		return nil
 	}
 	if n > st.recvWin {
+		c.mu.Unlock()
 		return &connErr{code: http2.ErrCodeFlowControl, msg: fmt.Sprintf("DATA over stream %d's window", id)}
 	}
 	st.recvWin -= n
-	st.recvUnacked += n
-	c.receive(st, f.Data())
-	if f.StreamEnded() {
-		c.halfClose(st)
+	// The bytes wait in rbuf for Next; their prefixes are checked here, as
+	// they come, so that a message too large ends the stream at once.
+	st.rbuf = append(st.rbuf, f.Data()...)
+	var bad error
+	for st.scanned+5 <= len(st.rbuf) {
+		m, err := c.checkPrefix(st.rbuf[st.scanned:])
+		if err != nil {
+			bad = err
+			st.rbuf = st.rbuf[:st.scanned] // the messages before it are still taken
+			break
+		}
+		st.scanned += 5 + m
+	}
+	_, whole := frontMessage(st.rbuf)
+	var incr uint32
+	if bad == nil {
+		if f.StreamEnded() {
+			c.halfCloseLocked(st)
+		} else {
+			incr = st.grantLocked(int64(cfg.InitialWindowSize))
+		}
+	}
+	c.mu.Unlock()
+	if whole {
+		st.signal()
+	}
+	if bad != nil {
+		c.failStream(st, bad)
 		return nil
 	}
-	if st.recvUnacked >= int64(cfg.InitialWindowSize)/4 {
-		c.mu.Lock()
-		open := !st.ended
-		c.mu.Unlock()
-		if open {
-			incr := uint32(st.recvUnacked)
-			st.recvWin += st.recvUnacked
-			st.recvUnacked = 0
-			return c.writeFrames(func(b []byte) []byte { return appendWindowUpdate(b, id, incr) })
-		}
+	if incr > 0 {
+		return c.writeFrames(func(b []byte) []byte { return appendWindowUpdate(b, id, incr) })
 	}
 	return nil
-}
-
-// receive cuts data into gRPC messages and queues them.
-func (c *conn[Req]) receive(st *Stream[Req], data []byte) {
-	for len(data) > 0 && !st.failed {
-		if len(st.partial) == 0 && len(data) >= 5 {
-			// Whole messages straight from the frame, without a copy.
-			n, err := c.checkPrefix(data)
-			if err != nil {
-				c.failStream(st, err)
-				return
-			}
-			if len(data) >= 5+n {
-				c.deliver(st, data[5:5+n])
-				data = data[5+n:]
-				continue
-			}
-		}
-		if len(st.partial) < 5 {
-			k := min(5-len(st.partial), len(data))
-			st.partial = append(st.partial, data[:k]...)
-			data = data[k:]
-			if len(st.partial) < 5 {
-				return
-			}
-		}
-		n, err := c.checkPrefix(st.partial)
-		if err != nil {
-			c.failStream(st, err)
-			return
-		}
-		// Grown as bytes come, not by the length announced: a client
-		// announcing large messages and sending little costs little.
-		k := min(5+n-len(st.partial), len(data))
-		st.partial = append(st.partial, data[:k]...)
-		data = data[k:]
-		if len(st.partial) == 5+n {
-			c.deliver(st, st.partial[5:])
-			st.partial = nil
-		}
-	}
 }
 
 // checkPrefix checks a message's 5-byte prefix and returns its length.
@@ -758,33 +736,37 @@ func (c *conn[Req]) checkPrefix(p []byte) (int, error) {
 	return int(n), nil
 }
 
-// deliver decodes a message and queues it.
-func (c *conn[Req]) deliver(st *Stream[Req], payload []byte) {
-	m, err := c.s.cfg.Unmarshal(payload)
-	if err != nil {
-		c.failStream(st, status.Errorf(codes.Internal, "grpc: failed to unmarshal the received message: %v", err))
-		return
-	}
-	select {
-	case st.msgs <- m:
-	default:
-		c.failStream(st, status.Errorf(codes.ResourceExhausted, "h2bidi: %d messages not taken: the client sends faster than the server reads", cap(st.msgs)))
-	}
-}
-
 // halfClose records the client's END_STREAM.
 func (c *conn[Req]) halfClose(st *Stream[Req]) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.halfCloseLocked(st)
+}
+
+// halfCloseLocked records the client's END_STREAM: a partial message is
+// dropped, and Next gives io.EOF after the whole ones. c.mu is held.
+func (c *conn[Req]) halfCloseLocked(st *Stream[Req]) {
 	if st.halfClosed || st.ended {
 		return
 	}
 	st.halfClosed = true
-	st.partial = nil
-	if !st.recvErrSent {
-		st.recvErrSent = true
-		st.recvErr <- io.EOF
+	off := 0
+	for {
+		n, whole := frontMessage(st.rbuf[off:])
+		if !whole {
+			break
+		}
+		off += 5 + n
 	}
+	st.rbuf = st.rbuf[:off]
+	if off == 0 {
+		st.rbuf = nil
+	}
+	st.wuIncr = 0
+	if st.recvEnd == nil {
+		st.recvEnd = io.EOF
+	}
+	st.signal()
 }
 
 // onSettings applies the client's settings and acknowledges them.
@@ -907,19 +889,20 @@ func (c *conn[Req]) onRSTStream(f *http2.RSTStreamFrame) error {
 	return nil
 }
 
-// endLocked ends st: Sends fail with err, RecvErr gets it (if it got
-// nothing yet), its context is cancelled. The handler may still run.
-// c.mu is held.
+// endLocked ends st: Sends fail with err, Next gives it after the
+// messages received (unless receiving had ended already), its context is
+// cancelled. The handler may still run. c.mu is held.
 func (c *conn[Req]) endLocked(st *Stream[Req], err error) {
 	if st.ended {
 		return
 	}
 	st.ended = true
 	st.endErr = err
-	if !st.recvErrSent {
-		st.recvErrSent = true
-		st.recvErr <- err
+	st.wuIncr = 0
+	if st.recvEnd == nil {
+		st.recvEnd = err
 	}
+	st.signal()
 	st.wakeLocked()
 	st.idleLocked()
 	if st.deadline != nil {
@@ -929,17 +912,13 @@ func (c *conn[Req]) endLocked(st *Stream[Req], err error) {
 }
 
 // failStream ends st for err (a status error) and tells the client: the
-// trailers carry err's status.
+// trailers carry err's status (ending the stream and deciding its trailers
+// hold wmu, so a handler returning at once cannot write others first).
 func (c *conn[Req]) failStream(st *Stream[Req], err error) {
-	st.failed = true
-	st.partial = nil
-	c.mu.Lock()
-	c.endLocked(st, err)
-	c.mu.Unlock()
-	c.writeTrailers(st, status.Convert(err))
+	c.endAndWriteTrailers(st, status.Convert(err), err)
 }
 
-// resetStream ends st with RST_STREAM code; Sends and RecvErr get err.
+// resetStream ends st with RST_STREAM code; Sends and Next get err.
 func (c *conn[Req]) resetStream(st *Stream[Req], code http2.ErrCode, err error) {
 	c.wmu.Lock()
 	c.mu.Lock()
@@ -951,7 +930,7 @@ func (c *conn[Req]) resetStream(st *Stream[Req], code http2.ErrCode, err error) 
 	if write {
 		werr = c.writeLocked(func(b []byte) []byte { return appendRSTStream(b, st.id, code) })
 	}
-	c.wmu.Unlock()
+	c.wunlock()
 	if werr != nil {
 		c.close(werr)
 	}
@@ -979,11 +958,20 @@ func (c *conn[Req]) resetStreamID(id uint32, code http2.ErrCode, err error) {
 // goroutine waits for flow control), trailers would cut it: the stream
 // is reset instead, with the code closest to stat's.
 func (c *conn[Req]) writeTrailers(st *Stream[Req], stat *status.Status) {
+	c.endAndWriteTrailers(st, stat, nil)
+}
+
+// endAndWriteTrailers is writeTrailers, ending st with end first if end
+// is not nil.
+func (c *conn[Req]) endAndWriteTrailers(st *Stream[Req], stat *status.Status, end error) {
 	c.wmu.Lock()
 	c.mu.Lock()
+	if end != nil {
+		c.endLocked(st, end)
+	}
 	if st.noWrite || st.trailersSent || c.closed {
 		c.mu.Unlock()
-		c.wmu.Unlock()
+		c.wunlock()
 		return
 	}
 	httpStatus := 0
@@ -1005,7 +993,7 @@ func (c *conn[Req]) writeTrailers(st *Stream[Req], stat *status.Status) {
 		}
 		return b
 	})
-	c.wmu.Unlock()
+	c.wunlock()
 	c.resetPingStrikes.Store(true)
 	if err != nil {
 		c.close(err)
@@ -1048,6 +1036,7 @@ func (c *conn[Req]) finish(st *Stream[Req], err error) {
 	c.mu.Lock()
 	delete(c.streams, st.id)
 	c.endLocked(st, status.Error(codes.Canceled, "h2bidi: the stream's handler returned"))
+	st.rbuf = nil
 	last := c.draining && len(c.streams) == 0
 	c.mu.Unlock()
 	c.s.nStreams.Add(-1)
@@ -1060,7 +1049,7 @@ func (c *conn[Req]) finish(st *Stream[Req], err error) {
 func (c *conn[Req]) writeFrames(build func([]byte) []byte) error {
 	c.wmu.Lock()
 	err := c.writeLocked(build)
-	c.wmu.Unlock()
+	c.wunlock()
 	if err != nil {
 		c.close(err)
 	}
@@ -1078,6 +1067,47 @@ func (c *conn[Req]) writeLocked(build func([]byte) []byte) error {
 	return err
 }
 
+// wunlock releases wmu; then, while a stream WINDOW_UPDATE decided by
+// Next waits (Next does not wait for wmu: it leaves the update to the
+// writer holding it), it writes them.
+func (c *conn[Req]) wunlock() {
+	c.wmu.Unlock()
+	for c.wuPending.Load() && c.wmu.TryLock() {
+		c.flushWindowUpdatesLocked()
+		c.wmu.Unlock()
+	}
+}
+
+// flushWindowUpdatesLocked writes the streams' pending WINDOW_UPDATEs.
+// wmu is held.
+func (c *conn[Req]) flushWindowUpdatesLocked() {
+	type update struct{ id, incr uint32 }
+	var arr [8]update
+	ups := arr[:0]
+	c.mu.Lock()
+	c.wuPending.Store(false)
+	for _, st := range c.streams {
+		if st.wuIncr > 0 {
+			if !c.closed && !st.noWrite && !st.trailersSent {
+				ups = append(ups, update{st.id, st.wuIncr})
+			}
+			st.wuIncr = 0
+		}
+	}
+	c.mu.Unlock()
+	if len(ups) == 0 {
+		return
+	}
+	if err := c.writeLocked(func(b []byte) []byte {
+		for _, u := range ups {
+			b = appendWindowUpdate(b, u.id, u.incr)
+		}
+		return b
+	}); err != nil {
+		c.close(err)
+	}
+}
+
 // goAway writes a final GOAWAY (before a close).
 func (c *conn[Req]) goAway(code http2.ErrCode, debug string) {
 	c.mu.Lock()
@@ -1089,7 +1119,7 @@ func (c *conn[Req]) goAway(code http2.ErrCode, debug string) {
 	}
 	c.wmu.Lock()
 	c.writeLocked(func(b []byte) []byte { return appendGoAway(b, sid, code, debug) })
-	c.wmu.Unlock()
+	c.wunlock()
 }
 
 // drain begins a graceful close as grpc-go's server does: GOAWAY with the

@@ -82,13 +82,20 @@ func benchFanOut(b *testing.B, kind string, n int) {
 			}
 			for {
 				select {
-				case <-st.Messages():
-				case err := <-st.RecvErr():
-					if err == io.EOF {
-						<-st.Context().Done()
-						return nil
+				case <-st.Ready():
+					for {
+						_, ok, err := st.Next()
+						if err == io.EOF {
+							<-st.Context().Done()
+							return nil
+						}
+						if err != nil {
+							return err
+						}
+						if !ok {
+							break
+						}
 					}
-					return err
 				case <-changed:
 					gen, changed = bc.current()
 					if err := st.Send(frameOf(gen)); err != nil {

@@ -97,7 +97,7 @@ func FuzzServerConn(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		srv, err := New(Config[req]{
 			Method: method, Unmarshal: unmarshalReq, Handler: echo,
-			QueueLen: 2, MaxRecvMsgSize: 1 << 10, WriteTimeout: time.Second,
+			MaxRecvMsgSize: 1 << 10, WriteTimeout: time.Second,
 			MinPingInterval: time.Millisecond,
 		})
 		if err != nil {

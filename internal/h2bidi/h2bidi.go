@@ -39,7 +39,6 @@ const (
 	defaultInitialWindowSize    = 65535
 	defaultMaxRecvMsgSize       = 4 << 20
 	defaultMaxHeaderListSize    = 16 << 10
-	defaultQueueLen             = 4
 	defaultWriteTimeout         = 10 * time.Second
 	defaultKeepaliveTimeout     = 20 * time.Second
 	defaultMinPingInterval      = 5 * time.Minute
@@ -51,9 +50,10 @@ const (
 type Config[Req any] struct {
 	// Method is the :path served, e.g. "/grpc.lb.v1.LoadBalancer/BalanceLoad" (required).
 	Method string
-	// Unmarshal decodes one message's payload, on the connection's reader
-	// goroutine (required). The payload is valid only during the call: a
-	// decoder that keeps parts of it must copy them (proto.Unmarshal does).
+	// Unmarshal decodes one message's payload, in Stream.Next, on the
+	// handler's goroutine (required). The payload is valid only during the
+	// call: a decoder that keeps parts of it must copy them
+	// (proto.Unmarshal does).
 	Unmarshal func([]byte) (Req, error)
 	// Handler serves one stream on a goroutine of its own; its returned
 	// error's grpc status (status.FromError; nil = OK) goes in the trailers
@@ -79,16 +79,17 @@ type Config[Req any] struct {
 	// InitialWindowSize [65535] is the stream and connection receive window
 	// offered (SETTINGS_INITIAL_WINDOW_SIZE and a connection WINDOW_UPDATE
 	// to reach it). It must be at least 65535, the window a client may use
-	// before it sees our settings.
+	// before it sees our settings. The connection window is given back as
+	// DATA is read; a stream's only as its handler takes the messages
+	// (Stream.Next), so a stream holds at most this many bytes received and
+	// not taken (or one message, if larger), and a client sending faster
+	// than its handler takes waits for window.
 	InitialWindowSize uint32
 	// MaxRecvMsgSize [4 MiB]: a larger message ends the stream with
 	// ResourceExhausted.
 	MaxRecvMsgSize int
 	// MaxHeaderListSize [16 KiB] is SETTINGS_MAX_HEADER_LIST_SIZE, enforced.
 	MaxHeaderListSize uint32
-	// QueueLen [4] is how many messages may be received and not yet taken
-	// from Messages(); one more ends the stream with ResourceExhausted.
-	QueueLen int
 	// WriteTimeout [10s]: a write to the socket blocked that long closes
 	// the connection.
 	WriteTimeout time.Duration
@@ -175,9 +176,6 @@ func New[Req any](cfg Config[Req]) (*Server[Req], error) {
 	if cfg.MaxRecvMsgSize < 0 {
 		errs = append(errs, fmt.Errorf("h2bidi: Config.MaxRecvMsgSize %d is negative", cfg.MaxRecvMsgSize))
 	}
-	if cfg.QueueLen < 0 {
-		errs = append(errs, fmt.Errorf("h2bidi: Config.QueueLen %d is negative", cfg.QueueLen))
-	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -186,7 +184,6 @@ func New[Req any](cfg Config[Req]) (*Server[Req], error) {
 	setDefault(&cfg.InitialWindowSize, defaultInitialWindowSize)
 	setDefault(&cfg.MaxRecvMsgSize, defaultMaxRecvMsgSize)
 	setDefault(&cfg.MaxHeaderListSize, defaultMaxHeaderListSize)
-	setDefault(&cfg.QueueLen, defaultQueueLen)
 	setDefault(&cfg.WriteTimeout, defaultWriteTimeout)
 	setDefault(&cfg.KeepaliveTimeout, defaultKeepaliveTimeout)
 	setDefault(&cfg.MinPingInterval, defaultMinPingInterval)

@@ -11,10 +11,12 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 	"google.golang.org/grpc/codes"
@@ -71,25 +73,39 @@ func initial(name string) *lbpb.LoadBalanceRequest {
 // half-closes (nil) or the stream fails (its error).
 func echo(st *Stream[req]) error {
 	for {
-		select {
-		case r := <-st.Messages():
-			if err := st.Send(respFor(r.GetInitialRequest().GetName())); err != nil {
-				return err
-			}
-		case err := <-st.RecvErr():
-			if err == io.EOF {
-				// Drain what came before the half-close.
-				for {
-					select {
-					case r := <-st.Messages():
-						if err := st.Send(respFor(r.GetInitialRequest().GetName())); err != nil {
-							return err
-						}
-					default:
-						return nil
-					}
-				}
-			}
+		r, err := recv(st)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := st.Send(respFor(r.GetInitialRequest().GetName())); err != nil {
+			return err
+		}
+	}
+}
+
+// recv waits for st's next message, or the error that ends its receiving
+// side.
+func recv(st *Stream[req]) (req, error) {
+	for {
+		m, ok, err := st.Next()
+		if ok {
+			return m, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		<-st.Ready()
+	}
+}
+
+// recvEnd takes st's messages until its receiving side ends, and returns
+// the error that ends it.
+func recvEnd(st *Stream[req]) error {
+	for {
+		if _, err := recv(st); err != nil {
 			return err
 		}
 	}
@@ -207,7 +223,7 @@ func TestEcho(t *testing.T) {
 
 // TestPipelined sends many requests before reading any response.
 func TestPipelined(t *testing.T) {
-	e := start(t, Config[req]{QueueLen: 1000})
+	e := start(t, Config[req]{})
 	cc := dial(t, e.addr)
 	stream, err := lbpb.NewLoadBalancerClient(cc).BalanceLoad(testCtx(t))
 	if err != nil {
@@ -239,7 +255,7 @@ func TestStatusAndMessage(t *testing.T) {
 	for _, sent := range []bool{false, true} {
 		t.Run(fmt.Sprintf("sent=%v", sent), func(t *testing.T) {
 			e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
-				<-st.Messages()
+				recv(st)
 				if sent {
 					if err := st.Send(respFor("x")); err != nil {
 						return err
@@ -510,7 +526,7 @@ func TestFlowControl(t *testing.T) {
 	big := respFor(strings.Repeat("x", size))
 	sent := make(chan error, 1)
 	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
-		<-st.Messages()
+		recv(st)
 		err := st.Send(big)
 		sent <- err
 		return err
@@ -546,7 +562,7 @@ func TestFlowControl(t *testing.T) {
 func TestFlowControlClientNeverReads(t *testing.T) {
 	sent := make(chan error, 1)
 	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
-		<-st.Messages()
+		recv(st)
 		err := st.Send(respFor(strings.Repeat("x", 200<<10)))
 		sent <- err
 		return err
@@ -573,9 +589,9 @@ func TestClientCancel(t *testing.T) {
 	got := make(chan error, 1)
 	ctxDone := make(chan struct{})
 	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
-		<-st.Messages()
+		recv(st)
 		st.Send(respFor("a"))
-		got <- <-st.RecvErr()
+		got <- recvEnd(st)
 		<-st.Context().Done()
 		close(ctxDone)
 		return nil
@@ -589,7 +605,7 @@ func TestClientCancel(t *testing.T) {
 	stream.Recv()
 	cancel()
 	if err := <-got; status.Code(err) != codes.Canceled {
-		t.Fatalf("RecvErr: %v, want Canceled", err)
+		t.Fatalf("Next: %v, want Canceled", err)
 	}
 	<-ctxDone
 	waitFor(t, "the stream to end", func() bool { return e.srv.Stats().Streams == 0 })
@@ -598,7 +614,7 @@ func TestClientCancel(t *testing.T) {
 func TestHalfClose(t *testing.T) {
 	got := make(chan error, 1)
 	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
-		got <- <-st.RecvErr()
+		got <- recvEnd(st)
 		return st.Send(respFor("after"))
 	}})
 	stream, err := lbpb.NewLoadBalancerClient(dial(t, e.addr)).BalanceLoad(testCtx(t))
@@ -607,7 +623,7 @@ func TestHalfClose(t *testing.T) {
 	}
 	stream.CloseSend()
 	if err := <-got; err != io.EOF {
-		t.Fatalf("RecvErr: %v, want io.EOF", err)
+		t.Fatalf("Next: %v, want io.EOF", err)
 	}
 	if _, err := stream.Recv(); err != nil {
 		t.Fatal(err)
@@ -617,55 +633,181 @@ func TestHalfClose(t *testing.T) {
 	}
 }
 
-func TestQueueFullAndTooLarge(t *testing.T) {
+func TestTooLarge(t *testing.T) {
 	got := make(chan error, 1)
-	block := make(chan struct{})
-	e := start(t, Config[req]{QueueLen: 2, MaxRecvMsgSize: 1000, Handler: func(st *Stream[req]) error {
-		<-block
-		got <- <-st.RecvErr()
+	e := start(t, Config[req]{MaxRecvMsgSize: 1000, Handler: func(st *Stream[req]) error {
+		got <- recvEnd(st)
 		<-st.Context().Done()
 		return nil
 	}})
-	defer close(block)
-	t.Run("queue", func(t *testing.T) {
-		stream, err := lbpb.NewLoadBalancerClient(dial(t, e.addr)).BalanceLoad(testCtx(t))
-		if err != nil {
+	stream, err := lbpb.NewLoadBalancerClient(dial(t, e.addr)).BalanceLoad(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Send(initial("first"))
+	stream.Send(initial(strings.Repeat("n", 2000)))
+	_, err = stream.Recv()
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("Recv: %v, want ResourceExhausted", err)
+	}
+	if err := <-got; status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("Next: %v", err)
+	}
+}
+
+// held is the number of bytes st holds received and not taken.
+func held(st *Stream[req]) int {
+	st.c.mu.Lock()
+	defer st.c.mu.Unlock()
+	return len(st.rbuf)
+}
+
+// TestBurstHeldByFlowControl: a burst of 500 messages to a handler that
+// takes none for a while, then takes them slowly: the client's Sends wait
+// for window meanwhile (the stream holds at most its window), and every
+// message arrives, in order, before io.EOF.
+func TestBurstHeldByFlowControl(t *testing.T) {
+	const n = 500
+	const window = 65535
+	type result struct {
+		got, maxHeld int
+		err          error
+	}
+	streams := make(chan *Stream[req], 1)
+	release := make(chan struct{})
+	res := make(chan result, 1)
+	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
+		streams <- st
+		<-release
+		var r result
+		for {
+			r.maxHeld = max(r.maxHeld, held(st))
+			m, err := recv(st)
+			if err != nil {
+				r.err = err
+				break
+			}
+			if name := m.GetInitialRequest().GetName(); !strings.HasPrefix(name, fmt.Sprintf("m%d-", r.got)) {
+				r.err = fmt.Errorf("message %d is %.10q", r.got, name)
+				break
+			}
+			r.got++
+			if r.got%50 == 0 {
+				time.Sleep(10 * time.Millisecond) // a slow handler
+			}
+		}
+		res <- r
+		if r.err == io.EOF {
+			return nil
+		}
+		return r.err
+	}})
+	stream, err := lbpb.NewLoadBalancerClient(dial(t, e.addr)).BalanceLoad(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent atomic.Int64
+	sendDone := make(chan error, 1)
+	go func() {
+		for i := range n {
+			if err := stream.Send(initial(fmt.Sprintf("m%d-%s", i, strings.Repeat("x", 1000)))); err != nil {
+				sendDone <- err
+				return
+			}
+			sent.Add(1)
+		}
+		sendDone <- stream.CloseSend()
+	}()
+	st := <-streams
+	waitFor(t, "the window to fill", func() bool { return held(st) > window-2000 })
+	select {
+	case err := <-sendDone:
+		t.Fatalf("all Sends returned (%v) while the handler took nothing", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if h := held(st); h > window {
+		t.Fatalf("the stream holds %d bytes, over its window", h)
+	}
+	if k := sent.Load(); k >= n {
+		t.Fatalf("%d messages sent", k)
+	}
+	close(release)
+	r := <-res
+	if r.err != io.EOF || r.got != n {
+		t.Fatalf("handler: %d messages then %v, want %d then io.EOF", r.got, r.err, n)
+	}
+	if r.maxHeld > window {
+		t.Fatalf("the stream held %d bytes, over its window", r.maxHeld)
+	}
+	if err := <-sendDone; err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("Recv: %v, want io.EOF", err)
+	}
+}
+
+// TestMessageLargerThanWindow: a message larger than the stream window is
+// received whole (its window is granted), then the window is as before.
+func TestMessageLargerThanWindow(t *testing.T) {
+	e := start(t, Config[req]{})
+	stream, err := lbpb.NewLoadBalancerClient(dial(t, e.addr)).BalanceLoad(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{300 << 10, 10, 70000, 65530} {
+		if err := stream.Send(initial(strings.Repeat("y", size))); err != nil {
 			t.Fatal(err)
 		}
-		for range 3 {
-			stream.Send(initial("a"))
+		resp, err := stream.Recv()
+		if err != nil || len(resp.GetServerList().GetServers()[0].GetLoadBalanceToken()) != size {
+			t.Fatalf("Recv of %d bytes: %v", size, err)
 		}
-		_, err = stream.Recv()
-		if status.Code(err) != codes.ResourceExhausted {
-			t.Fatalf("Recv: %v, want ResourceExhausted", err)
+	}
+}
+
+// TestFlowControlViolation: a client that sends more than the stream's
+// window gets FLOW_CONTROL_ERROR, and the stream never held more than its
+// window.
+func TestFlowControlViolation(t *testing.T) {
+	const window = 65535
+	streams := make(chan *Stream[req], 1)
+	heldAtEnd := make(chan int, 1)
+	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
+		streams <- st
+		<-st.Context().Done()
+		heldAtEnd <- held(st)
+		return nil
+	}})
+	c := dialRaw(t, e.addr)
+	c.open(1)
+	st := <-streams
+	msg := Frame(make([]byte, 1000))
+	var frame []byte
+	for len(frame)+len(msg) <= 16384 {
+		frame = append(frame, msg...)
+	}
+	for sent := 0; sent < 2*window; sent += len(frame) {
+		if err := c.fr.WriteData(1, false, frame); err != nil {
+			break
 		}
-		block <- struct{}{}
-		if err := <-got; status.Code(err) != codes.ResourceExhausted {
-			t.Fatalf("RecvErr: %v", err)
+		if h := held(st); h > window {
+			t.Fatalf("the stream holds %d bytes, over its window", h)
 		}
-	})
-	t.Run("size", func(t *testing.T) {
-		stream, err := lbpb.NewLoadBalancerClient(dial(t, e.addr)).BalanceLoad(testCtx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		stream.Send(initial(strings.Repeat("n", 2000)))
-		_, err = stream.Recv()
-		if status.Code(err) != codes.ResourceExhausted {
-			t.Fatalf("Recv: %v, want ResourceExhausted", err)
-		}
-		block <- struct{}{}
-		if err := <-got; status.Code(err) != codes.ResourceExhausted {
-			t.Fatalf("RecvErr: %v", err)
-		}
-	})
+	}
+	if f, _ := c.next(t, isGoAway).(*goAway); f == nil || f.code != http2.ErrCodeFlowControl {
+		t.Fatalf("GOAWAY = %+v, want FLOW_CONTROL_ERROR", f)
+	}
+	if h := <-heldAtEnd; h > window || h < window-len(frame) {
+		t.Fatalf("the stream held %d bytes at the end, want its window (%d) or a frame less", h, window)
+	}
 }
 
 func TestGracefulStop(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan struct{}, 1)
 	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
-		<-st.Messages()
+		recv(st)
 		started <- struct{}{}
 		<-release
 		return st.Send(respFor("last"))
@@ -703,9 +845,9 @@ func TestStop(t *testing.T) {
 	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
 		running <- struct{}{}
 		<-st.Context().Done()
-		err := <-st.RecvErr()
+		err := recvEnd(st)
 		if status.Code(err) != codes.Unavailable {
-			t.Errorf("RecvErr at Stop: %v, want Unavailable", err)
+			t.Errorf("Next at Stop: %v, want Unavailable", err)
 		}
 		return nil
 	}})
@@ -789,11 +931,11 @@ func TestMaxConcurrentStreams(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
-	_, err := New(Config[req]{InitialWindowSize: 100, QueueLen: -1})
+	_, err := New(Config[req]{InitialWindowSize: 100, MaxRecvMsgSize: -1})
 	if err == nil {
 		t.Fatal("New accepted an empty Config")
 	}
-	for _, want := range []string{"Method", "Unmarshal", "Handler", "InitialWindowSize", "QueueLen"} {
+	for _, want := range []string{"Method", "Unmarshal", "Handler", "InitialWindowSize", "MaxRecvMsgSize"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
 		}
@@ -829,10 +971,8 @@ func TestConcurrentStreams(t *testing.T) {
 	shared := respFor(strings.Repeat("s", 3000))
 	var senders sync.WaitGroup
 	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
-		var r req
-		select {
-		case r = <-st.Messages():
-		case err := <-st.RecvErr():
+		r, err := recv(st)
+		if err != nil {
 			return err
 		}
 		senders.Add(1)
@@ -842,10 +982,7 @@ func TestConcurrentStreams(t *testing.T) {
 			}
 		}()
 		// Return after the client's next message (or its end).
-		select {
-		case <-st.Messages():
-		case <-st.RecvErr():
-		}
+		recv(st)
 		return status.Error(codes.Aborted, r.GetInitialRequest().GetName())
 	}})
 	ctx := testCtx(t)
@@ -897,7 +1034,7 @@ func TestDeadline(t *testing.T) {
 	got := make(chan error, 1)
 	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
 		<-st.Context().Done()
-		got <- <-st.RecvErr()
+		got <- recvEnd(st)
 		return st.Context().Err()
 	}})
 	ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Millisecond)
@@ -910,7 +1047,7 @@ func TestDeadline(t *testing.T) {
 		t.Fatalf("Recv: %v, want DeadlineExceeded", err)
 	}
 	if err := <-got; status.Code(err) != codes.DeadlineExceeded && status.Code(err) != codes.Canceled {
-		t.Fatalf("RecvErr: %v, want DeadlineExceeded (or Canceled when the client's RST came first)", err)
+		t.Fatalf("Next: %v, want DeadlineExceeded (or Canceled when the client's RST came first)", err)
 	}
 }
 
@@ -935,7 +1072,10 @@ func TestTapPlainError(t *testing.T) {
 func TestLargeWindows(t *testing.T) {
 	big := respFor(strings.Repeat("x", 1<<20))
 	e := start(t, Config[req]{InitialWindowSize: 1 << 20, Handler: func(st *Stream[req]) error {
-		r := <-st.Messages()
+		r, err := recv(st)
+		if err != nil {
+			return err
+		}
 		if n := len(r.GetInitialRequest().GetName()); n != 1<<20 {
 			return status.Errorf(codes.InvalidArgument, "name of %d bytes", n)
 		}
@@ -1025,7 +1165,7 @@ func TestMaxConnectionAgeGrace(t *testing.T) {
 		Handler: func(st *Stream[req]) error {
 			st.Send(respFor("a"))
 			<-st.Context().Done()
-			got <- <-st.RecvErr()
+			got <- recvEnd(st)
 			return nil
 		}})
 	stream, err := lbpb.NewLoadBalancerClient(dial(t, e.addr)).BalanceLoad(testCtx(t))
@@ -1043,6 +1183,6 @@ func TestMaxConnectionAgeGrace(t *testing.T) {
 		t.Errorf("the connection lasted %v past its age", d)
 	}
 	if err := <-got; status.Code(err) != codes.Unavailable {
-		t.Fatalf("RecvErr: %v, want Unavailable", err)
+		t.Fatalf("Next: %v, want Unavailable", err)
 	}
 }

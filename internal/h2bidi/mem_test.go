@@ -64,18 +64,25 @@ func memServerMain(kind string) {
 		srv, err := New(Config[req]{Method: method, Unmarshal: unmarshalReq, Creds: creds, Handler: func(st *Stream[req]) error {
 			for {
 				select {
-				case r := <-st.Messages():
-					if r.GetInitialRequest() != nil {
-						if err := st.Send(respFor("backend")); err != nil {
+				case <-st.Ready():
+					for {
+						r, ok, err := st.Next()
+						if err == io.EOF {
+							<-st.Context().Done()
+							return nil
+						}
+						if err != nil {
 							return err
 						}
+						if !ok {
+							break
+						}
+						if r.GetInitialRequest() != nil {
+							if err := st.Send(respFor("backend")); err != nil {
+								return err
+							}
+						}
 					}
-				case err := <-st.RecvErr():
-					if err == io.EOF {
-						<-st.Context().Done()
-						return nil
-					}
-					return err
 				case <-change:
 				case <-st.Context().Done():
 					return st.Context().Err()

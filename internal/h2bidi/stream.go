@@ -10,12 +10,12 @@ import (
 
 // Stream is one call of Config.Method, given to Config.Handler.
 type Stream[Req any] struct {
-	c       *conn[Req]
-	id      uint32
-	ctx     context.Context
-	cancel  context.CancelFunc
-	msgs    chan Req
-	recvErr chan error
+	c      *conn[Req]
+	id     uint32
+	ctx    context.Context
+	cancel context.CancelFunc
+	// ready (buffered 1) tells the handler that Next may have something.
+	ready chan struct{}
 	// wake (buffered 1) wakes a Send waiting for flow-control window or
 	// for the stream's end.
 	wake chan struct{}
@@ -30,7 +30,6 @@ type Stream[Req any] struct {
 	ended        bool  // Sends fail with endErr
 	endErr       error //
 	noWrite      bool  // reset, or the connection closed: nothing more is written
-	recvErrSent  bool
 	headersSent  bool
 	trailersSent bool
 	// midMessage: a Send wrote part of a message (changed with c.wmu held
@@ -41,11 +40,21 @@ type Stream[Req any] struct {
 	finishing  bool
 	idle       chan struct{}
 
-	// The reader's own fields.
-	recvWin     int64
-	recvUnacked int64
-	partial     []byte // a message being received across frames
-	failed      bool   // the transport ended the stream (failStream)
+	// Receiving, under c.mu too: the reader appends, Next takes.
+	// rbuf holds the DATA received and not yet taken: whole gRPC messages,
+	// prefix included, then at most one partial message (nil when empty).
+	// scanned is the offset in rbuf of the next message prefix the reader
+	// has not yet checked (past len(rbuf) while a message is incomplete).
+	// recvWin is the stream window the client has left, as we granted it;
+	// recvEnd, once set, is the error that ends receiving (io.EOF after
+	// the half-close), given by Next after the messages before it.
+	rbuf    []byte
+	scanned int
+	recvWin int64
+	recvEnd error
+	// wuIncr is a stream WINDOW_UPDATE decided by Next and not yet written
+	// (see conn.wunlock).
+	wuIncr uint32
 }
 
 // Context is cancelled when the stream ends (its handler returned, the
@@ -55,23 +64,109 @@ type Stream[Req any] struct {
 // deadline.
 func (st *Stream[Req]) Context() context.Context { return st.ctx }
 
-// Messages returns the messages received, in order. At most
-// Config.QueueLen wait; one more ends the stream with ResourceExhausted.
-// It is never closed: RecvErr says when no more will come.
-func (st *Stream[Req]) Messages() <-chan Req { return st.msgs }
+// Ready returns a channel (buffered 1) signalled when Next may have
+// something for the handler: a message, or the end of the receiving side.
+func (st *Stream[Req]) Ready() <-chan struct{} { return st.ready }
 
-// RecvErr returns a channel (buffered 1) that gets, at most once, io.EOF
-// when the client half-closes, or a grpc status error when the stream
-// fails: Canceled when the client resets it, Unavailable when the
-// connection goes, ResourceExhausted for a message too large or a queue
-// full, Internal for a message that does not decode or is compressed,
-// DeadlineExceeded at the grpc-timeout.
+// Next takes the next message received (ok true, err nil); or, once every
+// message received before it was taken, the error that ends receiving (ok
+// false): io.EOF after the client's half-close, or the stream's failure as
+// a grpc status error (Canceled when the client resets it, Unavailable when
+// the connection goes, ResourceExhausted for a message too large, Internal
+// for a message that is compressed or does not decode, DeadlineExceeded at
+// the grpc-timeout); ok false and err nil when nothing waits yet (wait on
+// Ready). The message is decoded here, on the caller's goroutine, with
+// Config.Unmarshal. When more waits after what it returns, Ready is
+// signalled again. Only one goroutine may call Next at a time.
 //
-// Unlike internal/recvloop, whose error comes after the last message was
-// taken, the value may come while messages still wait in Messages(): a
-// handler that needs every message drains Messages() (without blocking)
-// after RecvErr gives io.EOF.
-func (st *Stream[Req]) RecvErr() <-chan error { return st.recvErr }
+// The stream's receive window is given back to the client as Next takes
+// the bytes, so a client sending faster than the handler takes is held by
+// flow control: a stream holds at most Config.InitialWindowSize bytes
+// received and not taken (or one message, when a message is larger). The
+// WINDOW_UPDATE is written without waiting for other writers: if the
+// connection is busy, the writer that holds it writes the update too.
+func (st *Stream[Req]) Next() (msg Req, ok bool, err error) {
+	c := st.c
+	c.mu.Lock()
+	n, whole := frontMessage(st.rbuf)
+	if !whole {
+		err := st.recvEnd
+		c.mu.Unlock()
+		return msg, false, err
+	}
+	payload := st.rbuf[5 : 5+n]
+	st.rbuf = st.rbuf[5+n:]
+	st.scanned -= 5 + n
+	if len(st.rbuf) == 0 {
+		st.rbuf = nil // the decode below reads the old array; appends go to a new one
+	}
+	_, more := frontMessage(st.rbuf)
+	more = more || st.recvEnd != nil
+	incr := st.grantLocked(int64(c.s.cfg.InitialWindowSize))
+	if incr > 0 {
+		st.wuIncr += incr
+		c.wuPending.Store(true)
+	}
+	c.mu.Unlock()
+	if more {
+		st.signal()
+	}
+	if incr > 0 && c.wmu.TryLock() {
+		c.flushWindowUpdatesLocked()
+		c.wunlock()
+	}
+	m, derr := c.s.cfg.Unmarshal(payload)
+	if derr != nil {
+		err := status.Errorf(codes.Internal, "grpc: failed to unmarshal the received message: %v", derr)
+		c.failStream(st, err)
+		return msg, false, err
+	}
+	return m, true, nil
+}
+
+// frontMessage returns the payload length of the message at the start of
+// b (whose prefix the reader checked) and whether it is whole in b.
+func frontMessage(b []byte) (int, bool) {
+	if len(b) < 5 {
+		return 0, false
+	}
+	n := int(uint32(b[1])<<24 | uint32(b[2])<<16 | uint32(b[3])<<8 | uint32(b[4]))
+	return n, 5+n <= len(b)
+}
+
+// grantLocked decides the stream WINDOW_UPDATE due, if any, and counts it
+// in recvWin: the client's window is what brings the bytes held to iw (the
+// receive window), or to the size of the first message when it is larger
+// and incomplete; an update is due when a quarter of iw is owed, or when
+// the client could not complete the first message without it. c.mu is
+// held.
+func (st *Stream[Req]) grantLocked(iw int64) uint32 {
+	if st.halfClosed || st.ended {
+		return 0
+	}
+	held := int64(len(st.rbuf))
+	target := iw
+	stuck := false
+	if n, whole := frontMessage(st.rbuf); !whole && len(st.rbuf) >= 5 {
+		size := int64(5 + n)
+		target = max(target, size)
+		stuck = st.recvWin < size-held
+	}
+	owe := target - held - st.recvWin
+	if owe <= 0 || (owe < iw/4 && !stuck) {
+		return 0
+	}
+	st.recvWin += owe
+	return uint32(owe)
+}
+
+// signal signals Ready.
+func (st *Stream[Req]) signal() {
+	select {
+	case st.ready <- struct{}{}:
+	default:
+	}
+}
 
 // idleLocked releases a finish waiting for a half-written message. c.mu
 // is held.
@@ -136,7 +231,7 @@ func (st *Stream[Req]) Send(msg []byte) error {
 			}
 			err := st.sendErrLocked()
 			c.mu.Unlock()
-			c.wmu.Unlock()
+			c.wunlock()
 			return err
 		}
 		headers := !st.headersSent
@@ -151,7 +246,7 @@ func (st *Stream[Req]) Send(msg []byte) error {
 			}
 			return appendData(b, st.id, chunk, maxFrame)
 		})
-		c.wmu.Unlock()
+		c.wunlock()
 		c.resetPingStrikes.Store(true)
 		if err != nil {
 			c.close(err)
