@@ -497,15 +497,18 @@ func (c *conn[Req]) onHeaders(f *http2.MetaHeadersFrame) error {
 			return b
 		})
 	}
+	// Another method goes to Config.Other, which checks the request
+	// itself.
+	other := path != cfg.Method && cfg.Other != nil
 	// The order of the checks is grpc-go's.
 	switch {
 	case authorities > 1 || nhosts > 1:
 		return abort(status.New(codes.Internal, fmt.Sprintf("num values of :authority: %v, num values of host: %v, both must only have 1 value as per HTTP/2 spec", authorities, nhosts)), http.StatusBadRequest)
 	case protoErr:
 		return c.writeFrames(func(b []byte) []byte { return appendRSTStream(b, id, http2.ErrCodeProtocol) })
-	case !isGRPC:
+	case !isGRPC && !other:
 		return abort(status.Newf(codes.InvalidArgument, "invalid gRPC request content-type %q", ct), http.StatusUnsupportedMediaType)
-	case headerErr != nil:
+	case headerErr != nil && !other:
 		return abort(headerErr, http.StatusBadRequest)
 	}
 	if authorities == 0 {
@@ -515,10 +518,17 @@ func (c *conn[Req]) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	delete(md, "host")
 	switch {
-	case len(md[":authority"]) == 0:
+	case len(md[":authority"]) == 0 && !other:
 		return abort(status.New(codes.Internal, "no host or :authority header present"), http.StatusBadRequest)
 	case draining || active >= cfg.MaxConcurrentStreams:
 		return c.writeFrames(func(b []byte) []byte { return appendRSTStream(b, id, http2.ErrCodeRefusedStream) })
+	case other:
+		// Not a gRPC error of ours: the timeout is grpc's to parse too.
+		var to time.Duration
+		if timeoutSet && headerErr == nil {
+			to = timeout
+		}
+		return c.startOther(f, method, path, to)
 	case method != http.MethodPost:
 		return abort(status.New(codes.Internal, fmt.Sprintf("Received a HEADERS frame with :method %q which should be POST", method)), http.StatusMethodNotAllowed)
 	case path != cfg.Method:
@@ -553,29 +563,41 @@ func (c *conn[Req]) onHeaders(f *http2.MetaHeadersFrame) error {
 		cancel()
 		return abort(status.New(codes.DeadlineExceeded, context.DeadlineExceeded.Error()), http.StatusOK)
 	}
-	st = &Stream[Req]{
+	if !timeoutSet {
+		timeout = 0
+	}
+	c.startStream(id, ctx, cancel, f.StreamEnded(), timeout, nil)
+	return nil
+}
+
+// startStream registers a new stream and starts its handler goroutine
+// (Config.Handler, or Config.Other when other is set). timeout, if not
+// 0, resets the stream at its end.
+func (c *conn[Req]) startStream(id uint32, ctx context.Context, cancel context.CancelFunc, ended bool, timeout time.Duration, other *otherStream) {
+	st := &Stream[Req]{
 		c:       c,
 		id:      id,
 		ctx:     ctx,
 		cancel:  cancel,
 		ready:   make(chan struct{}, 1),
 		wake:    make(chan struct{}, 1),
-		recvWin: int64(cfg.InitialWindowSize),
+		recvWin: int64(c.s.cfg.InitialWindowSize),
+		other:   other,
 	}
 	c.mu.Lock()
 	if c.closed || c.draining {
 		c.mu.Unlock()
 		cancel()
-		return nil
+		return
 	}
 	st.sendWin = c.peerInitialWin
 	c.streams[id] = st
-	if f.StreamEnded() {
+	if ended {
 		st.halfClosed = true
 		st.recvEnd = io.EOF
 		st.signal()
 	}
-	if timeoutSet {
+	if timeout != 0 {
 		// As grpc-go: at the deadline the stream is reset (CANCEL).
 		st.deadline = time.AfterFunc(timeout, func() {
 			c.resetStream(st, http2.ErrCodeCancel, status.Error(codes.DeadlineExceeded, "h2bidi: the stream's deadline passed"))
@@ -584,15 +606,19 @@ func (c *conn[Req]) onHeaders(f *http2.MetaHeadersFrame) error {
 	c.s.wg.Add(1)
 	c.mu.Unlock()
 	c.s.nStreams.Add(1)
-	go c.runHandler(st)
-	return nil
+	if other != nil {
+		go c.runOther(st)
+	} else {
+		go c.runHandler(st)
+	}
 }
 
 // runHandler runs on a stream's goroutine.
 func (c *conn[Req]) runHandler(st *Stream[Req]) {
 	defer c.s.wg.Done()
 	err := c.s.cfg.Handler(st)
-	c.finish(st, err)
+	stat := status.Convert(err)
+	c.finish(st, func() { c.writeTrailers(st, stat) })
 }
 
 // isGRPCContentType reports whether v is application/grpc, or
@@ -692,7 +718,7 @@ func (c *conn[Req]) onData(f *http2.DataFrame) error {
 	// they come, so that a message too large ends the stream at once.
 	st.rbuf = append(st.rbuf, f.Data()...)
 	var bad error
-	for st.scanned+5 <= len(st.rbuf) {
+	for st.other == nil && st.scanned+5 <= len(st.rbuf) {
 		m, err := c.checkPrefix(st.rbuf[st.scanned:])
 		if err != nil {
 			bad = err
@@ -702,6 +728,9 @@ func (c *conn[Req]) onData(f *http2.DataFrame) error {
 		st.scanned += 5 + m
 	}
 	_, whole := frontMessage(st.rbuf)
+	if st.other != nil {
+		whole = len(st.rbuf) > 0
+	}
 	var incr uint32
 	if bad == nil {
 		if f.StreamEnded() {
@@ -744,22 +773,25 @@ func (c *conn[Req]) halfClose(st *Stream[Req]) {
 }
 
 // halfCloseLocked records the client's END_STREAM: a partial message is
-// dropped, and Next gives io.EOF after the whole ones. c.mu is held.
+// dropped, and Next gives io.EOF after the whole ones (an Other stream's
+// body, after its bytes). c.mu is held.
 func (c *conn[Req]) halfCloseLocked(st *Stream[Req]) {
 	if st.halfClosed || st.ended {
 		return
 	}
 	st.halfClosed = true
-	off := 0
-	for {
-		n, whole := frontMessage(st.rbuf[off:])
-		if !whole {
-			break
+	if st.other == nil {
+		off := 0
+		for {
+			n, whole := frontMessage(st.rbuf[off:])
+			if !whole {
+				break
+			}
+			off += 5 + n
 		}
-		off += 5 + n
+		st.rbuf = st.rbuf[:off]
 	}
-	st.rbuf = st.rbuf[:off]
-	if off == 0 {
+	if len(st.rbuf) == 0 {
 		st.rbuf = nil
 	}
 	st.wuIncr = 0
@@ -964,6 +996,22 @@ func (c *conn[Req]) writeTrailers(st *Stream[Req], stat *status.Status) {
 // endAndWriteTrailers is writeTrailers, ending st with end first if end
 // is not nil.
 func (c *conn[Req]) endAndWriteTrailers(st *Stream[Req], stat *status.Status, end error) {
+	c.writeEnd(st, end, rstCode(stat.Code()), func(b []byte, headersSent bool, maxFrame uint32) []byte {
+		httpStatus := 0
+		if !headersSent {
+			httpStatus = http.StatusOK
+		}
+		return appendStatus(b, st.id, maxFrame, stat, httpStatus)
+	})
+}
+
+// writeEnd writes the frames build appends to end st's response (ending
+// with END_STREAM; headersSent says whether response headers went
+// before), then RST_STREAM NO_ERROR if the client has not half-closed;
+// or, while a message is half written, RST_STREAM midCode instead. It
+// ends st with end first if end is not nil, and writes nothing once the
+// stream was reset or its end written.
+func (c *conn[Req]) writeEnd(st *Stream[Req], end error, midCode http2.ErrCode, build func(b []byte, headersSent bool, maxFrame uint32) []byte) {
 	c.wmu.Lock()
 	c.mu.Lock()
 	if end != nil {
@@ -974,10 +1022,7 @@ func (c *conn[Req]) endAndWriteTrailers(st *Stream[Req], stat *status.Status, en
 		c.wunlock()
 		return
 	}
-	httpStatus := 0
-	if !st.headersSent {
-		httpStatus = http.StatusOK
-	}
+	headersSent := st.headersSent
 	midMessage := st.midMessage
 	st.headersSent, st.trailersSent = true, true
 	rst := !st.halfClosed
@@ -985,9 +1030,9 @@ func (c *conn[Req]) endAndWriteTrailers(st *Stream[Req], stat *status.Status, en
 	c.mu.Unlock()
 	err := c.writeLocked(func(b []byte) []byte {
 		if midMessage {
-			return appendRSTStream(b, st.id, rstCode(stat.Code()))
+			return appendRSTStream(b, st.id, midCode)
 		}
-		b = appendStatus(b, st.id, maxFrame, stat, httpStatus)
+		b = build(b, headersSent, maxFrame)
 		if rst {
 			b = appendRSTStream(b, st.id, http2.ErrCodeNo)
 		}
@@ -1015,7 +1060,7 @@ func rstCode(code codes.Code) http2.ErrCode {
 // finish ends a stream whose handler returned with err. A message still
 // being sent (by a Send on another goroutine) may complete first, for up
 // to WriteTimeout.
-func (c *conn[Req]) finish(st *Stream[Req], err error) {
+func (c *conn[Req]) finish(st *Stream[Req], writeEnd func()) {
 	c.mu.Lock()
 	st.finishing = true
 	var idle chan struct{}
@@ -1032,7 +1077,7 @@ func (c *conn[Req]) finish(st *Stream[Req], err error) {
 		}
 		t.Stop()
 	}
-	c.writeTrailers(st, status.Convert(err))
+	writeEnd()
 	c.mu.Lock()
 	delete(c.streams, st.id)
 	c.endLocked(st, status.Error(codes.Canceled, "h2bidi: the stream's handler returned"))

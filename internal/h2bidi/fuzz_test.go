@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -75,6 +76,17 @@ func fuzzSeeds() [][]byte {
 	frames(func(fr *http2.Framer) {
 		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: requestBlock("/grpc.health.v1.Health/Check"), EndHeaders: true})
 	})
+	// Other methods on a connection served here.
+	frames(func(fr *http2.Framer) {
+		open(fr, 1, false)
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: requestBlock("/grpc.health.v1.Health/Check", "grpc-timeout", "1S"), EndHeaders: true})
+		fr.WriteData(3, false, msg[:2])
+		fr.WriteData(3, true, msg[2:])
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, BlockFragment: requestBlock("/other", ":method", "GET"), EndHeaders: true, EndStream: true})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 7, BlockFragment: requestBlock("/other"), EndHeaders: true})
+		fr.WriteData(7, false, make([]byte, 100))
+		fr.WriteRSTStream(7, http2.ErrCodeCancel)
+	})
 	frames(func(fr *http2.Framer) {
 		open(fr, 1, false)
 		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: requestBlock(method, "grpc-timeout", "1m", "x-bin", "!!"), EndHeaders: true})
@@ -86,6 +98,21 @@ func fuzzSeeds() [][]byte {
 	return seeds
 }
 
+// fuzzOther is the fuzz target's Config.Other: it reads some of the body,
+// writes headers, data and trailers.
+var fuzzOther = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Trailer", "X-Declared")
+	w.Header().Set("Content-Type", "application/grpc")
+	n, _ := io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
+	if n > 10 {
+		w.WriteHeader(http.StatusAccepted)
+	}
+	w.Write(make([]byte, n%70000))
+	w.(http.Flusher).Flush()
+	w.Header().Set("X-Declared", "d")
+	w.Header().Set(http.TrailerPrefix+"Grpc-Status", "0")
+})
+
 // FuzzServerConn feeds arbitrary frames after a valid client preface to
 // a connection of a Server and checks that it neither panics, nor blocks
 // (Stop returns within a bound), nor leaks (no connection or stream left;
@@ -96,7 +123,7 @@ func FuzzServerConn(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		srv, err := New(Config[req]{
-			Method: method, Unmarshal: unmarshalReq, Handler: echo,
+			Method: method, Unmarshal: unmarshalReq, Handler: echo, Other: fuzzOther,
 			MaxRecvMsgSize: 1 << 10, WriteTimeout: time.Second,
 			MinPingInterval: time.Millisecond,
 		})

@@ -13,9 +13,10 @@
 // handed, with every byte read so far replayed, to a grpc.Server serving
 // Others with OthersCreds.
 //
-// Connections served here accept only the configured method: other
-// methods on them get Unimplemented. Message compression is not
-// supported. Connection-level errors are logged at DEBUG only, since a
+// Streams of other methods on connections served here go to
+// Config.Other (the same grpc.Server, through its ServeHTTP), or get
+// Unimplemented without it. Message compression is not supported for
+// the configured method. Connection-level errors are logged at DEBUG only, since a
 // client can cause them.
 package h2bidi
 
@@ -25,6 +26,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,7 +111,22 @@ type Config[Req any] struct {
 	// keepalive.ServerParameters: at the age (±10%) the connection is sent a
 	// graceful GOAWAY; after the grace it is closed.
 	MaxConnectionAge, MaxConnectionAgeGrace time.Duration
-	// Logger [discard] gets connection-level errors, at DEBUG only.
+	// Other, if set, serves the streams of other methods on the
+	// connections served here, as HTTP/2 requests: pass the grpc.Server
+	// that serves Others() (it implements http.Handler with ServeHTTP). Its
+	// ServeHTTP runs on the stream's goroutine (the stream counts against
+	// MaxConcurrentStreams until it returns); the request has ProtoMajor 2,
+	// the request's header fields as Header, RemoteAddr, TLS (the
+	// connection's state, with TLS credentials), the stream's context, and
+	// a Body reading the stream's DATA, its window given back as it is
+	// read; the http.ResponseWriter is an http.Flusher writing DATA under
+	// the client's flow control and sends trailers as net/http's HTTP/2
+	// server does (keys declared in the "Trailer" header, or prefixed with
+	// http.TrailerPrefix). Tap does not run for them. Nil answers them
+	// Unimplemented.
+	Other http.Handler
+	// Logger [discard] gets connection-level errors, at DEBUG only (and a
+	// panic of Other, at ERROR).
 	Logger *slog.Logger
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -143,6 +145,10 @@ func start(t testing.TB, cfg Config[req], gopts ...grpc.ServerOption) *env {
 	e.gs = grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(srv.OthersCreds())}, gopts...)...)
 	e.health = health.NewServer()
 	healthpb.RegisterHealthServer(e.gs, e.health)
+	reflection.Register(e.gs)
+	if lh, ok := cfg.Other.(*lateHandler); ok {
+		lh.h.Store(e.gs)
+	}
 	gsDone := make(chan struct{})
 	go func() { defer close(gsDone); e.gs.Serve(srv.Others()) }()
 	go func() { e.done <- srv.Serve(lis) }()
@@ -156,6 +162,12 @@ func start(t testing.TB, cfg Config[req], gopts ...grpc.ServerOption) *env {
 	})
 	return e
 }
+
+// lateHandler, as the Config.Other given to start, serves with start's
+// grpc.Server (made after New).
+type lateHandler struct{ h atomic.Pointer[grpc.Server] }
+
+func (l *lateHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) { l.h.Load().ServeHTTP(w, r) }
 
 func dial(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()

@@ -55,6 +55,10 @@ type Stream[Req any] struct {
 	// wuIncr is a stream WINDOW_UPDATE decided by Next and not yet written
 	// (see conn.wunlock).
 	wuIncr uint32
+
+	// other is set for a stream of another method, served by
+	// Config.Other: rbuf holds its request body's bytes as they come.
+	other *otherStream
 }
 
 // Context is cancelled when the stream ends (its handler returned, the
@@ -103,18 +107,11 @@ func (st *Stream[Req]) Next() (msg Req, ok bool, err error) {
 	_, more := frontMessage(st.rbuf)
 	more = more || st.recvEnd != nil
 	incr := st.grantLocked(int64(c.s.cfg.InitialWindowSize))
-	if incr > 0 {
-		st.wuIncr += incr
-		c.wuPending.Store(true)
-	}
 	c.mu.Unlock()
 	if more {
 		st.signal()
 	}
-	if incr > 0 && c.wmu.TryLock() {
-		c.flushWindowUpdatesLocked()
-		c.wunlock()
-	}
+	c.giveWindow(st, incr)
 	m, derr := c.s.cfg.Unmarshal(payload)
 	if derr != nil {
 		err := status.Errorf(codes.Internal, "grpc: failed to unmarshal the received message: %v", derr)
@@ -141,13 +138,13 @@ func frontMessage(b []byte) (int, bool) {
 // the client could not complete the first message without it. c.mu is
 // held.
 func (st *Stream[Req]) grantLocked(iw int64) uint32 {
-	if st.halfClosed || st.ended {
+	if st.halfClosed || st.ended || (st.other != nil && st.other.bodyClosed) {
 		return 0
 	}
 	held := int64(len(st.rbuf))
 	target := iw
 	stuck := false
-	if n, whole := frontMessage(st.rbuf); !whole && len(st.rbuf) >= 5 {
+	if n, whole := frontMessage(st.rbuf); st.other == nil && !whole && len(st.rbuf) >= 5 {
 		size := int64(5 + n)
 		target = max(target, size)
 		stuck = st.recvWin < size-held
@@ -158,6 +155,24 @@ func (st *Stream[Req]) grantLocked(iw int64) uint32 {
 	}
 	st.recvWin += owe
 	return uint32(owe)
+}
+
+// giveWindow writes a stream WINDOW_UPDATE of incr (if not 0) decided by
+// the handler's side (Next, an Other stream's body): at once if the
+// connection is not being written to, else by the writer holding wmu when
+// it releases it (conn.wunlock), so that the handler does not wait.
+func (c *conn[Req]) giveWindow(st *Stream[Req], incr uint32) {
+	if incr == 0 {
+		return
+	}
+	c.mu.Lock()
+	st.wuIncr += incr
+	c.wuPending.Store(true)
+	c.mu.Unlock()
+	if c.wmu.TryLock() {
+		c.flushWindowUpdatesLocked()
+		c.wunlock()
+	}
 }
 
 // signal signals Ready.
@@ -192,6 +207,11 @@ func (st *Stream[Req]) wakeLocked() {
 // it returns the stream's error). Only one Send may run at a time on a
 // stream, on any goroutine. msg is neither modified nor retained.
 func (st *Stream[Req]) Send(msg []byte) error {
+	return st.send(msg, appendResponseHeaders)
+}
+
+// send is Send, with headers appending the response HEADERS.
+func (st *Stream[Req]) send(msg []byte, headers func(b []byte, streamID, maxFrame uint32) []byte) error {
 	c := st.c
 	defer func() {
 		// Whether the message went whole or not, a finish waiting for it
@@ -234,15 +254,15 @@ func (st *Stream[Req]) Send(msg []byte) error {
 			c.wunlock()
 			return err
 		}
-		headers := !st.headersSent
+		withHeaders := !st.headersSent
 		st.headersSent = true
 		st.midMessage = off+int(n) < len(msg)
 		maxFrame := c.peerMaxFrame
 		c.mu.Unlock()
 		chunk := msg[off : off+int(n)]
 		err := c.writeLocked(func(b []byte) []byte {
-			if headers {
-				b = appendResponseHeaders(b, st.id, maxFrame)
+			if withHeaders {
+				b = headers(b, st.id, maxFrame)
 			}
 			return appendData(b, st.id, chunk, maxFrame)
 		})
