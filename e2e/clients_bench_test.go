@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -45,6 +46,9 @@ type clientsCase struct {
 	services int  // services the streams spread over, evenly
 	perConn  int  // streams per client connection
 	waves    bool // every client reconnects once, and RSS is read again
+	// transport is the lbserver's -transport ("" for its default, the
+	// balancer's own).
+	transport string
 }
 
 // BenchmarkClientMemory measures what clients cost the lbserver binary
@@ -85,6 +89,9 @@ func BenchmarkClientMemory(b *testing.B) {
 		{name: "clients=10000", streams: 10000, services: 1, perConn: 1, waves: true},
 		{name: "services=100", streams: 10000, services: 100, perConn: 1},
 		{name: "clients=10000,per-conn=100", streams: 10000, services: 1, perConn: 100},
+		// The same clients on grpc-go's server instead of the balancer's
+		// own transport, side by side.
+		{name: "clients=10000,transport=grpc", streams: 10000, services: 1, perConn: 1, transport: "grpc"},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			conns := c.streams / c.perConn
@@ -314,7 +321,7 @@ func benchClients(b *testing.B, lbBin string, c clientsCase) {
 		"-max-streams", slack, "-max-streams-per-ip", slack,
 		"-max-streams-per-conn", strconv.Itoa(max(c.perConn, c.services)),
 		"-max-stream-rate-per-ip", "0", "-log-level", "warn",
-		"-admin-listen", admin, "-admin-pprof")
+		"-admin-listen", admin, "-admin-pprof", "-transport", cmp.Or(c.transport, "lookaside"))
 	pid := lbp.cmd.Process.Pid
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*clientsOpenLimit+clientsPropLimit+time.Minute)

@@ -59,11 +59,11 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 	// Recv runs in its own goroutine so that a silent client can be timed
 	// out and ClientStats read while lists are sent. It ends when the
 	// stream's context does, which grpc ends as this handler returns.
-	reqs, recvErr := receive(ctx, stream)
+	in := receive(ctx, stream)
 
 	// The stream's one timer: the initial request's, then its sends'.
 	timer := time.NewTimer(s.cfg.InitialRequestTimeout)
-	name, outcome, err := s.awaitInitial(ctx, reqs, recvErr, timer)
+	name, outcome, err := s.awaitInitial(ctx, in, timer)
 	if err != nil {
 		s.log.Debug("stream rejected", "stream", id, "peer", peerAddr, "err", err)
 		s.obs.StreamStarted(NoServiceLabel)
@@ -85,8 +85,7 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 		srv:       s,
 		stream:    stream,
 		ctx:       ctx,
-		reqs:      reqs,
-		recvErr:   recvErr,
+		in:        in,
 		client:    policy.Client{Addr: peerAddr.Addr(), Name: name, Seed: s.seed()},
 		sendTimer: timer,
 		ignored:   fullBucket(float64(set.MaxIgnoredMessages), s.now()),
@@ -175,27 +174,37 @@ func outcomeOf(err error) string {
 // awaitInitial waits for the initial request, up to timer (set to
 // InitialRequestTimeout; stopped on return), and returns its name, or the
 // error that ends the stream with its Observer outcome.
-func (s *Server) awaitInitial(ctx context.Context, reqs <-chan *lbpb.LoadBalanceRequest, recvErr <-chan error, timer *time.Timer) (name, outcome string, err error) {
+func (s *Server) awaitInitial(ctx context.Context, in inbox, timer *time.Timer) (name, outcome string, err error) {
 	defer timer.Stop()
-	select {
-	case req := <-reqs:
-		init := req.GetInitialRequest()
-		if init == nil {
-			s.counters.invalidRequests.Add(1)
-			return "", OutcomeInvalid, status.Error(codes.InvalidArgument, "lbserver: first message must be an initial_request")
+	var req *lbpb.LoadBalanceRequest
+	var ok bool
+	for !ok {
+		select {
+		case req = <-in.reqs:
+			ok = true
+		case <-in.ready:
+			if req, ok, err = in.next(); err != nil {
+				err = recvStatus(err)
+				return "", outcomeOf(err), err
+			}
+		case err := <-in.recvErr:
+			err = recvStatus(err)
+			return "", outcomeOf(err), err
+		case <-timer.C:
+			s.counters.initialTimeouts.Add(1)
+			return "", OutcomeInitialTimeout, status.Errorf(codes.DeadlineExceeded, "lbserver: no initial request within %v", s.cfg.InitialRequestTimeout)
+		case <-ctx.Done():
+			return "", OutcomeOK, status.FromContextError(ctx.Err()).Err()
+		case <-s.closing:
+			return "", OutcomeShutdown, status.Error(codes.Unavailable, "lbserver: shutting down")
 		}
-		return init.GetName(), "", nil
-	case err := <-recvErr:
-		err = recvStatus(err)
-		return "", outcomeOf(err), err
-	case <-timer.C:
-		s.counters.initialTimeouts.Add(1)
-		return "", OutcomeInitialTimeout, status.Errorf(codes.DeadlineExceeded, "lbserver: no initial request within %v", s.cfg.InitialRequestTimeout)
-	case <-ctx.Done():
-		return "", OutcomeOK, status.FromContextError(ctx.Err()).Err()
-	case <-s.closing:
-		return "", OutcomeShutdown, status.Error(codes.Unavailable, "lbserver: shutting down")
 	}
+	init := req.GetInitialRequest()
+	if init == nil {
+		s.counters.invalidRequests.Add(1)
+		return "", OutcomeInvalid, status.Error(codes.InvalidArgument, "lbserver: first message must be an initial_request")
+	}
+	return init.GetName(), "", nil
 }
 
 // streamState is one stream after its initial request. Owned by the
@@ -204,8 +213,7 @@ type streamState struct {
 	srv     *Server
 	stream  balanceStream
 	ctx     context.Context
-	reqs    <-chan *lbpb.LoadBalanceRequest
-	recvErr <-chan error
+	in      inbox
 	expired <-chan time.Time // the stream's maximum age; nil for none
 	svc     *service         // nil until the service is acquired
 	client  policy.Client
@@ -273,14 +281,18 @@ func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBala
 			st.setLabel() // and wait again
 		case <-changed:
 			return nil
-		case req := <-st.reqs:
+		case req := <-st.in.reqs:
 			return handle(req)
-		case err := <-st.recvErr:
-			if errors.Is(err, io.EOF) {
-				return st.end(OutcomeOK, errEnd)
+		case <-st.in.ready:
+			req, ok, err := st.in.next()
+			if ok {
+				return handle(req)
 			}
-			err = recvStatus(err)
-			return st.end(outcomeOf(err), err)
+			if err != nil {
+				return st.received(err)
+			}
+		case err := <-st.in.recvErr:
+			return st.received(err)
 		case <-st.ctx.Done():
 			return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
 		case <-s.closing:
@@ -301,6 +313,16 @@ func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBala
 			return nil
 		}
 	}
+}
+
+// received returns what ends the stream when receiving ended with err:
+// errEnd for the client's half-close, else err's status.
+func (st *streamState) received(err error) error {
+	if errors.Is(err, io.EOF) {
+		return st.end(OutcomeOK, errEnd)
+	}
+	err = recvStatus(err)
+	return st.end(outcomeOf(err), err)
 }
 
 // logger returns the stream's logger, with its stream ID, peer and
@@ -573,17 +595,26 @@ func (st *streamState) sendMsg(m any) error {
 	return st.stream.SendMsg(m)
 }
 
-// receive returns the channels of stream's messages and of the error
-// that ends them: the connection reader's, for a stream of the balancer's
-// own transport; otherwise those of a receive loop (internal/recvloop)
-// that Recv's on a goroutine of its own until the stream ends.
-func receive(ctx context.Context, stream balanceStream) (<-chan *lbpb.LoadBalanceRequest, <-chan error) {
-	if o, ok := stream.(interface {
-		channels() (<-chan *lbpb.LoadBalanceRequest, <-chan error)
-	}); ok {
-		return o.channels()
+// inbox is where a stream's handler takes the client's messages from:
+// on the balancer's own transport, the connection reader's queue (ready
+// is signalled when next may have a message or the end of receiving);
+// on grpc's, the channels of a receive loop (internal/recvloop) that
+// Recv's on a goroutine of its own until the stream ends. The channels
+// of the other kind are nil.
+type inbox struct {
+	reqs    <-chan *lbpb.LoadBalanceRequest
+	recvErr <-chan error
+	ready   <-chan struct{}
+	next    func() (*lbpb.LoadBalanceRequest, bool, error)
+}
+
+// receive returns stream's inbox.
+func receive(ctx context.Context, stream balanceStream) inbox {
+	if o, ok := stream.(*ownStream); ok {
+		return inbox{ready: o.st.Ready(), next: o.st.Next}
 	}
-	return recvloop.Start(ctx, stream.Recv)
+	reqs, recvErr := recvloop.Start(ctx, stream.Recv)
+	return inbox{reqs: reqs, recvErr: recvErr}
 }
 
 // compressionInfo is what the stream grpc hands a handler tells of its

@@ -121,14 +121,14 @@ func (o *ownStream) SendMsg(m any) error {
 	return fmt.Errorf("lbserver: cannot send a %T", m)
 }
 
-// Recv waits for the next message; the handler takes them from
-// Messages and RecvErr instead (see receive).
+// Recv waits for the next message; the handler takes them from the
+// stream's inbox instead (see receive).
 func (o *ownStream) Recv() (*lbpb.LoadBalanceRequest, error) {
-	select {
-	case m := <-o.st.Messages():
-		return m, nil
-	case err := <-o.st.RecvErr():
-		return nil, err
+	for {
+		if m, ok, err := o.st.Next(); ok || err != nil {
+			return m, err
+		}
+		<-o.st.Ready()
 	}
 }
 
@@ -144,12 +144,6 @@ func (o *ownStream) RecvMsg(m any) error {
 	}
 	proto.Merge(req, got)
 	return nil
-}
-
-// channels are the connection reader's channels of a stream: ownStream
-// has them; grpc's streams do not.
-func (o *ownStream) channels() (<-chan *lbpb.LoadBalanceRequest, <-chan error) {
-	return o.st.Messages(), o.st.RecvErr()
 }
 
 // grpcStreamStubs are the parts of grpc.ServerStream that BalanceLoad

@@ -31,11 +31,13 @@ const (
 	subClients10k  = "clients=10000"
 	subServices    = "services=100"
 	subMultiplexed = "clients=10000,per-conn=100"
-	unitKiB        = "KiB-RSS/client"
-	unitKiBRecon   = "KiB-RSS/client-reconnected"
-	unitP50        = "p50-change-ms"
-	unitP99        = "p99-change-ms"
-	unitEndpoint   = "RSS-KiB/endpoint"
+	// subGRPCTransport is subClients10k on grpc-go's server.
+	subGRPCTransport = "clients=10000,transport=grpc"
+	unitKiB          = "KiB-RSS/client"
+	unitKiBRecon     = "KiB-RSS/client-reconnected"
+	unitP50          = "p50-change-ms"
+	unitP99          = "p99-change-ms"
+	unitEndpoint     = "RSS-KiB/endpoint"
 )
 
 // verdict states whether a figure meets its goal.
@@ -258,7 +260,7 @@ func renderMarkdown(res Results, plots map[string]string) string {
 		}
 		p("\n")
 	}
-	p("`BenchmarkClientMemory` (`go test -run '^$' -bench ClientMemory -benchtime 1x ./e2e`): the `lbserver` binary with N grpc-go clients, each on a connection of its own with one BalanceLoad stream, as every grpclb channel has; RSS per client once every stream has its list, and the time from one backend's deregistration until each stream's next list; `services=100`: 10,000 clients over 100 services, one change in each at once. `%s` is the anchor: the same streams multiplexed 100 per connection.\n\n", subMultiplexed)
+	p("`BenchmarkClientMemory` (`go test -run '^$' -bench ClientMemory -benchtime 1x ./e2e`): the `lbserver` binary with N grpc-go clients, each on a connection of its own with one BalanceLoad stream, as every grpclb channel has; RSS per client once every stream has its list, and the time from one backend's deregistration until each stream's next list; `services=100`: 10,000 clients over 100 services, one change in each at once. `%s` is the anchor: the same streams multiplexed 100 per connection. `%s` is the same as `%s` with BalanceLoad on grpc-go's server (`-transport grpc`) instead of the balancer's own transport.\n\n", subMultiplexed, subGRPCTransport, subClients10k)
 	if len(res.Clients) > 0 {
 		units := benchUnits(res.Clients, []string{unitKiB, unitKiBRecon, unitP50, unitP99})
 		p("| sub-benchmark | %s |\n|---|%s\n", strings.Join(units, " | "), strings.Repeat("---|", len(units)))
@@ -467,6 +469,9 @@ func clientsOf(name string) (n int, kind string) {
 	}
 	if v, ok := kv["per-conn"]; ok {
 		kind = "multiplexed " + v + " per connection"
+	}
+	if v, ok := kv["transport"]; ok {
+		kind += ", " + v + " transport"
 	}
 	return n, kind
 }
