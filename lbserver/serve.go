@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -218,17 +219,20 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 	// The balancer's own transport takes the connections whose first
 	// stream is BalanceLoad and hands the others to the grpc.Server.
 	var own *ownStreams
+	var gs *grpc.Server
 	grpcLis := s.Listener(lis) // with the connection limits
 	if s.cfg.Transport != TransportGRPC {
+		// Set before either server serves.
+		other := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { gs.ServeHTTP(w, r) })
 		var err error
-		if own, err = s.newOwnStreams(o.Creds, o.Authorize); err != nil {
+		if own, err = s.newOwnStreams(o.Creds, o.Authorize, other); err != nil {
 			return fmt.Errorf("lbserver: serve: %w", err)
 		}
 		opts = append(opts, grpc.Creds(own.OthersCreds()))
 	} else if o.Creds != nil {
 		opts = append(opts, grpc.Creds(o.Creds))
 	}
-	gs := grpc.NewServer(opts...)
+	gs = grpc.NewServer(opts...)
 	s.Register(gs)
 	if s.cfg.XDS {
 		if err := s.registerXDS(gs); err != nil {

@@ -2,6 +2,7 @@ package lbserver
 
 import (
 	"context"
+	"fmt"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"log/slog"
 	"net"
@@ -345,9 +346,30 @@ func TestServeRunsTheDirectory(t *testing.T) {
 }
 
 // TestServeReflection: the balancer port answers server reflection with
-// its services, as grpcurl asks.
+// its services, as grpcurl asks; also on a connection whose first stream
+// was BalanceLoad (which the balancer's own transport serves, handing
+// the other methods to the grpc.Server).
 func TestServeReflection(t *testing.T) {
-	sv := serveTest(t, testConfig(newFakeSource()), ServeOptions{})
+	for _, balanceFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("balance_load_first=%v", balanceFirst), func(t *testing.T) {
+			sv := serveTest(t, testConfig(newFakeSource(snap("svc", ep("a", "127.0.0.1:1")))), ServeOptions{})
+			if balanceFirst {
+				s := open(t, lbClient(sv), "svc")
+				recv(t, s)
+				recv(t, s)
+				if got := sv.health(t); got != serving {
+					t.Errorf("health on the BalanceLoad stream's connection: %v, want %v", got, serving)
+				}
+			}
+			checkReflection(t, sv)
+		})
+	}
+}
+
+// checkReflection asks sv's reflection service for the services it
+// lists, on sv's client connection.
+func checkReflection(t *testing.T, sv *served) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	st, err := reflectionpb.NewServerReflectionClient(sv.cc).ServerReflectionInfo(ctx)

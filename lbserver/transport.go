@@ -3,6 +3,7 @@ package lbserver
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
@@ -44,9 +45,12 @@ type ownStreams = h2bidi.Server[*lbpb.LoadBalanceRequest]
 // newOwnStreams returns the h2bidi server that serves s's BalanceLoad
 // connections with the same limits, windows and keepalive as the
 // grpc.Server's (see GRPCOptions), TLS from creds (nil: plaintext), and
-// authorize (nil: none) run on each stream before its handler.
-func (s *Server) newOwnStreams(creds credentials.TransportCredentials, authorize func(ctx context.Context, method string) error) (*ownStreams, error) {
+// authorize (nil: none) run on each stream before its handler. Streams of
+// other methods on those connections (a health check on the ClientConn
+// of a BalanceLoad stream) go to other: the grpc.Server's ServeHTTP.
+func (s *Server) newOwnStreams(creds credentials.TransportCredentials, authorize func(ctx context.Context, method string) error, other http.Handler) (*ownStreams, error) {
 	cfg := h2bidi.Config[*lbpb.LoadBalanceRequest]{
+		Other:  other,
 		Method: balanceLoadMethod,
 		Unmarshal: func(b []byte) (*lbpb.LoadBalanceRequest, error) {
 			req := new(lbpb.LoadBalanceRequest)
