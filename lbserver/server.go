@@ -59,9 +59,13 @@ type Server struct {
 	opsLog *serviceLog
 
 	mu      sync.Mutex
-	closed  bool           // guarded by mu
-	closing chan struct{}  // closed by Close (under mu): every stream ends
-	streams sync.WaitGroup // counts running BalanceLoad handlers; Add under mu
+	closed  bool          // guarded by mu
+	closing chan struct{} // closed by Close (under mu): every stream ends
+	// closingCtx ends when closing is closed, for what waits on it
+	// without a goroutine (context.AfterFunc).
+	closingCtx context.Context
+	closeCtx   context.CancelFunc
+	streams    sync.WaitGroup // counts running BalanceLoad handlers; Add under mu
 }
 
 // counters are the server's own event counts.
@@ -146,6 +150,7 @@ func New(cfg Config) (*Server, error) {
 		seed:     rand.Uint64,
 		closing:  make(chan struct{}),
 	}
+	s.closingCtx, s.closeCtx = context.WithCancel(context.Background())
 	s.set.Store(l)
 	csCfg := clientStatsConfig(cfg, s.live)
 	s.reportRate, s.reportBurst = csCfg.MaxReportRate, float64(csCfg.ReportBurst)
@@ -237,6 +242,7 @@ func (s *Server) Close() {
 	if !s.closed {
 		s.closed = true
 		close(s.closing)
+		s.closeCtx()
 	}
 	s.mu.Unlock()
 	s.streams.Wait()

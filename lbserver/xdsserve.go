@@ -135,13 +135,8 @@ func (s *Server) untilClosed(ctx context.Context, serve func(context.Context) er
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-s.closing:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	stop := context.AfterFunc(s.closingCtx, cancel) // no goroutine per stream
+	defer stop()
 	err := serve(ctx)
 	select {
 	case <-s.closing:
