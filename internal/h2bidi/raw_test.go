@@ -9,6 +9,9 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // rawClient is a bare HTTP/2 client for what a grpc-go client will not do
@@ -366,5 +369,92 @@ func TestResetAfterTrailers(t *testing.T) {
 		if r.id == 5 {
 			break
 		}
+	}
+}
+
+// TestNextDoesNotWaitForWrites: Next owing the client window while
+// another writer holds the connection returns at once; the writer that
+// holds it writes the WINDOW_UPDATE when it releases it.
+func TestNextDoesNotWaitForWrites(t *testing.T) {
+	const n, size = 20, 1000
+	streams := make(chan *Stream[req], 1)
+	take := make(chan struct{})
+	taken := make(chan int, 1)
+	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
+		streams <- st
+		<-take
+		k := 0
+		for k < n {
+			if _, ok, err := st.Next(); err != nil {
+				return err
+			} else if ok {
+				k++
+			} else {
+				<-st.Ready()
+			}
+		}
+		taken <- k
+		<-st.Context().Done()
+		return nil
+	}})
+	c := dialRaw(t, e.addr)
+	c.open(1)
+	st := <-streams
+	b, err := proto.Marshal(initial(strings.Repeat("x", size)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := Frame(b)
+	for range n {
+		c.fr.WriteData(1, false, msg)
+	}
+	waitFor(t, "the messages", func() bool { return held(st) == n*len(msg) })
+	isStreamUpdate := func(f any) bool { w, ok := f.(*windowUpdate); return ok && w.id == 1 }
+
+	st.c.wmu.Lock()
+	close(take)
+	select {
+	case <-taken:
+	case <-time.After(10 * time.Second):
+		st.c.wunlock()
+		t.Fatal("Next waited for the connection's writer")
+	}
+	select {
+	case f := <-c.frames:
+		if isStreamUpdate(f) {
+			t.Fatalf("%+v written while another writer held the connection", f)
+		}
+	case <-time.After(50 * time.Millisecond):
+	}
+	st.c.wunlock()
+	// Due once a quarter of the window is owed.
+	if w, _ := c.next(t, isStreamUpdate).(*windowUpdate); w == nil || w.incr < 65535/4 || w.incr > n*uint32(len(msg)) {
+		t.Fatalf("stream WINDOW_UPDATE = %+v, want a quarter of the window or more, at most %d", w, n*len(msg))
+	}
+}
+
+// TestUndecodable: the messages before one that does not decode are
+// taken, then Next gives Internal, which the trailers carry.
+func TestUndecodable(t *testing.T) {
+	got := make(chan error, 2)
+	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
+		_, err := recv(st)
+		got <- err
+		_, err = recv(st)
+		got <- err
+		return nil
+	}})
+	c := dialRaw(t, e.addr)
+	c.open(1)
+	c.fr.WriteData(1, false, append(Frame([]byte{0x0a, 0x03, 0x0a, 0x01, 'a'}), Frame([]byte{0xff, 0xff})...))
+	if err := <-got; err != nil {
+		t.Fatalf("first message: %v", err)
+	}
+	if err := <-got; status.Code(err) != codes.Internal {
+		t.Fatalf("Next: %v, want Internal", err)
+	}
+	h, _ := c.next(t, func(f any) bool { h, ok := f.(*headers); return ok && h.end }).(*headers)
+	if h == nil || fieldValue(h.fields, "grpc-status") != "13" {
+		t.Fatalf("trailers: %+v", h)
 	}
 }
