@@ -66,6 +66,9 @@ type conn[Req any] struct {
 	// (headers, data, trailers) is taken holding it, so that frames go out
 	// in the order decided.
 	wmu sync.Mutex
+	// wdeadline is nc's write deadline, as writeLocked last set it;
+	// guarded by wmu.
+	wdeadline time.Time
 
 	mu sync.Mutex // protects the fields below and the Stream fields marked "c.mu"
 	// owned: the connection is served here (not peeking any more).
@@ -235,7 +238,7 @@ func (c *conn[Req]) peek() (*replayConn, error) {
 		f, err := fr.ReadFrame()
 		if _, ok := err.(http2.StreamError); ok {
 			// A header block we cannot read: grpc.Server answers it.
-			return &replayConn{Conn: nc, buf: rec.buf, auth: auth}, nil
+			return handOff(nc, rec.buf, auth), nil
 		}
 		if err != nil {
 			if ce, ok := err.(http2.ConnectionError); ok {
@@ -267,7 +270,7 @@ func (c *conn[Req]) peek() (*replayConn, error) {
 		}
 	}
 	if !c.s.isOurs(first) {
-		return &replayConn{Conn: nc, buf: rec.buf, auth: auth}, nil
+		return handOff(nc, rec.buf, auth), nil
 	}
 	// Ours: read everything after the preface again, with a fresh decoder.
 	c.fr = http2.NewFramer(io.Discard, &replayConn{Conn: nc, buf: rec.buf[len(preface):]})
@@ -276,6 +279,16 @@ func (c *conn[Req]) peek() (*replayConn, error) {
 	c.fr.MaxHeaderListSize = cfg.MaxHeaderListSize
 	c.fr.SetReuseFrames()
 	return nil, c.own()
+}
+
+// handOff returns nc for the grpc.Server, replaying read and with no
+// write deadline: the peek's writes set one (writeLocked), which would
+// fail the grpc.Server's writes WriteTimeout after the peek (grpc-go
+// clears deadlines after its own handshake today; this does not rely on
+// it).
+func handOff(nc net.Conn, read []byte, auth credentials.AuthInfo) *replayConn {
+	nc.SetWriteDeadline(time.Time{})
+	return &replayConn{Conn: nc, buf: read, auth: auth}
 }
 
 // isOurs reports whether a connection's first request makes it ours.
@@ -1107,7 +1120,14 @@ func (c *conn[Req]) writeLocked(build func([]byte) []byte) error {
 	bp := getBuf()
 	defer putBuf(bp)
 	*bp = build((*bp)[:0])
-	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+	// The deadline is moved only when less than three quarters of
+	// WriteTimeout is left of it: setting it costs a timer update, and a
+	// fan-out writes to every connection at once.
+	wt := c.s.cfg.WriteTimeout
+	if d := time.Now().Add(wt); d.Sub(c.wdeadline) > wt/4 {
+		c.nc.SetWriteDeadline(d)
+		c.wdeadline = d
+	}
 	_, err := c.nc.Write(*bp)
 	return err
 }

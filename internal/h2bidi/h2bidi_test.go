@@ -386,6 +386,26 @@ func TestHandOff(t *testing.T) {
 	}
 }
 
+// TestHandOffOutlivesWriteTimeout: a handed-off connection is served by
+// grpc.Server past WriteTimeout after the peek's writes (the peek's
+// write deadline is not left on it).
+func TestHandOffOutlivesWriteTimeout(t *testing.T) {
+	e := start(t, Config[req]{WriteTimeout: 100 * time.Millisecond})
+	ctx := testCtx(t)
+	hcc := dial(t, e.addr)
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(150 * time.Millisecond)
+		}
+		if _, err := healthpb.NewHealthClient(hcc).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+			t.Fatalf("check %d, %v after the first: %v", i, time.Duration(i)*150*time.Millisecond, err)
+		}
+	}
+	if s := e.srv.Stats(); s.HandedOff != 1 {
+		t.Fatalf("Stats = %+v, want the one connection handed off", s)
+	}
+}
+
 // TestHandOffIdlePings: a client whose first request comes after pings
 // gets them answered during the peek, and is handed off intact.
 func TestHandOffAfterPings(t *testing.T) {
