@@ -44,7 +44,7 @@ demo: ## Consul, three backends, the balancer and a client; prints the spread
 
 # tools/bench builds the binaries, starts Consul, backends and balancers,
 # runs the e2e ClientMemory and loadreport CollectorMemory benchmarks itself,
-# and writes docs/BENCHMARKS.md and docs/bench/*.png (about 8 minutes on 2 cores).
+# and writes docs/BENCHMARKS.md and docs/bench/*.png (about 12 minutes on 2 cores).
 # More flags: BENCH_FLAGS="-quick" (a smoke test), -note "...", -slow-call-cpu 10ms.
 BENCH_FLAGS ?=
 bench: ## benchmarks: policies, load weights; then docs/BENCHMARKS.md (side by side with grpc-go's WRR, data path, memory per client)
