@@ -229,6 +229,7 @@ func Serve(ctx context.Context, lis net.Listener, s *Server, o ServeOptions) err
 			return fmt.Errorf("lbserver: serve: %w", err)
 		}
 		opts = append(opts, grpc.Creds(own.OthersCreds()))
+		s.own.Store(own)
 	} else if o.Creds != nil {
 		opts = append(opts, grpc.Creds(o.Creds))
 	}

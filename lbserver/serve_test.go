@@ -362,6 +362,18 @@ func TestServeReflection(t *testing.T) {
 				}
 			}
 			checkReflection(t, sv)
+			if testTransport == TransportGRPC {
+				return
+			}
+			// One connection: the own transport's when BalanceLoad came
+			// first, else handed to the grpc.Server.
+			want := [2]int64{0, 1}
+			if balanceFirst {
+				want = [2]int64{1, 0}
+			}
+			if st := sv.srv.Stats(); [2]int64{st.OwnConns, st.HandedOff} != want {
+				t.Errorf("own transport connections, handed off: %d, %d; want %d, %d", st.OwnConns, st.HandedOff, want[0], want[1])
+			}
 		})
 	}
 }

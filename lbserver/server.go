@@ -65,7 +65,9 @@ type Server struct {
 	// without a goroutine (context.AfterFunc).
 	closingCtx context.Context
 	closeCtx   context.CancelFunc
-	streams    sync.WaitGroup // counts running BalanceLoad handlers; Add under mu
+	// own is the balancer's own transport while Serve runs it, for Stats.
+	own     atomic.Pointer[ownStreams]
+	streams sync.WaitGroup // counts running BalanceLoad handlers; Add under mu
 }
 
 // counters are the server's own event counts.
@@ -116,6 +118,12 @@ type Stats struct {
 	// XDSNACKs counts the responses xDS clients rejected, by resource
 	// type: listener, route, cluster, endpoint.
 	XDSNACKs map[string]int64
+	// The balancer's own transport (Config.Transport), while Serve runs
+	// it: OwnConns is the connections it serves now (their first stream
+	// was BalanceLoad); HandedOff the connections it gave the grpc.Server
+	// (health, reflection, xDS, compressed BalanceLoad); ProtocolErrors
+	// the connections it closed for breaking HTTP/2.
+	OwnConns, HandedOff, ProtocolErrors int64
 }
 
 // New validates cfg and returns a Server. It starts no goroutine until a
@@ -198,7 +206,7 @@ func (s *Server) choosePolicy(snap discovery.Snapshot) (name string, p policy.Po
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
 	c := &s.counters
-	return Stats{
+	st := Stats{
 		StreamsStarted:  c.streamsStarted.Load(),
 		StreamsActive:   c.streamsActive.Load(),
 		InvalidRequests: c.invalidRequests.Load(),
@@ -223,6 +231,11 @@ func (s *Server) Stats() Stats {
 		WatchesStarted:     s.reg.started.Load(),
 		XDSNACKs:           s.xdsNACKs(),
 	}
+	if own := s.own.Load(); own != nil {
+		ts := own.Stats()
+		st.OwnConns, st.HandedOff, st.ProtocolErrors = ts.Conns, ts.HandedOff, ts.ProtocolErrors
+	}
+	return st
 }
 
 // Names returns the NameMapper the server maps client names with now (its

@@ -236,7 +236,8 @@ func report(reg *clientstats.Registry, key clientstats.ClientKey, started, finis
 
 func TestClientStatsCounters(t *testing.T) {
 	reg := clientstats.New(clientstats.Config{})
-	b := &fakeBalancer{reg: reg, stats: lbserver.Stats{ConnsOpen: 2, ServicesWatched: 1, WatchesStarted: 3, BadClientStats: 4}}
+	b := &fakeBalancer{reg: reg, stats: lbserver.Stats{ConnsOpen: 2, ServicesWatched: 1, WatchesStarted: 3, BadClientStats: 4,
+		OwnConns: 1, HandedOff: 5, ProtocolErrors: 6}}
 	m, _ := newTestMetrics(Sources{Balancer: b, Directory: directory{"user-srv": true}})
 	k1 := clientstats.ClientKey{Service: "user-srv", Stream: 1, Peer: "127.0.0.1:1"}
 	k2 := clientstats.ClientKey{Service: "user-srv@v2", Stream: 2, Peer: "127.0.0.1:2"}
@@ -269,6 +270,15 @@ lookaside_clientstats_calls_dropped_total{service="user-srv",token="other"} 0
 # HELP lookaside_lb_connections_open Client connections open now.
 # TYPE lookaside_lb_connections_open gauge
 lookaside_lb_connections_open 2
+# HELP lookaside_lb_own_transport_connections Client connections the balancer's own transport serves now (their first stream was BalanceLoad).
+# TYPE lookaside_lb_own_transport_connections gauge
+lookaside_lb_own_transport_connections 1
+# HELP lookaside_lb_connections_handed_off_total Connections the balancer's own transport gave grpc-go's server (health, reflection, xDS, compressed BalanceLoad).
+# TYPE lookaside_lb_connections_handed_off_total counter
+lookaside_lb_connections_handed_off_total 5
+# HELP lookaside_lb_http2_protocol_errors_total Connections the balancer's own transport closed for breaking HTTP/2.
+# TYPE lookaside_lb_http2_protocol_errors_total counter
+lookaside_lb_http2_protocol_errors_total 6
 # HELP lookaside_lb_services_watched Services watched now (bounded by max services).
 # TYPE lookaside_lb_services_watched gauge
 lookaside_lb_services_watched 1
@@ -282,7 +292,8 @@ lookaside_lb_client_stats_rejected_total 4
 	}
 	names := []string{"lookaside_clientstats_calls_started_total", "lookaside_clientstats_calls_finished_total",
 		"lookaside_clientstats_calls_known_received_total", "lookaside_clientstats_calls_dropped_total",
-		"lookaside_lb_connections_open", "lookaside_lb_services_watched", "lookaside_lb_watches_started_total",
+		"lookaside_lb_connections_open", "lookaside_lb_own_transport_connections", "lookaside_lb_connections_handed_off_total",
+		"lookaside_lb_http2_protocol_errors_total", "lookaside_lb_services_watched", "lookaside_lb_watches_started_total",
 		"lookaside_lb_client_stats_rejected_total"}
 	// The tag-filtered name counts under its service.
 	compare(t, m, want("150", "140", "140", "5"), names...)

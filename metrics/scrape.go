@@ -15,6 +15,12 @@ import (
 var (
 	descConnsOpen = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "lb", "connections_open"),
 		"Client connections open now.", nil, nil)
+	descOwnConns = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "lb", "own_transport_connections"),
+		"Client connections the balancer's own transport serves now (their first stream was BalanceLoad).", nil, nil)
+	descHandedOff = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "lb", "connections_handed_off_total"),
+		"Connections the balancer's own transport gave grpc-go's server (health, reflection, xDS, compressed BalanceLoad).", nil, nil)
+	descProtocolErrors = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "lb", "http2_protocol_errors_total"),
+		"Connections the balancer's own transport closed for breaking HTTP/2.", nil, nil)
 	descServicesWatched = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "lb", "services_watched"),
 		"Services watched now (bounded by max services).", nil, nil)
 	descWatchesStarted = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "lb", "watches_started_total"),
@@ -47,7 +53,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, v := range m.vecs() {
 		v.Describe(ch)
 	}
-	for _, d := range []*prometheus.Desc{descConnsOpen, descServicesWatched, descWatchesStarted, descBadClientStats, descXDSNACKs,
+	for _, d := range []*prometheus.Desc{descConnsOpen, descOwnConns, descHandedOff, descProtocolErrors, descServicesWatched, descWatchesStarted, descBadClientStats, descXDSNACKs,
 		descConsulReachable, descConsulReady, descConsulContactAge, descConsulAnswerAge, descCertExpiry} {
 		ch <- d
 	}
@@ -89,6 +95,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		st := b.Stats()
 		consts = append(consts,
 			prometheus.MustNewConstMetric(descConnsOpen, prometheus.GaugeValue, float64(st.ConnsOpen)),
+			prometheus.MustNewConstMetric(descOwnConns, prometheus.GaugeValue, float64(st.OwnConns)),
+			prometheus.MustNewConstMetric(descHandedOff, prometheus.CounterValue, float64(st.HandedOff)),
+			prometheus.MustNewConstMetric(descProtocolErrors, prometheus.CounterValue, float64(st.ProtocolErrors)),
 			prometheus.MustNewConstMetric(descServicesWatched, prometheus.GaugeValue, float64(st.ServicesWatched)),
 			prometheus.MustNewConstMetric(descWatchesStarted, prometheus.CounterValue, float64(st.WatchesStarted)),
 			prometheus.MustNewConstMetric(descBadClientStats, prometheus.CounterValue, float64(st.BadClientStats)))
