@@ -388,22 +388,26 @@ type servers struct {
 }
 
 // gracefulStop stops both gracefully, at once, and waits for both.
-func (v servers) gracefulStop() {
-	var wg sync.WaitGroup
-	if v.own != nil {
-		wg.Go(v.own.GracefulStop)
-	}
-	v.gs.GracefulStop()
-	wg.Wait()
-}
+func (v servers) gracefulStop() { v.both(true) }
 
 // stop closes every connection of both and waits until their handlers
 // returned.
-func (v servers) stop() {
-	var wg sync.WaitGroup
+func (v servers) stop() { v.both(false) }
+
+// both stops both servers at once, gracefully or not, and waits.
+func (v servers) both(graceful bool) {
+	gsStop, ownStop := v.gs.Stop, func() {}
 	if v.own != nil {
-		wg.Go(v.own.Stop)
+		ownStop = v.own.Stop
 	}
-	v.gs.Stop()
+	if graceful {
+		gsStop = v.gs.GracefulStop
+		if v.own != nil {
+			ownStop = v.own.GracefulStop
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Go(ownStop)
+	gsStop()
 	wg.Wait()
 }
