@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/policy/leastconn"
@@ -22,21 +23,89 @@ import (
 // server's own services, mapped from the names xDS clients ask for as
 // BalanceLoad streams map their initial request's name, watched through
 // the same registry (and its limit on watched services), with the same
-// plans. Safe for concurrent use.
-func (s *Server) XDSFeed() xds.Feed { return xdsFeed{s} }
+// plans. A Reconfigure that maps a subscribed name to another service
+// moves its subscription there (xds.Mover), as it moves a BalanceLoad
+// stream. The feed starts one goroutine at its first use, which follows
+// the settings and the discovery Directory for all its subscriptions and
+// ends when the server closes. Safe for concurrent use.
+func (s *Server) XDSFeed() xds.Feed { return &xdsFeed{s: s} }
 
 // xdsFeed is Server's xds.Feed.
-type xdsFeed struct{ s *Server }
+type xdsFeed struct {
+	s     *Server
+	start sync.Once // starts follow
+
+	mu sync.Mutex
+	// appeared is closed, and replaced, when the settings or the
+	// directory change (see Appeared); guarded by mu.
+	appeared chan struct{}
+}
+
+// begin starts the feed's goroutine (follow), once; not after the server
+// closed (nothing is subscribed then).
+func (f *xdsFeed) begin() {
+	f.start.Do(func() {
+		f.appeared = make(chan struct{})
+		if !f.s.enter() {
+			return
+		}
+		// Read before the first Subscribe maps a name, and before the
+		// first Appeared channel is handed out, so that no change after
+		// either is missed.
+		set := f.s.live()
+		go f.follow(set, f.dirChanged())
+	})
+}
+
+// dirChanged returns the discovery Directory's change channel, nil
+// without a Directory.
+func (f *xdsFeed) dirChanged() <-chan struct{} {
+	if f.s.dir == nil {
+		return nil
+	}
+	_, _, changed := f.s.dir.Lookup("")
+	return changed
+}
+
+// follow runs until the server closes, counted among its streams. When
+// the settings change it wakes the subscriptions whose name the new
+// settings map to another service (their streams then move them, see
+// xdsSub.Moved); when the settings or the directory change it closes the
+// Appeared channel, so that streams subscribe again to names refused
+// before. One goroutine for every subscription of the feed.
+func (f *xdsFeed) follow(set *live, dir <-chan struct{}) {
+	defer f.s.streams.Done()
+	for {
+		select {
+		case <-set.changed:
+			set = f.s.live()
+			for _, svc := range f.s.reg.all() {
+				svc.notifyMoved(set)
+			}
+		case <-dir:
+		case <-f.s.closing:
+			return
+		}
+		dir = f.dirChanged()
+		f.mu.Lock()
+		close(f.appeared)
+		f.appeared = make(chan struct{})
+		f.mu.Unlock()
+	}
+}
 
 // Subscribe maps name as a stream's initial request name is mapped and
 // acquires its service. A name the discovery Directory does not list costs
 // one lookup and starts no watch: the error wraps xds.ErrUnknown. A name
 // that does not map, or a refusal of the registry (too many services,
 // shutting down) is another error. notify is called after every plan the
-// service publishes, until Close returns. Does not block.
-func (f xdsFeed) Subscribe(name string, notify func()) (xds.Subscription, error) {
+// service publishes, and when new settings map name to another service,
+// until Close returns. Does not block.
+func (f *xdsFeed) Subscribe(name string, notify func()) (xds.Subscription, error) {
+	f.begin()
 	s := f.s
-	svcName, err := s.live().names.Map(name)
+	set := s.live()
+	svcName, err := set.names.Map(name)
 	if err != nil {
 		return nil, fmt.Errorf("lbserver: xds name %s: %w: %v", quote(name), xds.ErrUnknown, err)
 	}
@@ -54,7 +123,8 @@ func (f xdsFeed) Subscribe(name string, notify func()) (xds.Subscription, error)
 		}
 		return nil, err
 	}
-	sub := &xdsSub{s: s, svc: svc, notify: notify}
+	sub := &xdsSub{s: s, svc: svc, name: name, notify: notify}
+	sub.set.Store(set)
 	svc.addWatcher(sub)
 	return sub, nil
 }
@@ -63,8 +133,27 @@ func (f xdsFeed) Subscribe(name string, notify func()) (xds.Subscription, error)
 type xdsSub struct {
 	s      *Server
 	svc    *service
+	name   string // as the client asked for it
 	notify func()
 	once   sync.Once
+	// set is the settings name was last found to map to svc with.
+	set atomic.Pointer[live]
+}
+
+// Moved implements xds.Mover: whether the settings in force map the
+// subscription's name to another service (or to none) than its own.
+// Costs a load and a comparison while the settings are those it was
+// mapped with. Safe for concurrent use.
+func (x *xdsSub) Moved() bool {
+	set := x.s.live()
+	if x.set.Load() == set {
+		return false
+	}
+	if svc, err := set.names.Map(x.name); err != nil || svc != x.svc.name {
+		return true
+	}
+	x.set.Store(set)
+	return false
 }
 
 // Assignment returns the assignment of the service's current plan, and
@@ -103,6 +192,18 @@ func (s *service) removeWatcher(w *xdsSub) {
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
 	delete(s.watchers, w)
+}
+
+// notifyMoved calls the notify of every watcher whose name set maps to
+// another service (which does not block): its stream moves it.
+func (s *service) notifyMoved(set *live) {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	for w := range s.watchers {
+		if svc, err := set.names.Map(w.name); err != nil || svc != s.name {
+			w.notify()
+		}
+	}
 }
 
 // notifyWatchers calls every watcher's notify (which does not block).
@@ -196,13 +297,12 @@ func scaleWeights(ws []float64) []uint32 {
 	return out
 }
 
-// Appeared implements xds.Appearer: the discovery Directory's change
-// channel, nil without a Directory (a name is then never refused as
-// unknown). Does not block.
-func (f xdsFeed) Appeared() <-chan struct{} {
-	if f.s.dir == nil {
-		return nil
-	}
-	_, _, changed := f.s.dir.Lookup("")
-	return changed
+// Appeared implements xds.Appearer: a channel closed when the discovery
+// Directory or the settings change next (a refused name may then map to
+// a service that exists). Does not block.
+func (f *xdsFeed) Appeared() <-chan struct{} {
+	f.begin()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.appeared
 }

@@ -234,3 +234,71 @@ func FuzzXDSSubscribe(f *testing.F) {
 		}
 	})
 }
+
+// TestXDSFeedMoved: a subscription reports Moved once the settings map
+// its name to another service, and its notify is called; one whose name
+// maps to the same service does not.
+func TestXDSFeedMoved(t *testing.T) {
+	src := newFakeSource(snap("user-srv", ep("u", "127.0.0.1:1")), snap("orders", ep("o", "127.0.0.2:2")))
+	cfg := testConfig(src)
+	cfg.Aliases = map[string]string{"users": "user-srv"}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	feed := s.XDSFeed()
+	notified := make(chan struct{}, 1)
+	users, err := feed.Subscribe("USERS:443", func() {
+		select {
+		case notified <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer users.Close()
+	same, err := feed.Subscribe("user-srv", func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer same.Close()
+	mover := func(sub xds.Subscription) xds.Mover {
+		m, ok := sub.(xds.Mover)
+		if !ok {
+			t.Fatalf("%T is not an xds.Mover", sub)
+		}
+		return m
+	}
+	if mover(users).Moved() || mover(same).Moved() {
+		t.Fatal("Moved before any reload")
+	}
+	set := s.Settings()
+	set.Policy = "random" // not a mapping change
+	if err := s.Reconfigure(set); err != nil {
+		t.Fatal(err)
+	}
+	if mover(users).Moved() || mover(same).Moved() {
+		t.Fatal("Moved after a reload that maps every name as before")
+	}
+	select {
+	case <-notified: // the planner's new plan
+	case <-time.After(5 * time.Second):
+	}
+	set.Aliases = map[string]string{"users": "orders"}
+	if err := s.Reconfigure(set); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-notified:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notification after the reload that moved the name")
+	}
+	if !mover(users).Moved() {
+		t.Error("users not Moved after the reload mapped it to orders")
+	}
+	if mover(same).Moved() {
+		t.Error("user-srv Moved, yet it still maps to user-srv")
+	}
+}

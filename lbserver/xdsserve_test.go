@@ -4,9 +4,12 @@ import (
 	"context"
 	"math"
 	"net"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
+	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
@@ -227,5 +230,176 @@ func TestXDSStreamLimits(t *testing.T) {
 	}
 	if r := s.Stats().Refused; r.StreamsPerIP+r.StreamsPerConn != 1 {
 		t.Errorf("refused %+v, want 1 stream per IP or per connection", r)
+	}
+}
+
+// adsReader receives an ADS stream's responses on a goroutine of its
+// own, so that a test can wait for one within a bound.
+type adsReader struct {
+	t    *testing.T
+	s    discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	resp chan *discoverypb.DiscoveryResponse
+}
+
+func readADS(t *testing.T, s discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient) *adsReader {
+	r := &adsReader{t: t, s: s, resp: make(chan *discoverypb.DiscoveryResponse, 16)}
+	go func() {
+		defer close(r.resp)
+		for {
+			m, err := s.Recv()
+			if err != nil {
+				return
+			}
+			r.resp <- m
+		}
+	}()
+	return r
+}
+
+// next returns the next response within 5 s, ACKing it.
+func (r *adsReader) next() *discoverypb.DiscoveryResponse {
+	r.t.Helper()
+	select {
+	case m, ok := <-r.resp:
+		if !ok {
+			r.t.Fatal("ADS stream ended")
+		}
+		if err := r.s.Send(&discoverypb.DiscoveryRequest{TypeUrl: m.TypeUrl, VersionInfo: m.VersionInfo,
+			ResponseNonce: m.Nonce, ResourceNames: []string{"users"}}); err != nil {
+			r.t.Fatal(err)
+		}
+		return m
+	case <-time.After(5 * time.Second):
+		r.t.Fatal("no ADS response within 5 s")
+		return nil
+	}
+}
+
+// nextCLA returns the next response that holds a ClusterLoadAssignment
+// (the first may come before the service's first plan, without one).
+func (r *adsReader) nextCLA() *discoverypb.DiscoveryResponse {
+	r.t.Helper()
+	for {
+		if m := r.next(); len(m.Resources) > 0 {
+			return m
+		}
+	}
+}
+
+// claOf returns the cluster name and endpoint addresses of an EDS
+// response's only resource.
+func claOf(t *testing.T, m *discoverypb.DiscoveryResponse) (string, []string) {
+	t.Helper()
+	if m.TypeUrl != xds.EndpointType || len(m.Resources) != 1 {
+		t.Fatalf("response %v: want one ClusterLoadAssignment", m)
+	}
+	var cla endpointpb.ClusterLoadAssignment
+	if err := m.Resources[0].UnmarshalTo(&cla); err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for _, loc := range cla.Endpoints {
+		for _, e := range loc.LbEndpoints {
+			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+			addrs = append(addrs, net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))))
+		}
+	}
+	return cla.ClusterName, addrs
+}
+
+// TestXDSAliasReloadMoves: a reload that maps an alias to another service
+// moves the xDS subscriptions to that name: the client's assignment for
+// the name it asked for lists the new service's endpoints under a new
+// version, and the old service's watch is released. A stream whose name
+// still maps to its service is sent nothing.
+func TestXDSAliasReloadMoves(t *testing.T) {
+	src := newFakeSource(snap("user-srv", ep("u", "127.0.0.1:1")), snap("orders", ep("o", "127.0.0.2:2")),
+		snap("plain", ep("p", "127.0.0.3:3")))
+	cfg := testConfig(src)
+	cfg.WatchLinger = 0
+	cfg.Aliases = map[string]string{"users": "user-srv"}
+	s, addr := serveAt(t, cfg)
+
+	users := readADS(t, xdstest.RawADS(t, addr))
+	if err := users.s.Send(&discoverypb.DiscoveryRequest{TypeUrl: xds.EndpointType, ResourceNames: []string{"users"}}); err != nil {
+		t.Fatal(err)
+	}
+	first := users.nextCLA()
+	if name, addrs := claOf(t, first); name != "user-srv" || !slices.Equal(addrs, []string{"127.0.0.1:1"}) {
+		t.Fatalf("assignment for users before the reload: %s %v, want user-srv's", name, addrs)
+	}
+	plain := xdstest.RawADS(t, addr)
+	if err := plain.Send(&discoverypb.DiscoveryRequest{TypeUrl: xds.EndpointType, ResourceNames: []string{"plain"}}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := plain.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := plain.Send(&discoverypb.DiscoveryRequest{TypeUrl: m.TypeUrl, VersionInfo: m.VersionInfo, ResponseNonce: m.Nonce, ResourceNames: []string{"plain"}}); err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Resources) > 0 {
+			break
+		}
+	}
+	plainR := readADS(t, plain)
+	if _, active := src.counts("user-srv"); active != 1 {
+		t.Fatalf("user-srv: %d watches active, want 1", active)
+	}
+
+	set := s.Settings()
+	set.Aliases = map[string]string{"users": "orders"}
+	start := time.Now()
+	if err := s.Reconfigure(set); err != nil {
+		t.Fatal(err)
+	}
+	moved := users.nextCLA()
+	if name, addrs := claOf(t, moved); name != "orders" || !slices.Equal(addrs, []string{"127.0.0.2:2"}) {
+		t.Fatalf("assignment for users after the reload: %s %v, want orders'", name, addrs)
+	}
+	if a, b := first.VersionInfo, moved.VersionInfo; a == b {
+		t.Errorf("version %s after the move, the same as before", b)
+	}
+	t.Logf("moved %v after the reload", time.Since(start).Round(time.Millisecond))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, active := src.counts("user-srv"); active == 0 && !s.reg.has("user-srv") && s.reg.has("orders") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("user-srv still watched after the move (watched %v, orders %v)", s.reg.has("user-srv"), s.reg.has("orders"))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case m := <-plainR.resp:
+		t.Errorf("a stream whose name maps to the same service was sent %v", m)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// TestXDSReloadRetriesRefused: a name refused as unknown is subscribed to
+// again after a reload maps it to a service that exists.
+func TestXDSReloadRetriesRefused(t *testing.T) {
+	src := newFakeSource(snap("orders", ep("o", "127.0.0.2:2")))
+	cfg := testConfig(dirSrc{src, newFakeDir(true, "orders")})
+	s, addr := serveAt(t, cfg)
+	users := readADS(t, xdstest.RawADS(t, addr))
+	if err := users.s.Send(&discoverypb.DiscoveryRequest{TypeUrl: xds.EndpointType, ResourceNames: []string{"users"}}); err != nil {
+		t.Fatal(err)
+	}
+	// The EDS response leaves out the unknown name.
+	if m := users.next(); len(m.Resources) != 0 {
+		t.Fatalf("unknown name answered with %v", m.Resources)
+	}
+	set := s.Settings()
+	set.Aliases = map[string]string{"users": "orders"}
+	if err := s.Reconfigure(set); err != nil {
+		t.Fatal(err)
+	}
+	if name, addrs := claOf(t, users.nextCLA()); name != "orders" || !slices.Equal(addrs, []string{"127.0.0.2:2"}) {
+		t.Fatalf("assignment for users after the reload: %s %v, want orders'", name, addrs)
 	}
 }

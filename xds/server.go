@@ -56,6 +56,21 @@ type Subscription interface {
 	Close()
 }
 
+// Mover may be implemented by a Subscription whose name can come to
+// answer to another service (the balancer's aliases reloaded). Before
+// each look at a subscription's assignment the stream asks Moved; when it
+// reports true the stream subscribes to the name again, closes this
+// subscription, and sends its client the other service's resources under
+// the names it asked for, with new versions (or leaves the name out of
+// its responses if Subscribe refuses it now). The Feed calls notify when
+// a subscription moves, so that its stream asks.
+type Mover interface {
+	// Moved reports whether the subscription's name answers to another
+	// service now. It is called from the stream's goroutine and must not
+	// block.
+	Moved() bool
+}
+
 // Defaults and bounds of Options.
 const (
 	// DefaultMaxNames is the default Options.MaxNames.
@@ -343,6 +358,9 @@ func (st *adsStream) notify() {
 // differ from what was last sent, or that the client asked for anew.
 func (st *adsStream) flush() error {
 	for name, r := range st.subs {
+		if m, ok := r.sub.(Mover); ok && m.Moved() {
+			st.move(name, r)
+		}
 		st.refresh(name, r)
 	}
 	for _, url := range typeOrder {
@@ -373,6 +391,33 @@ func (st *adsStream) flush() error {
 		}
 	}
 	return nil
+}
+
+// move subscribes to name again for r, whose subscription answers to
+// another service now, and closes the old subscription. refresh then
+// finds the new service's assignment and marks stale the types whose
+// resource changed (the Route, Cluster and ClusterLoadAssignment). A name
+// refused now is left out of the responses: the types naming it are
+// marked stale, and it is subscribed to again when the Feed's Appeared
+// fires.
+func (st *adsStream) move(name string, r *subRef) {
+	old := r.sub
+	r.sub, r.err = st.srv.feed.Subscribe(name, st.notify)
+	old.Close()
+	if r.sub != nil {
+		return
+	}
+	if !errors.Is(r.err, ErrUnknown) {
+		st.srv.log.Debug("xDS subscription refused", "name", logthrottle.Quote(name), "err", r.err)
+	}
+	for _, url := range typeOrder {
+		if t := st.types[url]; t != nil {
+			if _, named := slices.BinarySearch(t.names, name); named {
+				t.stale = true
+			}
+		}
+	}
+	r.seen, r.b, r.res = false, nil, [len(typeOrder)]*anypb.Any{}
 }
 
 // refresh looks at r's assignment and, when it is not the one r's

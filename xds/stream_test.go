@@ -293,3 +293,115 @@ func TestShapeChangeSendsRouteAndCluster(t *testing.T) {
 	}
 	nothingQueued(t, s, recv, "a")
 }
+
+// aliasFeed maps names through aliases the test changes, to the
+// assignments of clusters a and b; its subscriptions are Movers.
+type aliasFeed struct {
+	mu      sync.Mutex
+	aliases map[string]string // guarded by mu: name → cluster ("" or missing: unknown)
+	notify  map[*aliasSub]func()
+	byName  map[string]xds.Assignment
+}
+
+type aliasSub struct {
+	f       *aliasFeed
+	name    string
+	cluster string
+}
+
+func (f *aliasFeed) Subscribe(name string, notify func()) (xds.Subscription, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.aliases[name]
+	if _, ok := f.byName[c]; !ok {
+		return nil, fmt.Errorf("%q: %w", name, xds.ErrUnknown)
+	}
+	s := &aliasSub{f: f, name: name, cluster: c}
+	f.notify[s] = notify
+	return s, nil
+}
+
+// alias maps name to cluster and wakes every subscription.
+func (f *aliasFeed) alias(name, cluster string) {
+	f.mu.Lock()
+	f.aliases[name] = cluster
+	var fns []func()
+	for _, fn := range f.notify {
+		fns = append(fns, fn)
+	}
+	f.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
+}
+
+func (f *aliasFeed) open() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.notify)
+}
+
+func (s *aliasSub) Assignment() (xds.Assignment, bool) { return s.f.byName[s.cluster], true }
+func (s *aliasSub) Close() {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	delete(s.f.notify, s)
+}
+func (s *aliasSub) Moved() bool {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	return s.f.aliases[s.name] != s.cluster
+}
+
+// TestMovedSubscription: a subscription that reports Moved is replaced on
+// its stream by a new one, whose resources the client gets under the
+// name it asked for with a new version; a name refused now is left out.
+func TestMovedSubscription(t *testing.T) {
+	bs := xdstest.HealthBackends(t, 2)
+	feed := &aliasFeed{aliases: map[string]string{"users": "a"}, notify: map[*aliasSub]func(){}, byName: map[string]xds.Assignment{
+		"a": {Cluster: "a", Endpoints: endpoints(bs[:1])},
+		"b": {Cluster: "b", Endpoints: endpoints(bs[1:])},
+	}}
+	s := xdstest.RawADS(t, startXDS(t, feed, xds.Options{}))
+	recv := func(want int) (*discoverypb.DiscoveryResponse, string) {
+		t.Helper()
+		r, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Resources) != want {
+			t.Fatalf("response %v: want %d resources", r, want)
+		}
+		if err := s.Send(request(xds.EndpointType, r.VersionInfo, r.Nonce, "users")); err != nil {
+			t.Fatal(err)
+		}
+		if want == 0 {
+			return r, ""
+		}
+		var cla endpointpb.ClusterLoadAssignment
+		if err := r.Resources[0].UnmarshalTo(&cla); err != nil {
+			t.Fatal(err)
+		}
+		return r, cla.ClusterName
+	}
+	if err := s.Send(request(xds.EndpointType, "", "", "users")); err != nil {
+		t.Fatal(err)
+	}
+	r1, c := recv(1)
+	if c != "a" {
+		t.Fatalf("users: cluster %q, want a", c)
+	}
+	feed.alias("users", "b")
+	r2, c := recv(1)
+	if c != "b" || r2.VersionInfo == r1.VersionInfo {
+		t.Fatalf("users after the move: cluster %q version %s (before %s), want b under a new version", c, r2.VersionInfo, r1.VersionInfo)
+	}
+	if n := feed.open(); n != 1 {
+		t.Errorf("%d subscriptions open after the move, want 1", n)
+	}
+	feed.alias("users", "gone")
+	recv(0)
+	if n := feed.open(); n != 0 {
+		t.Errorf("%d subscriptions open after a move to an unknown name, want 0", n)
+	}
+}
