@@ -248,6 +248,21 @@ func freeLoopback(t testing.TB) string {
 
 // runAll runs f(0) … f(n-1) on workers goroutines and returns the first
 // error.
+// openBefore opens connections 0 to n-1 with open, clientsDialers at
+// once, and returns the first error, or one saying how many were left
+// when deadline passed.
+func openBefore(n int, deadline time.Time, open func(i int) error) error {
+	return runAll(n, clientsDialers, func(i int) error {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("connection %d of %d not opened before the deadline", i, n)
+		}
+		if err := open(i); err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		return nil
+	})
+}
+
 func runAll(n, workers int, f func(i int) error) error {
 	var next atomic.Int64
 	var first atomic.Pointer[error]
@@ -421,28 +436,8 @@ func benchClients(b *testing.B, lbBin string, c clientsCase) {
 			cs[i] = &benchConn{streams: newStreams(c.perConn, i*c.perConn)}
 		}
 		conns = append(conns, cs...)
-		var next atomic.Int64
-		var dialErr atomic.Pointer[error]
-		var dialers sync.WaitGroup
-		for range clientsDialers {
-			dialers.Add(1)
-			go func() {
-				defer dialers.Done()
-				for time.Now().Before(deadline) && dialErr.Load() == nil {
-					i := int(next.Add(1)) - 1
-					if i >= len(cs) {
-						return
-					}
-					if err := open(cs[i]); err != nil {
-						err = fmt.Errorf("connection %d: %w", i, err)
-						dialErr.CompareAndSwap(nil, &err)
-					}
-				}
-			}()
-		}
-		dialers.Wait()
-		if p := dialErr.Load(); p != nil {
-			b.Fatal(*p)
+		if err := openBefore(len(cs), deadline, func(i int) error { return open(cs[i]) }); err != nil {
+			b.Fatal(err)
 		}
 		if err := waitFirsts(cs, deadline); err != nil {
 			logs := lbp.logs()

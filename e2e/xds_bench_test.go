@@ -227,28 +227,8 @@ func benchXDSStreams(b *testing.B, lbBin string, c xdsStreamsCase) {
 	for i := range ss {
 		ss[i] = newStream(i)
 	}
-	var next atomic.Int64
-	var dialErr atomic.Pointer[error]
-	var dialers sync.WaitGroup
-	for range clientsDialers {
-		dialers.Add(1)
-		go func() {
-			defer dialers.Done()
-			for time.Now().Before(deadline) && dialErr.Load() == nil {
-				i := int(next.Add(1)) - 1
-				if i >= len(ss) {
-					return
-				}
-				if err := open(ss[i]); err != nil {
-					err = fmt.Errorf("connection %d: %w", i, err)
-					dialErr.CompareAndSwap(nil, &err)
-				}
-			}
-		}()
-	}
-	dialers.Wait()
-	if p := dialErr.Load(); p != nil {
-		b.Fatal(*p)
+	if err := openBefore(len(ss), deadline, func(i int) error { return open(ss[i]) }); err != nil {
+		b.Fatal(err)
 	}
 	if err := waitFirsts(ss, deadline); err != nil {
 		logs := lbp.logs()
@@ -340,6 +320,13 @@ func (s *xdsBenchStream) run(stream discoverypb.AggregatedDiscoveryService_Strea
 			ResponseNonce: resp.GetNonce(), ResourceNames: names[typ]}); err != nil {
 			fail(err)
 			return
+		}
+		if len(resp.GetResources()) == 0 && (typ == xds.RouteType || typ == xds.EndpointType) {
+			// In the state of the world, a RouteConfiguration or
+			// ClusterLoadAssignment missing from a response is not
+			// removed, only not there yet (the service's first
+			// assignment is pending): wait for the next, as grpc-go does.
+			continue
 		}
 		nextType, nextName, endpoints, err := followXDS(resp)
 		if err != nil {
