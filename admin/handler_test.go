@@ -42,11 +42,11 @@ func fakeStatus() Status {
 		Ready:    true,
 		Consul:   &ConsulStatus{Address: "127.0.0.1:8500", Reachable: true, LastContact: now.Add(-1500 * time.Millisecond)},
 		Replicas: []Replica{{Address: "127.0.0.1:7000", ID: "lb-1", Health: "passing", Self: true}, {Address: "127.0.0.2:7000", ID: "lb-2", Health: "critical"}},
-		Totals:   Totals{Streams: 3, StreamsStarted: 10, Connections: 3, Services: 2, ListsSent: 12},
+		Totals:   Totals{Streams: 3, StreamsStarted: 10, Connections: 3, Services: 2, ListsSent: 12, XDSNACKs: 4},
 		Services: []lbserver.ServiceStatus{
 			{
 				Service: "user-srv", Policy: "weighted_round_robin", PolicySource: lbserver.PolicyFromConfig, ChildPolicy: "round_robin",
-				Streams: 2, Ready: true, SnapshotArrived: now.Add(-10 * time.Second), LoadReports: true,
+				Streams: 2, XDSStreams: 5, Ready: true, SnapshotArrived: now.Add(-10 * time.Second), LoadReports: true,
 				LatencyOutliers: true, Outliers: 1, MedianLatency: 5234 * time.Microsecond, OutlierEjections: 2,
 				Endpoints: []lbserver.EndpointStatus{
 					{ID: "user-srv-1", InstanceID: "user-srv-1", Address: "10.0.0.1:50051", Weight: 1, Health: "passing",
@@ -214,7 +214,8 @@ func TestStatusPageShows(t *testing.T) {
 		"Replicas (2)", "127.0.0.1:7000 this one passing", "127.0.0.2:7000 critical",
 		"clients (streams) 3 of 10 started",
 		"user-srv weighted_round_robin · config child round_robin",
-		"clients 2 endpoints 2 calls reported 400 endpoints from discovery 10s ago load reports on latency outliers 1 · median 5.23ms",
+		"refused by limits 0 xDS NACKs 4",
+		"clients 2 xDS clients 5 endpoints 2 calls reported 400 endpoints from discovery 10s ago load reports on latency outliers 1 · median 5.23ms",
 		// the rows: address, ID, node, health, weight, load weight,
 		// utilization, qps, report age, latency, pick_first clients,
 		// calls, share
@@ -431,5 +432,13 @@ func TestServeStops(t *testing.T) {
 	stop()
 	if took := time.Since(start); took > ShutdownTimeout+time.Second {
 		t.Errorf("Serve took %v to stop", took)
+	}
+}
+
+// TestTotalsOfXDSNACKs: the totals count the NACKs of every type.
+func TestTotalsOfXDSNACKs(t *testing.T) {
+	got := TotalsOf(lbserver.Stats{XDSNACKs: map[string]int64{"listener": 0, "route": 1, "cluster": 2, "endpoint": 3}})
+	if got.XDSNACKs != 6 {
+		t.Errorf("XDSNACKs = %d, want 6", got.XDSNACKs)
 	}
 }

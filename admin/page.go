@@ -63,6 +63,7 @@ type serviceView struct {
 	PolicySource   string
 	ChildPolicy    string
 	Clients        int64
+	XDSClients     int64
 	Fallback       bool
 	FallbackReason string
 	Drops          []dropView

@@ -124,6 +124,9 @@ type Totals struct {
 	UnknownServices int64 `json:"unknown_services"`
 	// Refused counts streams and connections refused by any limit.
 	Refused int64 `json:"refused"`
+	// XDSNACKs counts the responses xDS clients rejected, of every
+	// resource type (lbserver.Stats.XDSNACKs).
+	XDSNACKs int64 `json:"xds_nacks"`
 }
 
 // TotalsOf returns the Totals in a server's Stats.
@@ -138,5 +141,15 @@ func TotalsOf(st lbserver.Stats) Totals {
 		FallbacksSent:   st.FallbacksSent,
 		UnknownServices: st.UnknownServices,
 		Refused:         r.Streams + r.StreamsPerIP + r.StreamsPerConn + r.Conns + r.ConnsPerIP + r.StreamRatePerIP,
+		XDSNACKs:        sum(st.XDSNACKs),
 	}
+}
+
+// sum adds up counts.
+func sum(counts map[string]int64) int64 {
+	var n int64
+	for _, c := range counts {
+		n += c
+	}
+	return n
 }

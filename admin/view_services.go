@@ -15,6 +15,7 @@ func serviceViewOf(s lbserver.ServiceStatus, now time.Time) serviceView {
 		PolicySource:   s.PolicySource,
 		ChildPolicy:    s.ChildPolicy,
 		Clients:        int64(s.Streams),
+		XDSClients:     int64(s.XDSStreams),
 		Fallback:       s.Fallback,
 		FallbackReason: s.FallbackReason,
 		PickFirst:      s.PickFirst.Address,

@@ -22,6 +22,10 @@ type ServiceStatus struct {
 	ChildPolicy string `json:"child_policy"`
 	// Streams is the client streams on the service now.
 	Streams int `json:"streams"`
+	// XDSStreams is the xDS clients' ADS streams that follow the service
+	// now (subscribed to a name that maps to it; one per stream, however
+	// many of its names do).
+	XDSStreams int `json:"xds_streams"`
 	// Ready is whether discovery has answered for the service.
 	Ready bool `json:"ready"`
 	// SnapshotArrived is when the discovery answer in use arrived (zero
@@ -155,6 +159,7 @@ func (svc *service) status(now time.Time, child string) ServiceStatus {
 		PolicySource:       p.policySource,
 		ChildPolicy:        child,
 		Streams:            int(svc.streams.Load()),
+		XDSStreams:         svc.xdsStreams(),
 		Ready:              p.ready,
 		SnapshotArrived:    p.arrived,
 		SnapshotIndex:      p.snap.Index,

@@ -6,11 +6,14 @@ import (
 	"testing"
 	"time"
 
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/google/go-cmp/cmp"
 	lbpb "google.golang.org/grpc/balancer/grpclb/grpc_lb_v1"
 
 	"github.com/lookaside-lb/lookaside/discovery"
 	"github.com/lookaside-lb/lookaside/policy/weightedroundrobin"
+	"github.com/lookaside-lb/lookaside/xds"
+	"github.com/lookaside-lb/lookaside/xds/xdstest"
 )
 
 func clientStats(started int64) *lbpb.LoadBalanceRequest {
@@ -181,4 +184,103 @@ func BenchmarkStatus(b *testing.B) {
 			b.Fatalf("%d services", len(got))
 		}
 	}
+}
+
+// TestStatusXDSStreams: a service's status counts the xDS streams that
+// follow it, once per stream however many of its names map to it.
+func TestStatusXDSStreams(t *testing.T) {
+	src := newFakeSource(snap("svc", ep("a", "127.0.0.1:1")), snap("other", ep("b", "127.0.0.1:2")))
+	cfg := testConfig(src)
+	cfg.Aliases = map[string]string{"users": "svc"}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	feed := s.XDSFeed().(xds.StreamFeed)
+	count := func() map[string]int {
+		out := map[string]int{}
+		for _, st := range s.Status() {
+			out[st.Service] = st.XDSStreams
+		}
+		return out
+	}
+	sub := func(stream uint64, name string) xds.Subscription {
+		t.Helper()
+		x, err := feed.SubscribeStream(stream, name, func() {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	// Stream 1 dials xds:///users: its Listener and Route name users, its
+	// Cluster and assignment svc.
+	l1, c1 := sub(1, "users"), sub(1, "svc")
+	s2 := sub(2, "SVC:443")
+	o2 := sub(2, "other")
+	anon, err := s.XDSFeed().Subscribe("svc", func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := count(), map[string]int{"svc": 3, "other": 1}; !cmp.Equal(got, want) {
+		t.Errorf("xDS streams %v, want %v", got, want)
+	}
+	l1.Close()
+	if got, want := count(), map[string]int{"svc": 3, "other": 1}; !cmp.Equal(got, want) {
+		t.Errorf("after one of stream 1's names closed: xDS streams %v, want %v", got, want)
+	}
+	c1.Close()
+	c1.Close()
+	anon.Close()
+	if got, want := count(), map[string]int{"svc": 1, "other": 1}; !cmp.Equal(got, want) {
+		t.Errorf("after stream 1 left: xDS streams %v, want %v", got, want)
+	}
+	s2.Close()
+	o2.Close()
+	for _, st := range s.Status() {
+		if st.XDSStreams != 0 {
+			t.Errorf("%s: %d xDS streams after every subscription closed", st.Service, st.XDSStreams)
+		}
+	}
+}
+
+// TestStatusXDSStreamsServed: an ADS stream counts on its service while
+// it is open.
+func TestStatusXDSStreamsServed(t *testing.T) {
+	src := newFakeSource(snap("svc", ep("a", "127.0.0.1:1")))
+	cfg := testConfig(src)
+	cfg.Aliases = map[string]string{"users": "svc"}
+	s, addr := serveAt(t, cfg)
+	ads := xdstest.RawADS(t, addr)
+	for _, r := range []*discoverypb.DiscoveryRequest{
+		{TypeUrl: xds.ListenerType, ResourceNames: []string{"users"}},
+		{TypeUrl: xds.EndpointType, ResourceNames: []string{"svc"}},
+	} {
+		if err := ads.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	streams := func() int {
+		for _, st := range s.Status() {
+			if st.Service == "svc" {
+				return st.XDSStreams
+			}
+		}
+		return 0
+	}
+	wait := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for streams() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("svc: %d xDS streams, want %d", streams(), want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	wait(1)
+	if err := ads.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	wait(0)
 }

@@ -35,10 +35,16 @@ type xdsFeed struct {
 	s     *Server
 	start sync.Once // starts follow
 
+	anon atomic.Uint64 // the last stream number of Subscribe
+
 	mu sync.Mutex
 	// appeared is closed, and replaced, when the settings or the
 	// directory change (see Appeared); guarded by mu.
 	appeared chan struct{}
+	// watches are the watchers of the feed's streams; guarded by mu
+	// (their services' watchers are also guarded by the service's
+	// watchMu, taken after mu).
+	watches map[watchKey]*xdsSub
 }
 
 // begin starts the feed's goroutine (follow), once; not after the server
@@ -70,7 +76,7 @@ func (f *xdsFeed) dirChanged() <-chan struct{} {
 // follow runs until the server closes, counted among its streams. When
 // the settings change it wakes the subscriptions whose name the new
 // settings map to another service (their streams then move them, see
-// xdsSub.Moved); when the settings or the directory change it closes the
+// xdsName.Moved); when the settings or the directory change it closes the
 // Appeared channel, so that streams subscribe again to names refused
 // before. One goroutine for every subscription of the feed.
 func (f *xdsFeed) follow(set *live, dir <-chan struct{}) {
@@ -94,14 +100,29 @@ func (f *xdsFeed) follow(set *live, dir <-chan struct{}) {
 	}
 }
 
-// Subscribe maps name as a stream's initial request name is mapped and
-// acquires its service. A name the discovery Directory does not list costs
-// one lookup and starts no watch: the error wraps xds.ErrUnknown. A name
-// that does not map, or a refusal of the registry (too many services,
-// shutting down) is another error. notify is called after every plan the
-// service publishes, and when new settings map name to another service,
-// until Close returns. Does not block.
+// Subscribe is SubscribeStream for a stream of its own: a subscription
+// made here counts as one more stream on its service.
 func (f *xdsFeed) Subscribe(name string, notify func()) (xds.Subscription, error) {
+	return f.SubscribeStream(anonStreamBit|f.anon.Add(1), name, notify)
+}
+
+// anonStreamBit sets the streams of Subscribe apart from those the xds
+// server numbers.
+const anonStreamBit = 1 << 63
+
+// SubscribeStream implements xds.StreamFeed: it maps name as a stream's
+// initial request name is mapped and acquires its service. A name the
+// discovery Directory does not list costs one lookup and starts no watch:
+// the error wraps xds.ErrUnknown. A name that does not map, or a refusal
+// of the registry (too many services, shutting down) is another error.
+// notify is called after every plan the service publishes, and when new
+// settings map name to another service, until Close returns. The
+// subscriptions of one stream to one service share a watcher (an xDS
+// client asks for its target's Listener and Route and for the Cluster and
+// ClusterLoadAssignment by the service's name: two names when it dials an
+// alias), so that a service's watchers are the streams that follow it.
+// Does not block.
+func (f *xdsFeed) SubscribeStream(stream uint64, name string, notify func()) (xds.Subscription, error) {
 	f.begin()
 	s := f.s
 	set := s.live()
@@ -123,20 +144,55 @@ func (f *xdsFeed) Subscribe(name string, notify func()) (xds.Subscription, error
 		}
 		return nil, err
 	}
-	sub := &xdsSub{s: s, svc: svc, name: name, notify: notify}
-	sub.set.Store(set)
-	svc.addWatcher(sub)
-	return sub, nil
+	n := &xdsName{name: name}
+	n.set.Store(set)
+	key := watchKey{stream, svc}
+	f.mu.Lock()
+	w := f.watches[key]
+	if w == nil {
+		w = &xdsSub{feed: f, key: key, notify: notify, names: map[*xdsName]struct{}{}}
+		if f.watches == nil {
+			f.watches = map[watchKey]*xdsSub{}
+		}
+		f.watches[key] = w
+	}
+	n.w = w
+	svc.watchMu.Lock()
+	if svc.watchers == nil {
+		svc.watchers = map[*xdsSub]struct{}{}
+	}
+	svc.watchers[w] = struct{}{}
+	w.names[n] = struct{}{}
+	svc.watchMu.Unlock()
+	f.mu.Unlock()
+	return n, nil
 }
 
-// xdsSub is one xDS stream's subscription to one service.
-type xdsSub struct {
-	s      *Server
+// watchKey is one stream's hold on one service.
+type watchKey struct {
+	stream uint64
 	svc    *service
-	name   string // as the client asked for it
+}
+
+// xdsSub is one xDS stream's subscription to one service: the watcher
+// that the service notifies of its plans, shared by the stream's names
+// that map to it.
+type xdsSub struct {
+	feed   *xdsFeed
+	key    watchKey
 	notify func()
-	once   sync.Once
-	// set is the settings name was last found to map to svc with.
+	// names are the stream's subscriptions through this watcher; guarded
+	// by key.svc.watchMu.
+	names map[*xdsName]struct{}
+}
+
+// xdsName is a subscription to one name of one stream (an
+// xds.Subscription).
+type xdsName struct {
+	w    *xdsSub
+	name string // as the client asked for it
+	once sync.Once
+	// set is the settings name was last found to map to the service with.
 	set atomic.Pointer[live]
 }
 
@@ -144,12 +200,12 @@ type xdsSub struct {
 // subscription's name to another service (or to none) than its own.
 // Costs a load and a comparison while the settings are those it was
 // mapped with. Safe for concurrent use.
-func (x *xdsSub) Moved() bool {
-	set := x.s.live()
+func (x *xdsName) Moved() bool {
+	set := x.w.feed.s.live()
 	if x.set.Load() == set {
 		return false
 	}
-	if svc, err := set.names.Map(x.name); err != nil || svc != x.svc.name {
+	if svc, err := set.names.Map(x.name); err != nil || svc != x.w.key.svc.name {
 		return true
 	}
 	x.set.Store(set)
@@ -158,55 +214,62 @@ func (x *xdsSub) Moved() bool {
 
 // Assignment returns the assignment of the service's current plan, and
 // false before its first answer. Safe for concurrent use.
-func (x *xdsSub) Assignment() (xds.Assignment, bool) {
-	p := x.svc.cur.Load()
+func (x *xdsName) Assignment() (xds.Assignment, bool) {
+	svc := x.w.key.svc
+	p := svc.cur.Load()
 	if !p.ready {
 		return xds.Assignment{}, false
 	}
-	return p.xdsAssignment(x.svc.name), true
+	return p.xdsAssignment(svc.name), true
 }
 
-// Close stops the notifications and gives the service back. Safe to call
-// twice.
-func (x *xdsSub) Close() {
+// Close gives the service back, and stops the notifications with the
+// stream's last name on it. Safe to call twice.
+func (x *xdsName) Close() {
 	x.once.Do(func() {
-		x.svc.removeWatcher(x)
-		x.s.reg.release(x.svc)
+		w := x.w
+		f, svc := w.feed, w.key.svc
+		f.mu.Lock()
+		svc.watchMu.Lock()
+		delete(w.names, x)
+		last := len(w.names) == 0
+		if last {
+			delete(svc.watchers, w)
+		}
+		svc.watchMu.Unlock()
+		if last {
+			delete(f.watches, w.key)
+		}
+		f.mu.Unlock()
+		f.s.reg.release(svc)
 	})
 }
 
-// addWatcher has w notified of every plan published from now on. Safe for
+// xdsStreams returns how many xDS streams follow the service. Safe for
 // concurrent use.
-func (s *service) addWatcher(w *xdsSub) {
+func (s *service) xdsStreams() int {
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
-	if s.watchers == nil {
-		s.watchers = map[*xdsSub]struct{}{}
-	}
-	s.watchers[w] = struct{}{}
+	return len(s.watchers)
 }
 
-// removeWatcher stops notifying w; once it returns, w is not called. Safe
-// for concurrent use.
-func (s *service) removeWatcher(w *xdsSub) {
-	s.watchMu.Lock()
-	defer s.watchMu.Unlock()
-	delete(s.watchers, w)
-}
-
-// notifyMoved calls the notify of every watcher whose name set maps to
-// another service (which does not block): its stream moves it.
+// notifyMoved calls the notify of every watcher with a name that set maps
+// to another service (which does not block): its stream moves it.
 func (s *service) notifyMoved(set *live) {
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
 	for w := range s.watchers {
-		if svc, err := set.names.Map(w.name); err != nil || svc != s.name {
-			w.notify()
+		for n := range w.names {
+			if svc, err := set.names.Map(n.name); err != nil || svc != s.name {
+				w.notify()
+				break
+			}
 		}
 	}
 }
 
-// notifyWatchers calls every watcher's notify (which does not block).
+// notifyWatchers calls every watcher's notify (which does not block):
+// once per stream.
 func (s *service) notifyWatchers() {
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()

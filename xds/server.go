@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -54,6 +55,17 @@ type Subscription interface {
 	Assignment() (Assignment, bool)
 	// Close ends the subscription; notify is not called after it returns.
 	Close()
+}
+
+// StreamFeed may be implemented by a Feed that tells the streams apart,
+// to count the streams that follow each service: the server then calls
+// SubscribeStream instead of Subscribe, with the same stream ID for every
+// subscription of one ADS stream and a different one for every stream of
+// the Server.
+type StreamFeed interface {
+	// SubscribeStream is Subscribe for stream (at least 1). A stream's
+	// subscriptions all have the same notify.
+	SubscribeStream(stream uint64, name string, notify func()) (Subscription, error)
 }
 
 // Mover may be implemented by a Subscription whose name can come to
@@ -111,6 +123,8 @@ type Server struct {
 	nackLog  *logthrottle.Logger
 	onNACK   func(typeURL, reason string)
 	cache    *cache // the resources made, shared by the streams
+
+	streamSeq atomic.Uint64 // the last stream's ID
 }
 
 // New returns a Server that serves from feed.
@@ -150,6 +164,7 @@ func (s *Server) StreamAggregatedResources(stream discoverypb.AggregatedDiscover
 	defer cancel()
 	st := &adsStream{
 		srv:   s,
+		id:    s.streamSeq.Add(1),
 		send:  stream.Send,
 		subs:  map[string]*subRef{},
 		types: map[string]*typeState{},
@@ -200,6 +215,7 @@ func (s *Server) DeltaAggregatedResources(discoverypb.AggregatedDiscoveryService
 // adsStream is one ADS stream's state, owned by its handler goroutine.
 type adsStream struct {
 	srv   *Server
+	id    uint64 // for StreamFeed
 	send  func(*discoverypb.DiscoveryResponse) error
 	node  string
 	subs  map[string]*subRef    // by name, over every type
@@ -295,11 +311,19 @@ func (st *adsStream) acquire(name string) {
 		r.refs++
 		return
 	}
-	sub, err := st.srv.feed.Subscribe(name, st.notify)
+	sub, err := st.subscribe(name)
 	st.subs[name] = &subRef{sub: sub, err: err, refs: 1}
 	if err != nil && !errors.Is(err, ErrUnknown) {
 		st.srv.log.Debug("xDS subscription refused", "name", logthrottle.Quote(name), "err", err)
 	}
+}
+
+// subscribe subscribes to name for the stream.
+func (st *adsStream) subscribe(name string) (Subscription, error) {
+	if sf, ok := st.srv.feed.(StreamFeed); ok {
+		return sf.SubscribeStream(st.id, name, st.notify)
+	}
+	return st.srv.feed.Subscribe(name, st.notify)
 }
 
 // release drops a reference to name's subscription, closing it with the
@@ -332,7 +356,7 @@ func (st *adsStream) refused() bool {
 func (st *adsStream) resubscribe() {
 	for name, r := range st.subs {
 		if r.sub == nil {
-			r.sub, r.err = st.srv.feed.Subscribe(name, st.notify)
+			r.sub, r.err = st.subscribe(name)
 		}
 	}
 }
@@ -402,7 +426,7 @@ func (st *adsStream) flush() error {
 // fires.
 func (st *adsStream) move(name string, r *subRef) {
 	old := r.sub
-	r.sub, r.err = st.srv.feed.Subscribe(name, st.notify)
+	r.sub, r.err = st.subscribe(name)
 	old.Close()
 	if r.sub != nil {
 		return
