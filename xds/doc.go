@@ -19,4 +19,10 @@
 // A resource is made and marshalled once for its content and shared by
 // every stream that serves it; a change sends a stream only the types
 // whose resource changed (an endpoint leaving: the ClusterLoadAssignment).
+//
+// A Feed whose names can come to answer to another service (aliases
+// reloaded) makes its subscriptions Movers: the stream subscribes to such
+// a name again and sends the other service's resources under the same
+// name. A Feed that counts the streams following each service implements
+// StreamFeed.
 package xds
