@@ -403,3 +403,57 @@ func TestXDSReloadRetriesRefused(t *testing.T) {
 		t.Fatalf("assignment for users after the reload: %s %v, want orders'", name, addrs)
 	}
 }
+
+// TestXDSAliasReloadMovesClient: a grpc-go xDS client of xds:///users
+// calls the new service's backends after a reload maps users to it, on
+// the same ADS stream.
+func TestXDSAliasReloadMovesClient(t *testing.T) {
+	bs := xdstest.HealthBackends(t, 2)
+	src := newFakeSource(snap("user-srv", ep("u", bs[0].String())), snap("orders", ep("o", bs[1].String())))
+	cfg := testConfig(src)
+	cfg.WatchLinger = 0
+	cfg.Aliases = map[string]string{"users": "user-srv"}
+	s, addr := serveAt(t, cfg)
+	c, closeClient := xdsHealthClient(t, addr, "users")
+	defer closeClient()
+	if got := spreadCalls(t, c, 5); got[bs[0].String()] != 5 {
+		t.Fatalf("calls before the reload: %v, want all to %v", got, bs[0])
+	}
+	set := s.Settings()
+	set.Aliases = map[string]string{"users": "orders"}
+	start := time.Now()
+	if err := s.Reconfigure(set); err != nil {
+		t.Fatal(err)
+	}
+	// grpc-go switches the route to the new cluster before its cluster
+	// manager has the cluster: a call made in that instant fails with
+	// Unavailable ("unknown cluster selected for RPC"). Counted, not
+	// failed on.
+	failed := 0
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var p peer.Peer
+		_, err := c.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&p))
+		cancel()
+		if err == nil && p.Addr.String() == bs[1].String() {
+			break
+		}
+		if err != nil {
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("call during the move: %v", err)
+			}
+			failed++
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("calls still go to user-srv 10 s after the reload")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("first call to orders %v after the reload; %d calls failed Unavailable meanwhile", time.Since(start).Round(time.Millisecond), failed)
+	if got := spreadCalls(t, c, 5); got[bs[1].String()] != 5 {
+		t.Errorf("calls after the move: %v, want all to %v", got, bs[1])
+	}
+	if n := s.Stats().XDSNACKs; n["listener"]+n["route"]+n["cluster"]+n["endpoint"] != 0 {
+		t.Errorf("NACKs %v, want none", n)
+	}
+}
