@@ -230,6 +230,10 @@ func TestListUpdates(t *testing.T) {
 	if diff := cmp.Diff([]string{"127.0.0.1:2", "127.0.0.1:3"}, recvList(t, s)); diff != "" {
 		t.Fatalf("after leave (-want +got):\n%s", diff)
 	}
+	// A list is counted once its send returned, which may be just after
+	// the client has it.
+	waitUntil(t, "ListsSent = 3", func() bool { return srv.Stats().ListsSent == 3 })
+	time.Sleep(50 * time.Millisecond)
 	if got := srv.Stats().ListsSent; got != 3 {
 		t.Errorf("ListsSent = %d, want 3", got)
 	}
