@@ -104,7 +104,9 @@ type ServeOptions struct {
 	// GRPC are extra options for the grpc.Server, after ServerOptions'.
 	// Transport credentials go in Creds, not here: the connections the
 	// balancer's own transport hands to the grpc.Server have done their
-	// TLS handshake already.
+	// TLS handshake already. Interceptors here do not run for the
+	// BalanceLoad streams the own transport serves (Config.Transport):
+	// put a rule they must apply in Authorize too.
 	GRPC []grpc.ServerOption
 	// Creds, if set, are the listener's transport credentials (TLS), for
 	// both transports (see Config.Transport). Nil serves plaintext.
