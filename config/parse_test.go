@@ -40,6 +40,7 @@ func TestDefaultIsTheFlagDefaults(t *testing.T) {
 			WatchLinger:           Duration(time.Minute),
 			MaxServices:           10000,
 			MaxStreamAge:          Duration(30 * time.Minute),
+			Transport:             "lookaside",
 		},
 		LoadReports: LoadReports{Enabled: true, Interval: Duration(time.Second), Blackout: Duration(10 * time.Second), OverloadThreshold: 0.9, MaxDropShare: 0.5,
 			LatencyOutliers: LatencyOutliers{Enabled: true, Factor: 2, ReadmitFactor: 1.5, MinExcess: Duration(time.Millisecond), EjectAfter: Duration(2 * time.Second), MinEndpoints: 3,

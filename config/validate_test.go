@@ -211,6 +211,7 @@ func TestValidate(t *testing.T) {
 		{"watch linger", func(c *Config) { c.Balancer.WatchLinger = d("-1m") }, []string{`balancer.watch_linger: -1m is negative`}},
 		{"max services", func(c *Config) { c.Balancer.MaxServices = 0 }, []string{`balancer.max_services: 0 is under 1`}},
 		{"max stream age", func(c *Config) { c.Balancer.MaxStreamAge = d("5s") }, []string{`balancer.max_stream_age: 5s is not 0 (never) or at least 10s`}},
+		{"transport", func(c *Config) { c.Balancer.Transport = "h3" }, []string{`balancer.transport: "h3" is not lookaside or grpc`}},
 		{"max stream age off", func(c *Config) { c.Balancer.MaxStreamAge = 0 }, nil},
 		{"lb token key", func(c *Config) { c.Balancer.LBTokenKeyFile = tf.key }, nil},
 		{"lb token key short", func(c *Config) { c.Balancer.LBTokenKeyFile = tf.short }, []string{
