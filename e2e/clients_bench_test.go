@@ -138,6 +138,39 @@ type benchConn struct {
 	streams []*benchStream
 }
 
+// startBenchBalancer starts lbBin against the agent with its limits
+// raised for streams streams (and a slack of 100), perConn of them per
+// connection, no stream rate limit, WARN logs and an admin listener, whose
+// address it returns; extra flags follow.
+func startBenchBalancer(b *testing.B, lbBin string, streams, perConn int, extra ...string) (*process, string) {
+	b.Helper()
+	slack := strconv.Itoa(streams + 100)
+	admin := freeLoopback(b)
+	args := append([]string{"-listen", "127.0.0.1:0", "-consul", agent.HTTPAddr(),
+		"-max-conns", slack, "-max-conns-per-ip", slack,
+		"-max-streams", slack, "-max-streams-per-ip", slack,
+		"-max-streams-per-conn", strconv.Itoa(perConn),
+		"-max-stream-rate-per-ip", "0", "-log-level", "warn",
+		"-admin-listen", admin, "-admin-pprof"}, extra...)
+	return startProcess(b, lbBin, args...), admin
+}
+
+// measureBalancer reads, after clientsSettleTime, the RSS of the
+// balancer process pid and its runtime figures from its admin listener.
+func measureBalancer(b *testing.B, pid int, admin string) (int64, balancerStats) {
+	b.Helper()
+	time.Sleep(clientsSettleTime)
+	rss, err := rssBytes(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	st, err := readBalancerStats(admin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return rss, st
+}
+
 // balancerStats is what the balancer's /metrics says of its Go runtime.
 type balancerStats struct {
 	goroutines, heapInuse, stackInuse float64
@@ -329,14 +362,8 @@ func benchClients(b *testing.B, lbBin string, c clientsCase) {
 		return true
 	})
 
-	slack := strconv.Itoa(c.streams + c.services + 100)
-	admin := freeLoopback(b)
-	lbp := startProcess(b, lbBin, "-listen", "127.0.0.1:0", "-consul", agent.HTTPAddr(),
-		"-max-conns", slack, "-max-conns-per-ip", slack,
-		"-max-streams", slack, "-max-streams-per-ip", slack,
-		"-max-streams-per-conn", strconv.Itoa(max(c.perConn, c.services)),
-		"-max-stream-rate-per-ip", "0", "-log-level", "warn",
-		"-admin-listen", admin, "-admin-pprof", "-transport", cmp.Or(c.transport, "lookaside"))
+	lbp, admin := startBenchBalancer(b, lbBin, c.streams+c.services, max(c.perConn, c.services),
+		"-transport", cmp.Or(c.transport, "lookaside"))
 	pid := lbp.cmd.Process.Pid
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*clientsOpenLimit+clientsPropLimit+time.Minute)
@@ -398,19 +425,7 @@ func benchClients(b *testing.B, lbBin string, c clientsCase) {
 		}
 		return ss
 	}
-	// measure reads the balancer's RSS and runtime figures.
-	measure := func() (int64, balancerStats) {
-		time.Sleep(clientsSettleTime)
-		rss, err := rssBytes(pid)
-		if err != nil {
-			b.Fatal(err)
-		}
-		st, err := readBalancerStats(admin)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return rss, st
-	}
+	measure := func() (int64, balancerStats) { return measureBalancer(b, pid, admin) }
 
 	// The baseline: one stream per service on one connection, so every
 	// service is watched already.

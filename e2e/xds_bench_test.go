@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -118,14 +117,7 @@ func benchXDSStreams(b *testing.B, lbBin string, c xdsStreamsCase) {
 	if c.lrs {
 		streamsPerConn = 2
 	}
-	slack := strconv.Itoa(streamsPerConn*c.streams + 100)
-	admin := freeLoopback(b)
-	lbp := startProcess(b, lbBin, "-listen", "127.0.0.1:0", "-consul", agent.HTTPAddr(),
-		"-max-conns", slack, "-max-conns-per-ip", slack,
-		"-max-streams", slack, "-max-streams-per-ip", slack,
-		"-max-streams-per-conn", strconv.Itoa(streamsPerConn),
-		"-max-stream-rate-per-ip", "0", "-log-level", "warn",
-		"-admin-listen", admin, "-admin-pprof")
+	lbp, admin := startBenchBalancer(b, lbBin, streamsPerConn*c.streams, streamsPerConn)
 	pid := lbp.cmd.Process.Pid
 
 	ctx, cancel := context.WithTimeout(context.Background(), clientsOpenLimit+clientsPropLimit+time.Minute)
@@ -197,18 +189,7 @@ func benchXDSStreams(b *testing.B, lbBin string, c xdsStreamsCase) {
 		}
 		return nil
 	}
-	measure := func() (int64, balancerStats) {
-		time.Sleep(clientsSettleTime)
-		rss, err := rssBytes(pid)
-		if err != nil {
-			b.Fatal(err)
-		}
-		st, err := readBalancerStats(admin)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return rss, st
-	}
+	measure := func() (int64, balancerStats) { return measureBalancer(b, pid, admin) }
 
 	// The baseline: one stream, so that the service is watched already.
 	warm := newStream(-1)
