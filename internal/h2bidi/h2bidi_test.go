@@ -3,7 +3,6 @@ package h2bidi
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -470,16 +469,7 @@ func TestTLS(t *testing.T) {
 	ca := tlstest.NewCA(t, "test ca")
 	leaf := ca.Issue(t, tlstest.Options{CommonName: "server", Names: []string{"127.0.0.1", "localhost"}})
 	client := ca.Issue(t, tlstest.Options{CommonName: "client"})
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
-	scert, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ccert, err := tls.X509KeyPair(client.CertPEM, client.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool, scert, ccert := ca.Pool(), leaf.Pair(t), client.Pair(t)
 	for _, mtls := range []bool{false, true} {
 		t.Run(fmt.Sprintf("mtls=%v", mtls), func(t *testing.T) {
 			scfg := &tls.Config{Certificates: []tls.Certificate{scert}}
@@ -531,9 +521,7 @@ func TestTLS(t *testing.T) {
 func TestOthersCredsAuthInfo(t *testing.T) {
 	ca := tlstest.NewCA(t, "test ca")
 	leaf := ca.Issue(t, tlstest.Options{CommonName: "server", Names: []string{"127.0.0.1"}})
-	scert, _ := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
+	scert, pool := leaf.Pair(t), ca.Pool()
 	got := make(chan credentials.AuthInfo, 1)
 	e := start(t, Config[req]{Creds: credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{scert}})},
 		grpc.UnaryInterceptor(func(ctx context.Context, r any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

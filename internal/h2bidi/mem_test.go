@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -190,9 +189,7 @@ func benchConnMemory(b *testing.B, kind string, n int) {
 		ca := tlstest.NewCA(b, "bench ca")
 		files := tlstest.WriteFiles(b, b.TempDir(), ca.Issue(b, tlstest.Options{CommonName: "server", Names: []string{"127.0.0.1"}}))
 		cmd.Env = append(cmd.Env, memServerEnv+"_CERT="+files.Cert, memServerEnv+"_KEY="+files.Key)
-		pool := x509.NewCertPool()
-		pool.AddCert(ca.Cert)
-		dialCreds = credentials.NewTLS(&tls.Config{RootCAs: pool})
+		dialCreds = credentials.NewTLS(&tls.Config{RootCAs: ca.Pool()})
 	}
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()

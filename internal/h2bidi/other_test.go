@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"io"
 	"net"
 	"net/http"
@@ -119,16 +118,7 @@ func TestOtherTLS(t *testing.T) {
 	ca := tlstest.NewCA(t, "test ca")
 	leaf := ca.Issue(t, tlstest.Options{CommonName: "server", Names: []string{"127.0.0.1", "localhost"}})
 	client := ca.Issue(t, tlstest.Options{CommonName: "client"})
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
-	scert, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ccert, err := tls.X509KeyPair(client.CertPEM, client.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool, scert, ccert := ca.Pool(), leaf.Pair(t), client.Pair(t)
 	scfg := &tls.Config{Certificates: []tls.Certificate{scert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}
 	ccfg := &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{ccert}}
 	peers := make(chan *peer.Peer, 100)

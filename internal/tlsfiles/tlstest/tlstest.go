@@ -7,6 +7,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -61,6 +62,23 @@ func NewCA(tb testing.TB, name string) *CA {
 type Leaf struct {
 	CertPEM, KeyPEM []byte
 	Cert            *x509.Certificate
+}
+
+// Pair returns l as a tls.Certificate.
+func (l Leaf) Pair(tb testing.TB) tls.Certificate {
+	tb.Helper()
+	c, err := tls.X509KeyPair(l.CertPEM, l.KeyPEM)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// Pool returns a certificate pool holding ca alone.
+func (ca *CA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.Cert)
+	return p
 }
 
 // Options describe a certificate to issue.
