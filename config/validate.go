@@ -506,7 +506,7 @@ func (v *validator) balancer() {
 	if d := b.MaxStreamAge; d != 0 && d < Duration(10*time.Second) {
 		v.add("balancer.max_stream_age", fdur(d), "is not 0 (never) or at least 10s")
 	}
-	if t := b.Transport; t != lbserver.TransportLookaside && t != lbserver.TransportGRPC {
+	if t := b.Transport; !lbserver.ValidTransport(t) {
 		v.add("balancer.transport", q(t), "is not "+lbserver.TransportLookaside+" or "+lbserver.TransportGRPC)
 	}
 	if f := b.LBTokenKeyFile; f != "" {

@@ -30,10 +30,13 @@ const (
 	TransportGRPC = "grpc"
 )
 
-// validTransport reports whether t names a transport ("" is the default).
+// ValidTransport reports whether t names a transport: TransportLookaside
+// or TransportGRPC. (Config.Transport may also be "", the default.)
+func ValidTransport(t string) bool { return t == TransportLookaside || t == TransportGRPC }
+
+// validTransport is Config.Transport's rule: ValidTransport, or "".
 func validTransport(t string) error {
-	switch t {
-	case "", TransportLookaside, TransportGRPC:
+	if t == "" || ValidTransport(t) {
 		return nil
 	}
 	return fmt.Errorf("transport %q is not %q or %q", t, TransportLookaside, TransportGRPC)
