@@ -304,10 +304,16 @@ func (s *Server) Listener(lis net.Listener) net.Listener {
 // own: grpc allows one). Serve uses them.
 func (s *Server) GRPCOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
 	return append(ServerOptions(extra...),
-		grpc.MaxConcurrentStreams(uint32(2*s.cfg.MaxStreamsPerConn)),
+		grpc.MaxConcurrentStreams(s.maxConcurrentStreams()),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestSize),
 		grpc.InTapHandle(s.tapStream))
 }
+
+// maxConcurrentStreams is the HTTP/2 MAX_CONCURRENT_STREAMS both
+// transports announce: twice MaxStreamsPerConn (from its value at New),
+// so that the per-connection limit refuses with its own status, while the
+// streams ended whose client has not read their end yet stay bounded.
+func (s *Server) maxConcurrentStreams() uint32 { return uint32(2 * s.cfg.MaxStreamsPerConn) }
 
 // balanceLoadMethod is the full name of BalanceLoad.
 var balanceLoadMethod = "/" + lbpb.LoadBalancer_ServiceDesc.ServiceName + "/BalanceLoad"

@@ -74,7 +74,7 @@ func (s *Server) newOwnStreams(creds credentials.TransportCredentials, authorize
 			return s.admitStream(ctx)
 		},
 		Creds:                creds,
-		MaxConcurrentStreams: uint32(2 * s.cfg.MaxStreamsPerConn),
+		MaxConcurrentStreams: s.maxConcurrentStreams(),
 		InitialWindowSize:    InitialWindowSize,
 		MaxRecvMsgSize:       s.cfg.MaxRequestSize,
 		KeepaliveTime:        KeepaliveParams.Time,
