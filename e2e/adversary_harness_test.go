@@ -42,10 +42,11 @@ type honest struct {
 
 // inProcessP99 bounds the honest first list in adversary tests whose
 // balancer runs in the test process, under the race detector and beside
-// the attackers: it is several times slower there than alone. The 100 ms
-// a deployment must see is asserted by TestAdversarySuite, against the
-// lbserver binary.
-const inProcessP99 = 500 * time.Millisecond
+// the attackers: it is several times slower there than alone, and slower
+// again while other tests run beside it (CI saw 542 ms once on a run whose
+// quiet p99 is 70–180 ms). The 100 ms a deployment must see is asserted
+// by TestAdversarySuite, against the lbserver binary.
+const inProcessP99 = 750 * time.Millisecond
 
 // probeEvery is how often the prober opens a stream; probeLimit bounds the
 // prober's life whatever the test does.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"time"
 
@@ -97,7 +98,7 @@ func (b *builder) Build(rt resolver.Target, cc resolver.ClientConn, opts resolve
 	if err != nil {
 		return nil, err
 	}
-	health, probe, closeIdle, err := b.newHealth(t)
+	health, probe, closeConns, err := b.newHealth(t)
 	if err != nil {
 		return nil, err
 	}
@@ -106,19 +107,19 @@ func (b *builder) Build(rt resolver.Target, cc resolver.ClientConn, opts resolve
 		logger = slog.Default()
 	}
 	r := &consulResolver{
-		cc:        cc,
-		target:    t,
-		health:    health,
-		closeIdle: closeIdle,
-		tune:      b.tune,
-		log:       logger.With("component", "resolver.consul", "target", t),
-		lbSeed:    rand.Uint64(),
-		results:   make(chan result),
+		cc:         cc,
+		target:     t,
+		health:     health,
+		closeConns: closeConns,
+		tune:       b.tune,
+		log:        logger.With("component", "resolver.consul", "target", t),
+		lbSeed:     rand.Uint64(),
+		results:    make(chan result),
 	}
 	if t.LB && !opts.DisableServiceConfig {
 		r.sc = cc.ParseServiceConfig(ServiceConfig(discovery.JoinName(t.Service, t.Tags)))
 		if r.sc.Err != nil {
-			closeIdle()
+			closeConns()
 			return nil, fmt.Errorf("consul: service config: %w", r.sc.Err)
 		}
 	}
@@ -127,7 +128,7 @@ func (b *builder) Build(rt resolver.Target, cc resolver.ClientConn, opts resolve
 		r.balancers, err = r.newWatcher(balancerList)
 	}
 	if err != nil {
-		closeIdle()
+		closeConns()
 		return nil, err
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
@@ -149,7 +150,7 @@ func ServiceConfig(service string) string {
 }
 
 // newAPIHealth returns the health endpoint of a Consul client for t, with a
-// transport of its own whose idle connections the returned function closes.
+// transport of its own whose connections the returned function closes.
 // Requests carry no client-wide timeout: each fetch has its own deadline.
 func newAPIHealth(t Target) (healthClient, func(context.Context) error, func(), error) {
 	cfg := api.DefaultConfig() // the standard environment variables
@@ -171,17 +172,24 @@ func newAPIHealth(t Target) (healthClient, func(context.Context) error, func(), 
 		tr = http.DefaultTransport.(*http.Transport).Clone()
 		cfg.Transport = tr
 	}
+	var conns connSet
+	if tr.DialContext == nil {
+		tr.DialContext = (&net.Dialer{}).DialContext
+	}
+	tr.DialContext = conns.wrap(tr.DialContext)
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		tr.CloseIdleConnections()
 		return nil, nil, nil, fmt.Errorf("consul: client for %s: %w", t, err)
 	}
-	// NewClient may replace the transport (unix sockets): close both.
-	closeIdle := func() {
+	// NewClient may replace the transport's dialer (unix sockets): close
+	// the idle connections of the client's transport as well.
+	closeAll := func() {
+		conns.closeAll()
 		tr.CloseIdleConnections()
 		if cfg.HttpClient != nil {
 			cfg.HttpClient.CloseIdleConnections()
 		}
 	}
-	return c.Health(), consulwatch.LeaderProbe(c.Status()), closeIdle, nil
+	return c.Health(), consulwatch.LeaderProbe(c.Status()), closeAll, nil
 }

@@ -44,20 +44,20 @@ type result struct {
 // loop, which alone talks to the channel.
 type consulResolver struct {
 	// Read-only after Build.
-	cc        resolver.ClientConn
-	target    Target
-	health    healthClient
-	closeIdle func()
-	sc        *serviceconfig.ParseResult // nil: no service config in the state
-	tune      tuning
-	log       *slog.Logger
-	monitor   *consulwatch.Monitor // shared by the two watch loops
-	lbSeed    uint64               // orders the balancer addresses of this resolver
-	instances *watcher
-	balancers *watcher // nil with the LB off
-	results   chan result
-	ctx       context.Context
-	cancel    context.CancelFunc
+	cc         resolver.ClientConn
+	target     Target
+	health     healthClient
+	closeConns func()
+	sc         *serviceconfig.ParseResult // nil: no service config in the state
+	tune       tuning
+	log        *slog.Logger
+	monitor    *consulwatch.Monitor // shared by the two watch loops
+	lbSeed     uint64               // orders the balancer addresses of this resolver
+	instances  *watcher
+	balancers  *watcher // nil with the LB off
+	results    chan result
+	ctx        context.Context
+	cancel     context.CancelFunc
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -85,13 +85,13 @@ func (r *consulResolver) start() {
 func (r *consulResolver) ResolveNow(resolver.ResolveNowOptions) {}
 
 // Close stops the watch loops and the run loop, waits for them, and closes
-// the idle connections to Consul. It blocks until a request in flight has
+// its connections to Consul. It blocks until a request in flight has
 // seen its context cancelled (promptly). Safe to call more than once.
 func (r *consulResolver) Close() {
 	r.closeOnce.Do(func() {
 		r.cancel()
 		r.wg.Wait()
-		r.closeIdle()
+		r.closeConns()
 	})
 }
 
