@@ -7,7 +7,8 @@
 //     last one resets the watch and the answer is taken as fresh data; the
 //     same index means nothing changed and delivers nothing;
 //   - the pace: two fetches start at least MinInterval apart, plus up to
-//     25 % of jitter;
+//     25 % of jitter, except that a blocking fetch follows a successful
+//     one at index 0 (the first, or a kick's) at once;
 //   - errors: exponential backoff with jitter (clock.Backoff), a deadline
 //     per fetch (the blocking wait, Consul's jitter of wait/16, and
 //     Timeout);

@@ -164,7 +164,8 @@ func (w *Watch[T]) Kick() {
 // Run fetches until ctx is done, calling deliver with every answer whose
 // index changed (or that follows a Kick), and onError (if not nil) with
 // every failed fetch, both from the calling goroutine. Every fetch starts
-// at least MinInterval (plus jitter) after the previous one, and after the
+// at least MinInterval (plus jitter) after the previous one, except the
+// blocking fetch that follows a successful one at index 0, and after the
 // backoff owed for a failure; while that backoff is longer than
 // ProbeAfter and the error is transient, the Monitor's probe may end it
 // early. Run blocks and returns ctx.Err().
@@ -177,11 +178,18 @@ func (w *Watch[T]) Run(ctx context.Context, deliver func(Update[T]), onError fun
 		delay     time.Duration // backoff owed before the next fetch
 		probe     bool          // whether the owed backoff may be cut short by a probe
 		fresh     = true        // the next answer starts afresh
+		looked    bool          // the previous fetch was a successful one at index 0
 	)
 	clk, mon := w.opts.Clock, w.opts.Monitor
 	for first := true; ; first = false {
 		if !first {
 			pace := lastStart.Add(w.interval()).Sub(clk.Now())
+			if looked {
+				// The fetch at index 0 and the blocking one after it are
+				// one look at Consul: a change made between them would
+				// otherwise wait a whole pace.
+				pace = 0
+			}
 			var err error
 			if delay > pace {
 				err = mon.Sleep(ctx, delay, probe)
@@ -209,7 +217,7 @@ func (w *Watch[T]) Run(ctx context.Context, deliver func(Update[T]), onError fun
 		w.cancelFetch = cancel
 		w.mu.Unlock()
 
-		lastStart, delay, probe = clk.Now(), 0, false
+		lastStart, delay, probe, looked = clk.Now(), 0, false, false
 		v, meta, err := w.fetch(fctx, waitIndex, wait)
 		w.mu.Lock()
 		w.cancelFetch = nil
@@ -243,6 +251,7 @@ func (w *Watch[T]) Run(ctx context.Context, deliver func(Update[T]), onError fun
 		}
 		failures = 0
 		mon.Succeeded(w.opts.Name, meta.FilteredByACLs)
+		looked = wait == 0 && w.opts.WaitTime > 0
 
 		index := meta.Index
 		if index == 0 {

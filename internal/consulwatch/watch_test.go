@@ -217,7 +217,7 @@ func TestIndexRules(t *testing.T) {
 	r := newRig(t, false)
 	r.expectFetch(t, 0, ok("a", 0))
 	r.expectDeliver(t, Update[string]{Value: "a", Index: 1, Fresh: true}) // 0 counts as 1
-	r.expectSleep(t, pace)
+	// The blocking fetch follows the one at index 0 at once.
 	r.expectFetch(t, 1, ok("a", 1)) // same index: nothing
 	r.expectSleep(t, pace)
 	r.expectFetch(t, 1, ok("b", 7))
@@ -237,7 +237,6 @@ func TestBackoffAndRecoveryWithoutProbe(t *testing.T) {
 	r := newRig(t, false)
 	r.expectFetch(t, 0, ok("a", 5))
 	r.expectDeliver(t, Update[string]{Value: "a", Index: 5, Fresh: true})
-	r.expectSleep(t, pace)
 	want := []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second}
 	for _, d := range want {
 		r.expectFetch(t, 5, fetchReply{err: errDown})
@@ -255,7 +254,6 @@ func TestProbeEndsBackoff(t *testing.T) {
 	r := newRig(t, true)
 	r.expectFetch(t, 0, ok("a", 5))
 	r.expectDeliver(t, Update[string]{Value: "a", Index: 5, Fresh: true})
-	r.expectSleep(t, pace)
 	// Fail until the backoff is 8 s: 250 ms, 0.5, 1 without probes (<= 1 s).
 	for _, d := range []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second} {
 		r.expectFetch(t, 5, fetchReply{err: errDown})
@@ -341,7 +339,6 @@ func TestFilteredByACLsLogged(t *testing.T) {
 	r := newRig(t, false)
 	r.expectFetch(t, 0, fetchReply{v: "a", meta: Meta{Index: 3, FilteredByACLs: true}})
 	r.expectDeliver(t, Update[string]{Value: "a", Index: 3, Fresh: true, Filtered: true})
-	r.expectSleep(t, pace)
 	r.expectFetch(t, 3, fetchReply{v: "a", meta: Meta{Index: 4, FilteredByACLs: true}})
 	r.expectDeliver(t, Update[string]{Value: "a", Index: 4, Filtered: true})
 	r.expectSleep(t, pace)
@@ -355,7 +352,6 @@ func TestKick(t *testing.T) {
 	r := newRig(t, false)
 	r.expectFetch(t, 0, ok("a", 5))
 	r.expectDeliver(t, Update[string]{Value: "a", Index: 5, Fresh: true})
-	r.expectSleep(t, pace)
 	e := r.clk.next(t)
 	if e.reply == nil || e.fetch != 5 {
 		t.Fatalf("got %v, want fetch(5)", e)
@@ -365,6 +361,9 @@ func TestKick(t *testing.T) {
 	r.expectFetch(t, 0, ok("a", 5))
 	// Same index and value, delivered because of the kick.
 	r.expectDeliver(t, Update[string]{Value: "a", Index: 5, Fresh: true, Kicked: true})
+	// The blocking fetch follows the kick's at once.
+	r.expectFetch(t, 5, ok("a", 6))
+	r.expectDeliver(t, Update[string]{Value: "a", Index: 6})
 	r.expectSleep(t, pace)
 }
 
