@@ -273,8 +273,8 @@ func TestXDSNACKThroughTheBalancer(t *testing.T) {
 // backend's registration removed and added again, alternately, through
 // the agent API; the backend keeps serving) each reach a real xDS client
 // within 5 s; it logs the distribution of the time from the Consul change
-// to the client's first call that reflects it, and the part of it that
-// is Consul's (up to the balancer's new snapshot).
+// to the client's first call that reflects it, and the part of it spent
+// before the balancer had its new snapshot (Consul and discovery).
 func TestXDSPropagation(t *testing.T) {
 	t.Parallel()
 	svc := serviceName(t)
@@ -299,7 +299,7 @@ func TestXDSPropagation(t *testing.T) {
 	const changes = 20
 	const bound = 5 * time.Second
 	var leave, join []time.Duration
-	var toLB []time.Duration // from the change to the balancer's new snapshot: Consul's part
+	var toLB []time.Duration // from the change to the balancer's new snapshot: Consul and discovery
 	failed := 0
 	for i := range changes {
 		start := time.Now()
@@ -325,7 +325,7 @@ func TestXDSPropagation(t *testing.T) {
 	for _, d := range []struct {
 		what string
 		ds   []time.Duration
-	}{{"leave", leave}, {"join", join}, {"all", all}, {"of which Consul to the balancer", toLB}} {
+	}{{"leave", leave}, {"join", join}, {"all", all}, {"of which up to the balancer's new snapshot", toLB}} {
 		p50, p99, mx := percentiles(d.ds)
 		t.Logf("%s (%d changes): p50 %v, p99 %v, max %v", d.what, len(d.ds), p50, p99, mx)
 	}
