@@ -299,8 +299,13 @@ func TestGoroutinesPerStream(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := lbserverGoroutines("lbserver.(*streamState).send"); got != 0 {
-		t.Errorf("%d send goroutines with no send pending", got)
+	// A send's goroutine ends just after its Send returned, which can be
+	// after the client got the list.
+	for got := lbserverGoroutines("lbserver.(*streamState).send"); got != 0; got = lbserverGoroutines("lbserver.(*streamState).send") {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d send goroutines with no send pending", got)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	// The process's count also has the client's: grpc-go watches each
 	// client stream's context in a goroutine.

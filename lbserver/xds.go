@@ -118,9 +118,9 @@ const anonStreamBit = 1 << 63
 // notify is called after every plan the service publishes, and when new
 // settings map name to another service, until Close returns. The
 // subscriptions of one stream to one service share a watcher (an xDS
-// client asks for its target's Listener and Route and for the Cluster and
-// ClusterLoadAssignment by the service's name: two names when it dials an
-// alias), so that a service's watchers are the streams that follow it.
+// client asks for every resource by the name it dials, but may dial two
+// names of one service), so that a service's watchers are the streams
+// that follow it.
 // Does not block.
 func (f *xdsFeed) SubscribeStream(stream uint64, name string, notify func()) (xds.Subscription, error) {
 	f.begin()

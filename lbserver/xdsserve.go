@@ -149,8 +149,9 @@ func (s *Server) untilClosed(ctx context.Context, serve func(context.Context) er
 // xdsLoads is the LoadSink of the LRS service: each LRS stream's report
 // for a watched service counts as a ClientStats of a client stream (one
 // per LRS stream and service), so that xDS clients' calls feed the rate
-// limits, metrics and status page as grpclb clients' do. Reports for
-// services not watched count for nothing. Safe for concurrent use.
+// limits, metrics and status page as grpclb clients' do. A cluster counts
+// for the service its name maps to (byService); reports for services not
+// watched count for nothing. Safe for concurrent use.
 type xdsLoads struct {
 	s    *Server
 	mu   sync.Mutex
@@ -164,11 +165,8 @@ const lrsStreamBit = 1 << 63
 // Load implements xds.LoadSink.
 func (l *xdsLoads) Load(id uint64, peer netip.AddrPort, loads []xds.ClusterLoad) {
 	now := time.Now()
-	for _, cl := range loads {
-		if !l.s.reg.has(cl.Cluster) {
-			continue
-		}
-		key := clientstats.ClientKey{Service: cl.Cluster, Stream: id | lrsStreamBit, Peer: peer.String()}
+	for svc, cl := range l.byService(loads) {
+		key := clientstats.ClientKey{Service: svc, Stream: id | lrsStreamBit, Peer: peer.String()}
 		l.mu.Lock()
 		m := l.keys[id]
 		if m == nil {
@@ -182,6 +180,40 @@ func (l *xdsLoads) Load(id uint64, peer netip.AddrPort, loads []xds.ClusterLoad)
 			l.s.counters.badClientStats.Add(1)
 		}
 	}
+}
+
+// byService returns loads by the watched service their cluster's name
+// maps to (a cluster is named after the name the client dialled), those
+// of clusters that map to the same service added up, so that each
+// service gets one report per LRS report. Loads whose names map to no
+// watched service are left out.
+func (l *xdsLoads) byService(loads []xds.ClusterLoad) map[string]xds.ClusterLoad {
+	names := l.s.live().names
+	out := make(map[string]xds.ClusterLoad, len(loads))
+	for _, cl := range loads {
+		svc, err := names.Map(cl.Cluster)
+		if err != nil || !l.s.reg.has(svc) {
+			continue
+		}
+		if sum, ok := out[svc]; ok {
+			sum.Issued = sat64(sum.Issued, cl.Issued)
+			sum.Succeeded = sat64(sum.Succeeded, cl.Succeeded)
+			sum.Errored = sat64(sum.Errored, cl.Errored)
+			sum.InProgress = sat64(sum.InProgress, cl.InProgress)
+			sum.TotalDropped = sat64(sum.TotalDropped, cl.TotalDropped)
+			dropped := maps.Clone(sum.Dropped)
+			for cat, n := range cl.Dropped {
+				if dropped == nil {
+					dropped = map[string]uint64{}
+				}
+				dropped[cat] = sat64(dropped[cat], n)
+			}
+			sum.Dropped = dropped
+			cl = sum
+		}
+		out[svc] = cl
+	}
+	return out
 }
 
 // Forget implements xds.LoadSink.

@@ -5,11 +5,12 @@
 // the grpclb face serves.
 //
 // Names follow what a gRPC client asks for: the Listener is named by the
-// dial target's path ("user-srv" for xds:///user-srv), its route
-// configuration has the same name, and both lead to the Cluster and
-// ClusterLoadAssignment named by the service's canonical name. A name no
-// service answers to is left out of the responses, which the client
-// reports as "resource not found".
+// dial target's path ("user-srv" for xds:///user-srv), and its route
+// configuration, Cluster and ClusterLoadAssignment have the same name
+// (not the canonical name of the service it maps to, so that a name
+// mapped to another service keeps its cluster). A name no service
+// answers to is left out of the responses, which the client reports as
+// "resource not found".
 //
 // What a balancing policy becomes for a client that balances itself is a
 // Shape: gRPC clients ignore endpoint weights under ROUND_ROBIN but honour
@@ -23,6 +24,6 @@
 // A Feed whose names can come to answer to another service (aliases
 // reloaded) makes its subscriptions Movers: the stream subscribes to such
 // a name again and sends the other service's resources under the same
-// name. A Feed that counts the streams following each service implements
+// names. A Feed that counts the streams following each service implements
 // StreamFeed.
 package xds

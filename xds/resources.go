@@ -66,8 +66,10 @@ const (
 // Assignment is what the xDS face serves for one service at one moment.
 // It is immutable once made.
 type Assignment struct {
-	// Cluster is the Cluster and ClusterLoadAssignment name: the service's
-	// canonical name.
+	// Cluster names the Cluster and ClusterLoadAssignment. A Feed sets it
+	// to the service's canonical name; the Server serves them under the
+	// name the client asked for, so that new settings mapping that name
+	// to another service change the cluster's content, not its name.
 	Cluster string
 	// Shape is how the clients balance.
 	Shape Shape

@@ -454,6 +454,12 @@ func (st *adsStream) refresh(name string, r *subRef) {
 		return
 	}
 	a, ok := r.sub.Assignment()
+	// The Cluster and ClusterLoadAssignment are named after the name the
+	// client asked for, not the service it maps to: when new settings map
+	// the name to another service, the client sees new endpoints in the
+	// cluster it has, rather than a route to a cluster it has yet to ask
+	// for (grpc-go fails calls meanwhile).
+	a.Cluster = name
 	if r.seen && ok == (r.b != nil) && (!ok || sameAssignment(a, r.b.a)) {
 		return
 	}
@@ -463,7 +469,7 @@ func (st *adsStream) refresh(name string, r *subRef) {
 	res[0] = c.listener(name)
 	if ok {
 		if b = c.cluster(a); b.cla != nil {
-			res[1], res[2], res[3] = c.route(name, a.Cluster, a.Shape), b.cluster, b.cla
+			res[1], res[2], res[3] = c.route(name, name, a.Shape), b.cluster, b.cla
 		}
 	}
 	for i, url := range typeOrder {

@@ -355,15 +355,18 @@ func (s *aliasSub) Moved() bool {
 
 // TestMovedSubscription: a subscription that reports Moved is replaced on
 // its stream by a new one, whose resources the client gets under the
-// name it asked for with a new version; a name refused now is left out.
+// name it asked for (the ClusterLoadAssignment keeps the name, its
+// endpoints are the new service's) with a new version; a name refused
+// now is left out.
 func TestMovedSubscription(t *testing.T) {
 	bs := xdstest.HealthBackends(t, 2)
+	eps := map[string][]xds.Endpoint{"a": endpoints(bs[:1]), "b": endpoints(bs[1:])}
 	feed := &aliasFeed{aliases: map[string]string{"users": "a"}, notify: map[*aliasSub]func(){}, byName: map[string]xds.Assignment{
-		"a": {Cluster: "a", Endpoints: endpoints(bs[:1])},
-		"b": {Cluster: "b", Endpoints: endpoints(bs[1:])},
+		"a": {Cluster: "a", Endpoints: eps["a"]},
+		"b": {Cluster: "b", Endpoints: eps["b"]},
 	}}
 	s := xdstest.RawADS(t, startXDS(t, feed, xds.Options{}))
-	recv := func(want int) (*discoverypb.DiscoveryResponse, string) {
+	recv := func(want int) (*discoverypb.DiscoveryResponse, *endpointpb.ClusterLoadAssignment) {
 		t.Helper()
 		r, err := s.Recv()
 		if err != nil {
@@ -376,25 +379,30 @@ func TestMovedSubscription(t *testing.T) {
 			t.Fatal(err)
 		}
 		if want == 0 {
-			return r, ""
+			return r, nil
 		}
 		var cla endpointpb.ClusterLoadAssignment
 		if err := r.Resources[0].UnmarshalTo(&cla); err != nil {
 			t.Fatal(err)
 		}
-		return r, cla.ClusterName
+		return r, &cla
+	}
+	// of reports whether cla is named users and lists svc's endpoint.
+	of := func(cla *endpointpb.ClusterLoadAssignment, svc string) bool {
+		addrs := xdstest.Addrs(cla)
+		return cla.ClusterName == "users" && len(addrs) == 1 && addrs[0] == eps[svc][0].Addr.String()
 	}
 	if err := s.Send(request(xds.EndpointType, "", "", "users")); err != nil {
 		t.Fatal(err)
 	}
-	r1, c := recv(1)
-	if c != "a" {
-		t.Fatalf("users: cluster %q, want a", c)
+	r1, cla := recv(1)
+	if !of(cla, "a") {
+		t.Fatalf("users: %v, want a's endpoint under the name users", cla)
 	}
 	feed.alias("users", "b")
-	r2, c := recv(1)
-	if c != "b" || r2.VersionInfo == r1.VersionInfo {
-		t.Fatalf("users after the move: cluster %q version %s (before %s), want b under a new version", c, r2.VersionInfo, r1.VersionInfo)
+	r2, cla := recv(1)
+	if !of(cla, "b") || r2.VersionInfo == r1.VersionInfo {
+		t.Fatalf("users after the move: %v version %s (before %s), want b's endpoint under the name users and a new version", cla, r2.VersionInfo, r1.VersionInfo)
 	}
 	if n := feed.open(); n != 1 {
 		t.Errorf("%d subscriptions open after the move, want 1", n)

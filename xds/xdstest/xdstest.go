@@ -6,9 +6,11 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
+	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -82,4 +84,16 @@ func HealthBackends(t testing.TB, n int) []netip.AddrPort {
 		out = append(out, netip.MustParseAddrPort(lis.Addr().String()))
 	}
 	return out
+}
+
+// Addrs returns the addresses of cla's endpoints ("host:port"), in order.
+func Addrs(cla *endpointpb.ClusterLoadAssignment) []string {
+	var addrs []string
+	for _, loc := range cla.GetEndpoints() {
+		for _, e := range loc.GetLbEndpoints() {
+			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+			addrs = append(addrs, net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))))
+		}
+	}
+	return addrs
 }
