@@ -366,7 +366,7 @@ func benchClients(b *testing.B, lbBin string, c clientsCase) {
 		"-transport", cmp.Or(c.transport, "lookaside"))
 	pid := lbp.cmd.Process.Pid
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*clientsOpenLimit+clientsPropLimit+time.Minute)
+	ctx, cancel := deadlineFree(2*clientsOpenLimit + clientsPropLimit + time.Minute)
 	var wg sync.WaitGroup
 	var conns []*benchConn
 	b.Cleanup(func() {
@@ -588,5 +588,18 @@ func (s *benchStream) recv(stream lbpb.LoadBalancer_BalanceLoadClient) {
 		case len(backends) == clientsInstances-1 && s.change.Load() == 0:
 			s.change.Store(time.Now().UnixNano())
 		}
+	}
+}
+
+// deadlineFree returns a context cancelled after d, or by cancel, with no
+// deadline: streams opened with it carry none (no grpc-timeout), as
+// grpc-go's grpclb and xDS clients' streams do not, since a deadline
+// costs the balancer a timer per stream.
+func deadlineFree(d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	limit := time.AfterFunc(d, cancel)
+	return ctx, func() {
+		limit.Stop()
+		cancel()
 	}
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -120,7 +119,7 @@ func benchXDSStreams(b *testing.B, lbBin string, c xdsStreamsCase) {
 	lbp, admin := startBenchBalancer(b, lbBin, streamsPerConn*c.streams, streamsPerConn)
 	pid := lbp.cmd.Process.Pid
 
-	ctx, cancel := context.WithTimeout(context.Background(), clientsOpenLimit+clientsPropLimit+time.Minute)
+	ctx, cancel := deadlineFree(clientsOpenLimit + clientsPropLimit + time.Minute)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var ccs []*grpc.ClientConn

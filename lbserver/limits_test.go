@@ -79,7 +79,13 @@ func dialFrom(t *testing.T, addr, from string, opts ...grpc.DialOption) lbpb.Loa
 // openOK opens a stream for name and waits for its initial response.
 func openOK(t *testing.T, c lbpb.LoadBalancerClient, name string) lbStream {
 	t.Helper()
-	s := open(t, c, name)
+	return openOKFor(t, c, name, 10*time.Second)
+}
+
+// openOKFor is openOK for a stream that ends after d.
+func openOKFor(t *testing.T, c lbpb.LoadBalancerClient, name string, d time.Duration) lbStream {
+	t.Helper()
+	s := openFor(t, c, name, d)
 	if r := recv(t, s); r.GetInitialResponse() == nil {
 		t.Fatalf("got %v, want the initial response", r)
 	}
@@ -261,10 +267,28 @@ func bigSnap(service string, n int, port int) discovery.Snapshot {
 	return snap(service, eps...)
 }
 
+// TestSlowReaderCut: a client that stops reading its lists is cut after
+// SendTimeout, while another keeps getting every change. On the own
+// transport, a SendTimeout at least its write timeout has the lists the
+// client's flow control takes written by the handler (streamState.send),
+// and the one it does not take still waits SendTimeout on a goroutine.
 func TestSlowReaderCut(t *testing.T) {
+	timeouts := []time.Duration{time.Second}
+	if testConfig(newFakeSource()).Transport == TransportLookaside {
+		timeouts = append(timeouts, ownWriteTimeout)
+	}
+	for _, timeout := range timeouts {
+		t.Run(fmt.Sprint("send-timeout=", timeout), func(t *testing.T) {
+			t.Parallel()
+			testSlowReaderCut(t, timeout)
+		})
+	}
+}
+
+func testSlowReaderCut(t *testing.T, timeout time.Duration) {
 	src := newFakeSource(bigSnap("big", 1000, 1000))
 	cfg := testConfig(src)
-	cfg.SendTimeout = time.Second
+	cfg.SendTimeout = timeout
 	cfg.LoadReports = false
 	var logs syncbuf.Buffer
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -274,8 +298,8 @@ func TestSlowReaderCut(t *testing.T) {
 	// fixed window turns off grpc's window growth, so 64 KiB unread
 	// block the stream.
 	slow := dialFrom(t, addr, "127.0.0.2", grpc.WithInitialWindowSize(1<<16), grpc.WithInitialConnWindowSize(1<<16))
-	ss := openOK(t, slow, "big")
-	honest := openOK(t, dialFrom(t, addr, "127.0.0.1"), "big")
+	ss := openOKFor(t, slow, "big", timeout+10*time.Second)
+	honest := openOKFor(t, dialFrom(t, addr, "127.0.0.1"), "big", timeout+10*time.Second)
 	recvList(t, honest)
 	for port := 1001; s.Stats().SlowReadersCut == 0; port++ {
 		if port > 1200 {

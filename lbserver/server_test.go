@@ -126,9 +126,17 @@ var testTransport = func() string {
 
 type lbStream = grpc.BidiStreamingClient[lbpb.LoadBalanceRequest, lbpb.LoadBalanceResponse]
 
+// open opens a stream that ends after 10 s, and sends the initial
+// request for name unless it is empty.
 func open(t *testing.T, c lbpb.LoadBalancerClient, name string) lbStream {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	return openFor(t, c, name, 10*time.Second)
+}
+
+// openFor is open for a stream that ends after d.
+func openFor(t *testing.T, c lbpb.LoadBalancerClient, name string, d time.Duration) lbStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	s, err := c.BalanceLoad(ctx)
 	if err != nil {

@@ -521,17 +521,30 @@ func (st *streamState) sendFallback(reason string) error {
 	return nil
 }
 
-// send sends m (a *lbpb.LoadBalanceResponse, or a *grpc.PreparedMsg on
-// a shared stream) and waits until grpc took it. The Send runs on a
-// goroutine of its own that lives only while it does, so that the
-// handler can give up on it: a client that does not read its lists makes
-// grpc's Send block on flow control until the stream ends; so when m is
-// not taken within SendTimeout, send returns ResourceExhausted: the
-// handler returns it, grpc ends the stream, and that unblocks the Send.
-// It may return errEnd (the server closes: end cleanly) or the stream's
-// error. Only the handler goroutine calls it.
+// send sends m (a *lbpb.LoadBalanceResponse, or a *grpc.PreparedMsg or
+// framedMsg on a shared stream) and waits until the transport took it.
+// Unless the own transport's flow control takes m at once (see
+// ownStream.trySend), the Send runs on a goroutine of its own that lives
+// only while it does, so that the handler can give up on it: a client that
+// does not read its lists makes the Send block on flow control until the
+// stream ends; so when m is not taken within SendTimeout, send returns
+// ResourceExhausted: the handler returns it, the stream ends, and that
+// unblocks the Send. It may return errEnd (the server closes: end
+// cleanly) or the stream's error. Only the handler goroutine calls it.
 func (st *streamState) send(m any) error {
 	s := st.srv
+	timeout := s.live().SendTimeout
+	if o, ok := st.stream.(*ownStream); ok && timeout >= ownWriteTimeout {
+		// On the balancer's own transport a message the client's flow
+		// control takes at once is written here, without a goroutine: the
+		// socket's write timeout, shorter than SendTimeout, bounds it.
+		if sent, err := o.trySend(m); sent {
+			if err != nil {
+				return st.end(outcomeOf(err), err)
+			}
+			return nil
+		}
+	}
 	if st.sendDone == nil {
 		st.sendDone = make(chan error, 1)
 	}
@@ -539,7 +552,6 @@ func (st *streamState) send(m any) error {
 		st.sendTimer = time.NewTimer(time.Hour)
 		st.sendTimer.Stop()
 	}
-	timeout := s.live().SendTimeout
 	// The sender counts in the server's stream WaitGroup (the handler's
 	// count is held, so adding is safe), so Close waits for it too; it
 	// ends when its Send returns, which the stream's end guarantees.

@@ -74,6 +74,7 @@ func (s *Server) newOwnStreams(creds credentials.TransportCredentials, authorize
 			return s.admitStream(ctx)
 		},
 		Creds:                creds,
+		WriteTimeout:         ownWriteTimeout,
 		MaxConcurrentStreams: s.maxConcurrentStreams(),
 		InitialWindowSize:    InitialWindowSize,
 		MaxRecvMsgSize:       s.cfg.MaxRequestSize,
@@ -88,6 +89,14 @@ func (s *Server) newOwnStreams(creds credentials.TransportCredentials, authorize
 	}
 	return h2bidi.New(cfg)
 }
+
+// ownWriteTimeout is how long a write to a client's socket may block on
+// the balancer's own transport before the connection closes: a client
+// that stopped reading its socket altogether. A send that the client's
+// flow control takes at once is written by the stream's handler when the
+// settings' SendTimeout is at least this long (see streamState.send), so
+// it cannot hold the handler for longer than SendTimeout.
+const ownWriteTimeout = 10 * time.Second
 
 // connectionAge returns the connection age and grace that go with the
 // streams' maximum age: a GOAWAY at about that age (± 10 %), so that
@@ -126,6 +135,23 @@ func (o *ownStream) SendMsg(m any) error {
 		return o.Send(m)
 	}
 	return fmt.Errorf("lbserver: cannot send a %T", m)
+}
+
+// trySend sends m at once if the client's flow control takes it whole
+// (h2bidi.Stream.TrySend): it returns true and the send's error, or false
+// when it wrote nothing.
+func (o *ownStream) trySend(m any) (bool, error) {
+	switch m := m.(type) {
+	case framedMsg:
+		return o.st.TrySend(m)
+	case *lbpb.LoadBalanceResponse:
+		b, err := proto.Marshal(m)
+		if err != nil {
+			return true, err
+		}
+		return o.st.TrySend(h2bidi.Frame(b))
+	}
+	return true, fmt.Errorf("lbserver: cannot send a %T", m)
 }
 
 // Recv waits for the next message; the handler takes them from the

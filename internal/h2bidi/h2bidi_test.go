@@ -579,6 +579,49 @@ func TestFlowControl(t *testing.T) {
 	}
 }
 
+// TestTrySend: TrySend writes a message the windows take whole, and
+// leaves one they do not take to Send, writing none of it.
+func TestTrySend(t *testing.T) {
+	small := respFor(strings.Repeat("s", 1000))
+	big := respFor(strings.Repeat("x", 100<<10)) // more than the 64 KiB windows
+	type result struct {
+		sentSmall, sentBig bool
+		err                error
+	}
+	done := make(chan result, 1)
+	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {
+		recv(st)
+		var r result
+		if r.sentSmall, r.err = st.TrySend(small); r.err == nil {
+			r.sentBig, r.err = st.TrySend(big)
+		}
+		done <- r
+		if r.err != nil {
+			return r.err
+		}
+		return st.Send(big)
+	}})
+	ctx := testCtx(t)
+	cc := dial(t, e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(65535), grpc.WithInitialConnWindowSize(65535))
+	stream, err := lbpb.NewLoadBalancerClient(cc).BalanceLoad(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Send(initial("a"))
+	if r := <-done; r.err != nil || !r.sentSmall || r.sentBig {
+		t.Fatalf("TrySend: small sent %v, big sent %v, err %v; want the small one only", r.sentSmall, r.sentBig, r.err)
+	}
+	// The client gets the small message, then the big one whole, which
+	// Send wrote: TrySend wrote no part of it.
+	for _, want := range []int{1000, 100 << 10} {
+		resp, err := stream.Recv()
+		if err != nil || len(resp.GetServerList().GetServers()[0].GetLoadBalanceToken()) != want {
+			t.Fatalf("Recv: %v, want a message of %d bytes", err, want)
+		}
+	}
+}
+
 func TestFlowControlClientNeverReads(t *testing.T) {
 	sent := make(chan error, 1)
 	e := start(t, Config[req]{Handler: func(st *Stream[req]) error {

@@ -207,11 +207,29 @@ func (st *Stream[Req]) wakeLocked() {
 // it returns the stream's error). Only one Send may run at a time on a
 // stream, on any goroutine. msg is neither modified nor retained.
 func (st *Stream[Req]) Send(msg []byte) error {
-	return st.send(msg, appendResponseHeaders)
+	_, err := st.trySend(msg, appendResponseHeaders, false)
+	return err
+}
+
+// TrySend is Send if the client's flow control lets msg go whole at once:
+// it returns true and what Send would. Otherwise it writes nothing and
+// returns false, and the caller may Send msg, which waits for the window.
+// Once under way it can still wait for another stream's write on the
+// connection and for the socket, at most WriteTimeout, after which the
+// connection closes. The same rules as Send's apply.
+func (st *Stream[Req]) TrySend(msg []byte) (bool, error) {
+	return st.trySend(msg, appendResponseHeaders, true)
 }
 
 // send is Send, with headers appending the response HEADERS.
 func (st *Stream[Req]) send(msg []byte, headers func(b []byte, streamID, maxFrame uint32) []byte) error {
+	_, err := st.trySend(msg, headers, false)
+	return err
+}
+
+// trySend is send; with try, it returns false without writing when the
+// send windows cannot take msg whole in one chunk.
+func (st *Stream[Req]) trySend(msg []byte, headers func(b []byte, streamID, maxFrame uint32) []byte, try bool) (bool, error) {
 	c := st.c
 	defer func() {
 		// Whether the message went whole or not, a finish waiting for it
@@ -227,9 +245,13 @@ func (st *Stream[Req]) send(msg []byte, headers func(b []byte, streamID, maxFram
 			if st.ended || st.noWrite || st.trailersSent || (off == 0 && st.finishing) {
 				err := st.sendErrLocked()
 				c.mu.Unlock()
-				return err
+				return true, err
 			}
 			n = min(int64(len(msg)-off), st.sendWin, c.sendWin, maxSendChunk)
+			if try && n < int64(len(msg)) {
+				c.mu.Unlock()
+				return false, nil
+			}
 			if n > 0 {
 				break
 			}
@@ -252,7 +274,7 @@ func (st *Stream[Req]) send(msg []byte, headers func(b []byte, streamID, maxFram
 			err := st.sendErrLocked()
 			c.mu.Unlock()
 			c.wunlock()
-			return err
+			return true, err
 		}
 		withHeaders := !st.headersSent
 		st.headersSent = true
@@ -270,11 +292,11 @@ func (st *Stream[Req]) send(msg []byte, headers func(b []byte, streamID, maxFram
 		c.resetPingStrikes.Store(true)
 		if err != nil {
 			c.close(err)
-			return status.Errorf(codes.Unavailable, "h2bidi: writing to the connection: %v", err)
+			return true, status.Errorf(codes.Unavailable, "h2bidi: writing to the connection: %v", err)
 		}
 		off += int(n)
 	}
-	return nil
+	return true, nil
 }
 
 // sendErrLocked is the error of a Send on a stream that ended. c.mu is
