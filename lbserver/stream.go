@@ -28,115 +28,196 @@ type balanceStream = grpc.BidiStreamingServer[lbpb.LoadBalanceRequest, lbpb.Load
 
 // BalanceLoad serves one grpclb client stream. It blocks until the client
 // goes away, the stream fails, or the server is closed.
+//
+// The functions a stream waits in (BalanceLoad, serve, event) keep
+// small frames, and leave the work to functions that return before the
+// stream waits again: a stream at rest then uses less than a quarter of
+// its goroutine's 8 KiB stack, which the runtime halves.
 func (s *Server) BalanceLoad(stream balanceStream) error {
-	if !s.enter() {
-		return status.Error(codes.Unavailable, "lbserver: shutting down")
+	st, svcName, err := s.admit(stream)
+	if st == nil {
+		return err
 	}
-	defer s.streams.Done()
+	defer st.close()
+	// A reconfiguration may map the stream's name to another service: the
+	// stream moves there (serve returns errMoved).
+	for {
+		st.begin(svcName)
+		err := st.serve(svcName)
+		if !errors.Is(err, errMoved) {
+			return st.finish(err)
+		}
+		svcName = st.moved()
+	}
+}
+
+// admit does what comes before a stream is served: it refuses the
+// streams over the limits, waits for the initial request, and maps its
+// name. It returns the stream's state, which close releases, and the
+// service the name maps to; or nil and the error the handler returns,
+// having given back what it took.
+func (s *Server) admit(stream balanceStream) (st *streamState, svcName string, err error) {
+	if !s.enter() {
+		return nil, "", status.Error(codes.Unavailable, "lbserver: shutting down")
+	}
 	ctx := stream.Context()
 	peerAddr := peerOf(ctx)
 	// Refused streams end before anything else runs: they cost the
 	// clients that send them, and nobody else.
 	if lim, ok := s.slots.take(peerAddr); !ok {
 		s.refuse(lim, peerAddr)
-		return s.refusedStatus(lim)
+		s.streams.Done()
+		return nil, "", s.refusedStatus(lim)
 	}
-	defer s.slots.give(peerAddr)
 	// A stream that came through tapStream took its rate token there.
 	if !rateTaken(ctx) && !s.rates.take(peerAddr.Addr()) {
 		s.refuse(limitStreamRatePerIP, peerAddr)
-		return s.refusedStatus(limitStreamRatePerIP)
+		s.slots.give(peerAddr)
+		s.streams.Done()
+		return nil, "", s.refusedStatus(limitStreamRatePerIP)
 	}
 	s.counters.streamsStarted.Add(1)
 	s.counters.streamsActive.Add(1)
-	defer s.counters.streamsActive.Add(-1)
-
-	id := s.streamSeq.Add(1)
+	st = &streamState{srv: s, stream: stream, ctx: ctx, peerAddr: peerAddr, id: s.streamSeq.Add(1)}
+	taken := st // the results are set before the deferred call runs
+	defer func() {
+		if err != nil {
+			taken.close()
+		}
+	}()
 	// A stream of the balancer's own transport is never compressed: it
 	// shares lists as framed bytes.
 	_, own := stream.(*ownStream)
 
-	// Recv runs in its own goroutine so that a silent client can be timed
-	// out and ClientStats read while lists are sent. It ends when the
-	// stream's context does, which grpc ends as this handler returns.
-	in := receive(ctx, stream)
+	// On grpc's transport Recv runs in its own goroutine so that a silent
+	// client can be timed out and ClientStats read while lists are sent.
+	// It ends when the stream's context does, which grpc ends as this
+	// handler returns.
+	st.in = receive(ctx, stream)
 
 	// The stream's one timer: the initial request's, then its sends'.
 	timer := time.NewTimer(s.cfg.InitialRequestTimeout)
-	name, outcome, err := s.awaitInitial(ctx, in, timer)
+	name, outcome, err := s.awaitInitial(ctx, st.in, timer)
 	if err != nil {
-		s.log.Debug("stream rejected", "stream", id, "peer", peerAddr, "err", err)
+		s.log.Debug("stream rejected", "stream", st.id, "peer", peerAddr, "err", err)
 		s.obs.StreamStarted(NoServiceLabel)
 		s.obs.StreamEnded(NoServiceLabel, outcome)
-		return err
+		return nil, "", err
 	}
 	set := s.live()
-	svcName, err := set.names.Map(name)
+	svcName, err = set.names.Map(name)
 	if err != nil {
 		s.counters.invalidRequests.Add(1)
-		s.throttle.Info("invalid initial request", "stream", id, "peer", peerAddr.String(), "name", quote(name), "err", err)
+		s.throttle.Info("invalid initial request", "stream", st.id, "peer", peerAddr.String(), "name", quote(name), "err", err)
 		s.obs.StreamStarted(NoServiceLabel)
 		s.obs.StreamEnded(NoServiceLabel, OutcomeInvalid)
-		return status.Errorf(codes.InvalidArgument, "lbserver: invalid name: %v", err)
+		return nil, "", status.Errorf(codes.InvalidArgument, "lbserver: invalid name: %v", err)
 	}
-	s.log.Debug("stream started", "stream", id, "peer", peerAddr, "name", quote(name), "service", quote(svcName))
+	s.log.Debug("stream started", "stream", st.id, "peer", peerAddr, "name", quote(name), "service", quote(svcName))
 
-	st := &streamState{
-		srv:       s,
-		stream:    stream,
-		ctx:       ctx,
-		in:        in,
-		client:    policy.Client{Addr: peerAddr.Addr(), Name: name, Seed: s.seed()},
-		sendTimer: timer,
-		ignored:   fullBucket(float64(set.MaxIgnoredMessages), s.now()),
-		reports:   fullBucket(s.reportBurst, s.now()),
-		setChange: set.changed,
-		shared:    own || shareable(ctx),
-		framed:    own,
-	}
+	st.client = policy.Client{Addr: peerAddr.Addr(), Name: name, Seed: s.seed()}
+	st.sendTimer = timer
+	st.ignored = fullBucket(float64(set.MaxIgnoredMessages), s.now())
+	st.reports = fullBucket(s.reportBurst, s.now())
+	st.setChange = set.changed
+	st.shared = own || shareable(ctx)
+	st.framed = own
 	if age := s.cfg.MaxStreamAge; age > 0 {
 		// ± 10 %, from the stream's seed, so streams do not end together.
 		jitter := time.Duration(float64(age) * (float64(st.client.Seed%2001)/10000 - 0.1))
-		timer := time.NewTimer(age + jitter)
-		defer timer.Stop()
-		st.expired = timer.C
+		st.ageTimer = time.NewTimer(age + jitter)
+		st.expired = st.ageTimer.C
 	}
-	// A reconfiguration may map the stream's name to another service: the
-	// stream moves there (serve returns errMoved).
-	for {
-		st.key = clientstats.ClientKey{Service: svcName, Stream: id, Peer: peerAddr.String()}
-		st.log = nil // made again, with the service, when needed
-		st.label, st.labelChange = s.labelOf(svcName)
-		st.outcome = ""
-		s.obs.StreamStarted(st.label)
-		err := st.serve(svcName)
-		if errors.Is(err, errMoved) {
-			s.obs.StreamEnded(st.label, OutcomeMoved)
-			st.logger().Info("stream moves to another service after a reconfiguration", "to", quote(st.movedTo))
-			svcName = st.movedTo
-			continue
-		}
-		if st.outcome == "" {
-			st.outcome = OutcomeOK
-			if err != nil {
-				st.outcome = outcomeOf(err)
-			}
-		}
-		s.obs.StreamEnded(st.label, st.outcome)
-		return err
+	return st, svcName, nil
+}
+
+// close gives back what admit took. Called once, by the handler.
+func (st *streamState) close() {
+	s := st.srv
+	if st.ageTimer != nil {
+		st.ageTimer.Stop()
 	}
+	s.counters.streamsActive.Add(-1)
+	s.slots.give(st.peerAddr)
+	s.streams.Done()
+}
+
+// begin starts serving the stream for service svcName.
+func (st *streamState) begin(svcName string) {
+	st.key = clientstats.ClientKey{Service: svcName, Stream: st.id, Peer: st.peerAddr.String()}
+	st.log = nil // made again, with the service, when needed
+	st.label, st.labelChange = st.srv.labelOf(svcName)
+	st.outcome = ""
+	st.srv.obs.StreamStarted(st.label)
+}
+
+// moved ends serving the stream for its service, which a reconfiguration
+// moved it from, and returns the service it moves to.
+func (st *streamState) moved() string {
+	st.srv.obs.StreamEnded(st.label, OutcomeMoved)
+	st.logger().Info("stream moves to another service after a reconfiguration", "to", quote(st.movedTo))
+	return st.movedTo
+}
+
+// finish records the stream's end with the error the handler returns.
+func (st *streamState) finish(err error) error {
+	if st.outcome == "" {
+		st.outcome = OutcomeOK
+		if err != nil {
+			st.outcome = outcomeOf(err)
+		}
+	}
+	st.srv.obs.StreamEnded(st.label, st.outcome)
+	return err
 }
 
 // serve serves the stream for service svcName until it ends, or returns
 // errMoved when a reconfiguration maps its name to another service
-// (st.movedTo), having given back what it held of svcName.
+// (st.movedTo), having given back what it held of svcName: it sends the
+// service's lists, and handles the client's requests.
 func (st *streamState) serve(svcName string) error {
-	s := st.srv
-	if s.dir != nil {
+	if st.srv.dir != nil {
 		if done, err := st.awaitService(svcName); done {
 			return err
 		}
 	}
+	if err := st.acquire(svcName); err != nil {
+		return err
+	}
+	defer st.release()
+	p := st.svc.cur.Load()
+	// A stream waits for the service's first answer (keeping the list it
+	// has, when it moved here), unless it is answered with fallback
+	// already.
+	if !p.ready && !st.sentFallback {
+		var err error
+		if p, err = st.awaitFirst(p); err != nil {
+			return err
+		}
+	}
+	if err := st.sendInitial(); err != nil {
+		return err
+	}
+	// The list goes out right after the initial response: a grpc-go client
+	// that gets the initial response but no list can fail its picks.
+	for {
+		if err := st.update(p); err != nil {
+			return endErr(err)
+		}
+		if err := st.event(p.changed, st.handleRequest); err != nil {
+			if errors.Is(err, errMoved) {
+				return err
+			}
+			return endErr(err)
+		}
+		p = st.svc.cur.Load()
+	}
+}
+
+// acquire makes service svcName the stream's (st.svc), or returns the
+// error that refuses the stream.
+func (st *streamState) acquire(svcName string) error {
+	s := st.srv
 	svc, err := s.reg.acquire(svcName)
 	switch {
 	case errors.Is(err, errTooManySvcs):
@@ -147,16 +228,20 @@ func (st *streamState) serve(svcName string) error {
 		st.outcome = OutcomeShutdown
 		return status.Error(codes.Unavailable, err.Error())
 	}
-	defer s.reg.release(svc)
-	defer s.clientStats.Forget(st.key)
 	svc.streams.Add(1)
-	defer svc.streams.Add(-1)
 	st.svc = svc
-	defer func() {
-		svc.assign(st.first, "")
-		st.svc, st.first, st.sentIDs, st.prevPlan = nil, "", nil, nil
-	}()
-	return st.run()
+	return nil
+}
+
+// release gives back what acquire took, and what the stream held of its
+// service.
+func (st *streamState) release() {
+	s, svc := st.srv, st.svc
+	svc.assign(st.first, "")
+	st.svc, st.first, st.sentIDs, st.prevPlan = nil, "", nil, nil
+	svc.streams.Add(-1)
+	s.clientStats.Forget(st.key)
+	s.reg.release(svc)
 }
 
 // outcomeOf maps the error a stream ended with to its Observer outcome,
@@ -210,17 +295,20 @@ func (s *Server) awaitInitial(ctx context.Context, in inbox, timer *time.Timer) 
 // streamState is one stream after its initial request. Owned by the
 // handler goroutine.
 type streamState struct {
-	srv     *Server
-	stream  balanceStream
-	ctx     context.Context
-	in      inbox
-	expired <-chan time.Time // the stream's maximum age; nil for none
-	svc     *service         // nil until the service is acquired
-	client  policy.Client
-	key     clientstats.ClientKey
-	log     *slog.Logger // nil until logger makes it
-	ignored tokenBucket  // messages ignored (see ignore)
-	reports tokenBucket  // ClientStats while the service does not exist (see handleUnknown)
+	srv      *Server
+	stream   balanceStream
+	ctx      context.Context
+	peerAddr netip.AddrPort
+	id       uint64 // the stream's number in the server
+	in       inbox
+	ageTimer *time.Timer      // the stream's maximum age; nil for none
+	expired  <-chan time.Time // ageTimer's channel; nil for none
+	svc      *service         // nil until the service is acquired
+	client   policy.Client
+	key      clientstats.ClientKey
+	log      *slog.Logger // nil until logger makes it
+	ignored  tokenBucket  // messages ignored (see ignore)
+	reports  tokenBucket  // ClientStats while the service does not exist (see handleUnknown)
 	// setChange is closed when the settings it was read from are replaced.
 	setChange <-chan struct{}
 	// label is the Observer label of the stream's service; outcome, when
@@ -274,7 +362,6 @@ func (st *streamState) end(outcome string, err error) error {
 // the directory that may change the stream's label is taken meanwhile
 // (setLabel), without returning.
 func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBalanceRequest) error) error {
-	s := st.srv
 	for {
 		select {
 		case <-st.labelChange:
@@ -284,35 +371,61 @@ func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBala
 		case req := <-st.in.reqs:
 			return handle(req)
 		case <-st.in.ready:
-			req, ok, err := st.in.next()
-			if ok {
-				return handle(req)
-			}
-			if err != nil {
-				return st.received(err)
+			if done, err := st.takeReady(handle); done {
+				return err
 			}
 		case err := <-st.in.recvErr:
 			return st.received(err)
 		case <-st.ctx.Done():
-			return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
-		case <-s.closing:
+			return st.ctxDone()
+		case <-st.srv.closing:
 			// End cleanly: clients reconnect at once, to another replica
 			// while this one drains, and keep their backends meanwhile.
 			return st.end(OutcomeShutdown, errEnd)
 		case <-st.expired:
-			s.counters.streamsExpired.Add(1)
-			st.debug("stream reached its maximum age")
-			return st.end(OutcomeExpired, errEnd)
+			return st.ageReached()
 		case <-st.setChange:
-			set := s.live()
-			st.setChange = set.changed
-			if svc, err := set.names.Map(st.client.Name); err == nil && svc != st.key.Service {
-				st.movedTo = svc
-				return errMoved
-			}
-			return nil
+			return st.settingsChanged()
 		}
 	}
+}
+
+// takeReady takes the message or the end of receiving that the inbox
+// signalled: done is true, with what handle or received returns, when
+// there was one.
+func (st *streamState) takeReady(handle func(*lbpb.LoadBalanceRequest) error) (done bool, err error) {
+	req, ok, err := st.in.next()
+	if ok {
+		return true, handle(req)
+	}
+	if err != nil {
+		return true, st.received(err)
+	}
+	return false, nil
+}
+
+// ctxDone is what ends the stream when its context is done.
+func (st *streamState) ctxDone() error {
+	return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
+}
+
+// ageReached ends the stream at its maximum age.
+func (st *streamState) ageReached() error {
+	st.srv.counters.streamsExpired.Add(1)
+	st.debug("stream reached its maximum age")
+	return st.end(OutcomeExpired, errEnd)
+}
+
+// settingsChanged takes new settings: errMoved when they map the stream's
+// name to another service (st.movedTo), else nil.
+func (st *streamState) settingsChanged() error {
+	set := st.srv.live()
+	st.setChange = set.changed
+	if svc, err := set.names.Map(st.client.Name); err == nil && svc != st.key.Service {
+		st.movedTo = svc
+		return errMoved
+	}
+	return nil
 }
 
 // received returns what ends the stream when receiving ended with err:
@@ -397,52 +510,28 @@ func (st *streamState) awaitService(svcName string) (done bool, err error) {
 	}
 }
 
-func (st *streamState) run() error {
+// awaitFirst waits, up to FirstListTimeout, for the service's first plan
+// after p, which is not ready, and returns the plan in force then; or the
+// error that ends the stream.
+func (st *streamState) awaitFirst(p *plan) (*plan, error) {
 	s := st.srv
-	p := st.svc.cur.Load()
-	// A stream waits for the service's first answer (keeping the list it
-	// has, when it moved here), unless it is answered with fallback
-	// already.
-	if !p.ready && !st.sentFallback {
-		timer := time.NewTimer(s.cfg.FirstListTimeout)
-	wait:
-		for {
-			select {
-			case <-st.labelChange:
-				// The directory is read meanwhile.
-				st.setLabel()
-			case <-p.changed:
-				break wait
-			case <-timer.C:
-				s.throttle.Warn("no discovery answer yet; sending fallback", "service", quote(st.key.Service), logattr.Duration("waited", s.cfg.FirstListTimeout))
-				break wait
-			case <-st.ctx.Done():
-				timer.Stop()
-				return st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
-			case <-s.closing:
-				timer.Stop()
-				return st.end(OutcomeShutdown, status.Error(codes.Unavailable, "lbserver: shutting down"))
-			}
-		}
-		timer.Stop()
-		p = st.svc.cur.Load()
-	}
-	if err := st.sendInitial(); err != nil {
-		return err
-	}
-	// The list goes out right after the initial response: a grpc-go client
-	// that gets the initial response but no list can fail its picks.
+	timer := time.NewTimer(s.cfg.FirstListTimeout)
+	defer timer.Stop()
 	for {
-		if err := st.update(p); err != nil {
-			return endErr(err)
+		select {
+		case <-st.labelChange:
+			// The directory is read meanwhile.
+			st.setLabel()
+		case <-p.changed:
+			return st.svc.cur.Load(), nil
+		case <-timer.C:
+			s.throttle.Warn("no discovery answer yet; sending fallback", "service", quote(st.key.Service), logattr.Duration("waited", s.cfg.FirstListTimeout))
+			return st.svc.cur.Load(), nil
+		case <-st.ctx.Done():
+			return nil, st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
+		case <-s.closing:
+			return nil, st.end(OutcomeShutdown, status.Error(codes.Unavailable, "lbserver: shutting down"))
 		}
-		if err := st.event(p.changed, st.handleRequest); err != nil {
-			if errors.Is(err, errMoved) {
-				return err
-			}
-			return endErr(err)
-		}
-		p = st.svc.cur.Load()
 	}
 }
 
