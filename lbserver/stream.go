@@ -95,7 +95,8 @@ func (s *Server) admit(stream balanceStream) (st *streamState, svcName string, e
 	// handler returns.
 	st.in = receive(ctx, stream)
 
-	// The stream's one timer: the initial request's, then its sends'.
+	// The initial request's timer. The sends that need one make their own
+	// (see send): on the own transport most never do.
 	timer := time.NewTimer(s.cfg.InitialRequestTimeout)
 	name, outcome, err := s.awaitInitial(ctx, st.in, timer)
 	if err != nil {
@@ -116,7 +117,6 @@ func (s *Server) admit(stream balanceStream) (st *streamState, svcName string, e
 	s.log.Debug("stream started", "stream", st.id, "peer", peerAddr, "name", quote(name), "service", quote(svcName))
 
 	st.client = policy.Client{Addr: peerAddr.Addr(), Name: name, Seed: s.seed()}
-	st.sendTimer = timer
 	st.ignored = fullBucket(float64(set.MaxIgnoredMessages), s.now())
 	st.reports = fullBucket(s.reportBurst, s.now())
 	st.setChange = set.changed
