@@ -552,14 +552,7 @@ func TestFlowControl(t *testing.T) {
 		return err
 	}})
 	ctx := testCtx(t)
-	// The client's windows are at their smallest: 64 KiB.
-	cc := dial(t, e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(65535), grpc.WithInitialConnWindowSize(65535))
-	stream, err := lbpb.NewLoadBalancerClient(cc).BalanceLoad(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream.Send(initial("a"))
+	stream := smallWindowStream(t, ctx, e.addr)
 	select {
 	case err := <-sent:
 		t.Fatalf("Send of %d bytes returned (%v) before the client read", size, err)
@@ -577,6 +570,20 @@ func TestFlowControl(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("Send did not complete after the client read")
 	}
+}
+
+// smallWindowStream opens a stream to addr from a client whose windows
+// are at their smallest, 64 KiB, and sends its initial request.
+func smallWindowStream(t *testing.T, ctx context.Context, addr string) grpc.BidiStreamingClient[lbpb.LoadBalanceRequest, lbpb.LoadBalanceResponse] {
+	t.Helper()
+	cc := dial(t, addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(65535), grpc.WithInitialConnWindowSize(65535))
+	stream, err := lbpb.NewLoadBalancerClient(cc).BalanceLoad(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Send(initial("a"))
+	return stream
 }
 
 // TestTrySend: TrySend writes a message the windows take whole, and
@@ -601,14 +608,7 @@ func TestTrySend(t *testing.T) {
 		}
 		return st.Send(big)
 	}})
-	ctx := testCtx(t)
-	cc := dial(t, e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(65535), grpc.WithInitialConnWindowSize(65535))
-	stream, err := lbpb.NewLoadBalancerClient(cc).BalanceLoad(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream.Send(initial("a"))
+	stream := smallWindowStream(t, testCtx(t), e.addr)
 	if r := <-done; r.err != nil || !r.sentSmall || r.sentBig {
 		t.Fatalf("TrySend: small sent %v, big sent %v, err %v; want the small one only", r.sentSmall, r.sentBig, r.err)
 	}
