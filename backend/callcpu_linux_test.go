@@ -43,8 +43,10 @@ func TestCallCPU(t *testing.T) {
 		_, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
 		return err
 	}
-	if wall, _, err := timed(health); err != nil || wall >= cpu {
-		t.Errorf("health check took %v (err %v), want no spin", wall, err)
+	// No spin is told by the CPU used, not by the wall time, which a busy
+	// machine stretches (CI saw 70 ms of wall time for 5 ms of CPU).
+	if wall, used, err := timed(health); err != nil || used >= cpu {
+		t.Errorf("health check: wall %v, CPU %v, err %v; want no spin", wall, used, err)
 	}
 	dctx, dcancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer dcancel()
@@ -54,8 +56,8 @@ func TestCallCPU(t *testing.T) {
 		t.Errorf("call with a 20ms deadline and 10s call CPU: %v after %v, want DeadlineExceeded at once", err, time.Since(start))
 	}
 	r.SetCallCPU(0)
-	if wall, used, err := timed(call); err != nil || wall >= cpu || used >= cpu {
-		t.Errorf("call after SetCallCPU(0): wall %v, CPU %v, err %v; want well under %v", wall, used, err, cpu)
+	if wall, used, err := timed(call); err != nil || used >= cpu {
+		t.Errorf("call after SetCallCPU(0): wall %v, CPU %v, err %v; want CPU well under %v", wall, used, err, cpu)
 	}
 	// Latency first, then the spin.
 	r.SetLatency(cpu)
