@@ -56,7 +56,7 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 // name. It returns the stream's state, which close releases, and the
 // service the name maps to; or nil and the error the handler returns,
 // having given back what it took.
-func (s *Server) admit(stream balanceStream) (st *streamState, svcName string, err error) {
+func (s *Server) admit(stream balanceStream) (*streamState, string, error) {
 	if !s.enter() {
 		return nil, "", status.Error(codes.Unavailable, "lbserver: shutting down")
 	}
@@ -78,13 +78,7 @@ func (s *Server) admit(stream balanceStream) (st *streamState, svcName string, e
 	}
 	s.counters.streamsStarted.Add(1)
 	s.counters.streamsActive.Add(1)
-	st = &streamState{srv: s, stream: stream, ctx: ctx, peerAddr: peerAddr, id: s.streamSeq.Add(1)}
-	taken := st // the results are set before the deferred call runs
-	defer func() {
-		if err != nil {
-			taken.close()
-		}
-	}()
+	st := &streamState{srv: s, stream: stream, ctx: ctx, peerAddr: peerAddr, id: s.streamSeq.Add(1)}
 	// A stream of the balancer's own transport is never compressed: it
 	// shares lists as framed bytes.
 	_, own := stream.(*ownStream)
@@ -103,15 +97,17 @@ func (s *Server) admit(stream balanceStream) (st *streamState, svcName string, e
 		s.log.Debug("stream rejected", "stream", st.id, "peer", peerAddr, "err", err)
 		s.obs.StreamStarted(NoServiceLabel)
 		s.obs.StreamEnded(NoServiceLabel, outcome)
+		st.close()
 		return nil, "", err
 	}
 	set := s.live()
-	svcName, err = set.names.Map(name)
+	svcName, err := set.names.Map(name)
 	if err != nil {
 		s.counters.invalidRequests.Add(1)
 		s.throttle.Info("invalid initial request", "stream", st.id, "peer", peerAddr.String(), "name", quote(name), "err", err)
 		s.obs.StreamStarted(NoServiceLabel)
 		s.obs.StreamEnded(NoServiceLabel, OutcomeInvalid)
+		st.close()
 		return nil, "", status.Errorf(codes.InvalidArgument, "lbserver: invalid name: %v", err)
 	}
 	s.log.Debug("stream started", "stream", st.id, "peer", peerAddr, "name", quote(name), "service", quote(svcName))
@@ -528,7 +524,7 @@ func (st *streamState) awaitFirst(p *plan) (*plan, error) {
 			s.throttle.Warn("no discovery answer yet; sending fallback", "service", quote(st.key.Service), logattr.Duration("waited", s.cfg.FirstListTimeout))
 			return st.svc.cur.Load(), nil
 		case <-st.ctx.Done():
-			return nil, st.end(OutcomeOK, status.FromContextError(st.ctx.Err()).Err())
+			return nil, st.ctxDone()
 		case <-s.closing:
 			return nil, st.end(OutcomeShutdown, status.Error(codes.Unavailable, "lbserver: shutting down"))
 		}

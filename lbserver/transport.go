@@ -119,39 +119,43 @@ func (o *ownStream) Context() context.Context { return o.st.Context() }
 
 // Send encodes m and sends it.
 func (o *ownStream) Send(m *lbpb.LoadBalanceResponse) error {
-	b, err := proto.Marshal(m)
-	if err != nil {
-		return err
-	}
-	return o.st.Send(h2bidi.Frame(b))
+	return o.SendMsg(m)
 }
 
 // SendMsg sends a *lbpb.LoadBalanceResponse, or a framedMsg as it is.
 func (o *ownStream) SendMsg(m any) error {
-	switch m := m.(type) {
-	case framedMsg:
-		return o.st.Send(m)
-	case *lbpb.LoadBalanceResponse:
-		return o.Send(m)
+	b, err := frame(m)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("lbserver: cannot send a %T", m)
+	return o.st.Send(b)
 }
 
 // trySend sends m at once if the client's flow control takes it whole
 // (h2bidi.Stream.TrySend): it returns true and the send's error, or false
 // when it wrote nothing.
 func (o *ownStream) trySend(m any) (bool, error) {
+	b, err := frame(m)
+	if err != nil {
+		return true, err
+	}
+	return o.st.TrySend(b)
+}
+
+// frame returns what the own transport sends for m: a framedMsg as it
+// is, a *lbpb.LoadBalanceResponse encoded and framed.
+func frame(m any) ([]byte, error) {
 	switch m := m.(type) {
 	case framedMsg:
-		return o.st.TrySend(m)
+		return m, nil
 	case *lbpb.LoadBalanceResponse:
 		b, err := proto.Marshal(m)
 		if err != nil {
-			return true, err
+			return nil, err
 		}
-		return o.st.TrySend(h2bidi.Frame(b))
+		return h2bidi.Frame(b), nil
 	}
-	return true, fmt.Errorf("lbserver: cannot send a %T", m)
+	return nil, fmt.Errorf("lbserver: cannot send a %T", m)
 }
 
 // Recv waits for the next message; the handler takes them from the

@@ -207,8 +207,7 @@ func (st *Stream[Req]) wakeLocked() {
 // it returns the stream's error). Only one Send may run at a time on a
 // stream, on any goroutine. msg is neither modified nor retained.
 func (st *Stream[Req]) Send(msg []byte) error {
-	_, err := st.trySend(msg, appendResponseHeaders, false)
-	return err
+	return st.send(msg, appendResponseHeaders)
 }
 
 // TrySend is Send if the client's flow control lets msg go whole at once:
