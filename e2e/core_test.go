@@ -59,14 +59,28 @@ func TestLeaveAndJoin(t *testing.T) {
 	c := client(t, lbdial.Options{Target: svc + ":50051", Balancers: []string{l.addr}})
 	waitSeen(t, c, bs...)
 	ld := startLoad(t.Context(), c, 5*time.Millisecond)
+	// The load itself must have reached bs[0] before it leaves: a change
+	// reaches the client in tens of milliseconds, a few ticks of the load.
+	waitFor(t, 10*time.Second, "the load to reach every backend", func() bool {
+		return !ld.last(bs[0].ID()).IsZero() && !ld.last(bs[1].ID()).IsZero() && !ld.last(bs[2].ID()).IsZero()
+	})
 
 	// Deregistered: gone from Consul's answer at once.
 	start := time.Now()
 	if err := bs[0].Deregister(); err != nil {
 		t.Fatal(err)
 	}
+	logged := false
 	waitFor(t, 10*time.Second, "the deregistered backend to leave the rotation", func() bool {
-		return time.Since(ld.last(bs[0].ID())) > 500*time.Millisecond && ld.last(bs[0].ID()).After(start.Add(-time.Second))
+		if time.Since(ld.last(bs[0].ID())) > 500*time.Millisecond {
+			return true
+		}
+		if !logged && time.Since(start) > 9*time.Second {
+			logged = true
+			counts, calls := snapshotCounts(ld)
+			t.Logf("still calling %s %v after its deregistration: %d calls, per backend %v", bs[0].ID(), time.Since(start), calls, counts)
+		}
+		return false
 	})
 	deregDelay := ld.last(bs[0].ID()).Sub(start)
 	t.Logf("deregistration → last call to that backend: %v", deregDelay)
