@@ -396,21 +396,13 @@ func (c *Collector) snapshotLocked() *Loads {
 func (c *Collector) run(ctx context.Context, s *stream) {
 	c.running.Add(1)
 	defer c.running.Add(-1)
-	log := c.log.With("endpoint", s.id, "addr", s.addr.String())
-	attempt := func(ctx context.Context) (bool, error) { return c.streamH2(ctx, s) }
-	if len(c.cfg.DialOptions) > 0 {
-		cc, err := grpc.NewClient("passthrough:///"+s.addr.String(), c.dialOpts...)
-		if err != nil {
-			// Only bad dial options get here; retrying would not help.
-			log.Error("cannot dial endpoint for load reports", "err", err)
-			c.failed(s, fmt.Errorf("loadreport: dialing %s: %w", s.addr, err), false, 1)
-			return
-		}
-		defer cc.Close()
-		client := orcasvc.NewOpenRcaServiceClient(cc)
-		attempt = func(ctx context.Context) (bool, error) { return c.stream(ctx, client, s) }
+	attempt, done := c.attempter(s)
+	if attempt == nil {
+		return
 	}
-
+	defer done()
+	// The loop keeps a small frame: the stream waits below it (see
+	// h2Stream).
 	failures := 0
 	for {
 		got, err := attempt(ctx)
@@ -418,28 +410,53 @@ func (c *Collector) run(ctx context.Context, s *stream) {
 			return
 		}
 		var wait time.Duration
-		if status.Code(err) == codes.Unimplemented {
-			failures = 0
-			wait = c.cfg.UnimplementedRetry
-			if c.failed(s, err, true, 0) {
-				log.Info("endpoint serves no ORCA load reports; asking again later", "retry_in", wait)
-			}
-		} else {
-			if got {
-				failures = 0
-			}
-			wait = c.backoff(failures)
-			failures++
-			if c.failed(s, err, false, failures) || failures == 1 {
-				log.Warn("load report stream failed", "err", err, "failures", failures, "retry_in", wait)
-			} else {
-				log.Debug("load report stream failed", "err", err, "failures", failures, "retry_in", wait)
-			}
-		}
+		wait, failures = c.retry(s, got, err, failures)
 		if !c.sleep(ctx, wait) {
 			return
 		}
 	}
+}
+
+// attempter returns what runs one stream attempt to s, and what to call
+// once there are no more; or nil when s cannot be dialed at all.
+func (c *Collector) attempter(s *stream) (attempt func(context.Context) (bool, error), done func()) {
+	if len(c.cfg.DialOptions) == 0 {
+		return func(ctx context.Context) (bool, error) { return c.streamH2(ctx, s) }, func() {}
+	}
+	cc, err := grpc.NewClient("passthrough:///"+s.addr.String(), c.dialOpts...)
+	if err != nil {
+		// Only bad dial options get here; retrying would not help.
+		c.log.Error("cannot dial endpoint for load reports", "endpoint", s.id, "addr", s.addr.String(), "err", err)
+		c.failed(s, fmt.Errorf("loadreport: dialing %s: %w", s.addr, err), false, 1)
+		return nil, nil
+	}
+	client := orcasvc.NewOpenRcaServiceClient(cc)
+	return func(ctx context.Context) (bool, error) { return c.stream(ctx, client, s) }, func() { cc.Close() }
+}
+
+// retry records that an attempt of s ended with err (got: after at
+// least one report), logs it, and returns the wait before the next
+// attempt and the count of consecutive failures from now on.
+func (c *Collector) retry(s *stream, got bool, err error, failures int) (time.Duration, int) {
+	log := c.log.With("endpoint", s.id, "addr", s.addr.String())
+	if status.Code(err) == codes.Unimplemented {
+		wait := c.cfg.UnimplementedRetry
+		if c.failed(s, err, true, 0) {
+			log.Info("endpoint serves no ORCA load reports; asking again later", "retry_in", wait)
+		}
+		return wait, 0
+	}
+	if got {
+		failures = 0
+	}
+	wait := c.backoff(failures)
+	failures++
+	if c.failed(s, err, false, failures) || failures == 1 {
+		log.Warn("load report stream failed", "err", err, "failures", failures, "retry_in", wait)
+	} else {
+		log.Debug("load report stream failed", "err", err, "failures", failures, "retry_in", wait)
+	}
+	return wait, failures
 }
 
 // stream runs one StreamCoreMetrics call, recording each report, until it
