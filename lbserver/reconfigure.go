@@ -43,6 +43,7 @@ func (s *Server) Reconfigure(set Settings) error {
 	close(old.changed)
 	for _, svc := range s.reg.all() {
 		svc.wake()
+		svc.wakeParked()
 	}
 	s.log.Info("settings reloaded", "policy", set.Policy, "services", len(set.Services), "aliases", len(set.Aliases),
 		"zones", len(set.Zones), "max_streams", set.MaxStreams)

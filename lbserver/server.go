@@ -258,6 +258,9 @@ func (s *Server) Close() {
 		s.closeCtx()
 	}
 	s.mu.Unlock()
+	for _, svc := range s.reg.all() {
+		svc.wakeParked()
+	}
 	s.streams.Wait()
 	s.reg.close()
 }

@@ -275,6 +275,40 @@ type service struct {
 	// watchers are the xDS subscriptions notified of every plan; guarded
 	// by watchMu.
 	watchers map[*xdsSub]struct{}
+
+	parkMu sync.Mutex
+	// parked are the streams of the service parked without a goroutine
+	// (see streamState.park), woken by the next plan; guarded by parkMu.
+	parked map[*streamState]struct{}
+}
+
+// park adds st to the streams the next plan wakes.
+func (s *service) park(st *streamState) {
+	s.parkMu.Lock()
+	if s.parked == nil {
+		s.parked = map[*streamState]struct{}{}
+	}
+	s.parked[st] = struct{}{}
+	s.parkMu.Unlock()
+}
+
+// unpark removes st from them.
+func (s *service) unpark(st *streamState) {
+	s.parkMu.Lock()
+	delete(s.parked, st)
+	s.parkMu.Unlock()
+}
+
+// wakeParked wakes every parked stream of the service. Safe for
+// concurrent use; does not block.
+func (s *service) wakeParked() {
+	s.parkMu.Lock()
+	parked := s.parked
+	s.parked = nil
+	s.parkMu.Unlock()
+	for st := range parked {
+		st.wake()
+	}
 }
 
 // wake asks the planner to take the settings in force. Safe for concurrent
@@ -482,6 +516,7 @@ func (r *registry) startLocked(name string) *service {
 func (s *service) publish(p *plan) {
 	old := s.cur.Swap(p)
 	close(old.changed)
+	s.wakeParked()
 	s.notifyWatchers()
 	if p.fromSnap {
 		s.assignMu.Lock()

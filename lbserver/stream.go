@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/lookaside-lb/lookaside/clientstats"
 	"github.com/lookaside-lb/lookaside/discovery"
+	"github.com/lookaside-lb/lookaside/internal/h2bidi"
 	"github.com/lookaside-lb/lookaside/internal/logattr"
 	"github.com/lookaside-lb/lookaside/internal/recvloop"
 	"github.com/lookaside-lb/lookaside/policy"
@@ -38,17 +40,35 @@ func (s *Server) BalanceLoad(stream balanceStream) error {
 	if st == nil {
 		return err
 	}
-	defer st.close()
-	// A reconfiguration may map the stream's name to another service: the
-	// stream moves there (serve returns errMoved).
+	st.begin(svcName)
+	return st.then(st.serve(svcName))
+}
+
+// then takes what serving the stream's service returned: errParked as it
+// is (the stream is parked, see park); errMoved by serving the service a
+// reconfiguration maps the stream's name to; anything else by ending the
+// stream, with what the handler returns.
+func (st *streamState) then(err error) error {
 	for {
-		st.begin(svcName)
-		err := st.serve(svcName)
-		if !errors.Is(err, errMoved) {
-			return st.finish(err)
+		switch {
+		case errors.Is(err, errParked):
+			return err
+		case errors.Is(err, errMoved):
+			svcName := st.moved()
+			st.begin(svcName)
+			err = st.serve(svcName)
+		default:
+			err = st.finish(err)
+			st.close()
+			return err
 		}
-		svcName = st.moved()
 	}
+}
+
+// resumed goes on serving a parked stream, on a goroutine of its own (see
+// park), and returns as BalanceLoad does.
+func (st *streamState) resumed() error {
+	return st.then(st.served(st.loop(nil)))
 }
 
 // admit does what comes before a stream is served: it refuses the
@@ -118,11 +138,20 @@ func (s *Server) admit(stream balanceStream) (*streamState, string, error) {
 	st.setChange = set.changed
 	st.shared = own || shareable(ctx)
 	st.framed = own
+	if o, ok := stream.(*ownStream); ok {
+		// At rest the stream parks, and what it waits for wakes it.
+		st.own = o
+		o.st.OnReady(st.wake)
+	}
 	if age := s.cfg.MaxStreamAge; age > 0 {
 		// ± 10 %, from the stream's seed, so streams do not end together.
 		jitter := time.Duration(float64(age) * (float64(st.client.Seed%2001)/10000 - 0.1))
-		st.ageTimer = time.NewTimer(age + jitter)
-		st.expired = st.ageTimer.C
+		expired := make(chan struct{})
+		st.expired = expired
+		st.ageTimer = time.AfterFunc(age+jitter, func() {
+			close(expired)
+			st.wake()
+		})
 	}
 	return st, svcName, nil
 }
@@ -180,7 +209,6 @@ func (st *streamState) serve(svcName string) error {
 	if err := st.acquire(svcName); err != nil {
 		return err
 	}
-	defer st.release()
 	p := st.svc.cur.Load()
 	// A stream waits for the service's first answer (keeping the list it
 	// has, when it moved here), unless it is answered with fallback
@@ -188,20 +216,40 @@ func (st *streamState) serve(svcName string) error {
 	if !p.ready && !st.sentFallback {
 		var err error
 		if p, err = st.awaitFirst(p); err != nil {
-			return err
+			return st.served(err)
 		}
 	}
 	if err := st.sendInitial(); err != nil {
-		return err
+		return st.served(err)
 	}
 	// The list goes out right after the initial response: a grpc-go client
 	// that gets the initial response but no list can fail its picks.
+	return st.served(st.loop(p))
+}
+
+// served gives back what serve acquired, unless err is errParked (the
+// stream keeps it while parked), and returns err.
+func (st *streamState) served(err error) error {
+	if !errors.Is(err, errParked) {
+		st.release()
+	}
+	return err
+}
+
+// loop sends plan p's list and each later plan's, and handles the
+// client's requests meanwhile, until the stream ends (errMoved when a
+// reconfiguration maps it to another service; errParked when it parked).
+// A nil p resumes a parked stream, which sent its last plan's list
+// (st.prevPlan) already.
+func (st *streamState) loop(p *plan) error {
 	for {
-		if err := st.update(p); err != nil {
-			return endErr(err)
+		if p != nil {
+			if err := st.update(p); err != nil {
+				return endErr(err)
+			}
 		}
-		if err := st.event(p.changed, st.handleRequest); err != nil {
-			if errors.Is(err, errMoved) {
+		if err := st.event(st.prevPlan.changed, st.handleRequest, st.own != nil); err != nil {
+			if errors.Is(err, errMoved) || errors.Is(err, errParked) {
 				return err
 			}
 			return endErr(err)
@@ -297,14 +345,18 @@ type streamState struct {
 	peerAddr netip.AddrPort
 	id       uint64 // the stream's number in the server
 	in       inbox
-	ageTimer *time.Timer      // the stream's maximum age; nil for none
-	expired  <-chan time.Time // ageTimer's channel; nil for none
-	svc      *service         // nil until the service is acquired
-	client   policy.Client
-	key      clientstats.ClientKey
-	log      *slog.Logger // nil until logger makes it
-	ignored  tokenBucket  // messages ignored (see ignore)
-	reports  tokenBucket  // ClientStats while the service does not exist (see handleUnknown)
+	ageTimer *time.Timer     // closes expired and wakes the stream at its maximum age; nil for none
+	expired  <-chan struct{} // closed at the stream's maximum age; nil for none
+	// own is the stream of the balancer's own transport, which may park
+	// (see park); nil on grpc's. parked is set while it is parked.
+	own     *ownStream
+	parked  atomic.Bool
+	svc     *service // nil until the service is acquired
+	client  policy.Client
+	key     clientstats.ClientKey
+	log     *slog.Logger // nil until logger makes it
+	ignored tokenBucket  // messages ignored (see ignore)
+	reports tokenBucket  // ClientStats while the service does not exist (see handleUnknown)
 	// setChange is closed when the settings it was read from are replaced.
 	setChange <-chan struct{}
 	// label is the Observer label of the stream's service; outcome, when
@@ -338,6 +390,9 @@ var (
 	// errMoved: a reconfiguration maps the stream's name to another
 	// service, st.movedTo.
 	errMoved = errors.New("lbserver: stream moves to another service")
+	// errParked: the stream parked (see park). The handler returns it,
+	// h2bidi's Park.
+	errParked = h2bidi.Park
 )
 
 // end records why the stream ends, unless already recorded, and returns
@@ -357,9 +412,20 @@ func (st *streamState) end(outcome string, err error) error {
 // returns (errEnd for a clean end), which may come from handle. A read of
 // the directory that may change the stream's label is taken meanwhile
 // (setLabel), without returning.
-func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBalanceRequest) error) error {
+func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBalanceRequest) error, mayPark bool) error {
+	// rest is ready when the stream may park instead of waiting, and nil
+	// otherwise.
+	var rest <-chan struct{}
+	if mayPark && st.labelChange == nil {
+		rest = closedChan
+	}
 	for {
 		select {
+		case <-rest:
+			if st.park(changed) {
+				return errParked
+			}
+			rest = nil // something came meanwhile: take it
 		case <-st.labelChange:
 			st.setLabel() // and wait again
 		case <-changed:
@@ -384,6 +450,66 @@ func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBala
 			return st.settingsChanged()
 		}
 	}
+}
+
+// closedChan is a closed channel.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// park parks the stream, which waits for changed (its plan's), without a
+// goroutine, and reports whether it did: the handler then returns
+// h2bidi.Park, its goroutine ends, and the stack it held is freed; the
+// stream keeps the rest of its state. Whatever event waits for wakes it
+// (wake): the plan (service.wakeParked), a request or the stream's end
+// (h2bidi's OnReady), the maximum age (ageTimer), new settings and the
+// server's close (Server.Close and Reconfigure wake every parked stream).
+// It returns false, not parked, when one of them came meanwhile: each
+// signals before it wakes, and park registers before it looks, so that
+// none is missed. Only streams of the own transport park.
+func (st *streamState) park(changed <-chan struct{}) bool {
+	// Once parked is set, a wake may resume the stream on another
+	// goroutine: what park needs after that is read before.
+	svc, ready := st.svc, st.in.ready
+	signals := [...]<-chan struct{}{changed, st.ctx.Done(), st.srv.closing, st.expired, st.setChange}
+	svc.park(st)
+	st.parked.Store(true)
+	if !pending(ready, signals[:]) {
+		return true
+	}
+	if !st.parked.CompareAndSwap(true, false) {
+		return true // woken already: the resumed handler takes it
+	}
+	svc.unpark(st)
+	return false
+}
+
+// pending reports whether a message is ready or one of signals is closed:
+// it looks without taking anything.
+func pending(ready <-chan struct{}, signals []<-chan struct{}) bool {
+	if len(ready) > 0 {
+		return true
+	}
+	for _, c := range signals {
+		select {
+		case <-c:
+			return true
+		default:
+		}
+	}
+	return false
+}
+
+// wake resumes the stream if it is parked, on a new goroutine. Safe for
+// concurrent use; does not block.
+func (st *streamState) wake() {
+	if !st.parked.CompareAndSwap(true, false) {
+		return
+	}
+	st.svc.unpark(st)
+	st.own.st.Resume(st.resumed)
 }
 
 // takeReady takes the message or the end of receiving that the inbox
@@ -497,7 +623,7 @@ func (st *streamState) awaitService(svcName string) (done bool, err error) {
 			return true, err
 		}
 		// ClientStats of a service that does not exist count for nothing.
-		if err := st.event(changed, st.handleUnknown); err != nil {
+		if err := st.event(changed, st.handleUnknown, false); err != nil {
 			if errors.Is(err, errMoved) {
 				return true, err
 			}

@@ -3,6 +3,7 @@ package lbserver
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"runtime"
 	"strings"
@@ -261,15 +262,15 @@ func lbserverGoroutines(fn string) int {
 }
 
 // TestGoroutinesPerStream: an open stream with its list costs lbserver
-// one goroutine, its handler, on the balancer's own transport (whose
-// connection reader hands it the client's messages), and two on grpc's,
+// no goroutine at rest on the balancer's own transport (it parks; its
+// connection's reader hands it the client's messages), and two on grpc's,
 // the handler and its receive loop; a send's goroutine ends with the
 // send.
 func TestGoroutinesPerStream(t *testing.T) {
 	const streams = 40
 	src := newFakeSource(snap("gor", ep("a", "10.0.0.1:1")))
 	cfg := testConfig(src)
-	perStream := 1
+	perStream := 0
 	if cfg.Transport == TransportGRPC {
 		perStream = 2
 	}
@@ -278,11 +279,13 @@ func TestGoroutinesPerStream(t *testing.T) {
 	c := dialFrom(t, addr, "127.0.0.1")
 	// One stream first, so that the connection and the watch are there.
 	recvList(t, openOK(t, c, "gor"))
-	// The handlers, and the receive loops they start (created by
-	// recvloop.Start).
+	// The handlers, resumed or not, and the receive loops they start
+	// (created by recvloop.Start).
 	count := func() int {
-		return lbserverGoroutines("lbserver.(*Server).BalanceLoad") + lbserverGoroutines("recvloop.Start")
+		return streamGoroutines() + lbserverGoroutines("recvloop.Start")
 	}
+	// The first stream parks just after the client got its list.
+	waitUntil(t, "the first stream at rest", func() bool { return count() == perStream })
 	before, total := count(), runtime.NumGoroutine()
 	for range streams {
 		recvList(t, openOK(t, c, "gor"))
@@ -311,6 +314,100 @@ func TestGoroutinesPerStream(t *testing.T) {
 	// client stream's context in a goroutine.
 	if d := runtime.NumGoroutine() - total; d > (perStream+1)*streams {
 		t.Errorf("%d streams added %d goroutines, want at most %d (%d in lbserver, 1 in the client per stream)", streams, d, (perStream+1)*streams, perStream)
+	}
+}
+
+// streamGoroutines counts the goroutines of stream handlers: those in
+// BalanceLoad, and those of parked streams resumed.
+func streamGoroutines() int {
+	return lbserverGoroutines("lbserver.(*Server).BalanceLoad") + lbserverGoroutines("lbserver.(*streamState).resumed")
+}
+
+// TestParkedStreams: streams at rest on the own transport hold no
+// goroutine, and each thing a stream waits for still reaches it: a new
+// plan (every stream gets the new list, and parks again), a request
+// (ClientStats are counted), the client's end, a reconfiguration that
+// maps the stream's name elsewhere, and the server's close.
+func TestParkedStreams(t *testing.T) {
+	const streams = 30
+	src := newFakeSource(snap("parked", ep("a", "10.0.0.1:1")), snap("other", ep("o", "10.0.0.9:1")))
+	cfg := testConfig(src)
+	if cfg.Transport == TransportGRPC {
+		t.Skip("streams park on the own transport only")
+	}
+	cfg.LoadReports = false
+	s, addr := serveAt(t, cfg)
+	c := dialFrom(t, addr, "127.0.0.1")
+	var ss []lbStream
+	for range streams {
+		st := openOK(t, c, "parked")
+		if got := recvList(t, st); len(got) != 1 {
+			t.Fatalf("first list %v", got)
+		}
+		ss = append(ss, st)
+	}
+	atRest := func(what string) {
+		t.Helper()
+		waitUntil(t, what, func() bool { return streamGoroutines() == 0 })
+	}
+	atRest("every stream parked")
+
+	// A new plan wakes them all; each sends the new list and parks again.
+	src.Push(snap("parked", ep("a", "10.0.0.1:1"), ep("b", "10.0.0.2:1")))
+	for i, st := range ss {
+		if got := recvList(t, st); len(got) != 2 {
+			t.Fatalf("stream %d: list %v after the change, want 2 entries", i, got)
+		}
+	}
+	atRest("every stream parked again after the change")
+
+	// A request wakes its stream.
+	before := s.ClientStats().Service("parked").KnownReceived
+	if err := ss[0].Send(&lbpb.LoadBalanceRequest{LoadBalanceRequestType: &lbpb.LoadBalanceRequest_ClientStats{
+		ClientStats: &lbpb.ClientStats{NumCallsStarted: 5, NumCallsFinished: 5, NumCallsFinishedKnownReceived: 5}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the parked stream's ClientStats counted", func() bool {
+		return s.ClientStats().Service("parked").KnownReceived > before
+	})
+	atRest("the stream parked after its request")
+
+	// The client's end (a half-close) ends its parked stream.
+	active := s.Stats().StreamsActive
+	if err := ss[1].CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvUntilEnd(t, ss[1]); err != io.EOF {
+		t.Fatalf("half-closed stream ended with %v, want OK", err)
+	}
+	waitUntil(t, "the half-closed stream's end", func() bool { return s.Stats().StreamsActive == active-1 })
+
+	// A reconfiguration that maps the name elsewhere moves the parked
+	// streams: they get the other service's list.
+	set := s.Settings()
+	set.Aliases = map[string]string{"parked": "other"}
+	if err := s.Reconfigure(set); err != nil {
+		t.Fatal(err)
+	}
+	for i, st := range ss[2:] {
+		if got := recvList(t, st); len(got) != 1 || got[0] != "10.0.0.9:1" {
+			t.Fatalf("stream %d: list %v after the alias, want the other service's", i+2, got)
+		}
+	}
+	atRest("the moved streams parked")
+
+	// Close ends every parked stream, cleanly.
+	done := make(chan struct{})
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return with parked streams open")
+	}
+	for i, st := range ss[2:] {
+		if err := recvUntilEnd(t, st); err != io.EOF {
+			t.Errorf("stream %d ended with %v at the close, want OK", i+2, err)
+		}
 	}
 }
 

@@ -628,8 +628,18 @@ func (c *conn[Req]) startStream(id uint32, ctx context.Context, cancel context.C
 
 // runHandler runs on a stream's goroutine.
 func (c *conn[Req]) runHandler(st *Stream[Req]) {
+	c.handled(st, c.s.cfg.Handler(st))
+}
+
+// handled takes what a run of st's handler returned: Park leaves the
+// stream open without a goroutine (its Resume goes on), anything else ends
+// it. The stream counts in the server's WaitGroup while parked.
+func (c *conn[Req]) handled(st *Stream[Req], err error) {
+	if err == Park {
+		return
+	}
 	defer c.s.wg.Done()
-	c.handlerDone(st, c.s.cfg.Handler(st))
+	c.handlerDone(st, err)
 }
 
 // handlerDone ends st with the status of err, the handler's. Apart from

@@ -2,6 +2,8 @@ package h2bidi
 
 import (
 	"context"
+	"errors"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -21,6 +23,8 @@ type Stream[Req any] struct {
 	wake chan struct{}
 	// deadline resets the stream at its grpc-timeout, if it has one.
 	deadline *time.Timer
+	// onReady is called after each Ready signal (OnReady).
+	onReady atomic.Pointer[func()]
 
 	// Fields under c.mu. headersSent and trailersSent change only with
 	// c.wmu held too, so that what they say was decided matches the order
@@ -175,12 +179,40 @@ func (c *conn[Req]) giveWindow(st *Stream[Req], incr uint32) {
 	}
 }
 
-// signal signals Ready.
+// signal signals Ready, then calls the function of OnReady.
 func (st *Stream[Req]) signal() {
 	select {
 	case st.ready <- struct{}{}:
 	default:
 	}
+	if f := st.onReady.Load(); f != nil {
+		(*f)()
+	}
+}
+
+// OnReady makes f be called each time Ready is signalled, after it is,
+// the stream's end included: a parked stream's handler has no goroutine
+// to wait on Ready. f must not block, nor call the stream's methods: it
+// may run with the connection's lock held. Call it from the handler
+// before it first parks.
+func (st *Stream[Req]) OnReady(f func()) {
+	st.onReady.Store(&f)
+}
+
+// Park, returned by a Handler (or a function given to Resume), leaves the
+// stream open without a goroutine: the handler's goroutine ends, the
+// stream stays counted against MaxConcurrentStreams and in Stop's wait,
+// and nothing more happens to it until Resume. A handler that parks must
+// arrange to be resumed on whatever it waits for (OnReady, the stream's
+// context with context.AfterFunc, its own events), and must not touch the
+// stream once it returned Park, since a Resume may already run.
+var Park = errors.New("h2bidi: the handler parked the stream")
+
+// Resume runs f on a new goroutine as the handler of st, parked: what f
+// returns ends the stream as a Handler's result does (Park parks it
+// again). Call it once per Park.
+func (st *Stream[Req]) Resume(f func() error) {
+	go func() { st.c.handled(st, f()) }()
 }
 
 // idleLocked releases a finish waiting for a half-written message. c.mu
