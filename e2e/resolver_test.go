@@ -283,14 +283,18 @@ func TestResolverWithoutLookaside(t *testing.T) {
 //
 // Not parallel: goroutines are compared with those running before the
 // channel was created, so nothing else may start any meanwhile (parallel
-// tests only start once the sequential ones are done).
+// tests only start once the sequential ones are done). The balancer is
+// the lbserver binary, registering itself: an in-process one would open
+// connections to Consul of its own meanwhile.
 func TestResolverCloseLeavesNoGoroutine(t *testing.T) {
 	svc := serviceName(t)
 	lbSvc := svc + "-lb"
 	startTagged(t, svc, 2, "srv")
 	waitPassing(t, svc, 2)
-	l := startLB(t, nil)
-	registerLB(t, l, lbSvc)
+	lbBin, _ := buildCmds(t)
+	startProcess(t, lbBin, "-listen", "127.0.0.1:0", "-consul", agent.HTTPAddr(), "-log-level", "warn",
+		"-register", "-register-service", lbSvc, "-check-interval", "1s")
+	waitPassing(t, lbSvc, 1)
 	target := consulTarget(svc, "tag=srv&lb-service="+lbSvc)
 
 	// A first channel warms the balancer up (its per-service watcher

@@ -29,12 +29,15 @@ import (
 type balanceStream = grpc.BidiStreamingServer[lbpb.LoadBalanceRequest, lbpb.LoadBalanceResponse]
 
 // BalanceLoad serves one grpclb client stream. It blocks until the client
-// goes away, the stream fails, or the server is closed.
+// goes away, the stream fails, or the server is closed; except that on
+// the balancer's own transport a stream at rest parks (see park):
+// BalanceLoad returns errParked (h2bidi.Park), and the stream goes on in
+// resumed when something comes.
 //
-// The functions a stream waits in (BalanceLoad, serve, event) keep
+// The functions a stream waits in (BalanceLoad, serve, loop, event) keep
 // small frames, and leave the work to functions that return before the
-// stream waits again: a stream at rest then uses less than a quarter of
-// its goroutine's 8 KiB stack, which the runtime halves.
+// stream waits again: a stream at rest on grpc-go's server then uses less
+// than a quarter of its goroutine's 8 KiB stack, which the runtime halves.
 func (s *Server) BalanceLoad(stream balanceStream) error {
 	st, svcName, err := s.admit(stream)
 	if st == nil {

@@ -1,8 +1,10 @@
 // Package h2bidi is a minimal gRPC-over-HTTP/2 server transport for one
 // bidirectional-streaming method, built to hold many idle streams
 // cheaply: a connection costs one goroutine (its reader) and a stream one
-// more (its handler). Frames are written to the socket directly, under a
-// per-connection write mutex, by the goroutine that has something to say
+// more (its handler) while the handler runs; a handler at rest may park
+// the stream (Park) and be resumed later (Stream.Resume, Stream.OnReady),
+// so that an idle stream holds no goroutine. Frames are written to the
+// socket directly, under a per-connection write mutex, by the goroutine that has something to say
 // (a handler's Send, the reader's acknowledgements, a timer's ping); there
 // is no writer goroutine, keepalive goroutine or per-stream receive
 // goroutine, and an idle connection holds no write buffer.
