@@ -1249,3 +1249,101 @@ func TestMaxConnectionAgeGrace(t *testing.T) {
 		t.Fatalf("Next: %v, want Unavailable", err)
 	}
 }
+
+// parkingEcho is echo that parks its stream whenever nothing is there to
+// read, and is resumed by OnReady. active counts its runs in progress.
+func parkingEcho(active *atomic.Int32) func(st *Stream[req]) error {
+	return func(st *Stream[req]) error {
+		var parked atomic.Bool
+		var run func() error
+		run = func() error {
+			active.Add(1)
+			defer active.Add(-1)
+			for {
+				m, ok, err := st.Next()
+				switch {
+				case ok:
+					if err := st.Send(respFor(m.GetInitialRequest().GetName())); err != nil {
+						return err
+					}
+					continue
+				case err == io.EOF:
+					return nil
+				case err != nil:
+					return err
+				}
+				// Register, then look: a signal after the look finds the
+				// stream parked.
+				parked.Store(true)
+				if len(st.Ready()) == 0 || !parked.CompareAndSwap(true, false) {
+					return Park
+				}
+				<-st.Ready()
+			}
+		}
+		st.OnReady(func() {
+			if parked.CompareAndSwap(true, false) {
+				st.Resume(run)
+			}
+		})
+		return run()
+	}
+}
+
+// TestPark: a handler that parks leaves its stream open with no goroutine
+// of its own; Resume, called from OnReady, serves each request; the
+// client's half-close ends the stream with OK, and Stop ends a parked
+// stream.
+func TestPark(t *testing.T) {
+	var active atomic.Int32
+	e := start(t, Config[req]{Handler: parkingEcho(&active)})
+	client := lbpb.NewLoadBalancerClient(dial(t, e.addr))
+	stream, err := client.BalanceLoad(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		name := fmt.Sprintf("svc-%d", i)
+		if err := stream.Send(initial(name)); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := resp.GetServerList().GetServers()[0].GetLoadBalanceToken(); got != name {
+			t.Fatalf("response %d: token %q, want %q", i, got, name)
+		}
+		waitFor(t, "the handler to park", func() bool { return active.Load() == 0 })
+		if s := e.srv.Stats(); s.Streams != 1 {
+			t.Fatalf("parked: %d streams, want 1", s.Streams)
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("Recv after half-close: %v, want io.EOF (status OK)", err)
+	}
+	waitFor(t, "the stream to end", func() bool { return e.srv.Stats().Streams == 0 })
+
+	// A parked stream at Stop: resumed, it sees the end and returns.
+	parked, err := client.BalanceLoad(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parked.Send(initial("a")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parked.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the handler to park", func() bool { return active.Load() == 0 })
+	e.srv.Stop()
+	if _, err := parked.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("Recv after Stop: %v, want Unavailable", err)
+	}
+	if st := e.srv.Stats(); st.Conns != 0 || st.Streams != 0 {
+		t.Fatalf("Stats after Stop = %+v", st)
+	}
+}
