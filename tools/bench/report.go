@@ -37,7 +37,10 @@ const (
 	unitKiBRecon     = "KiB-RSS/client-reconnected"
 	unitP50          = "p50-change-ms"
 	unitP99          = "p99-change-ms"
-	unitEndpoint     = "RSS-KiB/endpoint"
+	// unitClientsCPU is the CPU time the benchmark's clients spent on one
+	// change.
+	unitClientsCPU = "clients-cpu-ms/change"
+	unitEndpoint   = "RSS-KiB/endpoint"
 )
 
 // verdict states whether a figure meets its goal.
@@ -277,6 +280,7 @@ func renderMarkdown(res Results, plots map[string]string) string {
 		}
 		p("\n")
 	}
+	renderChangeFloor(p, res)
 	if res.ClientsErr != "" {
 		p("Not all measured:\n\n```\n%s\n```\n\n", res.ClientsErr)
 	}
@@ -310,6 +314,30 @@ func renderMarkdown(res Results, plots map[string]string) string {
 
 // benchUnits returns the metric units of lines: first those of prefer that
 // occur, then the others sorted, without ns/op.
+// renderChangeFloor says, for the two propagation goals, how much CPU the
+// change took in the balancer and in the clients (which share this
+// machine's cores), and so the time no schedule of the two beats.
+func renderChangeFloor(p func(string, ...any), res Results) {
+	if res.Machine.Cores <= 0 {
+		return
+	}
+	var rows []string
+	for _, sub := range []string{subClients10k, subServices} {
+		lb, okLB := metric(res.Clients, sub, unitCPU)
+		cl, okCL := metric(res.Clients, sub, unitClientsCPU)
+		p99, okP99 := metric(res.Clients, sub, unitP99)
+		if !okLB || !okCL || !okP99 {
+			continue
+		}
+		rows = append(rows, fmt.Sprintf("| `%s` | %.0f ms | %.0f ms | %.0f ms | %.0f ms |", sub, lb, cl, (lb+cl)/float64(res.Machine.Cores), p99))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p("The clients run in the benchmark's process, on the same %d cores as the balancer: the last stream cannot have its list sooner than the CPU time both spend on the change over the cores (the floor).\n\n", res.Machine.Cores)
+	p("| sub-benchmark | balancer CPU | clients' CPU | floor | p99 |\n|---|---|---|---|---|\n%s\n\n", strings.Join(rows, "\n"))
+}
+
 func benchUnits(lines []BenchLine, prefer []string) []string {
 	seen := map[string]bool{}
 	for _, l := range lines {
