@@ -208,17 +208,7 @@ func TestEcho(t *testing.T) {
 	}
 	const n = 50
 	for i := range n {
-		name := fmt.Sprintf("svc-%d", i)
-		if err := stream.Send(initial(name)); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := stream.Recv()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := resp.GetServerList().GetServers()[0].GetLoadBalanceToken(); got != name {
-			t.Fatalf("response %d: token %q, want %q", i, got, name)
-		}
+		echoOnce(t, stream, i)
 	}
 	if err := stream.CloseSend(); err != nil {
 		t.Fatal(err)
@@ -230,6 +220,23 @@ func TestEcho(t *testing.T) {
 		t.Errorf("Stats = %+v, want 1 conn, none handed off", s)
 	}
 	waitFor(t, "streams to end", func() bool { return e.srv.Stats().Streams == 0 })
+}
+
+// echoOnce sends request i (name svc-i) on stream and wants the echo
+// handler's answer.
+func echoOnce(t *testing.T, stream grpc.BidiStreamingClient[lbpb.LoadBalanceRequest, lbpb.LoadBalanceResponse], i int) {
+	t.Helper()
+	name := fmt.Sprintf("svc-%d", i)
+	if err := stream.Send(initial(name)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.GetServerList().GetServers()[0].GetLoadBalanceToken(); got != name {
+		t.Fatalf("response %d: token %q, want %q", i, got, name)
+	}
 }
 
 // TestPipelined sends many requests before reading any response.
@@ -1303,17 +1310,7 @@ func TestPark(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 20 {
-		name := fmt.Sprintf("svc-%d", i)
-		if err := stream.Send(initial(name)); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := stream.Recv()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := resp.GetServerList().GetServers()[0].GetLoadBalanceToken(); got != name {
-			t.Fatalf("response %d: token %q, want %q", i, got, name)
-		}
+		echoOnce(t, stream, i)
 		waitFor(t, "the handler to park", func() bool { return active.Load() == 0 })
 		if s := e.srv.Stats(); s.Streams != 1 {
 			t.Fatalf("parked: %d streams, want 1", s.Streams)
