@@ -149,8 +149,11 @@ func (c *conn[Req]) serve() {
 		c.closed = true // not ours to write to or close any more
 		c.handedOff = true
 		c.mu.Unlock()
-		if s.others.handOff(rc) {
-			s.nHandedOff.Add(1)
+		// Counted first: once handed off, the connection may be served
+		// (and its client see an answer) before this goroutine runs on.
+		s.nHandedOff.Add(1)
+		if !s.others.handOff(rc) {
+			s.nHandedOff.Add(-1)
 		}
 		return
 	}
