@@ -113,18 +113,24 @@ func (c *Collector) openH2(ctx context.Context, s *stream) (*h2Stream, error) {
 		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
 	if _, err := h.conn.Write([]byte(http2.ClientPreface)); err != nil {
-		h.close()
-		return nil, c.h2err(h.actx, err)
+		return nil, h.fail(err)
 	}
 	if err := errors.Join(
 		h.fr.WriteSettings(),
 		h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr.Bytes(), EndHeaders: true}),
 		h.fr.WriteData(1, true, c.request),
 	); err != nil {
-		h.close()
-		return nil, c.h2err(h.actx, err)
+		return nil, h.fail(err)
 	}
 	return h, nil
+}
+
+// fail ends the stream, which failed with err before its first read, and
+// returns the attempt's error (read before the end cancels actx).
+func (h *h2Stream) fail(err error) error {
+	err = h.c.h2err(h.actx, err)
+	h.close()
+	return err
 }
 
 // close ends the stream and its connection.
