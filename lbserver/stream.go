@@ -414,7 +414,9 @@ func (st *streamState) end(outcome string, err error) error {
 // the stream's name to another service; otherwise the error the handler
 // returns (errEnd for a clean end), which may come from handle. A read of
 // the directory that may change the stream's label is taken meanwhile
-// (setLabel), without returning.
+// (setLabel), without returning. With mayPark, unless a label change is
+// awaited, it parks the stream rather than wait (errParked): park looks at
+// the channels this select waits on, so one added here goes there too.
 func (st *streamState) event(changed <-chan struct{}, handle func(*lbpb.LoadBalanceRequest) error, mayPark bool) error {
 	// rest is ready when the stream may park instead of waiting, and nil
 	// otherwise.
